@@ -1,0 +1,34 @@
+//! Redis lease store: `SET key token NX PX ttl`, Lua compare-and-delete release and extend.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{HolderInfo, Lease, LockError, LockStore, Release};
+use crate::posting::PostingKey;
+
+/// Leases in Redis (TO BE IMPLEMENTED by the lock work).
+pub struct RedisLockStore {}
+
+#[async_trait]
+impl LockStore for RedisLockStore {
+    async fn try_acquire(
+        &self,
+        _key: &PostingKey,
+        _ttl: Duration,
+    ) -> Result<Option<Lease>, LockError> {
+        todo!()
+    }
+    async fn extend(&self, _lease: &Lease, _ttl: Duration) -> Result<bool, LockError> {
+        todo!()
+    }
+    async fn release(&self, _lease: &Lease) -> Result<Release, LockError> {
+        todo!()
+    }
+    async fn holder(&self, _key: &PostingKey) -> Result<Option<HolderInfo>, LockError> {
+        todo!()
+    }
+    async fn health(&self) -> Result<(), LockError> {
+        todo!()
+    }
+}

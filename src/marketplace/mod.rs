@@ -1,0 +1,79 @@
+//! The marketplace port: placing one bid and classifying the answer per the HTTP contract.
+//!
+//! [`HttpMarketplace`] is the real client; [`sandbox`] is our stand-in server implementing the
+//! same contract, used by tests and the demo over real HTTP.
+
+pub mod http;
+pub mod sandbox;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+
+use crate::posting::PostingKey;
+
+pub use self::http::HttpMarketplace;
+
+/// One bid to place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BidRequest {
+    pub key: PostingKey,
+    pub amount: Decimal,
+    pub currency: String,
+    pub cover_letter: String,
+    /// W3C trace context (`traceparent`, `tracestate`) to send along, if any.
+    pub trace_headers: BTreeMap<String, String>,
+}
+
+/// The marketplace's answer, classified by the contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BidResult {
+    /// `201` (new bid) or `200` (replay of our idempotency key: `replay = true`).
+    Placed { bid_id: String, replay: bool },
+    /// `409`: a bid for this posting exists under another key. Treated as placed; never retried.
+    AlreadyPlaced { detail: String },
+    /// `429`, `5xx`, timeout or connection failure: retry later, honouring `retry_after`.
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Any other `4xx`: permanent refusal.
+    Rejected { status: u16, body_excerpt: String },
+}
+
+impl BidResult {
+    /// Short bounded label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Placed { replay: false, .. } => "placed",
+            Self::Placed { replay: true, .. } => "replay",
+            Self::AlreadyPlaced { .. } => "conflict",
+            Self::Transient { .. } => "transient",
+            Self::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// A marketplace that is not configured, or a client that cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum MarketplaceError {
+    #[error("marketplace `{0}` is not configured")]
+    Unknown(String),
+    #[error("marketplace `{marketplace}`: {problem}")]
+    Config {
+        marketplace: String,
+        problem: String,
+    },
+}
+
+/// Places bids. Network trouble is a [`BidResult::Transient`], not an error.
+#[async_trait]
+pub trait Marketplace: Send + Sync + 'static {
+    /// Sends one bid with `Idempotency-Key: {marketplace}:{posting_id}`.
+    async fn place_bid(&self, bid: &BidRequest) -> Result<BidResult, MarketplaceError>;
+
+    /// Whether bids for this marketplace can be placed (it is configured).
+    fn knows(&self, marketplace: &str) -> bool;
+}

@@ -1,0 +1,1 @@
+//! The sandbox marketplace server (TO BE IMPLEMENTED by the marketplace work).
