@@ -11,13 +11,20 @@
 //!   [`marketplace`] (HTTP client, and the sandbox server).
 //! - [`worker`]: the consume loop, concurrency and graceful shutdown.
 //! - [`publish`]: publishing posting events with confirms.
-//! - [`http`], [`metrics`], [`telemetry`]: operations.
+//! - [`runtime`]: assembling a production worker from settings.
+//! - [`http`], [`metrics`], [`telemetry`]: operations; [`tally`]: exact counts for the demo.
 
 pub mod config;
+pub mod http;
 pub mod ledger;
 pub mod lock;
 pub mod marketplace;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod posting;
+pub mod runtime;
 pub mod source;
+pub mod tally;
+pub mod telemetry;
+pub mod worker;

@@ -1,1 +1,89 @@
-fn main() {}
+//! The `bidorch` binary: parse the command line, load configuration, start telemetry, and hand
+//! over to the library. Errors end here, printed with their cause chain, exit code 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use bidorch::config::Settings;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bidorch",
+    version,
+    about = "Event-driven bid orchestrator: exactly one bid per eligible posting"
+)]
+struct Cli {
+    /// A TOML file layered over the built-in defaults and config/{BIDORCH_ENV}.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Consume postings from RabbitMQ and bid (Redis leases, PostgreSQL ledger).
+    Worker,
+    /// Publish JSON-lines posting events with publisher confirms.
+    Publish {
+        /// File of JSON lines, or `-` for standard input.
+        #[arg(default_value = "-")]
+        input: String,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run the sandbox marketplace server.
+    Marketplace(bidorch::cli::MarketplaceArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Inspect and replay the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        action: bidorch::cli::DlqAction,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bidorch: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "Exiting on error");
+            eprintln!("bidorch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    let _telemetry = bidorch::telemetry::init(&settings.telemetry, &settings.instance_id())?;
+    match cli.command {
+        Command::Worker => {
+            bidorch::runtime::run_worker(&settings, true, bidorch::cli::shutdown_signal())
+                .await
+                .context("worker")?;
+        }
+        Command::Publish { input, quiet } => {
+            bidorch::cli::publish(&settings, &input, !quiet).await?;
+        }
+        Command::Marketplace(args) => bidorch::cli::marketplace(args).await?,
+        Command::Migrate => bidorch::cli::migrate(&settings).await?,
+        Command::Dlq { action } => bidorch::cli::dlq(&settings, action).await?,
+    }
+    Ok(())
+}
