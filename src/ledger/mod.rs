@@ -6,11 +6,15 @@
 //! `skipped`, `rejected` — are never overwritten.
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::config::{DatabaseSettings, LedgerKind};
 use crate::posting::PostingKey;
 
 pub use self::postgres::PgBidLedger;
@@ -173,6 +177,28 @@ pub trait BidLedger: Send + Sync + 'static {
     /// How many bids were placed since `since` (for `bidding.daily_bid_cap`).
     async fn placed_since(&self, since: DateTime<Utc>) -> Result<u64, LedgerError>;
 
+    /// How many rows are in each state: all four states, in declaration order, zero if none
+    /// (for the demo summary and the end-to-end checks).
+    async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError>;
+
     /// Checks the database answers (for `/readyz`).
     async fn health(&self) -> Result<(), LedgerError>;
+}
+
+/// Opens the ledger `settings.kind` names and applies its migrations — what worker start,
+/// `bidorch migrate` and the demo need. PostgreSQL uses `url`, `schema` and `max_connections`;
+/// SQLite uses `url` (`sqlite://file.db` or `sqlite::memory:`) and `max_connections`.
+pub async fn from_settings(
+    settings: &DatabaseSettings,
+) -> Result<Arc<dyn BidLedger>, LedgerError> {
+    Ok(match settings.kind {
+        LedgerKind::Postgres => Arc::new(PgBidLedger::connect_and_migrate(settings).await?),
+        LedgerKind::Sqlite => {
+            let ledger =
+                SqliteBidLedger::connect_with(settings.url.expose(), settings.max_connections)
+                    .await?;
+            ledger.migrate().await?;
+            Arc::new(ledger)
+        }
+    })
 }

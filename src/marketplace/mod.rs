@@ -3,6 +3,7 @@
 //! [`HttpMarketplace`] is the real client; [`sandbox`] is our stand-in server implementing the
 //! same contract, used by tests and the demo over real HTTP.
 
+mod classify;
 pub mod http;
 pub mod sandbox;
 
