@@ -103,8 +103,20 @@ pub async fn run_worker(
     serve_http: bool,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkerReport, StartError> {
-    let instance = settings.instance_id();
     let components = Components::connect(settings).await?;
+    run_worker_with(settings, components, serve_http, None, shutdown).await
+}
+
+/// [`run_worker`] over ports the caller built (tests pass their own marketplace client), with an
+/// optional [`Tally`](crate::tally::Tally) of exact counts.
+pub async fn run_worker_with(
+    settings: &Settings,
+    components: Components,
+    serve_http: bool,
+    tally: Option<Arc<crate::tally::Tally>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<WorkerReport, StartError> {
+    let instance = settings.instance_id();
     let pipeline = Arc::new(components.pipeline(settings));
     let source = AmqpPostingSource::connect(&settings.amqp, &instance).await?;
     let consuming = Arc::new(AtomicBool::new(false));
@@ -141,7 +153,10 @@ pub async fn run_worker(
     let report = worker::run(
         Box::new(source),
         pipeline,
-        worker_options(settings),
+        WorkerOptions {
+            tally,
+            ..worker_options(settings)
+        },
         consuming,
         shutdown,
     )
