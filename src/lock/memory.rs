@@ -1,34 +1,189 @@
 //! In-process lease store for the embedded mode (same semantics as Redis).
+//!
+//! Same contract as [`RedisLockStore`](super::RedisLockStore): a lease has a holder token and a
+//! TTL, only its token extends or releases it, and an expired lease is free for the next taker.
+//! Time is read from `tokio::time::Instant`, so tests can pause and advance the clock.
+//! It excludes only tasks of this process: `lock::from_settings` refuses it for a worker that
+//! consumes from RabbitMQ, where other processes compete for the same postings.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use super::{HolderInfo, Lease, LockError, LockStore, Release};
 use crate::posting::PostingKey;
 
-/// Leases in process memory (TO BE IMPLEMENTED by the lock work).
-pub struct MemoryLockStore {}
+/// Entries above which an insert sweeps out expired leases (amortised: the bar doubles).
+const SWEEP_FLOOR: usize = 1024;
+
+struct Entry {
+    token: String,
+    expires_at: Instant,
+}
+
+#[derive(Default)]
+struct Table {
+    leases: HashMap<PostingKey, Entry>,
+    sweep_at: usize,
+}
+
+impl Table {
+    /// The live entry for `key`, dropping it if it has expired.
+    fn live(&mut self, key: &PostingKey, now: Instant) -> Option<&mut Entry> {
+        if self.leases.get(key).is_some_and(|e| e.expires_at <= now) {
+            self.leases.remove(key);
+        }
+        self.leases.get_mut(key)
+    }
+
+    /// Keeps memory bounded when leases expire without anyone touching their key again.
+    fn sweep_if_large(&mut self, now: Instant) {
+        if self.leases.len() < self.sweep_at.max(SWEEP_FLOOR) {
+            return;
+        }
+        self.leases.retain(|_, e| e.expires_at > now);
+        self.sweep_at = self.leases.len() * 2;
+    }
+}
+
+/// Leases in process memory. Cheap to share behind an `Arc`.
+pub struct MemoryLockStore {
+    table: Mutex<Table>,
+    instance: String,
+}
+
+impl Default for MemoryLockStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryLockStore {
+    /// An empty store whose tokens name the instance `memory`.
+    pub fn new() -> Self {
+        Self {
+            table: Mutex::default(),
+            instance: "memory".to_owned(),
+        }
+    }
+
+    /// Sets the instance id written into this store's holder tokens.
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = instance.into();
+        self
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave a half-written entry (each critical
+        // section is a single map operation), so a poisoned table is still consistent.
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `now + ttl`, saturating far in the future instead of overflowing on an absurd TTL.
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+fn checked(ttl: Duration) -> Result<Duration, LockError> {
+    if ttl.is_zero() {
+        return Err(LockError::Config("a lease TTL must be positive".to_owned()));
+    }
+    Ok(ttl)
+}
 
 #[async_trait]
 impl LockStore for MemoryLockStore {
     async fn try_acquire(
         &self,
-        _key: &PostingKey,
-        _ttl: Duration,
+        key: &PostingKey,
+        ttl: Duration,
     ) -> Result<Option<Lease>, LockError> {
-        todo!()
+        let ttl = checked(ttl)?;
+        let now = Instant::now();
+        let mut table = self.table();
+        if table.live(key, now).is_some() {
+            return Ok(None);
+        }
+        table.sweep_if_large(now);
+        let token = super::new_token(&self.instance);
+        table.leases.insert(
+            key.clone(),
+            Entry {
+                token: token.clone(),
+                expires_at: expiry(now, ttl),
+            },
+        );
+        Ok(Some(Lease {
+            key: key.clone(),
+            token,
+            ttl,
+            acquired_at: now.into_std(),
+        }))
     }
-    async fn extend(&self, _lease: &Lease, _ttl: Duration) -> Result<bool, LockError> {
-        todo!()
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError> {
+        let ttl = checked(ttl)?;
+        let now = Instant::now();
+        let mut table = self.table();
+        Ok(match table.live(&lease.key, now) {
+            Some(entry) if entry.token == lease.token => {
+                entry.expires_at = expiry(now, ttl);
+                true
+            }
+            _ => false,
+        })
     }
-    async fn release(&self, _lease: &Lease) -> Result<Release, LockError> {
-        todo!()
+
+    async fn release(&self, lease: &Lease) -> Result<Release, LockError> {
+        let now = Instant::now();
+        let mut table = self.table();
+        let ours = table
+            .live(&lease.key, now)
+            .is_some_and(|entry| entry.token == lease.token);
+        Ok(if ours {
+            table.leases.remove(&lease.key);
+            Release::Released
+        } else {
+            Release::NotOwned
+        })
     }
-    async fn holder(&self, _key: &PostingKey) -> Result<Option<HolderInfo>, LockError> {
-        todo!()
+
+    async fn holder(&self, key: &PostingKey) -> Result<Option<HolderInfo>, LockError> {
+        let now = Instant::now();
+        let mut table = self.table();
+        Ok(table.live(key, now).map(|entry| HolderInfo {
+            token: entry.token.clone(),
+            ttl_left: entry.expires_at - now,
+        }))
     }
+
     async fn health(&self) -> Result<(), LockError> {
-        todo!()
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_are_swept_once_the_table_grows() {
+        let store = MemoryLockStore::new();
+        let ttl = Duration::from_secs(1);
+        for i in 0..SWEEP_FLOOR {
+            let key = PostingKey::new("m", &format!("p{i}")).unwrap();
+            store.try_acquire(&key, ttl).await.unwrap().unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let key = PostingKey::new("m", "fresh").unwrap();
+        store.try_acquire(&key, ttl).await.unwrap().unwrap();
+        assert_eq!(store.table().leases.len(), 1);
     }
 }

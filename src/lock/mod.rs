@@ -6,19 +6,48 @@
 //!
 //! Errors are never "held elsewhere": a store that cannot answer returns [`LockError`], and the
 //! pipeline fails closed (retry later, no bid).
+//!
+//! # Layout
+//! - [`LockStore`]: the port (`try_acquire`, `extend`, `release`, `holder`, `health`).
+//! - [`redis`] / [`redis_conn`]: [`RedisLockStore`] (single node, TLS, or Redis Cluster).
+//! - [`memory`]: [`MemoryLockStore`], the same semantics in process (embedded mode only).
+//! - [`watchdog`]: [`HeldLease`], renewal every TTL/3 and the lost-lease signal.
+//! - [`metered`]: [`MeteredLockStore`], the full lease API over a backend — metrics,
+//!   `acquire(timeout)` with backoff ([`acquire`]), the scoped `with_lease`.
+//! - [`from_settings`]: backend selection that fails closed.
+//!
+//! # Operations
+//! - Run the lock Redis with `maxmemory-policy noeviction`: an evicted lease is a lease silently
+//!   lost. Lock keys are small and short-lived, so this costs nothing.
+//! - The lease is an optimisation (it keeps workers from duplicating work). The guarantee is the
+//!   ledger's epoch fence plus the marketplace idempotency key: they hold even when a lease is
+//!   lost to a pause, a Redis restart or a failover.
+//! - Choose `lock.ttl` well above the slowest step under the lease — config validation requires
+//!   the marketplace `timeout + connect_timeout` to fit in half of it — and short enough that a
+//!   crashed worker's postings are retried soon (it only delays them, never loses them).
 
+pub mod acquire;
 pub mod memory;
+pub mod metered;
+pub mod metrics;
 pub mod redis;
+pub mod redis_conn;
 pub mod watchdog;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::config::{LockKind, Settings, SourceKind};
 use crate::posting::PostingKey;
 
+pub use self::acquire::{AcquireError, Backoff};
 pub use self::memory::MemoryLockStore;
+pub use self::metered::MeteredLockStore;
+pub use self::metrics::{LatencySummary, LockMetricsSnapshot};
 pub use self::redis::RedisLockStore;
+pub use self::redis_conn::RedisTimeouts;
 pub use self::watchdog::HeldLease;
 
 /// A lease granted by a [`LockStore`]: the key, the unique token of this holder and its TTL.
@@ -96,4 +125,47 @@ pub fn new_token(instance: &str) -> String {
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+/// The lock store chosen by `lock.kind`, metered, with `lock.backoff_*` (see
+/// [`metered_from_settings`]).
+pub fn from_settings(settings: &Settings) -> Result<Arc<dyn LockStore>, LockError> {
+    Ok(metered_from_settings(settings)?)
+}
+
+/// The lock store chosen by `lock.kind`, as a [`MeteredLockStore`] (for `acquire`, `with_lease`
+/// and the metrics snapshot). Call inside a Tokio runtime.
+///
+/// Fails closed: the in-process store is refused when postings come from RabbitMQ, because it
+/// excludes only this process's tasks while other workers consume the same queue — the original
+/// system's silent fall-back that let every instance bid once. A Redis store is built without
+/// waiting for Redis: while Redis is down every call errors (and postings are retried), it
+/// never degrades to in-process locking.
+pub fn metered_from_settings(settings: &Settings) -> Result<Arc<MeteredLockStore>, LockError> {
+    let instance = settings.instance_id();
+    let (inner, backend): (Arc<dyn LockStore>, &'static str) = match settings.lock.kind {
+        LockKind::Redis => {
+            let store = RedisLockStore::new(&settings.redis)?.with_instance(instance);
+            (Arc::new(store), "redis")
+        }
+        LockKind::Memory => {
+            if settings.source.kind == SourceKind::Amqp {
+                return Err(LockError::Config(
+                    "lock.kind = \"memory\" cannot be used with source.kind = \"amqp\": an \
+                     in-process lock only excludes tasks of this process, while other workers \
+                     consume the same queue, so each of them could bid on the same posting. Use \
+                     lock.kind = \"redis\" (USE_REDIS_LOCKS=true with REDIS_URL or REDIS_HOST) \
+                     for workers on RabbitMQ; the memory store is for the embedded mode \
+                     (source.kind = \"memory\")."
+                        .to_owned(),
+                ));
+            }
+            let store = MemoryLockStore::new().with_instance(instance);
+            (Arc::new(store), "memory")
+        }
+    };
+    let backoff = Backoff::from(&settings.lock);
+    Ok(Arc::new(
+        MeteredLockStore::new(inner, backend).with_backoff(backoff),
+    ))
 }

@@ -1,16 +1,21 @@
 //! Lease renewal while work runs, and the lost-lease signal the pipeline checks before bidding.
 //!
 //! [`HeldLease::start`] spawns a task that extends the lease every third of its TTL. The lease is
-//! reported lost when the store says it is no longer ours, or when renewals have failed for so
-//! long that the TTL may have run out — an unreachable store is never taken as "still ours".
-//! Dropping a `HeldLease` without [`release`](HeldLease::release) (an error path, a panic, a
-//! cancelled task) stops renewal and releases the lease in the background.
+//! reported lost when the store says it is no longer ours, or when renewals have failed (or not
+//! answered) for so long that the TTL may have run out — an unreachable store is never taken as
+//! "still ours". A failed renewal is retried sooner than the regular period, so one lost packet
+//! does not cost the lease. Dropping a `HeldLease` without [`release`](HeldLease::release) (an
+//! error path, a panic, a cancelled task) stops renewal and releases the lease in the background.
+//!
+//! Time is `tokio::time::Instant` (the lease's std `acquired_at` converted), so a test that
+//! pauses and advances the Tokio clock sees exactly what a process paused past its TTL would.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{Lease, LockError, LockStore, Release};
 
@@ -26,7 +31,8 @@ pub struct HeldLease {
 impl HeldLease {
     /// Starts renewing `lease` every `ttl / 3` until released or dropped.
     pub fn start(store: Arc<dyn LockStore>, lease: Lease) -> Self {
-        let (tx, rx) = watch::channel(Some(lease.acquired_at + lease.ttl));
+        let valid_until = Instant::from_std(lease.acquired_at) + lease.ttl;
+        let (tx, rx) = watch::channel(Some(valid_until));
         let renewer = tokio::spawn(renew(store.clone(), lease.clone(), tx));
         Self {
             store,
@@ -87,37 +93,45 @@ impl Drop for HeldLease {
     }
 }
 
+/// Sends the loss signal, logging why once.
+fn signal_lost(state: &watch::Sender<Option<Instant>>, lease: &Lease, why: &str) {
+    tracing::warn!(key = %lease.key, why, "Lease lost");
+    let _ = state.send(None);
+}
+
 async fn renew(store: Arc<dyn LockStore>, lease: Lease, state: watch::Sender<Option<Instant>>) {
     let period = (lease.ttl / 3).max(Duration::from_millis(10));
-    // Until when the lease is certainly ours: the last successful grant or renewal plus TTL.
-    let mut valid_until = lease.acquired_at + lease.ttl;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let retry = (period / 4).max(Duration::from_millis(5));
+    // Until when the lease is certainly ours: the last successful grant or renewal plus TTL,
+    // both measured from before the command was sent.
+    let mut valid_until = Instant::from_std(lease.acquired_at) + lease.ttl;
+    let mut next = Instant::from_std(lease.acquired_at) + period;
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(next.min(valid_until)).await;
         let attempt_at = Instant::now();
         if attempt_at >= valid_until {
-            // Paused (or starved) past the TTL: someone else may hold it now.
-            tracing::warn!(key = %lease.key, "Lease expired before it could be renewed");
-            let _ = state.send(None);
+            // Paused, starved or failing past the TTL: someone else may hold it now.
+            signal_lost(&state, &lease, "not renewed within its TTL");
             return;
         }
-        match store.extend(&lease, lease.ttl).await {
-            Ok(true) => {
-                valid_until = attempt_at + lease.ttl;
-                let _ = state.send(Some(valid_until));
-            }
-            Ok(false) => {
-                tracing::warn!(key = %lease.key, "Lease lost: the key is no longer ours");
-                let _ = state.send(None);
+        // An extend still pending when the TTL runs out cannot save the lease: stop waiting.
+        match tokio::time::timeout_at(valid_until, store.extend(&lease, lease.ttl)).await {
+            Err(_) => {
+                signal_lost(&state, &lease, "renewal did not answer within the TTL");
                 return;
             }
-            Err(e) => {
+            Ok(Ok(true)) => {
+                valid_until = attempt_at + lease.ttl;
+                next = attempt_at + period;
+                let _ = state.send(Some(valid_until));
+            }
+            Ok(Ok(false)) => {
+                signal_lost(&state, &lease, "the key is no longer ours");
+                return;
+            }
+            Ok(Err(e)) => {
                 tracing::warn!(key = %lease.key, error = %e, "Lease renewal failed; retrying");
-                if Instant::now() >= valid_until {
-                    let _ = state.send(None);
-                    return;
-                }
+                next = Instant::now() + retry;
             }
         }
     }

@@ -1,0 +1,216 @@
+//! The Redis connection behind [`RedisLockStore`](super::RedisLockStore): one node or a cluster,
+//! bounded timeouts, and errors that never carry the URL's password.
+//!
+//! `redis.url` is one `redis://` / `rediss://` URL (a single node, or a managed endpoint), or a
+//! Redis Cluster given as a comma-separated list of node URLs (`redis://a:7000,redis://b:7001`),
+//! or one node URL with `?cluster=true` (the client discovers the other nodes from it). Every lease
+//! command names exactly one key, `{prefix}bid_lock:{m:p}`, so in a cluster it is routed to the
+//! slot of its `{m:p}` hash tag and the Lua scripts run on the node owning that key.
+//!
+//! Both kinds connect lazily and reconnect by themselves: a store can be built while Redis is
+//! down, answers every call with an error until Redis is back, and never blocks past
+//! `connect_timeout + response_timeout` per call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation};
+use tokio::sync::OnceCell;
+
+use super::LockError;
+use crate::config::SecretUrl;
+
+/// Why a Redis call failed (shown without any password: neither variant holds the URL).
+#[derive(Debug)]
+enum Cause {
+    Redis(RedisError),
+    TimedOut(Duration),
+}
+
+/// A failed Redis call, naming the operation.
+#[derive(Debug, thiserror::Error)]
+#[error("redis {op} failed: {}", match cause {
+    Cause::Redis(e) => e.to_string(),
+    Cause::TimedOut(after) => format!("no answer within {}", humantime::format_duration(*after)),
+})]
+pub(super) struct RedisOpError {
+    op: &'static str,
+    cause: Cause,
+}
+
+fn unavailable(op: &'static str, cause: Cause) -> LockError {
+    LockError::Unavailable(Box::new(RedisOpError { op, cause }))
+}
+
+/// Timeouts of the Redis connection.
+#[derive(Clone, Copy, Debug)]
+pub struct RedisTimeouts {
+    /// Bound on establishing a TCP (and TLS) connection to a node.
+    pub connect: Duration,
+    /// Bound on waiting for one command's answer.
+    pub response: Duration,
+}
+
+impl Default for RedisTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A lazily connected single-node manager or cluster connection. Cloning is shallow.
+#[derive(Clone)]
+pub(super) enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(Arc<Cluster>),
+}
+
+/// A cluster client and its connection, established on first use.
+pub(super) struct Cluster {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+impl Cluster {
+    async fn conn(&self) -> Result<ClusterConnection, RedisError> {
+        // A failed first connect leaves the cell empty, so the next call tries again.
+        self.conn
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await
+            .cloned()
+    }
+}
+
+/// Splits `redis.url` into node URLs and whether they form a cluster (see the module docs).
+pub(super) fn parse_nodes(url: &SecretUrl) -> Result<(Vec<String>, bool), LockError> {
+    let mut cluster = false;
+    let mut nodes = Vec::new();
+    for part in url
+        .expose()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let shown = SecretUrl::new(part).redacted();
+        let mut parsed = url::Url::parse(part)
+            .map_err(|e| LockError::Config(format!("redis.url {shown}: {e}")))?;
+        if !matches!(parsed.scheme(), "redis" | "rediss") {
+            return Err(LockError::Config(format!(
+                "redis.url {shown}: scheme must be redis:// or rediss://"
+            )));
+        }
+        let (flag, rest): (Vec<_>, Vec<_>) = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .partition(|(k, _)| k == "cluster");
+        if flag
+            .iter()
+            .any(|(_, v)| matches!(v.as_str(), "true" | "1" | "yes"))
+        {
+            cluster = true;
+        }
+        if !flag.is_empty() {
+            // The redis crate does not know `cluster`; hand it the URL without it.
+            parsed.set_query(None);
+            if !rest.is_empty() {
+                parsed.query_pairs_mut().extend_pairs(rest);
+            }
+        }
+        nodes.push(parsed.to_string());
+    }
+    if nodes.is_empty() {
+        return Err(LockError::Config("redis.url is empty".to_owned()));
+    }
+    Ok((nodes.clone(), cluster || nodes.len() > 1))
+}
+
+impl RedisConn {
+    /// Builds the connection without touching the network.
+    pub(super) fn open(url: &SecretUrl, timeouts: RedisTimeouts) -> Result<Self, LockError> {
+        // The client's parse errors describe the problem and never echo the URL or password.
+        let config_error =
+            |e: RedisError| LockError::Config(format!("redis.url {}: {e}", url.redacted()));
+        let (nodes, cluster) = parse_nodes(url)?;
+        if cluster {
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(timeouts.connect)
+                .response_timeout(timeouts.response)
+                .retries(2)
+                .build()
+                .map_err(config_error)?;
+            return Ok(Self::Cluster(Arc::new(Cluster {
+                client,
+                conn: OnceCell::new(),
+            })));
+        }
+        let client = redis::Client::open(nodes[0].as_str()).map_err(config_error)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(Some(timeouts.response))
+            // Few, short reconnect retries: a caller waiting on a dead Redis must get its error
+            // quickly; the next call starts a fresh reconnect anyway.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(250));
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(config_error)?;
+        Ok(Self::Single(manager))
+    }
+
+    /// Whether this is a Redis Cluster connection.
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// Runs a command, bounded by `deadline`.
+    pub(super) async fn query<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &Cmd,
+        deadline: Duration,
+    ) -> Result<T, LockError> {
+        let call = async {
+            match self {
+                Self::Single(m) => cmd.query_async(&mut m.clone()).await,
+                Self::Cluster(c) => cmd.query_async(&mut c.conn().await?).await,
+            }
+        };
+        Self::bounded(op, deadline, call).await
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it on NOSCRIPT), bounded by `deadline`.
+    pub(super) async fn invoke<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &ScriptInvocation<'_>,
+        deadline: Duration,
+    ) -> Result<T, LockError> {
+        let call = async {
+            match self {
+                Self::Single(m) => script.invoke_async(&mut m.clone()).await,
+                Self::Cluster(c) => script.invoke_async(&mut c.conn().await?).await,
+            }
+        };
+        Self::bounded(op, deadline, call).await
+    }
+
+    async fn bounded<T>(
+        op: &'static str,
+        deadline: Duration,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, LockError> {
+        // The connection's own timeouts bound each step; this bounds reconnect retries too. A
+        // command cut off here may still have run in Redis: for SET that leaves a lease nobody
+        // knows the token of, which expires by its TTL (fail closed, never a second holder).
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(op, Cause::Redis(e))),
+            Err(_) => Err(unavailable(op, Cause::TimedOut(deadline))),
+        }
+    }
+}
