@@ -15,6 +15,7 @@
 //! - [`http`], [`metrics`], [`telemetry`]: operations; [`tally`]: exact counts for the demo.
 
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod ledger;
 pub mod lock;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::config::{LockKind, Settings, SourceKind};
+use crate::config::Settings;
 use crate::ledger::{self, BidLedger, LedgerError};
 use crate::lock::{self, LockError, LockStore};
 use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
@@ -33,8 +33,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Unsafe(String),
 }
 
 /// The ports a pipeline runs on.
@@ -48,16 +46,9 @@ pub struct Components {
 impl Components {
     /// Connects the configured production backends (the ledger migrated).
     pub async fn connect(settings: &Settings) -> Result<Self, StartError> {
-        if settings.source.kind == SourceKind::Amqp && settings.lock.kind == LockKind::Memory {
-            return Err(StartError::Unsafe(
-                "lock.kind = \"memory\" with source.kind = \"amqp\": in-process locks only exclude \
-                 workers of this process, so several workers on one queue would bid twice. Use \
-                 lock.kind = \"redis\" (unset USE_REDIS_LOCKS=false) or the embedded mode (`bidorch demo`)."
-                    .to_owned(),
-            ));
-        }
+        // Fails closed on in-process locks with a RabbitMQ source (see `lock::from_settings`).
+        let locks = lock::from_settings(settings)?;
         let ledger = ledger::from_settings(&settings.database).await?;
-        let locks = lock::from_settings(settings).await?;
         let marketplace: Arc<dyn Marketplace> =
             Arc::new(HttpMarketplace::new(&settings.marketplaces, |var| {
                 std::env::var(var).ok()

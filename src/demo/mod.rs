@@ -1,0 +1,309 @@
+//! `bidorch demo`: the whole system on one machine, in seconds, checked.
+//!
+//! Starts the sandbox marketplace in-process (real HTTP on loopback), generates realistic
+//! postings ([`generate`]), runs several concurrent workers over them and prints a
+//! [`DemoReport`]. The embedded backends are the in-process queue, the in-memory lock store and
+//! a SQLite ledger; `--backend real` runs the same demo on the configured RabbitMQ, Redis and
+//! PostgreSQL, under names unique to the run, removed afterwards.
+
+mod generate;
+mod real;
+mod report;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{BiddingSettings, MarketplaceSettings, Settings};
+use crate::ledger::{BidLedger, LedgerError, SqliteBidLedger};
+use crate::lock::{LockStore, MemoryLockStore};
+use crate::marketplace::sandbox::{self, Sandbox, SandboxOptions, SandboxStats};
+use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
+use crate::pipeline::Pipeline;
+use crate::policy::Policy;
+use crate::source::{MemoryBroker, SourceError};
+use crate::tally::Tally;
+use crate::worker::{self, WorkerOptions};
+
+pub use self::generate::{DemoInput, generate};
+pub use self::report::DemoReport;
+
+/// Which backends the demo runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DemoBackend {
+    /// In-process queue, in-memory locks, SQLite ledger: nothing to install.
+    Embedded,
+    /// The configured RabbitMQ, Redis and PostgreSQL.
+    Real,
+}
+
+/// Demo knobs (the `bidorch demo` flags).
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub workers: usize,
+    pub postings: usize,
+    pub duplication: usize,
+    pub poison: usize,
+    pub seed: u64,
+    pub backend: DemoBackend,
+    /// Show a progress bar on standard error.
+    pub progress: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            postings: 10_000,
+            duplication: 3,
+            poison: 10,
+            seed: 42,
+            backend: DemoBackend::Embedded,
+            progress: true,
+        }
+    }
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("sandbox marketplace: {0}")]
+    Sandbox(#[source] std::io::Error),
+    #[error("marketplace client: {0}")]
+    Marketplace(#[from] MarketplaceError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("lock store: {0}")]
+    Lock(#[from] crate::lock::LockError),
+    #[error("broker: {0}")]
+    Source(#[from] SourceError),
+    #[error("publishing: {0}")]
+    Publish(String),
+    #[error("the run did not finish within {0:?}: {1}")]
+    Stalled(Duration, String),
+}
+
+/// Token the in-process sandbox and the demo's client share.
+const DEMO_TOKEN: &str = "demo-token";
+
+/// The sandbox, served on an ephemeral loopback port until dropped.
+struct RunningSandbox {
+    sandbox: Sandbox,
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RunningSandbox {
+    async fn start() -> Result<Self, DemoError> {
+        let sandbox = Sandbox::new(SandboxOptions {
+            token: Some(DEMO_TOKEN.to_owned()),
+            ..SandboxOptions::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(DemoError::Sandbox)?;
+        let url = format!("http://{}", listener.local_addr().map_err(DemoError::Sandbox)?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(sandbox::serve(listener, sandbox.clone(), async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            sandbox,
+            url,
+            stop: Some(stop),
+        })
+    }
+
+    /// The demo's marketplaces, all served by this sandbox.
+    fn marketplaces(&self, template: &Settings) -> BTreeMap<String, MarketplaceSettings> {
+        let like = template.marketplaces.values().next();
+        generate::MARKETPLACES
+            .iter()
+            .map(|m| {
+                let base_url = url::Url::parse(&format!("{}/{m}", self.url))
+                    .expect("a loopback URL with a plain path parses");
+                let settings = MarketplaceSettings {
+                    base_url,
+                    token_env: "BIDORCH_DEMO_TOKEN".to_owned(),
+                    timeout: like.map_or(Duration::from_secs(5), |l| l.timeout),
+                    connect_timeout: like.map_or(Duration::from_secs(2), |l| l.connect_timeout),
+                };
+                ((*m).to_owned(), settings)
+            })
+            .collect()
+    }
+
+    fn client(&self, template: &Settings) -> Result<Arc<dyn Marketplace>, DemoError> {
+        let client = HttpMarketplace::new(&self.marketplaces(template), |_| {
+            Some(DEMO_TOKEN.to_owned())
+        })?;
+        Ok(Arc::new(client))
+    }
+}
+
+impl Drop for RunningSandbox {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn demo_policy() -> Policy {
+    Policy::new(&BiddingSettings {
+        min_budget: generate::MIN_BUDGET.into(),
+        blocked_keywords: generate::BLOCKED.iter().map(|s| (*s).to_owned()).collect(),
+        daily_bid_cap: 0,
+        cover_letter: "Hello! I would love to help with \"{title}\".".to_owned(),
+    })
+}
+
+fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} messages settled ({per_sec}) {msg}",
+        )
+        .expect("static template is valid"),
+    );
+    bar
+}
+
+/// Runs the demo and returns its report; the caller decides the exit code from
+/// [`DemoReport::is_correct`].
+pub async fn run(settings: &Settings, options: &DemoOptions) -> Result<DemoReport, DemoError> {
+    match options.backend {
+        DemoBackend::Embedded => run_embedded(settings, options).await,
+        DemoBackend::Real => real::run(settings, options).await,
+    }
+}
+
+async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<DemoReport, DemoError> {
+    let input = generate(options.postings, options.duplication, options.poison, options.seed);
+    let sandbox = RunningSandbox::start().await?;
+    let marketplace = sandbox.client(settings)?;
+    // A shared in-memory SQLite database: one connection serialises writes, as SQLite does anyway.
+    let ledger: Arc<dyn BidLedger> =
+        Arc::new(SqliteBidLedger::connect_and_migrate("sqlite::memory:").await?);
+    let locks: Arc<dyn LockStore> = Arc::new(MemoryLockStore::new());
+    let pipeline = Arc::new(Pipeline::new(
+        ledger.clone(),
+        locks,
+        marketplace,
+        demo_policy(),
+        settings.lock.ttl,
+    ));
+    let broker = MemoryBroker::new();
+    let tally = Arc::new(Tally::default());
+    let worker_options = WorkerOptions {
+        tally: Some(tally.clone()),
+        delays: crate::pipeline::RetryDelays {
+            lock_held: Duration::from_millis(20),
+            unavailable: Duration::from_millis(200),
+            transient: Duration::from_millis(50),
+        },
+        ..crate::runtime::worker_options(settings)
+    };
+
+    let started = Instant::now();
+    for body in &input.messages {
+        broker.publish(body.clone(), BTreeMap::new());
+    }
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let prefetch = usize::from(settings.amqp.prefetch);
+    let workers: Vec<_> = (0..options.workers.max(1))
+        .map(|_| {
+            let source = Box::new(broker.consumer(prefetch));
+            let mut stopped = stop.subscribe();
+            tokio::spawn(worker::run(
+                source,
+                pipeline.clone(),
+                worker_options.clone(),
+                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        })
+        .collect();
+
+    let bar = progress_bar(input.messages.len() as u64, options.progress);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let counts = broker.counts();
+        bar.set_position((counts.acked as usize + counts.dead) as u64);
+        if counts.outstanding() == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bar.abandon();
+            return Err(DemoError::Stalled(
+                Duration::from_secs(600),
+                format!("{counts:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let _ = stop.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    let mut dead_letters = BTreeMap::new();
+    for parked in broker.dead_letters() {
+        *dead_letters.entry(parked.reason).or_default() += 1;
+    }
+    report(
+        "embedded",
+        options,
+        &input,
+        elapsed,
+        &sandbox.sandbox.stats(),
+        dead_letters,
+        ledger.as_ref(),
+        tally.snapshot(),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn report(
+    backend: &'static str,
+    options: &DemoOptions,
+    input: &DemoInput,
+    elapsed: Duration,
+    stats: &SandboxStats,
+    dead_letters: BTreeMap<String, u64>,
+    ledger: &dyn BidLedger,
+    counts: crate::tally::Counts,
+) -> Result<DemoReport, DemoError> {
+    let bids_for = |key: &String| stats.postings.get(key).map_or(0, |p| p.bids);
+    let eligible: BTreeSet<&String> = input.eligible.iter().collect();
+    Ok(DemoReport {
+        backend,
+        workers: options.workers,
+        postings: options.postings,
+        eligible: input.eligible.len(),
+        messages: input.messages.len(),
+        poison: input.poison,
+        elapsed,
+        bids: stats.bids_created,
+        replays: stats.replays,
+        conflicts: stats.conflicts,
+        double_bids: stats.postings.values().filter(|p| p.bids > 1).count() as u64,
+        missing_bids: eligible.iter().filter(|k| bids_for(k) == 0).count() as u64,
+        wrong_bids: input.ineligible.iter().filter(|k| bids_for(k) > 0).count() as u64,
+        dead_letters,
+        ledger: ledger
+            .counts_by_state()
+            .await?
+            .into_iter()
+            .map(|(s, n)| (s.as_str(), n))
+            .collect(),
+        counts,
+    })
+}
