@@ -1,1 +1,0 @@
-//! The sandbox marketplace server (TO BE IMPLEMENTED by the marketplace work).

@@ -1,0 +1,227 @@
+//! The sandbox marketplace (`bidorch marketplace`): a faithful server of the bid contract for tests
+//! and the demo, which counts every bid per posting so "exactly one bid" can be checked.
+//!
+//! Every marketplace is served under its own path prefix — `POST /{marketplace}/v1/postings/
+//! {posting_id}/bids` — so a `base_url` of `http://host:8081/upwork` works as in production.
+//! Operator endpoints: `GET /v1/stats` ([`SandboxStats`]), `GET /v1/bids/{marketplace}/
+//! {posting_id}` (the [`Bid`]s recorded, with the trace context each arrived with), `GET /healthz`.
+//!
+//! Faults for tests and the demo: a seeded random share of requests answered `503` or `429`
+//! (`Retry-After: 1`), scripted faults ([`Sandbox::fail_next`]) and a response latency applied
+//! *after* the bid is recorded — a slow answer a client may give up on, whose retry must replay.
+
+mod book;
+mod routes;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use self::book::Book;
+use crate::posting::PostingKey;
+
+/// How the sandbox behaves.
+#[derive(Clone)]
+pub struct SandboxOptions {
+    /// The bearer token required; `None` accepts any non-empty bearer token.
+    pub token: Option<String>,
+    /// Share of bid requests (0.0–1.0) answered `503` or `429` before anything is recorded.
+    pub fail_rate: f64,
+    /// Delay before each bid answer, after the bid is recorded.
+    pub latency: Duration,
+    /// Seed of the fault dice, so a run can be repeated.
+    pub seed: u64,
+    /// `true` (the contract): idempotency keys replay and a second key gets `409`. `false`: a
+    /// naive marketplace where every request creates a bid, so `duplicates` in the stats exposes
+    /// any lapse of the layers in front of the idempotency key (ledger, lease, fencing).
+    pub honour_idempotency: bool,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        Self {
+            token: None,
+            fail_rate: 0.0,
+            latency: Duration::ZERO,
+            seed: 0,
+            honour_idempotency: true,
+        }
+    }
+}
+
+impl fmt::Debug for SandboxOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxOptions")
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("fail_rate", &self.fail_rate)
+            .field("latency", &self.latency)
+            .field("seed", &self.seed)
+            .field("honour_idempotency", &self.honour_idempotency)
+            .finish()
+    }
+}
+
+/// A scripted answer for the next bid request, given before anything is recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub status: u16,
+    /// `Retry-After` header value (delta-seconds or an HTTP-date), if any.
+    pub retry_after: Option<String>,
+}
+
+impl Fault {
+    /// `503 Service Unavailable` without `Retry-After`.
+    pub fn unavailable() -> Self {
+        Self {
+            status: 503,
+            retry_after: None,
+        }
+    }
+
+    /// `429 Too Many Requests` with the given `Retry-After` value.
+    pub fn rate_limited(retry_after: impl Into<String>) -> Self {
+        Self {
+            status: 429,
+            retry_after: Some(retry_after.into()),
+        }
+    }
+}
+
+/// One bid as the sandbox recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bid {
+    pub bid_id: String,
+    pub marketplace: String,
+    pub posting_id: String,
+    pub idempotency_key: String,
+    /// The amount exactly as sent, e.g. `"450.00"`.
+    pub amount: String,
+    pub currency: String,
+    pub cover_letter: String,
+    /// The W3C trace context the creating request carried.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// Counters for one posting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostingStats {
+    /// Bids created: never more than 1 while idempotency is honoured.
+    pub bids: u64,
+    /// Bid requests received for the posting, whatever their answer.
+    pub requests: u64,
+    pub replays: u64,
+    pub conflicts: u64,
+    /// The `traceparent` of the latest request that carried one.
+    pub last_traceparent: Option<String>,
+}
+
+/// `GET /v1/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxStats {
+    /// Bid requests received (all answers).
+    pub requests: u64,
+    /// `201`s.
+    pub bids_created: u64,
+    /// `200`s: the idempotency key was seen before — a duplicate stopped by the key.
+    pub replays: u64,
+    /// `409`s: a bid exists under another key.
+    pub conflicts: u64,
+    /// `4xx` refusals before placement (auth, missing key, bad body).
+    pub rejected: u64,
+    /// Injected `429`/`503` answers.
+    pub faults: u64,
+    /// Per `"{marketplace}:{posting_id}"`.
+    pub postings: BTreeMap<String, PostingStats>,
+    /// Postings with more than one bid: must stay empty.
+    pub duplicates: Vec<String>,
+}
+
+/// The sandbox: cheap to clone, all clones share one book of bids.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: SandboxOptions,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    book: Book,
+    dice: fastrand::Rng,
+    scripted: VecDeque<Fault>,
+}
+
+impl Sandbox {
+    /// A sandbox with an empty book.
+    pub fn new(options: SandboxOptions) -> Self {
+        let dice = fastrand::Rng::with_seed(options.seed);
+        Self {
+            inner: Arc::new(Inner {
+                options,
+                state: Mutex::new(State {
+                    book: Book::default(),
+                    dice,
+                    scripted: VecDeque::new(),
+                }),
+            }),
+        }
+    }
+
+    /// The HTTP routes (bids under `/{marketplace}/…`, stats, bids, health).
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.clone())
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> SandboxStats {
+        self.state().book.stats()
+    }
+
+    /// The bids recorded for a posting (at most one while idempotency is honoured).
+    pub fn bids(&self, key: &PostingKey) -> Vec<Bid> {
+        self.state().book.bids(&key.to_string())
+    }
+
+    /// Answers the next bid request with `fault` (queued; scripted faults come before random ones).
+    pub fn fail_next(&self, fault: Fault) {
+        self.state().scripted.push_back(fault);
+    }
+
+    fn options(&self) -> &SandboxOptions {
+        &self.inner.options
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The lock guards plain counters updated without panicking code paths; a poisoned lock
+        // still holds consistent data.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Serves `sandbox` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sandbox: Sandbox,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, options = ?sandbox.options(), "Sandbox marketplace listening");
+    }
+    axum::serve(listener, sandbox.router())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("Sandbox marketplace stopped");
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! The sandbox's HTTP surface: request checks in the order a real marketplace applies them
+//! (faults, auth, idempotency key, content type, body), then the book decides, then the answer.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use rust_decimal::Decimal;
+use serde_json::json;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::book::Placement;
+use super::{Bid, Fault, Sandbox};
+use crate::posting::PostingKey;
+
+/// Longest cover letter accepted.
+const MAX_COVER_LETTER_CHARS: usize = 20_000;
+
+pub(super) fn router(sandbox: Sandbox) -> Router {
+    Router::new()
+        .route(
+            "/{marketplace}/v1/postings/{posting_id}/bids",
+            post(place_bid),
+        )
+        .route("/v1/stats", get(stats))
+        .route("/v1/bids/{marketplace}/{posting_id}", get(bids))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(sandbox)
+}
+
+async fn stats(State(sandbox): State<Sandbox>) -> Response {
+    axum::Json(sandbox.stats()).into_response()
+}
+
+async fn bids(
+    State(sandbox): State<Sandbox>,
+    Path((marketplace, posting_id)): Path<(String, String)>,
+) -> Response {
+    match PostingKey::new(&marketplace, &posting_id) {
+        Ok(key) => axum::Json(sandbox.bids(&key)).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+    }
+}
+
+/// `POST /{marketplace}/v1/postings/{posting_id}/bids`, in a server span continuing the caller's
+/// trace from its `traceparent`.
+async fn place_bid(
+    State(sandbox): State<Sandbox>,
+    Path((marketplace, posting_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let span = tracing::info_span!(
+        "sandbox.place_bid",
+        otel.name = "POST /{marketplace}/v1/postings/{posting_id}/bids",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/{marketplace}/v1/postings/{posting_id}/bids",
+        http.response.status_code = tracing::field::Empty,
+        marketplace = %marketplace,
+        posting_id = %posting_id,
+    );
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
+    // Before the span is entered, or the parent is ignored; fails only without an OTel layer.
+    let _ = span.set_parent(parent);
+    async move {
+        let response = answer(&sandbox, &marketplace, &posting_id, &headers, &body);
+        tracing::Span::current().record("http.response.status_code", response.status().as_u16());
+        // After recording: a client giving up on a slow answer has still placed its bid.
+        let latency = sandbox.options().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+fn answer(
+    sandbox: &Sandbox,
+    marketplace: &str,
+    posting_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let Ok(key) = PostingKey::new(marketplace, posting_id) else {
+        return error(StatusCode::NOT_FOUND, "no such marketplace or posting");
+    };
+    let traceparent = header_str(headers, "traceparent");
+    {
+        let mut state = sandbox.state();
+        state.book.count_request(&key.to_string(), traceparent);
+        let options = sandbox.options();
+        let fault = match state.scripted.pop_front() {
+            Some(fault) => Some(fault),
+            None if options.fail_rate > 0.0 && state.dice.f64() < options.fail_rate => {
+                Some(if state.dice.bool() {
+                    Fault::unavailable()
+                } else {
+                    Fault::rate_limited("1")
+                })
+            }
+            None => None,
+        };
+        if let Some(fault) = fault {
+            state.book.count_fault();
+            return fault_response(&fault);
+        }
+    }
+    let checked = check_auth(sandbox, headers)
+        .and_then(|()| idempotency_key(headers))
+        .and_then(|idempotency_key| {
+            let body = check_body(&key, headers, body)?;
+            Ok(Bid {
+                bid_id: format!("bid_{}", uuid::Uuid::new_v4().simple()),
+                marketplace: key.marketplace().to_owned(),
+                posting_id: key.posting_id().to_owned(),
+                idempotency_key,
+                amount: body.amount.value,
+                currency: body.amount.currency,
+                cover_letter: body.cover_letter,
+                traceparent: traceparent.map(str::to_owned),
+                tracestate: header_str(headers, "tracestate").map(str::to_owned),
+            })
+        });
+    let mut state = sandbox.state();
+    let bid = match checked {
+        Ok(bid) => bid,
+        Err(refusal) => {
+            state.book.count_rejected();
+            return refusal.into_response();
+        }
+    };
+    match state.book.place(bid, sandbox.options().honour_idempotency) {
+        Placement::Created(bid) => (
+            StatusCode::CREATED,
+            axum::Json(json!({"bid_id": bid.bid_id})),
+        )
+            .into_response(),
+        Placement::Replayed(bid) => {
+            (StatusCode::OK, axum::Json(json!({"bid_id": bid.bid_id}))).into_response()
+        }
+        Placement::Conflict { bid_id } => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({
+                "error": "a bid for this posting already exists under another idempotency key",
+                "bid_id": bid_id,
+            })),
+        )
+            .into_response(),
+        Placement::KeyReused => {
+            state.book.count_rejected();
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency key already used for another posting",
+            )
+        }
+    }
+}
+
+/// Why a request is refused before placement; becomes a `4xx` JSON answer.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = error(self.status, &self.message);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sandbox\""),
+            );
+        }
+        response
+    }
+}
+
+fn check_auth(sandbox: &Sandbox, headers: &HeaderMap) -> Result<(), Refusal> {
+    let unauthorized = |message: &str| refuse(StatusCode::UNAUTHORIZED, message);
+    let presented = header_str(headers, "authorization")
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    let Some(presented) = presented else {
+        return Err(unauthorized("missing bearer token"));
+    };
+    match &sandbox.options().token {
+        Some(expected) if !constant_time_eq(expected.as_bytes(), presented.as_bytes()) => {
+            Err(unauthorized("invalid bearer token"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, Refusal> {
+    match header_str(headers, "idempotency-key").map(str::trim) {
+        Some(key) if !key.is_empty() && key.len() <= 255 => Ok(key.to_owned()),
+        _ => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Idempotency-Key header",
+        )),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct BidBody {
+    posting_id: String,
+    amount: Amount,
+    cover_letter: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Amount {
+    value: String,
+    currency: String,
+}
+
+fn check_body(key: &PostingKey, headers: &HeaderMap, body: &[u8]) -> Result<BidBody, Refusal> {
+    let json_content = header_str(headers, "content-type")
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !json_content {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    let unprocessable = |message: String| refuse(StatusCode::UNPROCESSABLE_ENTITY, message);
+    let parsed: BidBody = serde_json::from_slice(body)
+        .map_err(|e| unprocessable(format!("invalid bid body: {e}")))?;
+    if parsed.posting_id != key.posting_id() {
+        return Err(unprocessable(
+            "posting_id in the body does not match the URL".to_owned(),
+        ));
+    }
+    let value = parsed.amount.value.as_str();
+    let decimal_text = value
+        .split_once('.')
+        .map_or((value, "0"), |(int, frac)| (int, frac));
+    let is_decimal = [decimal_text.0, decimal_text.1]
+        .iter()
+        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+    let positive = is_decimal && Decimal::from_str_exact(value).is_ok_and(|d| d > Decimal::ZERO);
+    if !positive {
+        return Err(unprocessable(format!(
+            "amount.value {value:?} must be a positive decimal string like \"450.00\""
+        )));
+    }
+    let currency = parsed.amount.currency.as_str();
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(unprocessable(format!(
+            "amount.currency {currency:?} must be an ISO 4217 code like \"USD\""
+        )));
+    }
+    if parsed.cover_letter.chars().count() > MAX_COVER_LETTER_CHARS {
+        return Err(unprocessable(format!(
+            "cover_letter is longer than {MAX_COVER_LETTER_CHARS} characters"
+        )));
+    }
+    Ok(parsed)
+}
+
+fn fault_response(fault: &Fault) -> Response {
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = error(status, "injected fault");
+    if let Some(value) = fault
+        .retry_after
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads W3C trace context out of HTTP headers.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        header_str(self.0, key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
