@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 use bidorch::config::Settings;
 
+mod commands;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "bidorch",
@@ -37,13 +39,15 @@ enum Command {
         quiet: bool,
     },
     /// Run the sandbox marketplace server.
-    Marketplace(bidorch::cli::MarketplaceArgs),
+    Marketplace(commands::MarketplaceArgs),
     /// Apply database migrations and exit.
     Migrate,
+    /// Run the whole system on embedded backends (or `--backend real`) and report.
+    Demo(commands::DemoArgs),
     /// Inspect and replay the dead-letter queue.
     Dlq {
         #[command(subcommand)]
-        action: bidorch::cli::DlqAction,
+        action: commands::DlqAction,
     },
 }
 
@@ -70,20 +74,25 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
+        // The demo prints its own summary; per-posting logs would drown it.
+        settings.telemetry.log_filter = "error".to_owned();
+    }
     let _telemetry = bidorch::telemetry::init(&settings.telemetry, &settings.instance_id())?;
     match cli.command {
         Command::Worker => {
-            bidorch::runtime::run_worker(&settings, true, bidorch::cli::shutdown_signal())
+            bidorch::runtime::run_worker(&settings, true, commands::shutdown_signal())
                 .await
                 .context("worker")?;
         }
         Command::Publish { input, quiet } => {
-            bidorch::cli::publish(&settings, &input, !quiet).await?;
+            commands::publish(&settings, &input, !quiet).await?;
         }
-        Command::Marketplace(args) => bidorch::cli::marketplace(args).await?,
-        Command::Migrate => bidorch::cli::migrate(&settings).await?,
-        Command::Dlq { action } => bidorch::cli::dlq(&settings, action).await?,
+        Command::Marketplace(args) => commands::marketplace(args).await?,
+        Command::Migrate => commands::migrate(&settings).await?,
+        Command::Demo(args) => commands::demo(&settings, args).await?,
+        Command::Dlq { action } => commands::dlq(&settings, action).await?,
     }
     Ok(())
 }

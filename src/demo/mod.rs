@@ -185,9 +185,12 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
     let input = generate(options.postings, options.duplication, options.poison, options.seed);
     let sandbox = RunningSandbox::start().await?;
     let marketplace = sandbox.client(settings)?;
-    // A shared in-memory SQLite database: one connection serialises writes, as SQLite does anyway.
-    let ledger: Arc<dyn BidLedger> =
-        Arc::new(SqliteBidLedger::connect_and_migrate("sqlite::memory:").await?);
+    // A throw-away SQLite file in WAL mode: readers (most duplicates end at the first ledger
+    // check) run in parallel with the writer, which an in-memory database cannot do.
+    let db = TempDb::new(options.seed);
+    let sqlite = SqliteBidLedger::connect_with(&db.url(), 8).await?;
+    sqlite.migrate().await?;
+    let ledger: Arc<dyn BidLedger> = Arc::new(sqlite.clone());
     let locks: Arc<dyn LockStore> = Arc::new(MemoryLockStore::new());
     let pipeline = Arc::new(Pipeline::new(
         ledger.clone(),
@@ -257,7 +260,7 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
     for parked in broker.dead_letters() {
         *dead_letters.entry(parked.reason).or_default() += 1;
     }
-    report(
+    let report = report(
         "embedded",
         options,
         &input,
@@ -267,7 +270,37 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
         ledger.as_ref(),
         tally.snapshot(),
     )
-    .await
+    .await;
+    sqlite.close().await;
+    report
+}
+
+/// A SQLite file for one demo run, deleted (with its WAL files) when dropped.
+struct TempDb {
+    path: std::path::PathBuf,
+}
+
+impl TempDb {
+    fn new(seed: u64) -> Self {
+        let name = format!("bidorch-demo-{}-{seed}-{}.db", std::process::id(), uuid::Uuid::new_v4().simple());
+        Self {
+            path: std::env::temp_dir().join(name),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
