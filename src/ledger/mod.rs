@@ -188,9 +188,7 @@ pub trait BidLedger: Send + Sync + 'static {
 /// Opens the ledger `settings.kind` names and applies its migrations — what worker start,
 /// `bidorch migrate` and the demo need. PostgreSQL uses `url`, `schema` and `max_connections`;
 /// SQLite uses `url` (`sqlite://file.db` or `sqlite::memory:`) and `max_connections`.
-pub async fn from_settings(
-    settings: &DatabaseSettings,
-) -> Result<Arc<dyn BidLedger>, LedgerError> {
+pub async fn from_settings(settings: &DatabaseSettings) -> Result<Arc<dyn BidLedger>, LedgerError> {
     Ok(match settings.kind {
         LedgerKind::Postgres => Arc::new(PgBidLedger::connect_and_migrate(settings).await?),
         LedgerKind::Sqlite => {

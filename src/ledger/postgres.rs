@@ -53,6 +53,17 @@ impl PgBidLedger {
             .await
             .map_err(connect_error)?;
         if let Some(schema) = &schema {
+            // Look first: CREATE SCHEMA checks the CREATE privilege even when the schema exists,
+            // and a production role may only own its pre-created schema.
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                    .bind(&settings.schema)
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(|e| sql::query_error(None, e))?;
+            if exists {
+                return Ok(Self { pool });
+            }
             let statement = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
             match sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
                 .execute(&pool)

@@ -1,0 +1,353 @@
+//! The ledger contract suite run against every backend — PostgreSQL (a fresh schema per test,
+//! dropped afterwards), SQLite in a temporary file, SQLite in memory — plus connection,
+//! isolation and migration checks.
+
+mod support;
+
+#[path = "ledger/contract.rs"]
+mod contract;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bidorch::config::{DatabaseSettings, LedgerKind, SecretUrl};
+use bidorch::ledger::{self, BidLedger, Claim, PgBidLedger, SqliteBidLedger};
+use bidorch::posting::PostingKey;
+
+fn pg_settings(url: &str, schema: &str) -> DatabaseSettings {
+    DatabaseSettings {
+        kind: LedgerKind::Postgres,
+        url: SecretUrl::new(url),
+        schema: schema.to_owned(),
+        max_connections: 8,
+    }
+}
+
+async fn drop_schema(schema: &str) {
+    let pool = sqlx::PgPool::connect(&support::database_url())
+        .await
+        .expect("connect to drop the test schema");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .expect("drop the test schema");
+    pool.close().await;
+}
+
+/// Runs `body` on its own task and hands back its panic, so callers clean up before re-raising.
+async fn run_then<Fut>(body: Fut) -> Result<(), Box<dyn std::any::Any + Send>>
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(body).await.map_err(|e| e.into_panic())
+}
+
+/// A migrated PostgreSQL ledger in a fresh schema; the schema is dropped even if `test` panics.
+async fn with_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn BidLedger>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let schema = support::unique("ledger");
+    let ledger = PgBidLedger::connect_and_migrate(&pg_settings(&support::database_url(), &schema))
+        .await
+        .expect("connect and migrate");
+    let outcome = run_then(test(Arc::new(ledger.clone()))).await;
+    ledger.close().await;
+    drop_schema(&schema).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn temp_db_path() -> PathBuf {
+    std::env::temp_dir().join(format!("bidorch_{}.db", support::unique("ledger")))
+}
+
+fn remove_db_files(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// A migrated SQLite ledger in a temporary file (WAL, several connections); removed afterwards.
+async fn with_sqlite_file<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn BidLedger>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let path = temp_db_path();
+    let ledger = SqliteBidLedger::connect_and_migrate(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open and migrate");
+    let outcome = run_then(test(Arc::new(ledger.clone()))).await;
+    ledger.close().await;
+    remove_db_files(&path);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A migrated in-memory SQLite ledger (what the demo uses).
+async fn with_sqlite_memory<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn BidLedger>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let ledger = SqliteBidLedger::connect_and_migrate("sqlite::memory:")
+        .await
+        .expect("open and migrate");
+    test(Arc::new(ledger)).await;
+}
+
+/// One test per contract fn per backend: `postgres::x`, `sqlite_file::x`, `sqlite_memory::x`.
+macro_rules! contract_suite {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if !crate::support::postgres_available().await {
+                        return;
+                    }
+                    crate::with_postgres(crate::contract::$name).await;
+                }
+            )*
+        }
+        mod sqlite_file {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    crate::with_sqlite_file(crate::contract::$name).await;
+                }
+            )*
+        }
+        mod sqlite_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    crate::with_sqlite_memory(crate::contract::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_suite!(
+    claims_bump_the_epoch,
+    stale_epoch_cannot_mark_sending,
+    stale_epoch_cannot_record,
+    final_outcome_is_never_overwritten,
+    claim_on_final_returns_final,
+    concurrent_claims_yield_distinct_epochs,
+    lookup_reads_back_recorded_outcomes,
+    counts_by_state_counts_every_state,
+    placed_since_counts_recent_placed_rows,
+    write_without_claim_is_an_error,
+    health_answers,
+);
+
+fn migration_versions(dir: &str) -> Vec<i64> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut versions: Vec<i64> = std::fs::read_dir(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .map(|entry| entry.expect("directory entry").file_name())
+        .filter_map(|name| name.to_str().map(str::to_owned))
+        .filter(|name| name.ends_with(".sql"))
+        .map(|name| {
+            let (version, _) = name
+                .split_once('_')
+                .unwrap_or_else(|| panic!("{dir}/{name}: expected VERSION_description.sql"));
+            version
+                .parse()
+                .unwrap_or_else(|e| panic!("{dir}/{name}: version {version:?}: {e}"))
+        })
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
+#[test]
+fn migration_versions_match_between_postgres_and_sqlite() {
+    let postgres = migration_versions("migrations/postgres");
+    let sqlite = migration_versions("migrations/sqlite");
+    assert!(!postgres.is_empty(), "no PostgreSQL migrations found");
+    assert_eq!(
+        postgres, sqlite,
+        "migrations/postgres and migrations/sqlite must carry the same versions"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_a_retryable_error_without_the_password() {
+    let settings = pg_settings("postgres://bidorch:hunter2@127.0.0.1:1/test", "");
+
+    let err = PgBidLedger::connect(&settings)
+        .await
+        .expect_err("nothing listens on port 1");
+
+    assert!(err.is_retryable(), "{err}");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("hunter2"), "password leaked: {shown}");
+    assert!(shown.contains("127.0.0.1:1"), "names the database: {shown}");
+}
+
+#[tokio::test]
+async fn unopenable_sqlite_is_an_error_not_a_panic() {
+    let err = SqliteBidLedger::connect("sqlite:///nonexistent-bidorch-dir/sub/ledger.db")
+        .await
+        .expect_err("the directory does not exist");
+    assert!(err.to_string().contains("ledger.db"), "{err}");
+}
+
+#[tokio::test]
+async fn postgres_schemas_isolate_ledgers_and_hold_their_tables() {
+    if !support::postgres_available().await {
+        return;
+    }
+    let (a, b) = (support::unique("ledger"), support::unique("ledger"));
+    let url = support::database_url();
+    let outcome = run_then({
+        let (a, b, url) = (a.clone(), b.clone(), url.clone());
+        async move {
+            let in_a = ledger::from_settings(&pg_settings(&url, &a))
+                .await
+                .expect("open schema a");
+            let in_b = ledger::from_settings(&pg_settings(&url, &b))
+                .await
+                .expect("open schema b");
+            let key = PostingKey::new("upwork", "job_1").expect("valid key");
+
+            assert_eq!(
+                in_a.claim(&key, "evt").await.expect("claim"),
+                Claim::Claimed { epoch: 1 }
+            );
+            assert_eq!(in_b.lookup(&key).await.expect("lookup"), None);
+            assert_eq!(
+                in_b.claim(&key, "evt").await.expect("claim"),
+                Claim::Claimed { epoch: 1 }
+            );
+
+            let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+            for schema in [&a, &b] {
+                let tables: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM information_schema.tables \
+                     WHERE table_schema = $1 AND table_name IN ('bid_ledger', '_sqlx_migrations')",
+                )
+                .bind(schema)
+                .fetch_one(&pool)
+                .await
+                .expect("query catalog");
+                assert_eq!(
+                    tables, 2,
+                    "schema {schema} holds the ledger and its history"
+                );
+            }
+            pool.close().await;
+        }
+    })
+    .await;
+    drop_schema(&a).await;
+    drop_schema(&b).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn postgres_migrate_is_idempotent() {
+    if !support::postgres_available().await {
+        return;
+    }
+    let schema = support::unique("ledger");
+    let settings = pg_settings(&support::database_url(), &schema);
+    let outcome = run_then({
+        let settings = settings.clone();
+        async move {
+            let ledger = PgBidLedger::connect(&settings).await.expect("connect");
+            ledger.migrate().await.expect("first migration");
+            ledger.migrate().await.expect("second migration is a no-op");
+            let again = PgBidLedger::connect_and_migrate(&settings)
+                .await
+                .expect("another instance migrates the same schema");
+            again.health().await.expect("healthy");
+            ledger.close().await;
+            again.close().await;
+        }
+    })
+    .await;
+    drop_schema(&schema).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn sqlite_file_keeps_outcomes_across_reopen() {
+    let path = temp_db_path();
+    let url = format!("sqlite://{}", path.display());
+    let key = PostingKey::new("upwork", "job_durable").expect("valid key");
+    let outcome = run_then({
+        let key = key.clone();
+        let url = url.clone();
+        async move {
+            let first = SqliteBidLedger::connect_and_migrate(&url)
+                .await
+                .expect("open");
+            let Claim::Claimed { epoch } = first.claim(&key, "evt").await.expect("claim") else {
+                panic!("fresh posting must be claimable");
+            };
+            first
+                .record(
+                    &key,
+                    epoch,
+                    &ledger::FinalOutcome::Placed {
+                        bid_id: Some("bid-1".into()),
+                        detail: None,
+                    },
+                )
+                .await
+                .expect("record");
+            first.close().await;
+
+            let reopened = SqliteBidLedger::connect_and_migrate(&url)
+                .await
+                .expect("reopen and migrate again");
+            let entry = reopened
+                .lookup(&key)
+                .await
+                .expect("lookup")
+                .expect("row survived");
+            assert_eq!(entry.state, ledger::LedgerState::Placed);
+            assert_eq!(entry.bid_id.as_deref(), Some("bid-1"));
+            reopened.close().await;
+        }
+    })
+    .await;
+    remove_db_files(&path);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn from_settings_opens_a_migrated_sqlite_memory_ledger() {
+    let settings = DatabaseSettings {
+        kind: LedgerKind::Sqlite,
+        url: SecretUrl::new("sqlite::memory:"),
+        schema: String::new(),
+        max_connections: 8,
+    };
+    let ledger = ledger::from_settings(&settings).await.expect("open");
+    let key = PostingKey::new("upwork", "job_1").expect("valid key");
+    assert_eq!(
+        ledger.claim(&key, "evt").await.expect("claim"),
+        Claim::Claimed { epoch: 1 }
+    );
+    ledger.health().await.expect("healthy");
+}

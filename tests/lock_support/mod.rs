@@ -1,0 +1,244 @@
+//! Shared fixtures of the lock tests: per-test Redis key prefixes cleaned up on drop (even after
+//! a panic), store builders for both backends, and a private `redis-server` for the cluster and
+//! restart tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bidorch::config::{RedisSettings, SecretUrl};
+use bidorch::lock::{LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore};
+use bidorch::posting::PostingKey;
+
+use crate::support;
+
+/// A posting key (test inputs are valid by construction).
+pub fn key(marketplace: &str, posting_id: &str) -> PostingKey {
+    PostingKey::new(marketplace, posting_id).expect("valid test key")
+}
+
+/// Redis settings for the shared test Redis with this test's own key prefix.
+pub fn redis_settings(prefix: &str) -> RedisSettings {
+    RedisSettings {
+        url: SecretUrl::new(support::redis_url()),
+        key_prefix: prefix.to_owned(),
+    }
+}
+
+/// A unique key prefix on the shared Redis; deletes its keys when dropped.
+pub struct RedisPrefix {
+    pub prefix: String,
+}
+
+impl RedisPrefix {
+    /// `None` (test skipped) when Redis is unreachable and services are not required.
+    pub async fn new() -> Option<Self> {
+        if !support::redis_available().await {
+            return None;
+        }
+        Some(Self {
+            prefix: format!("{}:", support::unique("bidorch_lock_test")),
+        })
+    }
+
+    /// A Redis store (its own connection) under this prefix, for instance `instance`.
+    pub fn store(&self, instance: &str) -> Arc<RedisLockStore> {
+        let store = RedisLockStore::new(&redis_settings(&self.prefix)).expect("test URL parses");
+        Arc::new(store.with_instance(instance))
+    }
+
+    /// The same, metered.
+    pub fn metered(&self, instance: &str) -> Arc<MeteredLockStore> {
+        Arc::new(MeteredLockStore::new(self.store(instance), "redis"))
+    }
+
+    /// The full Redis key of a posting's lease under this prefix.
+    pub fn redis_key(&self, key: &PostingKey) -> String {
+        format!("{}bid_lock:{}", self.prefix, key.hash_tag())
+    }
+
+    /// A plain synchronous connection for checking what is really in Redis.
+    pub fn raw(&self) -> redis::Connection {
+        redis::Client::open(support::redis_url())
+            .and_then(|c| c.get_connection())
+            .expect("raw Redis connection")
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        // Synchronous on purpose: runs on panic too, without needing the test's runtime.
+        let Ok(mut conn) = redis::Client::open(support::redis_url()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let pattern = format!("{}*", self.prefix);
+        let keys: Vec<String> = match redis::Commands::scan_match(&mut conn, pattern) {
+            Ok(iter) => iter.filter_map(Result::ok).collect(),
+            Err(_) => return,
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<i64> = redis::Commands::del(&mut conn, keys);
+        }
+    }
+}
+
+/// Where a test's "instances" get their stores from: separate Redis clients under one prefix,
+/// or handles on one shared in-process store (the only way memory instances can contend).
+pub enum Backend {
+    Redis(RedisPrefix),
+    Memory(Arc<MemoryLockStore>),
+}
+
+impl Backend {
+    pub fn memory() -> Self {
+        Self::Memory(Arc::new(MemoryLockStore::new()))
+    }
+
+    pub async fn redis() -> Option<Self> {
+        RedisPrefix::new().await.map(Self::Redis)
+    }
+
+    /// A store for one instance.
+    pub fn instance(&self, name: &str) -> Arc<dyn LockStore> {
+        match self {
+            Self::Redis(p) => p.store(name),
+            Self::Memory(m) => m.clone(),
+        }
+    }
+
+    /// A metered store for one instance, with its own counters.
+    pub fn metered(&self, name: &str) -> Arc<MeteredLockStore> {
+        let label = match self {
+            Self::Redis(_) => "redis",
+            Self::Memory(_) => "memory",
+        };
+        Arc::new(MeteredLockStore::new(self.instance(name), label))
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or `within` passes; returns whether it held.
+pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A free TCP port on loopback (nothing listens on it once this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// A `redis-server` of our own on a free port (standalone or a one-node cluster), killed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: std::path::PathBuf,
+    cluster: bool,
+}
+
+impl PrivateRedis {
+    /// Reserves a port and a directory without starting the server. `None` (skipped) when
+    /// `redis-server` is not installed and services are not required.
+    pub fn reserve(cluster: bool) -> Option<Self> {
+        let found = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            if std::env::var_os("BIDORCH_REQUIRE_SERVICES").is_some() {
+                panic!("redis-server is not installed and BIDORCH_REQUIRE_SERVICES is set");
+            }
+            eprintln!("SKIPPED: redis-server is not installed (needed for a private Redis)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(support::unique("bidorch_redis"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Some(Self {
+            port: free_port(),
+            child: None,
+            dir,
+            cluster,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (or restarts) the server and waits until it answers (and, for a cluster, until
+    /// all slots are served).
+    pub async fn start(&mut self) {
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+        }
+        self.child = Some(cmd.spawn().expect("spawn redis-server"));
+        let url = self.url();
+        let up = eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                redis::Client::open(url)
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                    .is_ok()
+            }
+        })
+        .await;
+        assert!(up, "private redis-server did not come up");
+        if self.cluster {
+            let mut c = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .expect("connect");
+            let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(0)
+                .arg(16383)
+                .query(&mut c);
+            let ok = eventually(Duration::from_secs(10), || {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                async move { info.contains("cluster_state:ok") }
+            })
+            .await;
+            assert!(ok, "private cluster did not reach cluster_state:ok");
+        }
+    }
+
+    /// Kills the server (like a crash) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
