@@ -66,7 +66,9 @@ pub fn unique(prefix: &str) -> String {
 pub async fn drop_schema(schema: &str) {
     use sqlx::Connection;
     if let Ok(mut conn) = sqlx::PgConnection::connect(&database_url()).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+        )))
             .execute(&mut conn)
             .await;
         let _ = conn.close().await;
