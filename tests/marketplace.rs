@@ -681,3 +681,64 @@ async fn request_latency_is_measured_by_marketplace_and_result() {
         assert!(text.contains(&line), "missing {line} in\n{text}");
     }
 }
+
+/// Collects finished spans in memory (the SDK's in-memory exporter needs a feature we do not
+/// enable).
+#[derive(Clone, Debug, Default)]
+struct CollectSpans(Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for CollectSpans {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        self.0.lock().unwrap().extend(batch);
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn sandbox_server_span_continues_the_callers_trace() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let spans = CollectSpans::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(spans.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    // Thread-local: this current-thread runtime runs the sandbox's tasks on this thread too.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let s = RunningSandbox::start(SandboxOptions::default()).await;
+    let mut request = bid("upwork", "job_1");
+    request
+        .trace_headers
+        .insert("traceparent".into(), TRACEPARENT.into());
+
+    s.client(TOKEN, PATIENT).place_bid(&request).await.unwrap();
+
+    // The server span ends when the handler's future is dropped, possibly just after the answer.
+    let server_span = "POST /{marketplace}/v1/postings/{posting_id}/bids";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let span = loop {
+        let found = spans
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.name == server_span)
+            .cloned();
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(Instant::now() < deadline, "no server span exported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        span.span_context.trace_id().to_string(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(span.parent_span_id.to_string(), "00f067aa0ba902b7");
+    assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Server);
+}
