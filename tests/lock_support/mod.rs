@@ -68,7 +68,8 @@ impl RedisPrefix {
 impl Drop for RedisPrefix {
     fn drop(&mut self) {
         // Synchronous on purpose: runs on panic too, without needing the test's runtime.
-        let Ok(mut conn) = redis::Client::open(support::redis_url()).and_then(|c| c.get_connection())
+        let Ok(mut conn) =
+            redis::Client::open(support::redis_url()).and_then(|c| c.get_connection())
         else {
             return;
         };
@@ -191,7 +192,12 @@ impl PrivateRedis {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         if self.cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
         }
         self.child = Some(cmd.spawn().expect("spawn redis-server"));
         let url = self.url();
