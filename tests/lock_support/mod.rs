@@ -108,13 +108,17 @@ impl Backend {
         }
     }
 
-    /// A metered store for one instance, with its own counters.
-    pub fn metered(&self, name: &str) -> Arc<MeteredLockStore> {
-        let label = match self {
+    /// The backend's metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
             Self::Redis(_) => "redis",
             Self::Memory(_) => "memory",
-        };
-        Arc::new(MeteredLockStore::new(self.instance(name), label))
+        }
+    }
+
+    /// A metered store for one instance, with its own counters.
+    pub fn metered(&self, name: &str) -> Arc<MeteredLockStore> {
+        Arc::new(MeteredLockStore::new(self.instance(name), self.label()))
     }
 }
 
