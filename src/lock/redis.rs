@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::{Script, Value};
 
-use super::redis_conn::{RedisConn, RedisTimeouts};
+use super::redis_conn::{RedisConn, RedisTimeouts, redacted};
 use super::{HolderInfo, Lease, LockError, LockStore, Release};
 use crate::config::{RedisSettings, SecretUrl};
 use crate::posting::PostingKey;
@@ -91,7 +91,7 @@ impl RedisLockStore {
             conn: RedisConn::open(url, timeouts)?,
             key_prefix: settings.key_prefix.clone(),
             instance: "bidorch".to_owned(),
-            shown_url: url.redacted(),
+            shown_url: redacted(url),
             deadline: timeouts.connect + timeouts.response,
             release: Script::new(RELEASE_LUA),
             extend: Script::new(EXTEND_LUA),

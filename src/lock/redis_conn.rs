@@ -86,6 +86,15 @@ impl Cluster {
     }
 }
 
+/// `redis.url` safe to show: each node's password replaced by `***`.
+pub(super) fn redacted(url: &SecretUrl) -> String {
+    url.expose()
+        .split(',')
+        .map(|node| SecretUrl::new(node.trim()).redacted())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Splits `redis.url` into node URLs and whether they form a cluster (see the module docs).
 pub(super) fn parse_nodes(url: &SecretUrl) -> Result<(Vec<String>, bool), LockError> {
     let mut cluster = false;
@@ -134,7 +143,7 @@ impl RedisConn {
     pub(super) fn open(url: &SecretUrl, timeouts: RedisTimeouts) -> Result<Self, LockError> {
         // The client's parse errors describe the problem and never echo the URL or password.
         let config_error =
-            |e: RedisError| LockError::Config(format!("redis.url {}: {e}", url.redacted()));
+            |e: RedisError| LockError::Config(format!("redis.url {}: {e}", redacted(url)));
         let (nodes, cluster) = parse_nodes(url)?;
         if cluster {
             let client = ClusterClient::builder(nodes)

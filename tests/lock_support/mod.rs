@@ -68,7 +68,8 @@ impl RedisPrefix {
 impl Drop for RedisPrefix {
     fn drop(&mut self) {
         // Synchronous on purpose: runs on panic too, without needing the test's runtime.
-        let Ok(mut conn) = redis::Client::open(support::redis_url()).and_then(|c| c.get_connection())
+        let Ok(mut conn) =
+            redis::Client::open(support::redis_url()).and_then(|c| c.get_connection())
         else {
             return;
         };
@@ -107,13 +108,17 @@ impl Backend {
         }
     }
 
-    /// A metered store for one instance, with its own counters.
-    pub fn metered(&self, name: &str) -> Arc<MeteredLockStore> {
-        let label = match self {
+    /// The backend's metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
             Self::Redis(_) => "redis",
             Self::Memory(_) => "memory",
-        };
-        Arc::new(MeteredLockStore::new(self.instance(name), label))
+        }
+    }
+
+    /// A metered store for one instance, with its own counters.
+    pub fn metered(&self, name: &str) -> Arc<MeteredLockStore> {
+        Arc::new(MeteredLockStore::new(self.instance(name), self.label()))
     }
 }
 
@@ -191,7 +196,12 @@ impl PrivateRedis {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         if self.cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
         }
         self.child = Some(cmd.spawn().expect("spawn redis-server"));
         let url = self.url();
