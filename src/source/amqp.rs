@@ -1,4 +1,0 @@
-//! RabbitMQ posting source (TO BE IMPLEMENTED by the queue work).
-
-/// Deliveries from RabbitMQ.
-pub struct AmqpPostingSource {}
