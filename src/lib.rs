@@ -20,4 +20,5 @@ pub mod marketplace;
 pub mod pipeline;
 pub mod policy;
 pub mod posting;
+pub mod publish;
 pub mod source;
