@@ -61,7 +61,10 @@ pub struct MarketplaceArgs {
 /// Runs the sandbox marketplace until SIGTERM/SIGINT.
 pub async fn marketplace(args: MarketplaceArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fail_rate) {
-        bail!("--fail-rate must be between 0.0 and 1.0, got {}", args.fail_rate);
+        bail!(
+            "--fail-rate must be between 0.0 and 1.0, got {}",
+            args.fail_rate
+        );
     }
     let token = match &args.token_env {
         Some(var) => Some(

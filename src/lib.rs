@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod posting;
+pub mod publish;
 pub mod runtime;
 pub mod source;
 pub mod tally;

@@ -44,8 +44,14 @@ fn settings(sandbox: &str, names: &str) -> Settings {
         ("BIDORCH__WORKER__SHUTDOWN_GRACE", "5s".into()),
         ("BIDORCH__BIDDING__MIN_BUDGET", "100".into()),
         ("BIDORCH__BIDDING__BLOCKED_KEYWORDS", "crypto".into()),
-        ("BIDORCH__MARKETPLACES__UPWORK__BASE_URL", format!("{sandbox}/upwork")),
-        ("BIDORCH__MARKETPLACES__FREELANCER__BASE_URL", format!("{sandbox}/freelancer")),
+        (
+            "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+            format!("{sandbox}/upwork"),
+        ),
+        (
+            "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
+            format!("{sandbox}/freelancer"),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -246,8 +252,12 @@ async fn three_workers_bid_exactly_once_per_eligible_posting() {
     assert!(stats.duplicates.is_empty(), "{:?}", stats.duplicates);
     assert_eq!(stats.bids_created, eligible.len() as u64);
     // The ledger agrees.
-    let counts: HashMap<LedgerState, u64> =
-        ledger.counts_by_state().await.unwrap().into_iter().collect();
+    let counts: HashMap<LedgerState, u64> = ledger
+        .counts_by_state()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(counts[&LedgerState::Placed], eligible.len() as u64);
     assert_eq!(counts[&LedgerState::Skipped], ineligible.len() as u64);
     assert_eq!(counts[&LedgerState::Pending], 0);

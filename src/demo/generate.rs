@@ -12,8 +12,18 @@ pub const MIN_BUDGET: i64 = 100;
 pub const BLOCKED: &[&str] = &["crypto", "unpaid"];
 
 const SKILLS: &[&str] = &[
-    "rust", "go", "python", "postgres", "redis", "rabbitmq", "kubernetes", "react", "terraform",
-    "aws", "grpc", "kafka",
+    "rust",
+    "go",
+    "python",
+    "postgres",
+    "redis",
+    "rabbitmq",
+    "kubernetes",
+    "react",
+    "terraform",
+    "aws",
+    "grpc",
+    "kafka",
 ];
 const TITLES: &[&str] = &[
     "Build a {} worker",
@@ -143,11 +153,18 @@ mod tests {
             .count();
         assert_eq!(bad, 5);
         // Roughly a fifth ineligible.
-        assert!((20..=70).contains(&input.ineligible.len()), "{}", input.ineligible.len());
+        assert!(
+            (20..=70).contains(&input.ineligible.len()),
+            "{}",
+            input.ineligible.len()
+        );
     }
 
     #[test]
     fn same_seed_same_input() {
-        assert_eq!(generate(50, 2, 2, 1).messages, generate(50, 2, 2, 1).messages);
+        assert_eq!(
+            generate(50, 2, 2, 1).messages,
+            generate(50, 2, 2, 1).messages
+        );
     }
 }

@@ -102,7 +102,10 @@ impl RunningSandbox {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(DemoError::Sandbox)?;
-        let url = format!("http://{}", listener.local_addr().map_err(DemoError::Sandbox)?);
+        let url = format!(
+            "http://{}",
+            listener.local_addr().map_err(DemoError::Sandbox)?
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(sandbox::serve(listener, sandbox.clone(), async {
             let _ = stopped.await;
@@ -182,7 +185,12 @@ pub async fn run(settings: &Settings, options: &DemoOptions) -> Result<DemoRepor
 }
 
 async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<DemoReport, DemoError> {
-    let input = generate(options.postings, options.duplication, options.poison, options.seed);
+    let input = generate(
+        options.postings,
+        options.duplication,
+        options.poison,
+        options.seed,
+    );
     let sandbox = RunningSandbox::start().await?;
     let marketplace = sandbox.client(settings)?;
     // A throw-away SQLite file in WAL mode: readers (most duplicates end at the first ledger
@@ -282,7 +290,11 @@ struct TempDb {
 
 impl TempDb {
     fn new(seed: u64) -> Self {
-        let name = format!("bidorch-demo-{}-{seed}-{}.db", std::process::id(), uuid::Uuid::new_v4().simple());
+        let name = format!(
+            "bidorch-demo-{}-{seed}-{}.db",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
         Self {
             path: std::env::temp_dir().join(name),
         }

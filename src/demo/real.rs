@@ -3,6 +3,9 @@
 use super::{DemoError, DemoOptions, DemoReport};
 use crate::config::Settings;
 
-pub(super) async fn run(_settings: &Settings, _options: &DemoOptions) -> Result<DemoReport, DemoError> {
+pub(super) async fn run(
+    _settings: &Settings,
+    _options: &DemoOptions,
+) -> Result<DemoReport, DemoError> {
     Err(DemoError::Publish("pending".into()))
 }

@@ -54,7 +54,11 @@ impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.counts;
         let secs = self.elapsed.as_secs_f64().max(f64::EPSILON);
-        writeln!(f, "bidorch demo — {} backends, {} workers", self.backend, self.workers)?;
+        writeln!(
+            f,
+            "bidorch demo — {} backends, {} workers",
+            self.backend, self.workers
+        )?;
         writeln!(f)?;
         writeln!(
             f,
@@ -68,7 +72,11 @@ impl fmt::Display for DemoReport {
             "  messages          {:>8}   (each posting published several times, {} poison)",
             self.messages, self.poison
         )?;
-        writeln!(f, "  bids placed       {:>8}   (at the sandbox marketplace)", self.bids)?;
+        writeln!(
+            f,
+            "  bids placed       {:>8}   (at the sandbox marketplace)",
+            self.bids
+        )?;
         let skipped: u64 = c.outcome("skipped");
         writeln!(f, "  skipped           {:>8}", skipped)?;
         for (reason, n) in &c.skip_reasons {
@@ -102,9 +110,18 @@ impl fmt::Display for DemoReport {
         }
         if !c.retries.is_empty() {
             let listed: Vec<String> = c.retries.iter().map(|(r, n)| format!("{r} {n}")).collect();
-            writeln!(f, "  retries           {:>8}   ({})", c.retries.values().sum::<u64>(), listed.join(", "))?;
+            writeln!(
+                f,
+                "  retries           {:>8}   ({})",
+                c.retries.values().sum::<u64>(),
+                listed.join(", ")
+            )?;
         }
-        let ledger: Vec<String> = self.ledger.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let ledger: Vec<String> = self
+            .ledger
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
         writeln!(f, "  ledger            {}", ledger.join(", "))?;
         writeln!(f)?;
         writeln!(

@@ -128,6 +128,134 @@ pub enum SourceError {
     Topology(String),
 }
 
+/// What a source's consumer is doing right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerState {
+    /// Connecting for the first time.
+    Starting,
+    /// Subscribed and receiving deliveries.
+    Consuming,
+    /// The connection, channel or subscription was lost; re-establishing it.
+    Reconnecting,
+    /// Stopped on request (shutdown): no new deliveries, by design.
+    Stopped,
+    /// Gave up reconnecting: the process should exit non-zero so an orchestrator restarts it.
+    Failed,
+}
+
+impl ConsumerState {
+    /// A short lower-case label for logs and `/readyz`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Consuming => "consuming",
+            Self::Reconnecting => "reconnecting",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A source's state and how many subscriptions it has established so far (1 + reconnects).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthStatus {
+    pub state: ConsumerState,
+    pub sessions: u64,
+}
+
+/// A cheap-to-clone, read-only view of a source's [`HealthStatus`], for `/readyz`.
+///
+/// "Process up, consumer dead" must be visible: the state leaves `Consuming` as soon as the
+/// source notices the loss, not when a delivery next fails.
+#[derive(Clone, Debug)]
+pub struct SourceHealth {
+    status: tokio::sync::watch::Receiver<HealthStatus>,
+}
+
+/// The writing side of a [`SourceHealth`], kept by the source.
+#[derive(Debug)]
+pub struct HealthReporter {
+    status: tokio::sync::watch::Sender<HealthStatus>,
+}
+
+impl HealthReporter {
+    /// Sets the state.
+    pub fn set(&self, state: ConsumerState) {
+        self.status.send_modify(|s| s.state = state);
+    }
+
+    /// A (new) subscription is established: consuming, one more session.
+    pub fn consuming(&self) {
+        self.status.send_modify(|s| {
+            s.state = ConsumerState::Consuming;
+            s.sessions += 1;
+        });
+    }
+
+    /// Consuming → reconnecting; returns whether it was consuming (so the loss is logged once).
+    pub fn lost(&self) -> bool {
+        self.status.send_if_modified(|s| {
+            let was = s.state == ConsumerState::Consuming;
+            if was {
+                s.state = ConsumerState::Reconnecting;
+            }
+            was
+        })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConsumerState {
+        self.status.borrow().state
+    }
+}
+
+impl SourceHealth {
+    /// A health view and the reporter its source updates.
+    pub fn new(initial: ConsumerState) -> (HealthReporter, Self) {
+        let (status, rx) = tokio::sync::watch::channel(HealthStatus {
+            state: initial,
+            sessions: 0,
+        });
+        (HealthReporter { status }, Self { status: rx })
+    }
+
+    /// The current status.
+    pub fn status(&self) -> HealthStatus {
+        *self.status.borrow()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConsumerState {
+        self.status().state
+    }
+
+    /// Subscriptions established so far; more than 1 means the source has reconnected.
+    pub fn sessions(&self) -> u64 {
+        self.status().sessions
+    }
+
+    /// Whether deliveries can arrive right now.
+    pub fn is_consuming(&self) -> bool {
+        self.state() == ConsumerState::Consuming
+    }
+
+    /// `Ok` while consuming; otherwise an error naming the state (for `/readyz`).
+    pub fn check(&self) -> Result<(), SourceError> {
+        match self.state() {
+            ConsumerState::Consuming => Ok(()),
+            other => Err(SourceError::Unavailable(
+                format!("the consumer is {}", other.label()).into(),
+            )),
+        }
+    }
+
+    /// Waits until `pred` holds (or the source is gone), and returns the status then.
+    pub async fn wait_for(&mut self, pred: impl Fn(&HealthStatus) -> bool) -> HealthStatus {
+        let reached = self.status.wait_for(|s| pred(s)).await.map(|s| *s);
+        reached.unwrap_or_else(|_| self.status())
+    }
+}
+
 /// A stream of deliveries.
 #[async_trait]
 pub trait PostingSource: Send {
@@ -136,4 +264,12 @@ pub trait PostingSource: Send {
 
     /// Stops taking new deliveries; unsettled ones can still be settled.
     async fn stop(&mut self) -> Result<(), SourceError>;
+
+    /// A live view of whether this source is consuming (for `/readyz`). Sources that can lose
+    /// their subscription override it; the default reports a source that is always consuming.
+    fn health(&self) -> SourceHealth {
+        let (reporter, health) = SourceHealth::new(ConsumerState::Consuming);
+        reporter.consuming();
+        health
+    }
 }

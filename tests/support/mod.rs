@@ -79,8 +79,8 @@ pub async fn drop_schema(schema: &str) {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
         )))
-            .execute(&mut conn)
-            .await;
+        .execute(&mut conn)
+        .await;
         let _ = conn.close().await;
     }
 }

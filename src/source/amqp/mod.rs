@@ -1,0 +1,293 @@
+//! RabbitMQ posting source: consume from the quorum work queue, settle through publisher confirms,
+//! and come back by itself after connection, channel or consumer loss.
+//!
+//! - [`topology`]: the exchange and queues, declared idempotently at every (re)connect.
+//! - [`consumer`]: one live subscription (connection, channels, consumer) and how a broker
+//!   message becomes a [`Delivery`](crate::source::Delivery).
+//! - [`settle`]: ack, retry through a wait queue, dead-letter — each a confirmed publish, then
+//!   the ack of the original.
+//!
+//! Reconnection is ours, not lapin's (its recovery is opt-in and replays channels we would
+//! rather rebuild): when the consumer stream errors or ends without [`stop`](PostingSource::stop)
+//! — broker restart, `close_all_connections`, consumer cancelled because its queue was deleted —
+//! the source drops the session, reconnects with exponential backoff, re-declares the topology
+//! and subscribes again. Deliveries of the dead session can no longer be acked: settling them
+//! fails with [`SourceError::ChannelClosed`] and the broker redelivers them. If no session can be
+//! re-established within `amqp.reconnect_timeout`, [`next`](PostingSource::next) returns the
+//! error and the state becomes [`ConsumerState::Failed`]: the worker exits non-zero so an
+//! orchestrator restarts it, rather than living on as a zombie consumer.
+
+pub mod consumer;
+pub mod settle;
+pub mod topology;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use lapin::options::{BasicCancelOptions, ConfirmSelectOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::types::ShortString;
+use lapin::{Connection, ConnectionProperties, ErrorKind};
+
+use self::consumer::Session;
+use crate::config::AmqpSettings;
+use crate::source::{
+    ConsumerState, Delivery, HealthReporter, PostingSource, SourceError, SourceHealth,
+};
+
+/// Deliveries from RabbitMQ, with reconnection (see the module docs).
+pub struct AmqpPostingSource {
+    settings: Arc<AmqpSettings>,
+    consumer_tag: String,
+    /// The live subscription; `None` while reconnecting (or after stop/failure).
+    session: Option<Session>,
+    state: Arc<HealthReporter>,
+    health: SourceHealth,
+    /// Set by `stop`: the end of the consumer stream is then expected, never a reason to reconnect.
+    stopped: bool,
+}
+
+impl std::fmt::Debug for AmqpPostingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpPostingSource")
+            .field("url", &self.settings.url)
+            .field("queue", &self.settings.queue)
+            .field("consumer_tag", &self.consumer_tag)
+            .field("state", &self.health.state())
+            .finish()
+    }
+}
+
+impl AmqpPostingSource {
+    /// Connects (retrying with backoff for up to `amqp.reconnect_timeout`), declares the
+    /// topology, and starts consuming with a per-consumer prefetch of `amqp.prefetch`.
+    pub async fn connect(settings: &AmqpSettings, consumer_tag: &str) -> Result<Self, SourceError> {
+        let (reporter, health) = SourceHealth::new(ConsumerState::Starting);
+        let mut source = Self {
+            settings: Arc::new(settings.clone()),
+            consumer_tag: consumer_tag.to_owned(),
+            session: None,
+            state: Arc::new(reporter),
+            health,
+            stopped: false,
+        };
+        match source.establish().await {
+            Ok(session) => {
+                source.session = Some(session);
+                Ok(source)
+            }
+            Err(e) => {
+                source.state.set(ConsumerState::Failed);
+                Err(e)
+            }
+        }
+    }
+
+    /// A live view of the consumer state for `/readyz` (cheap to clone).
+    pub fn health(&self) -> SourceHealth {
+        self.health.clone()
+    }
+
+    /// The settings this source was built with.
+    pub fn settings(&self) -> &AmqpSettings {
+        &self.settings
+    }
+
+    /// Stops consuming and closes the connection. Deliveries not settled by now are requeued by
+    /// the broker; call it after in-flight work has been settled (or the grace period is over).
+    pub async fn close(mut self) -> Result<(), SourceError> {
+        PostingSource::stop(&mut self).await?;
+        if let Some(session) = self.session.take() {
+            session.close().await;
+        }
+        Ok(())
+    }
+
+    /// Opens a session with backoff, bounded by `reconnect_timeout`. A topology refusal is not
+    /// retried: the same declare would be refused again.
+    async fn establish(&self) -> Result<Session, SourceError> {
+        let settings = Arc::clone(&self.settings);
+        let state = Arc::clone(&self.state);
+        let tag = self.consumer_tag.clone();
+        let attempt = || {
+            let (settings, state, tag) = (Arc::clone(&settings), Arc::clone(&state), tag.clone());
+            async move { Session::open(settings, &tag, state).await }
+        };
+        let retried = attempt
+            .retry(backoff())
+            .sleep(tokio::time::sleep)
+            .when(|e: &SourceError| !matches!(e, SourceError::Topology(_)))
+            .notify(|e: &SourceError, after: Duration| {
+                tracing::warn!(
+                    error = %e,
+                    retry_in = ?after,
+                    queue = %self.settings.queue,
+                    "Cannot consume from RabbitMQ; retrying"
+                );
+            });
+        let session = match tokio::time::timeout(self.settings.reconnect_timeout, retried).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(SourceError::Unavailable(
+                    format!(
+                        "could not consume from {} within amqp.reconnect_timeout ({})",
+                        self.settings.url.redacted(),
+                        humantime::format_duration(self.settings.reconnect_timeout)
+                    )
+                    .into(),
+                ));
+            }
+        };
+        self.state.consuming();
+        tracing::info!(
+            queue = %self.settings.queue,
+            consumer_tag = %self.consumer_tag,
+            prefetch = self.settings.prefetch,
+            "Consuming from RabbitMQ"
+        );
+        Ok(session)
+    }
+}
+
+/// Reconnect backoff: quick first retries, then every few seconds, with jitter so a fleet of
+/// workers does not reconnect in lockstep after a broker restart.
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
+
+#[async_trait]
+impl PostingSource for AmqpPostingSource {
+    async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
+        loop {
+            if self.stopped || self.health.state() == ConsumerState::Failed {
+                return None;
+            }
+            let Some(session) = self.session.as_mut() else {
+                match self.establish().await {
+                    Ok(session) => {
+                        self.session = Some(session);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.state.set(ConsumerState::Failed);
+                        tracing::error!(
+                            error = %e,
+                            queue = %self.settings.queue,
+                            "Consuming stopped for good: RabbitMQ could not be reached again"
+                        );
+                        return Some(Err(e));
+                    }
+                }
+            };
+            match session.next_delivery().await {
+                Some(Ok(delivery)) => return Some(Ok(delivery)),
+                Some(Err(e)) if !self.stopped => {
+                    tracing::warn!(
+                        error = %e,
+                        queue = %self.settings.queue,
+                        "Consuming stopped: RabbitMQ connection or channel lost; reconnecting"
+                    );
+                }
+                None if !self.stopped => {
+                    tracing::warn!(
+                        queue = %self.settings.queue,
+                        "Consuming stopped: the broker cancelled the consumer; resubscribing"
+                    );
+                }
+                _ => return None,
+            }
+            self.state.set(ConsumerState::Reconnecting);
+            if let Some(dead) = self.session.take() {
+                dead.abandon();
+            }
+        }
+    }
+
+    async fn stop(&mut self) -> Result<(), SourceError> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        self.state.set(ConsumerState::Stopped);
+        if let Some(session) = self.session.as_ref() {
+            // Basic.cancel: the broker stops sending; deliveries already received stay
+            // settleable on the open channel. A dead channel has nothing left to cancel.
+            if let Err(e) = session
+                .channel()
+                .basic_cancel(short(&self.consumer_tag)?, BasicCancelOptions::default())
+                .await
+            {
+                tracing::debug!(error = %e, "Consumer cancel on a closed channel");
+            }
+        }
+        tracing::info!(queue = %self.settings.queue, "Stopped consuming from RabbitMQ");
+        Ok(())
+    }
+
+    fn health(&self) -> SourceHealth {
+        self.health.clone()
+    }
+}
+
+/// Opens a named connection on the current tokio runtime.
+pub(crate) async fn open_connection(
+    settings: &AmqpSettings,
+    name: &str,
+) -> Result<Connection, SourceError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(settings.url.expose(), props)
+        .await
+        .map_err(from_lapin)
+}
+
+/// Opens a channel in publisher-confirm mode.
+pub(crate) async fn confirm_channel(
+    connection: &Connection,
+) -> Result<lapin::Channel, SourceError> {
+    let channel = connection.create_channel().await.map_err(from_lapin)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(from_lapin)?;
+    Ok(channel)
+}
+
+/// An AMQP short string (names, header keys), refusing rather than panicking past 255 bytes.
+pub(crate) fn short(s: &str) -> Result<ShortString, SourceError> {
+    ShortString::try_new(s).map_err(|_| {
+        SourceError::Topology(format!(
+            "name {:?}… is longer than AMQP's 255-byte limit",
+            s.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+/// Classifies a lapin error: refusals of a declare or bind are topology problems, a closed
+/// channel means settlement did not happen, anything else is the broker being unreachable.
+pub(crate) fn from_lapin(err: lapin::Error) -> SourceError {
+    match err.kind() {
+        ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(
+                AMQPSoftError::PRECONDITIONFAILED
+                | AMQPSoftError::NOTFOUND
+                | AMQPSoftError::ACCESSREFUSED
+                | AMQPSoftError::RESOURCELOCKED,
+            ) => SourceError::Topology(amqp.to_string()),
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => {
+                SourceError::Topology(amqp.to_string())
+            }
+            _ => SourceError::Unavailable(Box::new(err)),
+        },
+        ErrorKind::InvalidChannelState(..) | ErrorKind::InvalidChannel(_) => {
+            SourceError::ChannelClosed
+        }
+        _ => SourceError::Unavailable(Box::new(err)),
+    }
+}

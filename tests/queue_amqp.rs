@@ -1,0 +1,371 @@
+//! The RabbitMQ source against a real broker: topology, round trip, retry through the wait queue,
+//! dead-lettering, the delivery-limit backstop, nothing lost, and reconnection.
+
+mod queue_common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bidorch::source::amqp::topology;
+use bidorch::source::{
+    AmqpPostingSource, ConsumerState, DETAIL_HEADER, PostingSource, REASON_HEADER, SourceError,
+};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use queue_common::{Cleanup, Inspector, posting, settings};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn next(source: &mut AmqpPostingSource) -> bidorch::source::Delivery {
+    tokio::time::timeout(WAIT, source.next())
+        .await
+        .expect("a delivery arrives in time")
+        .expect("the source has not ended")
+        .expect("the delivery is readable")
+}
+
+fn props(message_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+    );
+    BasicProperties::default()
+        .with_message_id(message_id.into())
+        .with_content_type("application/json".into())
+        .with_headers(headers)
+}
+
+fn header(msg: &lapin::message::Delivery, name: &str) -> Option<String> {
+    msg.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name).cloned())
+        .map(|v| match v {
+            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            AMQPValue::LongLongInt(n) => n.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+#[tokio::test]
+async fn topology_declares_every_queue_and_redeclaring_is_idempotent() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let inspector = Inspector::connect().await;
+
+    // Declared by connect, then again by a second source and twice more by hand.
+    let first = AmqpPostingSource::connect(&s, "a")
+        .await
+        .expect("first connect");
+    let second = AmqpPostingSource::connect(&s, "b")
+        .await
+        .expect("second connect");
+    topology::declare(&inspector.channel, &s)
+        .await
+        .expect("third declare");
+    topology::declare(&inspector.channel, &s)
+        .await
+        .expect("fourth declare");
+
+    for spec in topology::queues(&s) {
+        assert!(inspector.exists(&spec.name).await, "{} exists", spec.name);
+    }
+    assert!(
+        inspector
+            .exists(&s.retry_queue(Duration::from_millis(200)))
+            .await
+    );
+    assert!(
+        inspector
+            .exists(&s.retry_queue(Duration::from_secs(1)))
+            .await
+    );
+    assert!(inspector.exists(&s.dead_letter_queue()).await);
+
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn conflicting_arguments_are_a_topology_error_naming_the_queue() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let mut s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let inspector = Inspector::connect().await;
+    topology::declare(&inspector.channel, &s).await.unwrap();
+
+    s.delivery_limit += 1;
+    let err = AmqpPostingSource::connect(&s, "c").await.unwrap_err();
+    assert!(matches!(err, SourceError::Topology(_)), "{err}");
+    assert!(err.to_string().contains(&s.queue), "{err}");
+}
+
+#[tokio::test]
+async fn publish_consume_ack_round_trip() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "rt").await.unwrap();
+    let inspector = Inspector::connect().await;
+    let body = posting("ev-1", "upwork", "job-1");
+    inspector
+        .publish(&s.exchange, "posting.upwork", &body, props("ev-1"))
+        .await;
+
+    let delivery = next(&mut source).await;
+    assert_eq!(delivery.body, body);
+    assert_eq!(delivery.attempt, 1);
+    assert!(!delivery.redelivered);
+    assert_eq!(delivery.message_id.as_deref(), Some("ev-1"));
+    assert!(delivery.headers["traceparent"].starts_with("00-4bf92f35"));
+    delivery.ack().await.expect("ack is confirmed sent");
+    source.close().await.unwrap();
+
+    // Had the ack not happened, closing would have requeued ev-1 ahead of the marker.
+    inspector
+        .publish(&s.exchange, "posting.upwork", b"marker", props("marker"))
+        .await;
+    let first = inspector.take_eventually(&s.queue, WAIT).await;
+    assert_eq!(first.delivery.data, b"marker");
+    assert_eq!(inspector.ready(&s.queue).await, 0);
+}
+
+#[tokio::test]
+async fn retry_goes_through_the_wait_queue_and_comes_back_with_the_next_attempt() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "retry").await.unwrap();
+    let inspector = Inspector::connect().await;
+    let body = posting("ev-2", "upwork", "job-2");
+    inspector
+        .publish(&s.exchange, "posting.upwork", &body, props("ev-2"))
+        .await;
+
+    let first = next(&mut source).await;
+    assert_eq!(first.attempt, 1);
+    first
+        .retry(Duration::from_millis(150), "lock_held")
+        .await
+        .expect("retry confirmed");
+
+    let again = next(&mut source).await;
+    assert_eq!(again.body, body);
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.message_id.as_deref(), Some("ev-2"));
+    assert_eq!(again.headers[REASON_HEADER], "lock_held");
+    assert!(again.headers["traceparent"].starts_with("00-4bf92f35"));
+    // The broker's own record: it expired out of the 200ms wait queue (smallest tier >= 150ms).
+    let wait_queue = s.retry_queue(Duration::from_millis(200));
+    assert_eq!(again.headers["x-death"], format!("{wait_queue}/expired/1"));
+
+    // A longer delay picks the next tier.
+    again
+        .retry(Duration::from_millis(500), "marketplace_unavailable")
+        .await
+        .unwrap();
+    let third = next(&mut source).await;
+    assert_eq!(third.attempt, 3);
+    assert_eq!(
+        third.headers["x-death"],
+        format!("{}/expired/1", s.retry_queue(Duration::from_secs(1)))
+    );
+    third.ack().await.unwrap();
+
+    source.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn dead_letter_parks_the_message_with_its_reason() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "dl").await.unwrap();
+    let inspector = Inspector::connect().await;
+    inspector
+        .publish(
+            &s.exchange,
+            "posting.upwork",
+            b"{not json",
+            props("poison-1"),
+        )
+        .await;
+
+    let delivery = next(&mut source).await;
+    delivery
+        .dead_letter("invalid_json", "expected value at line 1 column 2")
+        .await
+        .expect("parked");
+
+    let parked = inspector
+        .take_eventually(&s.dead_letter_queue(), WAIT)
+        .await
+        .delivery;
+    assert_eq!(parked.data, b"{not json");
+    assert_eq!(
+        header(&parked, REASON_HEADER).as_deref(),
+        Some("invalid_json")
+    );
+    assert_eq!(
+        header(&parked, DETAIL_HEADER).as_deref(),
+        Some("expected value at line 1 column 2")
+    );
+    assert_eq!(header(&parked, "x-bidorch-attempt").as_deref(), Some("1"));
+    assert_eq!(
+        parked.properties.message_id().as_ref().map(|m| m.as_str()),
+        Some("poison-1")
+    );
+    source.close().await.unwrap();
+    assert_eq!(inspector.ready(&s.queue).await, 0);
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_coming_back_unsettled_is_parked_at_the_delivery_limit() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let mut s = settings();
+    s.delivery_limit = 2;
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "limit").await.unwrap();
+    let inspector = Inspector::connect().await;
+    inspector
+        .publish(
+            &s.exchange,
+            "posting.upwork",
+            b"crashes workers",
+            props("crash-1"),
+        )
+        .await;
+
+    // Dropped unsettled, as when the handler panics: handed back each time, then parked.
+    let mut deliveries = 0;
+    let mut parked = None;
+    while parked.is_none() {
+        if let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_millis(300), source.next()).await
+        {
+            deliveries += 1;
+            assert!(deliveries <= 3, "delivered beyond the limit");
+            drop(d);
+        }
+        parked = inspector.take(&s.dead_letter_queue()).await;
+    }
+    let parked = parked.unwrap().delivery;
+    assert_eq!(parked.data, b"crashes workers");
+    assert_eq!(deliveries, 3, "first delivery + 2 redeliveries");
+    assert_eq!(
+        header(&parked, "x-first-death-reason").as_deref(),
+        Some("delivery_limit")
+    );
+    source.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn nothing_is_lost_across_acks_retries_and_dead_letters() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "all").await.unwrap();
+    let inspector = Inspector::connect().await;
+    const N: usize = 30;
+    for i in 0..N {
+        let id = format!("ev-{i}");
+        inspector
+            .publish(&s.exchange, "posting.upwork", id.as_bytes(), props(&id))
+            .await;
+    }
+
+    // i % 3 == 0: ack; == 1: retry once then ack; == 2: dead-letter.
+    let mut acked = BTreeMap::new();
+    let mut dead = 0;
+    while acked.len() + dead < N {
+        let d = next(&mut source).await;
+        let id = String::from_utf8(d.body.clone()).unwrap();
+        let i: usize = id.trim_start_matches("ev-").parse().unwrap();
+        match (i % 3, d.attempt) {
+            (1, 1) => d.retry(Duration::ZERO, "lock_held").await.unwrap(),
+            (2, _) => {
+                d.dead_letter("test", "parked by the test").await.unwrap();
+                dead += 1;
+            }
+            (_, attempt) => {
+                d.ack().await.unwrap();
+                assert!(acked.insert(id, attempt).is_none(), "acked twice");
+            }
+        }
+    }
+    assert_eq!(acked.len(), 20);
+    assert!(acked.iter().all(|(id, a)| {
+        let i: usize = id.trim_start_matches("ev-").parse().unwrap();
+        *a == if i % 3 == 1 { 2 } else { 1 }
+    }));
+    source.close().await.unwrap();
+
+    let parked = inspector.drain(&s.dead_letter_queue()).await;
+    assert_eq!(parked.len(), 10);
+    assert_eq!(inspector.ready(&s.queue).await, 0);
+    for tier in &s.retry_tiers {
+        assert_eq!(inspector.ready(&s.retry_queue(*tier)).await, 0);
+    }
+}
+
+#[tokio::test]
+async fn an_ack_after_the_channel_closed_is_an_error_and_the_message_comes_back() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "late").await.unwrap();
+    let inspector = Inspector::connect().await;
+    inspector
+        .publish(&s.exchange, "posting.upwork", b"late ack", props("late-1"))
+        .await;
+    let delivery = next(&mut source).await;
+    source.close().await.unwrap();
+
+    let err = delivery.ack().await.unwrap_err();
+    assert!(matches!(err, SourceError::ChannelClosed), "{err}");
+    let back = inspector.take_eventually(&s.queue, WAIT).await;
+    assert_eq!(back.delivery.data, b"late ack");
+    assert!(back.delivery.redelivered);
+}
+
+#[tokio::test]
+async fn stop_ends_the_stream_and_in_flight_deliveries_can_still_be_settled() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "stop").await.unwrap();
+    let health = source.health();
+    let inspector = Inspector::connect().await;
+    inspector
+        .publish(&s.exchange, "posting.upwork", b"in flight", props("f-1"))
+        .await;
+    let delivery = next(&mut source).await;
+
+    source.stop().await.unwrap();
+    assert_eq!(health.state(), ConsumerState::Stopped);
+    assert!(source.next().await.is_none());
+    delivery.ack().await.expect("settling after stop works");
+    source.close().await.unwrap();
+    assert_eq!(inspector.ready(&s.queue).await, 0);
+}
