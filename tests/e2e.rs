@@ -121,9 +121,12 @@ async fn three_workers_bid_exactly_once_per_eligible_posting() {
     {
         return;
     }
-    // Arrange: the sandbox marketplace over real HTTP.
+    // Arrange: the sandbox marketplace over real HTTP, NOT honouring idempotency keys: every
+    // request it receives creates a bid, so "one bid each" proves the ledger, lease and fence
+    // alone stopped every duplicate before the marketplace.
     let sandbox = Sandbox::new(SandboxOptions {
         token: Some(TOKEN.to_owned()),
+        honour_idempotency: false,
         ..SandboxOptions::default()
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

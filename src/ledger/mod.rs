@@ -21,7 +21,7 @@ pub use self::postgres::PgBidLedger;
 pub use self::sqlite::SqliteBidLedger;
 
 /// State of a ledger row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LedgerState {
     Pending,
     Placed,
