@@ -21,7 +21,7 @@ use crate::marketplace::sandbox::{self, Sandbox, SandboxOptions, SandboxStats};
 use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
 use crate::pipeline::Pipeline;
 use crate::policy::Policy;
-use crate::source::{MemoryBroker, SourceError};
+use crate::source::{MemoryQueue, SourceError};
 use crate::tally::Tally;
 use crate::worker::{self, WorkerOptions};
 
@@ -207,7 +207,7 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
         demo_policy(),
         settings.lock.ttl,
     ));
-    let broker = MemoryBroker::new();
+    let broker = MemoryQueue::new(settings.amqp.delivery_limit);
     let tally = Arc::new(Tally::default());
     let worker_options = WorkerOptions {
         tally: Some(tally.clone()),
@@ -221,13 +221,13 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
 
     let started = Instant::now();
     for body in &input.messages {
-        broker.publish(body.clone(), BTreeMap::new());
+        broker.publish(body.clone());
     }
     let (stop, _) = tokio::sync::watch::channel(false);
     let prefetch = usize::from(settings.amqp.prefetch);
     let workers: Vec<_> = (0..options.workers.max(1))
         .map(|_| {
-            let source = Box::new(broker.consumer(prefetch));
+            let source = Box::new(broker.subscribe(prefetch));
             let mut stopped = stop.subscribe();
             tokio::spawn(worker::run(
                 source,
@@ -244,9 +244,9 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
     let bar = progress_bar(input.messages.len() as u64, options.progress);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let counts = broker.counts();
-        bar.set_position((counts.acked as usize + counts.dead) as u64);
-        if counts.outstanding() == 0 {
+        let counts = broker.stats();
+        bar.set_position(counts.acked + counts.dead as u64);
+        if counts.ready + counts.unacked + counts.delayed == 0 {
             break;
         }
         if Instant::now() > deadline {

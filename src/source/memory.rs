@@ -1,257 +1,392 @@
-//! In-process posting source for the embedded mode, with RabbitMQ's delivery semantics.
+//! In-process posting source for the embedded mode (`bidorch demo`, tests): the delivery
+//! semantics of the RabbitMQ source, without a broker.
 //!
-//! A [`MemoryBroker`] is one queue shared by any number of consumers in this process. Like the
-//! RabbitMQ source: each consumer has a prefetch bound; `ack` removes a message; `retry` brings
-//! it back after its delay (a timer, never a hot loop) with attempt + 1; `dead_letter` parks it
-//! with its reason; a delivery dropped unsettled (a crashed or aborted task) is redelivered with
-//! `redelivered = true`. Nothing survives the process: this is for the demo, development and
-//! single-process use, never for several worker processes.
+//! Same contract as [`super::AmqpPostingSource`] (one suite, `tests/source_contract.rs`, runs
+//! against both): ack removes; retry comes back after the delay with attempt + 1 and the reason
+//! header; dead-letter parks with reason and detail in an inspectable list; a delivery dropped
+//! unsettled, or still unsettled when its consumer is closed, is redelivered with
+//! `redelivered = true` (settling it afterwards fails with [`SourceError::ChannelClosed`]); a
+//! message returned more than `delivery_limit` times is parked with reason `delivery_limit`; each
+//! consumer has at most `prefetch` unsettled deliveries. Not durable: pending retries and queued
+//! messages live and die with the process.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use super::{
-    ATTEMPT_HEADER, Delivery, Parked, PostingSource, REASON_HEADER, Requeue, Settle, SourceError,
+    ConsumerState, Delivery, HealthReporter, Parked, PostingSource, REASON_HEADER, Requeue, Settle,
+    SourceError, SourceHealth,
 };
+
+/// Returns allowed before a message is parked (the quorum queue default on RabbitMQ 4.x).
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// A message parked in the in-memory dead-letter list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    pub attempt: u32,
+    pub reason: String,
+    pub detail: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Counts of where messages are, for tests and the demo's "drained?" check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Waiting for a consumer.
+    pub ready: usize,
+    /// Delivered, not yet settled.
+    pub unacked: usize,
+    /// Retries waiting out their delay.
+    pub delayed: usize,
+    pub acked: u64,
+    pub dead: usize,
+}
 
 #[derive(Clone, Debug)]
 struct Message {
     body: Vec<u8>,
+    message_id: Option<String>,
     attempt: u32,
-    redelivered: bool,
     headers: BTreeMap<String, String>,
+    redelivered: bool,
+    /// Times handed back unsettled (the quorum queue's delivery count).
+    returns: u32,
 }
 
 #[derive(Default)]
-struct State {
-    ready: VecDeque<Message>,
-    /// Delivered to a consumer, not yet settled.
-    unsettled: usize,
-    /// Waiting for their retry delay.
-    scheduled: usize,
-    dead: Vec<Parked>,
-    acked: u64,
-}
-
 struct Inner {
-    state: Mutex<State>,
-    available: Notify,
+    ready: VecDeque<Message>,
+    /// Per consumer: its unsettled deliveries by tag.
+    consumers: HashMap<u64, HashMap<u64, Message>>,
+    delayed: usize,
+    acked: u64,
+    dead: Vec<DeadLetter>,
+    next_id: u64,
 }
 
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this short lock leaves plain counters behind; keep going.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Woken on every change a waiting consumer may care about.
+    changed: Notify,
+    delivery_limit: u32,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // No code panics while holding the lock; recover the data rather than poison everything.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts an unsettled message back at the head, or parks it past the delivery limit.
+    fn hand_back(&self, inner: &mut Inner, mut message: Message) {
+        message.returns += 1;
+        message.redelivered = true;
+        if message.returns > self.delivery_limit {
+            inner.dead.push(DeadLetter {
+                body: message.body,
+                message_id: message.message_id,
+                attempt: message.attempt,
+                reason: "delivery_limit".to_owned(),
+                detail: format!("returned unsettled {} times", message.returns),
+                headers: message.headers,
+            });
+        } else {
+            inner.ready.push_front(message);
+        }
     }
 }
 
-/// An in-process queue. Cheap to clone: clones share the queue.
+/// A cheap-to-clone handle on the queue: publish into it, read its dead letters, open consumers.
 #[derive(Clone)]
-pub struct MemoryBroker {
-    inner: Arc<Inner>,
+pub struct MemoryQueue {
+    shared: Arc<Shared>,
 }
 
-impl Default for MemoryBroker {
-    fn default() -> Self {
-        Self::new()
+impl std::fmt::Debug for MemoryQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryQueue")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
-/// Counts of a [`MemoryBroker`]'s messages.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BrokerCounts {
-    pub ready: usize,
-    pub unsettled: usize,
-    pub scheduled: usize,
-    pub dead: usize,
-    pub acked: u64,
-}
-
-impl BrokerCounts {
-    /// Messages not yet acked or dead-lettered.
-    pub fn outstanding(&self) -> usize {
-        self.ready + self.unsettled + self.scheduled
-    }
-}
-
-impl MemoryBroker {
-    /// An empty queue.
-    pub fn new() -> Self {
+impl MemoryQueue {
+    /// An empty queue parking messages returned more than `delivery_limit` times.
+    pub fn new(delivery_limit: u32) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State::default()),
-                available: Notify::new(),
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner::default()),
+                changed: Notify::new(),
+                delivery_limit,
             }),
         }
     }
 
-    /// Enqueues a message body (attempt 1) with optional headers (e.g. `traceparent`).
-    pub fn publish(&self, body: Vec<u8>, headers: BTreeMap<String, String>) {
-        self.push(Message {
-            body,
+    /// Enqueues an event body (attempt 1, no headers).
+    pub fn publish(&self, body: impl Into<Vec<u8>>) {
+        self.publish_with(body, None, BTreeMap::new());
+    }
+
+    /// Enqueues an event body with a message id and string headers (e.g. `traceparent`).
+    pub fn publish_with(
+        &self,
+        body: impl Into<Vec<u8>>,
+        message_id: Option<String>,
+        headers: BTreeMap<String, String>,
+    ) {
+        self.enqueue(Message {
+            body: body.into(),
+            message_id,
             attempt: 1,
-            redelivered: false,
             headers,
+            redelivered: false,
+            returns: 0,
         });
     }
 
-    fn push(&self, message: Message) {
-        self.inner.lock().ready.push_back(message);
-        self.inner.available.notify_one();
+    fn enqueue(&self, message: Message) {
+        self.shared.lock().ready.push_back(message);
+        self.shared.changed.notify_waiters();
     }
 
-    /// A consumer taking at most `prefetch` unsettled deliveries at a time.
-    pub fn consumer(&self, prefetch: usize) -> MemoryPostingSource {
-        MemoryPostingSource {
-            broker: self.clone(),
-            permits: Arc::new(Semaphore::new(prefetch.max(1))),
-            stopped: false,
+    /// The parked messages, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.shared.lock().dead.clone()
+    }
+
+    /// Where messages are right now.
+    pub fn stats(&self) -> MemoryStats {
+        let inner = self.shared.lock();
+        MemoryStats {
+            ready: inner.ready.len(),
+            unacked: inner.consumers.values().map(HashMap::len).sum(),
+            delayed: inner.delayed,
+            acked: inner.acked,
+            dead: inner.dead.len(),
         }
     }
 
-    /// Messages parked in the dead-letter list, oldest first.
-    pub fn dead_letters(&self) -> Vec<Parked> {
-        self.inner.lock().dead.clone()
-    }
-
-    /// Current counts.
-    pub fn counts(&self) -> BrokerCounts {
-        let s = self.inner.lock();
-        BrokerCounts {
-            ready: s.ready.len(),
-            unsettled: s.unsettled,
-            scheduled: s.scheduled,
-            dead: s.dead.len(),
-            acked: s.acked,
+    /// Opens a consumer with at most `prefetch` unsettled deliveries.
+    pub fn subscribe(&self, prefetch: usize) -> MemoryPostingSource {
+        let id = {
+            let mut inner = self.shared.lock();
+            inner.next_id += 1;
+            let id = inner.next_id;
+            inner.consumers.insert(id, HashMap::new());
+            id
+        };
+        let (reporter, health) = SourceHealth::new(ConsumerState::Starting);
+        reporter.consuming();
+        MemoryPostingSource {
+            queue: self.clone(),
+            consumer: id,
+            prefetch: prefetch.max(1),
+            stopped: false,
+            reporter,
+            health,
         }
     }
 }
 
-/// One consumer of a [`MemoryBroker`].
+/// One consumer of a [`MemoryQueue`]. Dropping it hands its unsettled deliveries back.
 pub struct MemoryPostingSource {
-    broker: MemoryBroker,
-    permits: Arc<Semaphore>,
+    queue: MemoryQueue,
+    consumer: u64,
+    prefetch: usize,
     stopped: bool,
+    reporter: HealthReporter,
+    health: SourceHealth,
+}
+
+impl std::fmt::Debug for MemoryPostingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryPostingSource")
+            .field("consumer", &self.consumer)
+            .field("prefetch", &self.prefetch)
+            .field("stopped", &self.stopped)
+            .finish()
+    }
+}
+
+impl MemoryPostingSource {
+    /// A new queue (delivery limit [`DEFAULT_DELIVERY_LIMIT`]) and one consumer on it; publish
+    /// through [`queue`](Self::queue).
+    pub fn new(prefetch: usize) -> Self {
+        MemoryQueue::new(DEFAULT_DELIVERY_LIMIT).subscribe(prefetch)
+    }
+
+    /// The queue this consumer reads (publish into it, read dead letters).
+    pub fn queue(&self) -> MemoryQueue {
+        self.queue.clone()
+    }
+
+    /// A live view of the consumer state.
+    pub fn health(&self) -> SourceHealth {
+        self.health.clone()
+    }
+}
+
+impl Drop for MemoryPostingSource {
+    /// Like a closed channel: everything this consumer had not settled goes back to the queue.
+    fn drop(&mut self) {
+        let shared = &self.queue.shared;
+        let mut inner = shared.lock();
+        if let Some(unsettled) = inner.consumers.remove(&self.consumer) {
+            let mut by_tag: Vec<(u64, Message)> = unsettled.into_iter().collect();
+            // Newest first, so pushing each to the front restores delivery order.
+            by_tag.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+            for (_, message) in by_tag {
+                shared.hand_back(&mut inner, message);
+            }
+        }
+        drop(inner);
+        shared.changed.notify_waiters();
+    }
 }
 
 #[async_trait]
 impl PostingSource for MemoryPostingSource {
     async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
-        if self.stopped {
-            return None;
-        }
-        // The prefetch bound: a permit per unsettled delivery, returned when it is settled.
-        let permit = self.permits.clone().acquire_owned().await.ok()?;
-        let inner = &self.broker.inner;
+        let shared = Arc::clone(&self.queue.shared);
         loop {
-            let notified = inner.available.notified();
-            tokio::pin!(notified);
-            // Register interest before looking, so a publish in between is not missed.
-            notified.as_mut().enable();
-            if let Some(message) = {
-                let mut state = inner.lock();
-                let message = state.ready.pop_front();
-                if message.is_some() {
-                    state.unsettled += 1;
-                }
-                message
-            } {
-                return Some(Ok(self.deliver(message, permit)));
+            // Registered before looking, so a change between the look and the wait is not missed.
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.stopped {
+                return None;
             }
-            notified.await;
+            {
+                let mut inner = shared.lock();
+                let in_flight = inner.consumers.get(&self.consumer).map_or(0, HashMap::len);
+                if in_flight < self.prefetch
+                    && let Some(message) = inner.ready.pop_front()
+                {
+                    inner.next_id += 1;
+                    let tag = inner.next_id;
+                    inner
+                        .consumers
+                        .entry(self.consumer)
+                        .or_default()
+                        .insert(tag, message.clone());
+                    return Some(Ok(Delivery {
+                        body: message.body,
+                        attempt: message.attempt,
+                        redelivered: message.redelivered,
+                        message_id: message.message_id,
+                        headers: message.headers,
+                        settler: Box::new(MemorySettler {
+                            queue: self.queue.clone(),
+                            consumer: self.consumer,
+                            tag,
+                        }),
+                    }));
+                }
+            }
+            changed.await;
         }
     }
 
     async fn stop(&mut self) -> Result<(), SourceError> {
         self.stopped = true;
+        self.reporter.set(ConsumerState::Stopped);
         Ok(())
     }
-}
 
-impl MemoryPostingSource {
-    fn deliver(&self, message: Message, permit: OwnedSemaphorePermit) -> Delivery {
-        Delivery {
-            body: message.body.clone(),
-            attempt: message.attempt,
-            redelivered: message.redelivered,
-            message_id: None,
-            headers: message.headers.clone(),
-            settler: Box::new(MemorySettler {
-                broker: self.broker.clone(),
-                message: Some(message),
-                _permit: permit,
-            }),
-        }
+    fn health(&self) -> SourceHealth {
+        self.health.clone()
     }
 }
 
+/// Settles one in-memory delivery; dropped unsettled, it hands the message back.
 struct MemorySettler {
-    broker: MemoryBroker,
-    /// `Some` until settled; a settler dropped while `Some` redelivers the message.
-    message: Option<Message>,
-    _permit: OwnedSemaphorePermit,
+    queue: MemoryQueue,
+    consumer: u64,
+    tag: u64,
 }
 
 impl MemorySettler {
-    fn settle(&mut self) -> MutexGuard<'_, State> {
-        self.message = None;
-        let mut state = self.broker.inner.lock();
-        state.unsettled -= 1;
-        state
-    }
-}
-
-#[async_trait]
-impl Settle for MemorySettler {
-    async fn ack(mut self: Box<Self>) -> Result<(), SourceError> {
-        self.settle().acked += 1;
-        Ok(())
-    }
-
-    async fn retry(mut self: Box<Self>, requeue: Requeue) -> Result<(), SourceError> {
-        self.settle().scheduled += 1;
-        let mut headers = requeue.headers;
-        headers.insert(ATTEMPT_HEADER.to_owned(), requeue.next_attempt.to_string());
-        headers.insert(REASON_HEADER.to_owned(), requeue.reason);
-        let message = Message {
-            body: requeue.body,
-            attempt: requeue.next_attempt,
-            redelivered: false,
-            headers,
-        };
-        let broker = self.broker.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(requeue.delay).await;
-            {
-                // One critical section, so the message is never counted in neither place.
-                let mut state = broker.inner.lock();
-                state.scheduled -= 1;
-                state.ready.push_back(message);
-            }
-            broker.inner.available.notify_one();
-        });
-        Ok(())
-    }
-
-    async fn dead_letter(mut self: Box<Self>, parked: Parked) -> Result<(), SourceError> {
-        self.settle().dead.push(parked);
-        Ok(())
+    /// Removes the delivery from its consumer's unsettled set; `ChannelClosed` if it is no longer
+    /// there (its consumer was closed and the message already handed back).
+    fn take(&self) -> Result<Message, SourceError> {
+        let taken = self
+            .queue
+            .shared
+            .lock()
+            .consumers
+            .get_mut(&self.consumer)
+            .and_then(|unsettled| unsettled.remove(&self.tag));
+        self.queue.shared.changed.notify_waiters();
+        taken.ok_or(SourceError::ChannelClosed)
     }
 }
 
 impl Drop for MemorySettler {
     fn drop(&mut self) {
-        if let Some(mut message) = self.message.take() {
-            message.redelivered = true;
-            let mut state = self.broker.inner.lock();
-            state.unsettled -= 1;
-            // Back to the front, as a broker requeues an unacked message on channel close.
-            state.ready.push_front(message);
-            drop(state);
-            self.broker.inner.available.notify_one();
+        let shared = &self.queue.shared;
+        let mut inner = shared.lock();
+        let unsettled = inner
+            .consumers
+            .get_mut(&self.consumer)
+            .and_then(|u| u.remove(&self.tag));
+        if let Some(message) = unsettled {
+            shared.hand_back(&mut inner, message);
         }
+        drop(inner);
+        shared.changed.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl Settle for MemorySettler {
+    async fn ack(self: Box<Self>) -> Result<(), SourceError> {
+        self.take()?;
+        self.queue.shared.lock().acked += 1;
+        Ok(())
+    }
+
+    async fn retry(self: Box<Self>, requeue: Requeue) -> Result<(), SourceError> {
+        let original = self.take()?;
+        let mut headers = requeue.headers;
+        headers.insert(REASON_HEADER.to_owned(), requeue.reason);
+        let copy = Message {
+            body: requeue.body,
+            message_id: original.message_id,
+            attempt: requeue.next_attempt,
+            headers,
+            redelivered: false,
+            returns: 0,
+        };
+        let queue = self.queue.clone();
+        queue.shared.lock().delayed += 1;
+        tokio::spawn(async move {
+            tokio::time::sleep(requeue.delay).await;
+            {
+                let mut inner = queue.shared.lock();
+                inner.delayed -= 1;
+                inner.ready.push_back(copy);
+            }
+            queue.shared.changed.notify_waiters();
+        });
+        Ok(())
+    }
+
+    async fn dead_letter(self: Box<Self>, parked: Parked) -> Result<(), SourceError> {
+        let original = self.take()?;
+        self.queue.shared.lock().dead.push(DeadLetter {
+            body: parked.body,
+            message_id: original.message_id,
+            attempt: parked.attempt,
+            reason: parked.reason,
+            detail: parked.detail,
+            headers: parked.headers,
+        });
+        Ok(())
     }
 }
