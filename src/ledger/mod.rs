@@ -4,6 +4,11 @@
 //! (the fence), and every later write of that attempt is conditional on the epoch it claimed, so a
 //! superseded holder can neither record nor reach the marketplace. Final states — `placed`,
 //! `skipped`, `rejected` — are never overwritten.
+//!
+//! Backends: [`PgBidLedger`] (production, `migrations/postgres/`) and [`SqliteBidLedger`]
+//! (embedded mode, `migrations/sqlite/`, same version numbers), chosen by [`from_settings`].
+//! Both run the same statements — an atomic upsert for `claim`, `UPDATE .. WHERE epoch = $e AND
+//! state = 'pending'` for every later write — and pass the same contract suite (`tests/ledger.rs`).
 
 pub mod postgres;
 mod sql;
