@@ -132,6 +132,10 @@ pub struct DemoArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Make the sandbox ignore idempotency keys: a duplicate that slipped past the ledger and
+    /// the lease would then show as a second bid.
+    #[arg(long)]
+    naive_marketplace: bool,
 }
 
 /// Runs the demo, prints its report, and fails if any posting got two bids (or one was lost).
@@ -150,6 +154,7 @@ pub async fn demo(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
             BackendArg::Real => DemoBackend::Real,
         },
         progress: !args.quiet,
+        naive_marketplace: args.naive_marketplace,
     };
     let report = bidorch::demo::run(settings, &options).await?;
     println!("{report}");

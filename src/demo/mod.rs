@@ -48,6 +48,9 @@ pub struct DemoOptions {
     pub backend: DemoBackend,
     /// Show a progress bar on standard error.
     pub progress: bool,
+    /// Run the sandbox without honouring idempotency keys, so any duplicate that got past the
+    /// ledger and the lease shows up as a second bid (the strictest check of those layers).
+    pub naive_marketplace: bool,
 }
 
 impl Default for DemoOptions {
@@ -60,6 +63,7 @@ impl Default for DemoOptions {
             seed: 42,
             backend: DemoBackend::Embedded,
             progress: true,
+            naive_marketplace: false,
         }
     }
 }
@@ -94,9 +98,10 @@ struct RunningSandbox {
 }
 
 impl RunningSandbox {
-    async fn start() -> Result<Self, DemoError> {
+    async fn start(options: &DemoOptions) -> Result<Self, DemoError> {
         let sandbox = Sandbox::new(SandboxOptions {
             token: Some(DEMO_TOKEN.to_owned()),
+            honour_idempotency: !options.naive_marketplace,
             ..SandboxOptions::default()
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -191,7 +196,7 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
         options.poison,
         options.seed,
     );
-    let sandbox = RunningSandbox::start().await?;
+    let sandbox = RunningSandbox::start(options).await?;
     let marketplace = sandbox.client(settings)?;
     // A throw-away SQLite file in WAL mode: readers (most duplicates end at the first ledger
     // check) run in parallel with the writer, which an in-memory database cannot do.

@@ -71,7 +71,7 @@ pub(super) async fn run(
         options.poison,
         options.seed,
     );
-    let sandbox = RunningSandbox::start().await?;
+    let sandbox = RunningSandbox::start(options).await?;
     let result = run_on(&s, options, &input, &sandbox).await;
     cleanup(&s).await;
     result

@@ -1,0 +1,265 @@
+//! The worker on real RabbitMQ, Redis and PostgreSQL: what happens to a message when its lease is
+//! held elsewhere, when it keeps failing, and when it is poison.
+
+mod queue_common;
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bidorch::config::Settings;
+use bidorch::lock::LockStore;
+use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
+use bidorch::marketplace::{HttpMarketplace, Marketplace};
+use bidorch::posting::PostingKey;
+use bidorch::runtime::{Components, run_worker_with};
+use bidorch::source::{ATTEMPT_HEADER, REASON_HEADER};
+use bidorch::tally::Tally;
+use lapin::types::AMQPValue;
+use queue_common::{Cleanup, Inspector, eventually};
+
+const TOKEN: &str = "wq-token";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A worker with its sandbox, on names unique to the test.
+struct Harness {
+    settings: Settings,
+    sandbox: Sandbox,
+    locks: Arc<dyn LockStore>,
+    tally: Arc<Tally>,
+    stop: tokio::sync::watch::Sender<bool>,
+    worker: tokio::task::JoinHandle<()>,
+    _cleanup: Cleanup,
+}
+
+impl Harness {
+    async fn start(max_attempts: u32) -> Self {
+        let sandbox = Sandbox::new(SandboxOptions {
+            token: Some(TOKEN.to_owned()),
+            honour_idempotency: false,
+            ..SandboxOptions::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(bidorch::marketplace::sandbox::serve(
+            listener,
+            sandbox.clone(),
+            std::future::pending(),
+        ));
+        let amqp = queue_common::settings();
+        let names = amqp.queue.clone();
+        let env: HashMap<String, String> = [
+            ("AMQP_URL", support::amqp_url()),
+            ("REDIS_URL", support::redis_url()),
+            ("DATABASE_URL", support::database_url()),
+            ("BIDORCH__AMQP__EXCHANGE", amqp.exchange.clone()),
+            ("BIDORCH__AMQP__QUEUE", amqp.queue.clone()),
+            ("BIDORCH__AMQP__RETRY_TIERS", "200ms,1s".into()),
+            ("BIDORCH__AMQP__MAX_ATTEMPTS", max_attempts.to_string()),
+            ("BIDORCH__REDIS__KEY_PREFIX", format!("{names}:")),
+            ("BIDORCH__DATABASE__SCHEMA", names.clone()),
+            ("BIDORCH__WORKER__RETRY_LOCK_HELD", "200ms".into()),
+            (
+                "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+                format!("{url}/upwork"),
+            ),
+            (
+                "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
+                format!("{url}/freelancer"),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let settings = Settings::load_from(None, &env).unwrap();
+        let locks = bidorch::lock::from_settings(&settings).unwrap();
+        let components = Components {
+            ledger: bidorch::ledger::from_settings(&settings.database)
+                .await
+                .unwrap(),
+            locks: locks.clone(),
+            marketplace: Arc::new(
+                HttpMarketplace::new(&settings.marketplaces, |_| Some(TOKEN.to_owned())).unwrap(),
+            ) as Arc<dyn Marketplace>,
+        };
+        // Declare the topology before anyone publishes (the worker also does, concurrently).
+        bidorch::source::AmqpPostingSource::connect(&settings.amqp, "setup")
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+        let tally = Arc::new(Tally::default());
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let (s, t) = (settings.clone(), tally.clone());
+        let worker = tokio::spawn(async move {
+            run_worker_with(&s, components, false, Some(t), async move {
+                let _ = stopped.wait_for(|v| *v).await;
+            })
+            .await
+            .expect("worker starts");
+        });
+        Self {
+            _cleanup: Cleanup(settings.amqp.clone()),
+            settings,
+            sandbox,
+            locks,
+            tally,
+            stop,
+            worker,
+        }
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.worker.await;
+        support::drop_schema(&self.settings.database.schema).await;
+        support::delete_redis_prefix(&self.settings.redis.key_prefix).await;
+    }
+}
+
+fn header_text(message: &lapin::message::BasicGetMessage, name: &str) -> Option<String> {
+    let headers = message.delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_held_elsewhere_is_retried_through_the_wait_queue_then_bid_once() {
+    if !(support::amqp_available().await
+        && support::redis_available().await
+        && support::postgres_available().await)
+    {
+        return;
+    }
+    let h = Harness::start(10).await;
+    let key = PostingKey::new("upwork", "held_1").unwrap();
+    // Arrange: another holder has the lease.
+    let lease = h
+        .locks
+        .try_acquire(&key, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the key is free");
+    let inspector = Inspector::connect().await;
+    inspector
+        .publish(
+            &h.settings.amqp.exchange,
+            "posting.upwork",
+            &queue_common::posting("ev-held-1", "upwork", "held_1"),
+            lapin::BasicProperties::default(),
+        )
+        .await;
+
+    // Act: the worker meets the held lease and schedules a retry; then the holder lets go.
+    let tally = h.tally.clone();
+    eventually(WAIT, "a lock_held retry", || {
+        let t = tally.clone();
+        async move { t.snapshot().retries.get("lock_held").copied().unwrap_or(0) >= 1 }
+    })
+    .await;
+    assert!(
+        h.sandbox.stats().postings.is_empty(),
+        "no bid while the lease is held"
+    );
+    h.locks.release(&lease).await.unwrap();
+    let sandbox = h.sandbox.clone();
+    eventually(WAIT, "the bid after release", || {
+        let s = sandbox.clone();
+        async move { s.stats().bids_created == 1 }
+    })
+    .await;
+
+    // Assert: one bid, placed on a later attempt (the retry came back from the wait queue
+    // with its attempt header raised), and nothing left anywhere.
+    let c = h.tally.snapshot();
+    assert_eq!(c.placed_new, 1);
+    assert_eq!(h.sandbox.stats().postings["upwork:held_1"].bids, 1);
+    assert_eq!(
+        inspector.ready(&h.settings.amqp.dead_letter_queue()).await,
+        0
+    );
+    assert!(
+        c.outcome("lock_held") >= 1,
+        "the first attempt met the held lease: {c:?}"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_that_keeps_failing_is_parked_after_max_attempts_with_its_reason() {
+    if !(support::amqp_available().await
+        && support::redis_available().await
+        && support::postgres_available().await)
+    {
+        return;
+    }
+    let h = Harness::start(3).await;
+    let key = PostingKey::new("upwork", "stuck_1").unwrap();
+    let _lease = h
+        .locks
+        .try_acquire(&key, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the key is free");
+    let inspector = Inspector::connect().await;
+    inspector
+        .publish(
+            &h.settings.amqp.exchange,
+            "posting.upwork",
+            &queue_common::posting("ev-stuck-1", "upwork", "stuck_1"),
+            lapin::BasicProperties::default(),
+        )
+        .await;
+
+    let parked = inspector
+        .take_eventually(&h.settings.amqp.dead_letter_queue(), WAIT)
+        .await;
+    assert_eq!(
+        header_text(&parked, REASON_HEADER).as_deref(),
+        Some("max_attempts")
+    );
+    assert_eq!(header_text(&parked, ATTEMPT_HEADER).as_deref(), Some("3"));
+    let c = h.tally.snapshot();
+    assert_eq!(c.retries.get("lock_held"), Some(&2), "{c:?}");
+    assert_eq!(c.dead_letters.get("max_attempts"), Some(&1), "{c:?}");
+    assert!(h.sandbox.stats().postings.is_empty(), "never bid");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_is_dead_lettered_at_once_with_its_reason() {
+    if !(support::amqp_available().await
+        && support::redis_available().await
+        && support::postgres_available().await)
+    {
+        return;
+    }
+    let h = Harness::start(10).await;
+    let inspector = Inspector::connect().await;
+    inspector
+        .publish(
+            &h.settings.amqp.exchange,
+            "posting.upwork",
+            br#"{"event_id":"ev-poison","marketplace":"upwork","title":"no posting id"}"#,
+            lapin::BasicProperties::default(),
+        )
+        .await;
+    let parked = inspector
+        .take_eventually(&h.settings.amqp.dead_letter_queue(), WAIT)
+        .await;
+    assert_eq!(
+        header_text(&parked, REASON_HEADER).as_deref(),
+        Some("missing_field")
+    );
+    let c = h.tally.snapshot();
+    assert_eq!(c.processed(), 1, "processed once, never retried: {c:?}");
+    assert!(c.retries.is_empty());
+    assert_eq!(inspector.ready(&h.settings.amqp.queue).await, 0);
+    h.finish().await;
+}
