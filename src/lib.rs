@@ -14,6 +14,7 @@
 //! - [`http`], [`metrics`], [`telemetry`]: operations.
 
 pub mod config;
+pub mod dlq;
 pub mod ledger;
 pub mod lock;
 pub mod marketplace;
