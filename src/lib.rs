@@ -10,12 +10,15 @@
 //!   [`source`] (RabbitMQ / memory), [`lock`] (Redis / memory), [`ledger`] (PostgreSQL / SQLite),
 //!   [`marketplace`] (HTTP client, and the sandbox server).
 //! - [`worker`]: the consume loop, concurrency and graceful shutdown.
-//! - [`publish`]: publishing posting events with confirms.
+//! - [`publish`]: publishing posting events with confirms; [`dlq`]: inspecting and replaying
+//!   parked messages.
+//! - [`demo`]: the one-command run on embedded (or real) backends.
 //! - [`runtime`]: assembling a production worker from settings.
 //! - [`http`], [`metrics`], [`telemetry`]: operations; [`tally`]: exact counts for the demo.
 
 pub mod config;
 pub mod demo;
+pub mod dlq;
 pub mod http;
 pub mod ledger;
 pub mod lock;

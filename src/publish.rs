@@ -140,6 +140,8 @@ struct Session {
 /// throughput, it keeps `amqp.publish_window` events in flight.
 pub struct Publisher {
     settings: AmqpSettings,
+    /// The AMQP connection name (`bidorch-publisher-{random}`), as the broker lists it.
+    name: String,
     session: Mutex<Option<Session>>,
 }
 
@@ -156,11 +158,21 @@ impl Publisher {
     /// Connects (retrying with backoff for up to `amqp.reconnect_timeout`) and declares the
     /// exchange, so publishers may start before any worker.
     pub async fn connect(settings: &AmqpSettings) -> Result<Self, PublishError> {
-        let session = open_session(settings).await?;
+        let name = format!(
+            "bidorch-publisher-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let session = open_session(settings, &name).await?;
         Ok(Self {
             settings: settings.clone(),
+            name,
             session: Mutex::new(Some(session)),
         })
+    }
+
+    /// The connection name the broker shows for this publisher (`rabbitmqctl list_connections`).
+    pub fn connection_name(&self) -> &str {
+        &self.name
     }
 
     /// Validates and publishes one event; `Ok` once the broker confirmed it was routed.
@@ -208,7 +220,7 @@ impl Publisher {
         let mut resends = 0;
         while !todo.is_empty() {
             if guard.is_none() {
-                match open_session(&self.settings).await {
+                match open_session(&self.settings, &self.name).await {
                     Ok(session) => *guard = Some(session),
                     Err(e) => {
                         fail_all(&mut results, &todo, &e);
@@ -275,9 +287,9 @@ fn fail_all(
     }
 }
 
-async fn open_session(settings: &AmqpSettings) -> Result<Session, PublishError> {
+async fn open_session(settings: &AmqpSettings, name: &str) -> Result<Session, PublishError> {
     let attempt = || async {
-        let connection = open_connection(settings, "bidorch-publisher").await?;
+        let connection = open_connection(settings, name).await?;
         let channel = confirm_channel(&connection).await?;
         topology::declare_exchange(&channel, settings).await?;
         Ok::<_, SourceError>(Session {

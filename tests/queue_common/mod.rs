@@ -217,3 +217,45 @@ pub fn posting(event_id: &str, marketplace: &str, posting_id: &str) -> Vec<u8> {
     .to_string()
     .into_bytes()
 }
+
+/// Closes, broker-side, the connection whose client-provided name is `name`, as an operator's
+/// `rabbitmqctl close_connection` would. The command is `$BIDORCH_RABBITMQCTL` (e.g.
+/// `docker compose exec -T rabbitmq rabbitmqctl`) or `rabbitmqctl`. Returns false, after printing
+/// SKIPPED, when the tool is unavailable.
+pub async fn close_connection_named(name: &str) -> bool {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let command = std::env::var("BIDORCH_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+        let mut parts = command.split_whitespace();
+        let program = parts.next().unwrap_or("rabbitmqctl").to_owned();
+        let prefix: Vec<String> = parts.map(str::to_owned).collect();
+        let run = |args: &[&str]| {
+            std::process::Command::new(&program)
+                .args(&prefix)
+                .args(args)
+                .output()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed = match run(&["list_connections", "--quiet", "--no-table-headers", "pid", "client_properties"]) {
+                Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+                _ => {
+                    eprintln!("SKIPPED: `{command}` is unavailable to close a connection broker-side (set BIDORCH_RABBITMQCTL)");
+                    return false;
+                }
+            };
+            let needle = format!("{{\"connection_name\",\"{name}\"}}");
+            if let Some(line) = listed.lines().find(|l| l.contains(&needle)) {
+                let pid = line.split('\t').next().unwrap_or_default().to_owned();
+                let out = run(&["close_connection", &pid, "closed by a bidorch test"])
+                    .expect("rabbitmqctl close_connection runs");
+                assert!(out.status.success(), "close_connection failed: {out:?}");
+                return true;
+            }
+            assert!(Instant::now() < deadline, "connection {name} never listed by the broker");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .expect("rabbitmqctl task")
+}

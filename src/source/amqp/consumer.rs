@@ -43,6 +43,7 @@ impl Session {
         consumer_tag: &str,
         state: Arc<HealthReporter>,
     ) -> Result<Self, SourceError> {
+        // Named so operators (and tests) can find it: `rabbitmqctl list_connections`.
         let connection = open_connection(&settings, &format!("bidorch-{consumer_tag}")).await?;
         let watcher = tokio::spawn(watch_connection(connection.events_listener(), state));
         let opened = async {

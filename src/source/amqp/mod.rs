@@ -90,6 +90,11 @@ impl AmqpPostingSource {
         self.health.clone()
     }
 
+    /// The connection name the broker shows for this source: `bidorch-{consumer_tag}`.
+    pub fn connection_name(&self) -> String {
+        format!("bidorch-{}", self.consumer_tag)
+    }
+
     /// The settings this source was built with.
     pub fn settings(&self) -> &AmqpSettings {
         &self.settings

@@ -1,0 +1,317 @@
+//! The parking lot: `bidorch dlq list` and `bidorch dlq replay`.
+//!
+//! Both take messages from `{queue}.dead` with `basic.get` WITHOUT acking them, and hand back
+//! whatever they do not consume with a requeueing nack: the dead-letter queue is a classic queue
+//! (see `source::amqp::topology`), which puts returned messages back in their original position,
+//! so looking never loses or reorders anything. A replayed message is published again (confirmed,
+//! `mandatory`) to the work exchange with its attempt count reset, and only then acked out of the
+//! parking lot. Replay works through a snapshot of the queue length, so a message parked again
+//! while the replay runs is not replayed in a loop.
+
+use std::collections::BTreeMap;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection};
+
+use crate::config::AmqpSettings;
+use crate::source::amqp::consumer::{read_attempt, string_headers};
+use crate::source::amqp::settle::{check_confirmation, copy_headers, copy_properties};
+use crate::source::amqp::{confirm_channel, from_lapin, open_connection, short};
+use crate::source::{ATTEMPT_HEADER, DETAIL_HEADER, REASON_HEADER, SourceError};
+
+/// Header a replayed message carries: the reason it had been parked for.
+pub const REPLAYED_REASON_HEADER: &str = "x-bidorch-replayed-reason";
+
+/// A dead-letter queue failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Broker(#[from] SourceError),
+    #[error("replay stopped after {replayed} message(s): {source}")]
+    Replay {
+        replayed: usize,
+        #[source]
+        source: SourceError,
+    },
+}
+
+/// One parked message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedMessage {
+    /// The AMQP message id (the publisher sets it to the event id).
+    pub event_id: Option<String>,
+    /// `x-bidorch-reason`, or the broker's own (`delivery_limit`, `expired`, …).
+    pub reason: String,
+    pub detail: Option<String>,
+    pub attempt: u32,
+    /// String headers, lower-cased (trace context, reasons, rendered `x-death`).
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// What `dlq list` saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DlqListing {
+    /// Messages in the dead-letter queue when listing started.
+    pub total: u32,
+    /// The first `limit` of them, oldest first.
+    pub messages: Vec<ParkedMessage>,
+}
+
+/// Which parked messages to replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayFilter {
+    All,
+    EventId(String),
+}
+
+/// What `dlq replay` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    /// Event ids (or `?` when unknown) republished to the work exchange, in order.
+    pub replayed: Vec<String>,
+    /// Messages looked at and left in place.
+    pub kept: usize,
+}
+
+struct Session {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Session {
+    async fn open(settings: &AmqpSettings) -> Result<(Self, u32), SourceError> {
+        let connection = open_connection(settings, "bidorch-dlq").await?;
+        let channel = connection.create_channel().await.map_err(from_lapin)?;
+        let total = channel
+            .queue_declare(
+                short(&settings.dead_letter_queue())?,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| match from_lapin(e) {
+                SourceError::Topology(_) => SourceError::Topology(format!(
+                    "no dead-letter queue `{}` (has a worker declared the topology?)",
+                    settings.dead_letter_queue()
+                )),
+                other => other,
+            })?
+            .message_count();
+        Ok((
+            Self {
+                connection,
+                channel,
+            },
+            total,
+        ))
+    }
+
+    async fn get(&self, queue: &str) -> Result<Option<lapin::message::Delivery>, SourceError> {
+        let got = self
+            .channel
+            .basic_get(short(queue)?, BasicGetOptions { no_ack: false })
+            .await
+            .map_err(from_lapin)?;
+        Ok(got.map(|m| m.delivery))
+    }
+
+    /// Hands back every message taken and not acked, then closes.
+    async fn finish(self, last_tag: Option<u64>) {
+        if let Some(tag) = last_tag {
+            let requeue = BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            };
+            if let Err(e) = self.channel.basic_nack(tag, requeue).await {
+                // Closing the channel below requeues them as well.
+                tracing::debug!(error = %e, "Requeueing nack failed");
+            }
+        }
+        let _ = self.channel.close(200, "OK".into()).await;
+        let _ = self.connection.close(200, "OK".into()).await;
+    }
+}
+
+fn parked(message: &lapin::message::Delivery) -> ParkedMessage {
+    let table = message.properties.headers().clone().unwrap_or_default();
+    let headers = string_headers(&table);
+    let reason = headers
+        .get(REASON_HEADER)
+        .or_else(|| headers.get("x-first-death-reason"))
+        .cloned()
+        .unwrap_or_else(|| "unknown".to_owned());
+    ParkedMessage {
+        event_id: message
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned()),
+        reason,
+        detail: headers.get(DETAIL_HEADER).cloned(),
+        attempt: read_attempt(&table),
+        headers,
+        body: message.data.clone(),
+    }
+}
+
+/// Peeks at up to `limit` parked messages, oldest first, leaving all of them in place and in order.
+pub async fn list(settings: &AmqpSettings, limit: usize) -> Result<DlqListing, DlqError> {
+    let (session, total) = Session::open(settings).await?;
+    let queue = settings.dead_letter_queue();
+    let mut messages = Vec::new();
+    let mut last_tag = None;
+    let mut outcome = Ok(());
+    while messages.len() < limit.min(total as usize) {
+        match session.get(&queue).await {
+            Ok(Some(m)) => {
+                last_tag = Some(m.delivery_tag);
+                messages.push(parked(&m));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    session.finish(last_tag).await;
+    outcome?;
+    Ok(DlqListing { total, messages })
+}
+
+/// The event id of a parked message: its message id, else the body's `event_id`.
+fn event_id_of(message: &ParkedMessage) -> Option<String> {
+    message.event_id.clone().or_else(|| {
+        serde_json::from_slice::<serde_json::Value>(&message.body)
+            .ok()?
+            .get("event_id")?
+            .as_str()
+            .map(str::to_owned)
+    })
+}
+
+/// `posting.{marketplace}` when the body names a valid marketplace; poison without one goes
+/// straight to the work queue (the worker parks it again, with a fresh reason).
+fn route(settings: &AmqpSettings, body: &[u8]) -> (String, String) {
+    let marketplace = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("marketplace")?.as_str().map(str::to_owned))
+        .filter(|m| crate::posting::PostingKey::new(m, "x").is_ok());
+    match marketplace {
+        Some(m) => (settings.exchange.clone(), format!("posting.{m}")),
+        None => (String::new(), settings.queue.clone()),
+    }
+}
+
+/// Republishes the parked messages matching `filter` to the work exchange, attempts reset, and
+/// removes each from the parking lot once its copy is confirmed. Others stay, in order.
+pub async fn replay(
+    settings: &AmqpSettings,
+    filter: &ReplayFilter,
+) -> Result<ReplaySummary, DlqError> {
+    let (session, total) = Session::open(settings).await?;
+    let publish = match confirm_channel(&session.connection).await {
+        Ok(channel) => channel,
+        Err(e) => {
+            session.finish(None).await;
+            return Err(e.into());
+        }
+    };
+    let queue = settings.dead_letter_queue();
+    let mut summary = ReplaySummary::default();
+    let mut last_tag = None;
+    let mut failure = None;
+    for _ in 0..total {
+        let message = match session.get(&queue).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        last_tag = Some(message.delivery_tag);
+        let view = parked(&message);
+        let id = event_id_of(&view);
+        let wanted = match filter {
+            ReplayFilter::All => true,
+            ReplayFilter::EventId(wanted) => id.as_deref() == Some(wanted.as_str()),
+        };
+        if !wanted {
+            summary.kept += 1;
+            continue;
+        }
+        if let Err(e) = republish(settings, &publish, &message, &view).await {
+            failure = Some(e);
+            break;
+        }
+        match message.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => summary.replayed.push(id.unwrap_or_else(|| "?".to_owned())),
+            Ok(false) => {
+                failure = Some(SourceError::ChannelClosed);
+                break;
+            }
+            Err(e) => {
+                failure = Some(from_lapin(e));
+                break;
+            }
+        }
+    }
+    session.finish(last_tag).await;
+    match failure {
+        None => Ok(summary),
+        Some(source) => Err(DlqError::Replay {
+            replayed: summary.replayed.len(),
+            source,
+        }),
+    }
+}
+
+async fn republish(
+    settings: &AmqpSettings,
+    channel: &Channel,
+    message: &lapin::message::Delivery,
+    view: &ParkedMessage,
+) -> Result<(), SourceError> {
+    // A fresh start: no attempt count, no parking reason; the old reason is kept for the record.
+    let mut strings = view.headers.clone();
+    strings.remove(REASON_HEADER);
+    strings.remove(DETAIL_HEADER);
+    strings.remove(ATTEMPT_HEADER);
+    // The attempt header is an integer, which `copy_headers` keeps: drop it here.
+    let mut headers: FieldTable = copy_headers(&message.properties, &strings)
+        .inner()
+        .iter()
+        .filter(|(name, _)| !name.as_str().eq_ignore_ascii_case(ATTEMPT_HEADER))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect::<BTreeMap<_, _>>()
+        .into();
+    headers.insert(
+        short(REPLAYED_REASON_HEADER)?,
+        AMQPValue::LongString(LongString::from(view.reason.as_str())),
+    );
+    let properties = copy_properties(&message.properties, headers);
+    let (exchange, routing_key) = route(settings, &message.data);
+    let confirm = channel
+        .basic_publish(
+            short(&exchange)?,
+            short(&routing_key)?,
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &message.data,
+            properties,
+        )
+        .await
+        .map_err(from_lapin)?
+        .await
+        .map_err(from_lapin)?;
+    check_confirmation(confirm, &routing_key)
+}

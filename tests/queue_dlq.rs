@@ -1,0 +1,215 @@
+//! The parking-lot tooling against a real broker: `dlq list` peeks without losing or reordering,
+//! `dlq replay` republishes with attempts reset, and the delivery-limit → park → replay round trip.
+
+mod queue_common;
+mod support;
+
+use std::time::Duration;
+
+use bidorch::config::AmqpSettings;
+use bidorch::dlq::{self, REPLAYED_REASON_HEADER, ReplayFilter};
+use bidorch::source::{AmqpPostingSource, PostingSource};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use queue_common::{Cleanup, Inspector, posting, settings};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn next(source: &mut AmqpPostingSource) -> bidorch::source::Delivery {
+    tokio::time::timeout(WAIT, source.next())
+        .await
+        .expect("a delivery arrives in time")
+        .expect("the source has not ended")
+        .expect("the delivery is readable")
+}
+
+/// Publishes `ids` as postings with `x-bidorch-attempt: attempt`, and parks each one through the
+/// source with reason `reason-{id}`.
+async fn park(
+    s: &AmqpSettings,
+    source: &mut AmqpPostingSource,
+    inspector: &Inspector,
+    ids: &[&str],
+    attempt: i64,
+) {
+    for id in ids {
+        let mut headers = FieldTable::default();
+        headers.insert("x-bidorch-attempt".into(), AMQPValue::LongLongInt(attempt));
+        let props = BasicProperties::default()
+            .with_message_id((*id).into())
+            .with_headers(headers);
+        inspector
+            .publish(
+                &s.exchange,
+                "posting.upwork",
+                &posting(id, "upwork", id),
+                props,
+            )
+            .await;
+        let d = next(source).await;
+        assert_eq!(d.message_id.as_deref(), Some(*id));
+        d.dead_letter(&format!("reason-{id}"), "why").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn list_peeks_with_reasons_without_losing_or_reordering() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "dlq-list").await.unwrap();
+    let inspector = Inspector::connect().await;
+    let ids = ["e1", "e2", "e3", "e4", "e5"];
+    park(&s, &mut source, &inspector, &ids, 4).await;
+    source.close().await.unwrap();
+
+    let listing = dlq::list(&s, 10).await.unwrap();
+    assert_eq!(listing.total, 5);
+    let seen: Vec<_> = listing
+        .messages
+        .iter()
+        .map(|m| (m.event_id.clone().unwrap(), m.reason.clone(), m.attempt))
+        .collect();
+    let expected: Vec<_> = ids
+        .iter()
+        .map(|id| (id.to_string(), format!("reason-{id}"), 4))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(listing.messages[0].detail.as_deref(), Some("why"));
+
+    // Peeking again, and partially, sees the same order: nothing was consumed or moved.
+    for _ in 0..3 {
+        let partial = dlq::list(&s, 2).await.unwrap();
+        let first: Vec<_> = partial
+            .messages
+            .iter()
+            .map(|m| m.event_id.clone().unwrap())
+            .collect();
+        assert_eq!(first, vec!["e1", "e2"]);
+    }
+    let drained: Vec<_> = inspector
+        .drain(&s.dead_letter_queue())
+        .await
+        .into_iter()
+        .map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .clone()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(drained, ids);
+}
+
+#[tokio::test]
+async fn replay_by_event_id_republishes_only_that_one_with_attempts_reset() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "dlq-one").await.unwrap();
+    let inspector = Inspector::connect().await;
+    park(&s, &mut source, &inspector, &["r1", "r2", "r3"], 7).await;
+
+    let summary = dlq::replay(&s, &ReplayFilter::EventId("r2".into()))
+        .await
+        .unwrap();
+    assert_eq!(summary.replayed, vec!["r2"]);
+    assert_eq!(summary.kept, 2);
+
+    let back = next(&mut source).await;
+    assert_eq!(back.message_id.as_deref(), Some("r2"));
+    assert_eq!(back.body, posting("r2", "upwork", "r2"));
+    assert_eq!(back.attempt, 1, "attempts reset");
+    assert_eq!(back.headers[REPLAYED_REASON_HEADER], "reason-r2");
+    assert!(!back.headers.contains_key("x-bidorch-reason"));
+    back.ack().await.unwrap();
+    source.close().await.unwrap();
+
+    let left = dlq::list(&s, 10).await.unwrap();
+    let ids: Vec<_> = left
+        .messages
+        .iter()
+        .map(|m| m.event_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["r1", "r3"]);
+}
+
+#[tokio::test]
+async fn replay_all_empties_the_parking_lot_once_even_if_messages_are_parked_again() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "dlq-all").await.unwrap();
+    let inspector = Inspector::connect().await;
+    park(&s, &mut source, &inspector, &["a1", "a2", "a3"], 2).await;
+
+    // A worker that parks everything again while the replay runs: the replay must still end.
+    let reparker = tokio::spawn(async move {
+        for _ in 0..3 {
+            let d = next(&mut source).await;
+            assert_eq!(d.attempt, 1);
+            d.dead_letter("still_broken", "again").await.unwrap();
+        }
+        source
+    });
+    let summary = dlq::replay(&s, &ReplayFilter::All).await.unwrap();
+    assert_eq!(summary.replayed, vec!["a1", "a2", "a3"]);
+    let source = reparker.await.unwrap();
+    source.close().await.unwrap();
+
+    let listing = dlq::list(&s, 10).await.unwrap();
+    assert_eq!(listing.total, 3);
+    assert!(listing.messages.iter().all(|m| m.reason == "still_broken"));
+}
+
+#[tokio::test]
+async fn a_message_parked_at_the_delivery_limit_can_be_replayed() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let mut s = settings();
+    s.delivery_limit = 1;
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "dlq-limit").await.unwrap();
+    let inspector = Inspector::connect().await;
+    inspector
+        .publish(
+            &s.exchange,
+            "posting.upwork",
+            &posting("crash", "upwork", "c"),
+            BasicProperties::default().with_message_id("crash".into()),
+        )
+        .await;
+    // Delivered twice, dropped unsettled both times (a crashing handler): the broker parks it.
+    for _ in 0..2 {
+        drop(next(&mut source).await);
+    }
+    let mut listing = dlq::list(&s, 10).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while listing.total == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        listing = dlq::list(&s, 10).await.unwrap();
+    }
+    assert_eq!(listing.messages.len(), 1);
+    assert_eq!(listing.messages[0].reason, "delivery_limit");
+    assert_eq!(listing.messages[0].event_id.as_deref(), Some("crash"));
+
+    let summary = dlq::replay(&s, &ReplayFilter::All).await.unwrap();
+    assert_eq!(summary.replayed, vec!["crash"]);
+    let back = next(&mut source).await;
+    assert_eq!(back.message_id.as_deref(), Some("crash"));
+    assert_eq!(back.attempt, 1);
+    assert!(!back.redelivered);
+    assert!(!back.headers.contains_key("x-death"), "a fresh journey");
+    back.ack().await.unwrap();
+    source.close().await.unwrap();
+    assert_eq!(dlq::list(&s, 10).await.unwrap().total, 0);
+}
