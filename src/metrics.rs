@@ -1,8 +1,9 @@
 //! Prometheus metrics: the recorder, and the one place each outcome is logged and counted.
 //!
 //! Names follow `bidorch_<name>_<unit>[_total]`; labels are bounded (marketplace, outcome,
-//! reason) — never a posting id. [`observe`] emits a posting's log line and its counters together
-//! so the two cannot drift.
+//! reason, result, backend) — never a posting id. [`observe`] emits a posting's log line and its
+//! counters together so the two cannot drift. [`CATALOGUE`] lists every name this process exports
+//! with its meaning; [`install`] registers those descriptions, so `/metrics` carries `# HELP`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,6 +20,116 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Gauge: postings being processed right now (taken from the source, not yet settled).
+pub const IN_FLIGHT: &str = "bidorch_postings_in_flight";
+/// Gauge: leases held by this process (renewing, or being released).
+pub const LEASES_HELD: &str = "bidorch_leases_held";
+
+/// Kind of an exported metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric bidorch exports: name, kind, labels, meaning. Emitted from this module, from
+/// [`lock::metrics`](crate::lock::metrics) (lock counters), the lease watchdog (leases held) and
+/// the HTTP marketplace client (call latency).
+pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
+    (
+        "bidorch_postings_received_total",
+        Kind::Counter,
+        &["marketplace"],
+        "Deliveries processed (marketplace `unknown` when the body is poison).",
+    ),
+    (
+        "bidorch_outcomes_total",
+        Kind::Counter,
+        &["marketplace", "outcome"],
+        "Pipeline outcomes: placed, duplicate, skipped, rejected, lock_held, transient, lease_lost, superseded, redis, ledger, marketplace, poison.",
+    ),
+    (
+        "bidorch_retries_total",
+        Kind::Counter,
+        &["reason"],
+        "Messages sent back for a later attempt, by reason.",
+    ),
+    (
+        "bidorch_dead_letters_total",
+        Kind::Counter,
+        &["reason"],
+        "Messages parked in the dead-letter queue, by reason.",
+    ),
+    (IN_FLIGHT, Kind::Gauge, &[], "Postings being processed now."),
+    (
+        LEASES_HELD,
+        Kind::Gauge,
+        &[],
+        "Leases held by this process now.",
+    ),
+    (
+        "bidorch_pipeline_seconds",
+        Kind::Histogram,
+        &["outcome"],
+        "Time from taking a delivery to its outcome (before settling).",
+    ),
+    (
+        "bidorch_marketplace_request_seconds",
+        Kind::Histogram,
+        &["marketplace", "result"],
+        "Marketplace bid call latency, by classified result.",
+    ),
+    (
+        "bidorch_lock_acquire_seconds",
+        Kind::Histogram,
+        &["backend"],
+        "Time one lease acquisition attempt takes to answer.",
+    ),
+    (
+        "bidorch_lock_attempts_total",
+        Kind::Counter,
+        &["backend"],
+        "Lease acquisition attempts (original `lock_attempts`).",
+    ),
+    (
+        "bidorch_lock_successes_total",
+        Kind::Counter,
+        &["backend"],
+        "Leases won (original `lock_successes`).",
+    ),
+    (
+        "bidorch_lock_conflicts_total",
+        Kind::Counter,
+        &["backend"],
+        "Attempts that found the lease held elsewhere (original `lock_conflicts`).",
+    ),
+    (
+        "bidorch_lock_timeouts_total",
+        Kind::Counter,
+        &["backend"],
+        "Waiting acquisitions that gave up (original `lock_timeouts`).",
+    ),
+    (
+        "bidorch_redis_errors_total",
+        Kind::Counter,
+        &["backend"],
+        "Lock store calls that could not be answered (original `redis_errors`).",
+    ),
+];
+
+fn describe() {
+    for &(name, kind, _, help) in CATALOGUE {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => {
+                metrics::describe_histogram!(name, metrics::Unit::Seconds, help)
+            }
+        }
+    }
+}
+
 /// Installs the global Prometheus recorder once and returns its handle (idempotent: tests and
 /// the demo may call it many times; a recorder installed by someone else yields a detached one).
 pub fn install() -> PrometheusHandle {
@@ -32,6 +143,11 @@ pub fn install() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("A metrics recorder was already installed; /metrics will be empty");
             }
+            describe();
+            // Label-less gauges exist from the start (at 0 unless already moved), so a
+            // dashboard shows 0 rather than "no data" before the first posting.
+            gauge!(IN_FLIGHT).increment(0.0);
+            gauge!(LEASES_HELD).increment(0.0);
             handle
         })
         .clone()
@@ -48,16 +164,16 @@ pub fn render() -> String {
 pub struct InFlight(());
 
 impl InFlight {
-    /// Increments `bidorch_in_flight` until dropped.
+    /// Increments `bidorch_postings_in_flight` until dropped.
     pub fn enter() -> Self {
-        gauge!("bidorch_in_flight").increment(1.0);
+        gauge!(IN_FLIGHT).increment(1.0);
         Self(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        gauge!("bidorch_in_flight").decrement(1.0);
+        gauge!(IN_FLIGHT).decrement(1.0);
     }
 }
 

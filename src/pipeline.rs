@@ -14,17 +14,24 @@
 //! | marketplace other 4xx                        | `rejected` + status/excerpt | ack                |
 //! | lease lost / claim superseded before the bid | unchanged                   | retry, no call made|
 //! | poison message                               | none                        | dead-letter        |
+//!
+//! Tracing: the `pipeline` span (with `marketplace`, `posting_id`, `outcome`) has one child per
+//! step — `ledger.lookup`, `lease.acquire`, `ledger.claim`, `policy.decide`, `ledger.fence`,
+//! `bid` (the marketplace call; its context is the `traceparent` the marketplace receives),
+//! `ledger.record`, `lease.release` — each with a bounded `result`. Span names carry no ids.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
+use tracing::{Instrument, field::Empty, info_span};
 
 use crate::ledger::{BidLedger, Claim, Fenced, FinalOutcome, LedgerError, LedgerState};
-use crate::lock::{HeldLease, LockError, LockStore};
+use crate::lock::{HeldLease, LockError, LockStore, Release};
 use crate::marketplace::{BidRequest, BidResult, Marketplace, MarketplaceError};
 use crate::policy::{Decision, Policy};
 use crate::posting::{Posting, PostingError};
+use crate::telemetry;
 
 /// Retry delays per situation (`[worker]` settings).
 #[derive(Clone, Copy, Debug)]
@@ -222,29 +229,72 @@ impl Pipeline {
     }
 
     /// Runs one validated posting through the pipeline.
-    #[tracing::instrument(name = "pipeline", skip_all, fields(marketplace = posting.key.marketplace(), posting_id = posting.key.posting_id()))]
+    #[tracing::instrument(name = "pipeline", skip_all, fields(marketplace = posting.key.marketplace(), posting_id = posting.key.posting_id(), outcome = Empty))]
     pub async fn process(
+        &self,
+        posting: &Posting,
+        trace_headers: &std::collections::BTreeMap<String, String>,
+    ) -> Outcome {
+        let outcome = self.steps(posting, trace_headers).await;
+        tracing::Span::current().record("outcome", outcome.label());
+        outcome
+    }
+
+    async fn steps(
         &self,
         posting: &Posting,
         trace_headers: &std::collections::BTreeMap<String, String>,
     ) -> Outcome {
         let key = &posting.key;
         // Cheap first check: most duplicates end here without touching Redis.
-        match self.ledger.lookup(key).await {
+        let span = info_span!("ledger.lookup", result = Empty);
+        let found = self.ledger.lookup(key).instrument(span.clone()).await;
+        span.record(
+            "result",
+            step_result(&found.as_ref().map(|e| e.as_ref().map(|e| e.state))),
+        );
+        match found {
             Err(e) => return ledger_down(e),
             Ok(Some(entry)) if entry.state.is_final() => return Outcome::Duplicate(entry.state),
             Ok(_) => {}
         }
-        let lease = match self.locks.try_acquire(key, self.lease_ttl).await {
+        let span = info_span!("lease.acquire", result = Empty);
+        let acquired = self
+            .locks
+            .try_acquire(key, self.lease_ttl)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "result",
+            match &acquired {
+                Err(_) => "error",
+                Ok(None) => "held_elsewhere",
+                Ok(Some(_)) => "acquired",
+            },
+        );
+        let lease = match acquired {
             Err(e) => return redis_down(e),
             Ok(None) => return Outcome::LockHeld,
             Ok(Some(lease)) => lease,
         };
         let held = HeldLease::start(self.locks.clone(), lease);
         let outcome = self.under_lease(posting, &held, trace_headers).await;
-        if let Err(e) = held.release().await {
-            // The TTL frees it; the outcome stands because the ledger has it.
-            tracing::warn!(error = %e, "Lease release failed; it will expire by TTL");
+        let span = info_span!("lease.release", result = Empty);
+        match held.release().instrument(span.clone()).await {
+            Ok(release) => {
+                span.record(
+                    "result",
+                    match release {
+                        Release::Released => "released",
+                        Release::NotOwned => "not_owned",
+                    },
+                );
+            }
+            Err(e) => {
+                span.record("result", "error");
+                // The TTL frees it; the outcome stands because the ledger has it.
+                tracing::warn!(error = %e, "Lease release failed; it will expire by TTL");
+            }
         }
         outcome
     }
@@ -256,26 +306,55 @@ impl Pipeline {
         trace_headers: &std::collections::BTreeMap<String, String>,
     ) -> Outcome {
         let key = &posting.key;
-        let epoch = match self.ledger.claim(key, &posting.event_id).await {
+        let span = info_span!("ledger.claim", result = Empty);
+        let claimed = self
+            .ledger
+            .claim(key, &posting.event_id)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "result",
+            match &claimed {
+                Err(_) => "error",
+                Ok(Claim::Final(_)) => "final",
+                Ok(Claim::Claimed { .. }) => "claimed",
+            },
+        );
+        let epoch = match claimed {
             Err(e) => return ledger_down(e),
             Ok(Claim::Final(entry)) => return Outcome::Duplicate(entry.state),
             Ok(Claim::Claimed { epoch }) => epoch,
         };
+        let decide_span = info_span!("policy.decide", decision = Empty);
         let placed_today = if self.policy.needs_daily_count() {
-            match self.ledger.placed_since(start_of_day_utc()).await {
+            match self
+                .ledger
+                .placed_since(start_of_day_utc())
+                .instrument(info_span!(parent: &decide_span, "ledger.daily_count"))
+                .await
+            {
                 Ok(n) => Some(n),
                 Err(e) => return ledger_down(e),
             }
         } else {
             None
         };
-        let (amount, currency, cover_letter) = match self.policy.decide(posting, placed_today) {
+        let decision = decide_span.in_scope(|| self.policy.decide(posting, placed_today));
+        decide_span.record(
+            "decision",
+            match &decision {
+                Decision::Skip(_) => "skip",
+                Decision::Bid { .. } => "bid",
+            },
+        );
+        drop(decide_span);
+        let (amount, currency, cover_letter) = match decision {
             Decision::Skip(reasons) => {
                 let reasons: Vec<String> = reasons.iter().map(|r| r.describe()).collect();
                 let outcome = FinalOutcome::Skipped {
                     reasons: reasons.clone(),
                 };
-                return match self.ledger.record(key, epoch, &outcome).await {
+                return match self.record(key, epoch, &outcome).await {
                     Err(e) => ledger_down(e),
                     Ok(Fenced::Written) => Outcome::Skipped { reasons },
                     Ok(Fenced::Final(entry)) => Outcome::Duplicate(entry.state),
@@ -293,7 +372,14 @@ impl Pipeline {
         if held.is_lost() {
             return Outcome::LeaseLost;
         }
-        match self.ledger.mark_sending(key, epoch).await {
+        let span = info_span!("ledger.fence", result = Empty);
+        let fenced = self
+            .ledger
+            .mark_sending(key, epoch)
+            .instrument(span.clone())
+            .await;
+        span.record("result", fence_result(&fenced));
+        match fenced {
             Err(e) => return ledger_down(e),
             Ok(Fenced::Written) => {}
             Ok(Fenced::Final(entry)) => return Outcome::Duplicate(entry.state),
@@ -303,15 +389,30 @@ impl Pipeline {
             return Outcome::LeaseLost;
         }
 
+        // The marketplace sees this step as the caller: its context is the `traceparent` sent
+        // (the incoming headers when tracing export is off, so the trace still connects).
+        let bid_span = info_span!("bid", result = Empty);
         let bid = BidRequest {
             key: key.clone(),
             amount,
             currency,
             cover_letter,
-            trace_headers: trace_headers.clone(),
+            trace_headers: telemetry::outgoing_trace_headers(&bid_span, trace_headers),
         };
         let started = Instant::now();
-        let result = match self.marketplace.place_bid(&bid).await {
+        let placed = self
+            .marketplace
+            .place_bid(&bid)
+            .instrument(bid_span.clone())
+            .await;
+        bid_span.record(
+            "result",
+            match &placed {
+                Ok(result) => result.label(),
+                Err(_) => "error",
+            },
+        );
+        let result = match placed {
             Ok(r) => r,
             Err(e @ MarketplaceError::Unknown(_)) | Err(e @ MarketplaceError::Config { .. }) => {
                 return Outcome::Unavailable {
@@ -370,12 +471,51 @@ impl Pipeline {
                 };
             }
         };
-        match self.ledger.record(key, epoch, &final_outcome).await {
+        match self.record(key, epoch, &final_outcome).await {
             Err(e) => ledger_down(e),
             Ok(Fenced::Written) => done,
             Ok(Fenced::Final(entry)) => Outcome::Duplicate(entry.state),
             Ok(Fenced::Superseded { .. }) => Outcome::Superseded,
         }
+    }
+}
+
+impl Pipeline {
+    /// Writes a final outcome under the epoch fence, in its `ledger.record` span.
+    async fn record(
+        &self,
+        key: &crate::posting::PostingKey,
+        epoch: i64,
+        outcome: &FinalOutcome,
+    ) -> Result<Fenced, LedgerError> {
+        let span = info_span!("ledger.record", result = Empty);
+        let written = self
+            .ledger
+            .record(key, epoch, outcome)
+            .instrument(span.clone())
+            .await;
+        span.record("result", fence_result(&written));
+        written
+    }
+}
+
+/// Bounded label of a fenced write, for the step spans.
+fn fence_result(result: &Result<Fenced, LedgerError>) -> &'static str {
+    match result {
+        Err(_) => "error",
+        Ok(Fenced::Written) => "written",
+        Ok(Fenced::Final(_)) => "final",
+        Ok(Fenced::Superseded { .. }) => "superseded",
+    }
+}
+
+/// Bounded label of the first ledger lookup.
+fn step_result(found: &Result<Option<LedgerState>, &LedgerError>) -> &'static str {
+    match found {
+        Err(_) => "error",
+        Ok(None) => "absent",
+        Ok(Some(state)) if state.is_final() => "final",
+        Ok(Some(_)) => "pending",
     }
 }
 

@@ -83,6 +83,7 @@ pub fn worker_options(settings: &Settings) -> WorkerOptions {
         max_attempts: settings.amqp.max_attempts,
         grace: settings.worker.shutdown_grace,
         tally: None,
+        destination: settings.amqp.exchange.clone(),
     }
 }
 

@@ -1,10 +1,39 @@
 //! Tracing setup: human or JSON logs, a `RUST_LOG`-style filter, and OTLP trace export when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. W3C trace context is the global propagator, so
-//! `traceparent` travels from publisher to worker to marketplace.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. W3C trace context (`traceparent`/`tracestate`) is the
+//! one propagation format, so a trace runs from publisher to worker to marketplace.
+//!
+//! # Semantic conventions
+//! Span names and attributes follow the OpenTelemetry semantic conventions **v1.26.0**
+//! (messaging spans, RabbitMQ, HTTP client). Messaging conventions are still experimental
+//! upstream; we stay on this version until they are stable (no `OTEL_SEMCONV_STABILITY_OPT_IN`).
+//!
+//! | span (OTel name)                | kind     | made in                    | key attributes |
+//! |---------------------------------|----------|----------------------------|----------------|
+//! | `process {exchange}`            | CONSUMER | [`consumer_span`] (worker) | `messaging.system = "rabbitmq"`, `messaging.operation.type = "process"`, `messaging.operation.name = "process"`, `messaging.destination.name` (exchange), `messaging.message.id`, `bidorch.attempt`, `marketplace`, `posting_id`, `outcome` |
+//! | `pipeline`                      | INTERNAL | pipeline                   | `marketplace`, `posting_id`, `outcome` |
+//! | `ledger.lookup` / `ledger.claim` / `ledger.fence` / `ledger.record` | INTERNAL | pipeline | `result` |
+//! | `lease.acquire` / `lease.release` | INTERNAL | pipeline                 | `result` |
+//! | `policy.decide`                 | INTERNAL | pipeline                   | `decision` |
+//! | `bid`                           | INTERNAL | pipeline                   | parent of the marketplace call; its context is the `traceparent` sent |
+//! | `POST`                          | CLIENT   | marketplace/http.rs        | `http.request.method`, `url.full` (no secrets), `server.address`, `http.response.status_code` |
+//! | `POST /{marketplace}/v1/...`    | SERVER   | sandbox                    | continues the caller's `traceparent` |
+//! | `ack` / `retry` / `dead_letter {exchange}` | CLIENT | worker (settle)     | `messaging.operation.type = "settle"` |
+//!
+//! A posting id is an attribute, never part of a span name (span names must be low-cardinality).
+//! The routing key and delivery tag are not exposed by the source port, so
+//! `messaging.rabbitmq.destination.routing_key` is not set.
+//!
+//! # Retries
+//! A retried message carries its previous attempt's `process` span context in the
+//! [`PREV_TRACEPARENT_HEADER`] (`x-bidorch-prev-traceparent`) header: the worker writes it into
+//! the delivery's headers before handing the message back for a later attempt, and the source
+//! republishes the headers. The new attempt's `process` span *links* to it, and stays a child of
+//! the publisher's context, so every attempt of a posting lands in the publisher's trace.
 
 use std::collections::BTreeMap;
 
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -77,6 +106,19 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
     Ok(Telemetry { provider })
 }
 
+/// Header naming the previous attempt's `process` span (a W3C `traceparent` value).
+pub const PREV_TRACEPARENT_HEADER: &str = "x-bidorch-prev-traceparent";
+
+/// The trace-context headers we propagate (and the only ones copied from a delivery).
+pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// W3C trace context is the contract (spec: `traceparent`/`tracestate`), so the helpers below use
+/// it directly rather than the global propagator: they behave the same in tests and in a process
+/// whose global propagator was never set.
+fn propagator() -> TraceContextPropagator {
+    TraceContextPropagator::new()
+}
+
 struct MapCarrier<'a>(&'a mut BTreeMap<String, String>);
 
 impl Injector for MapCarrier<'_> {
@@ -100,19 +142,101 @@ impl Extractor for MapReader<'_> {
 pub fn inject(span: &tracing::Span) -> BTreeMap<String, String> {
     let mut headers = BTreeMap::new();
     let cx = span.context();
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&cx, &mut MapCarrier(&mut headers));
-    });
+    propagator().inject_context(&cx, &mut MapCarrier(&mut headers));
     headers
 }
 
 /// Makes `span` a child of the trace context carried in `headers`, if any.
 ///
-/// Must be called before the span is first entered (tracing-opentelemetry fixes the parent then).
+/// Must be called before the span is first entered, before any child span is created under it
+/// and before [`inject`] reads it: tracing-opentelemetry 0.34 builds the OTel span at the first
+/// of those, and a parent set afterwards is ignored (`SetParentError::AlreadyStarted`).
 pub fn set_parent_from(span: &tracing::Span, headers: &BTreeMap<String, String>) {
     if !headers.contains_key("traceparent") {
         return;
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MapReader(headers)));
+    let parent = propagator().extract(&MapReader(headers));
+    if !parent.span().span_context().is_valid() {
+        tracing::debug!("Ignoring an invalid traceparent header");
+        return;
+    }
     let _ = span.set_parent(parent);
+}
+
+/// Links `span` to the previous attempt named by [`PREV_TRACEPARENT_HEADER`], if present and
+/// valid. Call it, like [`set_parent_from`], before the span is entered.
+pub fn link_previous_attempt(span: &tracing::Span, headers: &BTreeMap<String, String>) {
+    let Some(previous) = headers.get(PREV_TRACEPARENT_HEADER) else {
+        return;
+    };
+    let carrier = BTreeMap::from([("traceparent".to_owned(), previous.clone())]);
+    let cx = propagator().extract(&MapReader(&carrier));
+    let previous = cx.span().span_context().clone();
+    if previous.is_valid() {
+        span.add_link_with_attributes(
+            previous,
+            vec![opentelemetry::KeyValue::new(
+                "bidorch.link",
+                "previous_attempt",
+            )],
+        );
+    }
+}
+
+/// The trace headers to send downstream from inside `span`: its own context when OTel is on,
+/// otherwise the incoming `traceparent`/`tracestate` unchanged (so the trace still connects
+/// across a worker that does not export).
+pub fn outgoing_trace_headers(
+    span: &tracing::Span,
+    incoming: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let own = inject(span);
+    if own.contains_key("traceparent") {
+        return own;
+    }
+    TRACE_HEADERS
+        .iter()
+        .filter_map(|name| incoming.get(*name).map(|v| ((*name).to_owned(), v.clone())))
+        .collect()
+}
+
+/// The `process` span (kind CONSUMER) of one delivery, per the messaging conventions pinned
+/// above: a child of the publisher's context from `headers`, linked to the previous attempt.
+///
+/// The parent and link are set here, before anyone can enter the span. `destination` is the
+/// exchange the worker consumes from (`amqp.exchange`), a low-cardinality name; `marketplace`,
+/// `posting_id` and `outcome` are declared empty and recorded by the worker once known.
+pub fn consumer_span(
+    destination: &str,
+    message_id: Option<&str>,
+    attempt: u32,
+    headers: &BTreeMap<String, String>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {destination}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %destination,
+        messaging.message.id = tracing::field::Empty,
+        bidorch.attempt = attempt,
+        marketplace = tracing::field::Empty,
+        posting_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    if let Some(id) = message_id {
+        span.record("messaging.message.id", id);
+    }
+    set_parent_from(&span, headers);
+    link_previous_attempt(&span, headers);
+    span
+}
+
+/// The traceparent of `span` itself, to name it as the previous attempt of a retried message.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    inject(span).remove("traceparent")
 }

@@ -5,6 +5,10 @@
 //! outcome when it is acked. On shutdown the worker stops taking deliveries, gives in-flight ones
 //! `grace` to finish, and abandons the rest *unsettled*: the broker redelivers them, nothing is
 //! acked without an outcome.
+//!
+//! Each delivery is handled inside its `process` span (kind CONSUMER, see
+//! [`telemetry`](crate::telemetry)), parented on the publisher's `traceparent` before it is first
+//! entered, with the pipeline's step spans and the settlement as its children.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,11 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::metrics;
 use crate::pipeline::{Action, Pipeline, RetryDelays};
 use crate::source::{Delivery, PostingSource};
 use crate::tally::Tally;
+use crate::telemetry;
 
 /// Knobs of the consume loop.
 #[derive(Clone, Debug)]
@@ -29,6 +35,9 @@ pub struct WorkerOptions {
     pub grace: Duration,
     /// Exact counts for a caller that wants them back (the demo, tests); `None` in production.
     pub tally: Option<Arc<Tally>>,
+    /// The exchange deliveries come from (`amqp.exchange`): `messaging.destination.name` and the
+    /// `process {destination}` span name. Low-cardinality by construction.
+    pub destination: String,
 }
 
 /// What a finished worker run did.
@@ -119,8 +128,20 @@ async fn drain(in_flight: &mut JoinSet<bool>, grace: Duration, report: &mut Work
     }
 }
 
-/// Runs one delivery through the pipeline and settles it. Returns whether it was settled.
+/// Runs one delivery through the pipeline and settles it, inside its `process` span. Returns
+/// whether it was settled.
 async fn handle(delivery: Delivery, pipeline: &Pipeline, options: &WorkerOptions) -> bool {
+    // Parent and link are set inside `consumer_span`, before `instrument` first enters it.
+    let span = telemetry::consumer_span(
+        &options.destination,
+        delivery.message_id.as_deref(),
+        delivery.attempt,
+        &delivery.headers,
+    );
+    process(delivery, pipeline, options).instrument(span).await
+}
+
+async fn process(mut delivery: Delivery, pipeline: &Pipeline, options: &WorkerOptions) -> bool {
     let _in_flight = metrics::InFlight::enter();
     let started = Instant::now();
     let (posting, outcome) = pipeline.handle(&delivery.body, &delivery.headers).await;
@@ -133,7 +154,29 @@ async fn handle(delivery: Delivery, pipeline: &Pipeline, options: &WorkerOptions
         }
         action => action,
     };
+    let span = tracing::Span::current();
     let marketplace = posting.as_ref().map(|p| p.key.marketplace().to_owned());
+    if let Some(posting) = &posting {
+        span.record("marketplace", posting.key.marketplace());
+        span.record("posting_id", posting.key.posting_id());
+    }
+    span.record("outcome", outcome.label());
+    match &action {
+        Action::DeadLetter { reason, .. } => {
+            span.record("otel.status_code", "error");
+            span.record("error.type", *reason);
+        }
+        Action::Retry { reason, .. } => {
+            span.record("error.type", *reason);
+            // The next attempt's `process` span links back to this one.
+            if let Some(traceparent) = telemetry::traceparent_of(&span) {
+                delivery
+                    .headers
+                    .insert(telemetry::PREV_TRACEPARENT_HEADER.to_owned(), traceparent);
+            }
+        }
+        Action::Ack => {}
+    }
     metrics::observe(
         marketplace.as_deref(),
         posting.as_ref().map(|p| p.key.posting_id()),
@@ -145,10 +188,31 @@ async fn handle(delivery: Delivery, pipeline: &Pipeline, options: &WorkerOptions
     if let Some(tally) = &options.tally {
         tally.record(&outcome, &action, started.elapsed());
     }
+    let operation = match &action {
+        Action::Ack => "ack",
+        Action::Retry { .. } => "retry",
+        Action::DeadLetter { .. } => "dead_letter",
+    };
+    let settle_span = tracing::info_span!(
+        "settle",
+        otel.name = %format_args!("{operation} {}", options.destination),
+        otel.kind = "client",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "settle",
+        messaging.operation.name = operation,
+        messaging.destination.name = %options.destination,
+    );
     let settled = match &action {
-        Action::Ack => delivery.ack().await,
-        Action::Retry { delay, reason } => delivery.retry(*delay, reason).await,
-        Action::DeadLetter { reason, detail } => delivery.dead_letter(reason, detail).await,
+        Action::Ack => delivery.ack().instrument(settle_span).await,
+        Action::Retry { delay, reason } => {
+            delivery.retry(*delay, reason).instrument(settle_span).await
+        }
+        Action::DeadLetter { reason, detail } => {
+            delivery
+                .dead_letter(reason, detail)
+                .instrument(settle_span)
+                .await
+        }
     };
     match settled {
         Ok(()) => true,

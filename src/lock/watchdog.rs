@@ -7,6 +7,9 @@
 //! does not cost the lease. Dropping a `HeldLease` without [`release`](HeldLease::release) (an
 //! error path, a panic, a cancelled task) stops renewal and releases the lease in the background.
 //!
+//! Every `HeldLease` counts in the `bidorch_leases_held` gauge from `start` until it is released
+//! or dropped, so the gauge is the number of leases this process holds (or is releasing).
+//!
 //! Time is `tokio::time::Instant` (the lease's std `acquired_at` converted), so a test that
 //! pauses and advances the Tokio clock sees exactly what a process paused past its TTL would.
 
@@ -26,6 +29,24 @@ pub struct HeldLease {
     /// `valid_until` of the lease, or `None` once it is known lost.
     state: watch::Receiver<Option<Instant>>,
     renewer: Option<JoinHandle<()>>,
+    /// Dropped with the `HeldLease` (after `release` answered, or on drop): decrements the gauge.
+    _held: HeldGauge,
+}
+
+/// One count in `bidorch_leases_held`, for as long as it lives.
+struct HeldGauge;
+
+impl HeldGauge {
+    fn start() -> Self {
+        metrics::gauge!(crate::metrics::LEASES_HELD).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for HeldGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::LEASES_HELD).decrement(1.0);
+    }
 }
 
 impl HeldLease {
@@ -39,6 +60,7 @@ impl HeldLease {
             lease,
             state: rx,
             renewer: Some(renewer),
+            _held: HeldGauge::start(),
         }
     }
 
