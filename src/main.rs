@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "Exiting on error");
+            // One line on stderr, with the cause chain; the log (if any) already has the details.
             eprintln!("bidorch: {e:#}");
             ExitCode::FAILURE
         }
