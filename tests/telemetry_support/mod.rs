@@ -18,7 +18,7 @@ use bidorch::marketplace::sandbox::{self, Sandbox, SandboxOptions};
 use bidorch::pipeline::{Pipeline, RetryDelays};
 use bidorch::policy::Policy;
 use bidorch::posting::PostingKey;
-use bidorch::source::MemoryBroker;
+use bidorch::source::{MemoryPostingSource, MemoryQueue};
 use bidorch::worker::{self, WorkerOptions, WorkerReport};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -253,4 +253,44 @@ pub fn attr(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<Stri
         .iter()
         .find(|kv| kv.key.as_str() == key)
         .map(|kv| kv.value.as_str().into_owned())
+}
+
+/// The embedded queue with the small surface these tests use.
+#[derive(Clone)]
+pub struct MemoryBroker(MemoryQueue);
+
+/// Messages of a [`MemoryBroker`] not yet acked or parked.
+pub struct Outstanding(usize);
+
+impl Outstanding {
+    pub fn outstanding(&self) -> usize {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Outstanding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} outstanding", self.0)
+    }
+}
+
+impl MemoryBroker {
+    pub fn new() -> Self {
+        Self(MemoryQueue::new(
+            bidorch::source::memory::DEFAULT_DELIVERY_LIMIT,
+        ))
+    }
+
+    pub fn publish(&self, body: Vec<u8>, headers: std::collections::BTreeMap<String, String>) {
+        self.0.publish_with(body, None, headers);
+    }
+
+    pub fn consumer(&self, prefetch: usize) -> MemoryPostingSource {
+        self.0.subscribe(prefetch)
+    }
+
+    pub fn counts(&self) -> Outstanding {
+        let s = self.0.stats();
+        Outstanding(s.ready + s.unacked + s.delayed)
+    }
 }
