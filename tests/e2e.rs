@@ -14,7 +14,7 @@ use bidorch::config::Settings;
 use bidorch::ledger::{BidLedger, LedgerState};
 use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
 use bidorch::marketplace::{HttpMarketplace, Marketplace};
-use bidorch::publish::Publisher;
+use bidorch::publish::{OutgoingEvent, Publisher};
 use bidorch::runtime::{Components, run_worker_with};
 use bidorch::tally::Tally;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
@@ -174,13 +174,17 @@ async fn three_workers_bid_exactly_once_per_eligible_posting() {
     // refuses invalid events, other publishers may not).
     let (bodies, eligible, ineligible) = postings();
     let publisher = Publisher::connect(&settings.amqp).await.unwrap();
-    let started = Instant::now();
+    let mut events = Vec::new();
     for round in 0..COPIES {
         for i in 0..bodies.len() {
             // Rotate each round so the copies of one posting are far apart in the queue.
             let body = &bodies[(i + round * 97) % bodies.len()];
-            publisher.publish(body).await.unwrap();
+            events.push(OutgoingEvent::parse(body.clone()).unwrap());
         }
+    }
+    let started = Instant::now();
+    for result in publisher.publish_many(&events).await {
+        result.unwrap();
     }
     let conn = Connection::connect(&support::amqp_url(), ConnectionProperties::default())
         .await
