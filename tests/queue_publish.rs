@@ -280,3 +280,58 @@ async fn the_publish_command_reports_unroutable_lines_in_the_summary() {
         PublishError::Unroutable { .. }
     ));
 }
+
+#[tokio::test]
+async fn a_negative_confirm_is_an_error_naming_the_event() {
+    if !support::amqp_available().await {
+        return;
+    }
+    // A full queue with `reject-publish` makes the broker nack further publishes.
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let publisher = Publisher::connect(&s).await.unwrap();
+    let inspector = Inspector::connect().await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    inspector
+        .channel
+        .queue_declare(
+            s.queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    inspector
+        .channel
+        .queue_bind(
+            s.queue.as_str().into(),
+            s.exchange.as_str().into(),
+            "posting.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    publisher
+        .publish(&posting("fits", "upwork", "p1"))
+        .await
+        .expect("the first fits");
+    let err = publisher
+        .publish(&posting("overflows", "upwork", "p2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PublishError::Refused { event_id } if event_id == "overflows"),
+        "{err}"
+    );
+    publisher.close().await;
+}
