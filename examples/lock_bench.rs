@@ -3,7 +3,9 @@
 //!
 //! Run: `cargo run --release --example lock_bench`
 //! Environment: `REDIS_URL` (default `redis://127.0.0.1:6379/0`), `BENCH_SECS` (seconds per
-//! measurement, default 3), `BENCH_ROUNDS` (alternating raw/store rounds, default 3).
+//! slice, default 1), `BENCH_ROUNDS` (rounds per concurrency, default 8). Each round runs one
+//! raw and one store slice, in alternating order, so both see the same machine load; figures
+//! aggregate all rounds.
 //!
 //! "raw" is the floor any lease store pays: `SET key value NX PX 30000` then an `EVALSHA` of
 //! the compare-and-delete script, on a `ConnectionManager`. "store" is
@@ -154,8 +156,8 @@ fn us(d: Duration) -> String {
 #[tokio::main]
 async fn main() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-    let secs = env_u64("BENCH_SECS", 3);
-    let rounds = env_u64("BENCH_ROUNDS", 3);
+    let secs = env_u64("BENCH_SECS", 1);
+    let rounds = env_u64("BENCH_ROUNDS", 8);
     let prefix = format!("bidorch_bench_{}:", uuid::Uuid::new_v4().simple());
     let settings = RedisSettings {
         url: SecretUrl::new(url.clone()),
@@ -173,7 +175,7 @@ async fn main() {
         .expect("raw connection");
 
     println!(
-        "Redis {} · {secs}s per measurement · {rounds} alternating rounds",
+        "Redis {} · {rounds} rounds of {secs}s raw + {secs}s store per concurrency",
         SecretUrl::new(url).redacted()
     );
     // Warm-up: connections, script cache, allocator.
@@ -187,8 +189,10 @@ async fn main() {
     );
     for tasks in [1, 50] {
         let mut results = [Sample::default(), Sample::default()];
-        for _ in 0..rounds {
-            for (i, mode) in [Mode::Raw, Mode::Store].into_iter().enumerate() {
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let mode = [Mode::Raw, Mode::Store][i];
                 let s = measure(mode, tasks, secs, &raw, &store, &prefix).await;
                 results[i].acquire.extend(s.acquire);
                 results[i].pair.extend(s.pair);

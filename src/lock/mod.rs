@@ -118,13 +118,15 @@ pub trait LockStore: Send + Sync + 'static {
     async fn health(&self) -> Result<(), LockError>;
 }
 
-/// A unique holder token: instance id, process id and a random UUID.
+/// A unique holder token: instance id, process id and 128 random bits (32 hex digits).
+///
+/// The token only has to be unique, not secret (it is no credential: Redis access is), so the
+/// random part comes from the thread-local `fastrand` generator rather than a `getrandom` call,
+/// and the process id is read once: two system calls fewer on every acquisition.
 pub fn new_token(instance: &str) -> String {
-    format!(
-        "{instance}:{}:{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    )
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    format!("{instance}:{pid}:{:032x}", fastrand::u128(..))
 }
 
 /// The lock store chosen by `lock.kind`, metered, with `lock.backoff_*` (see
