@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::amqp::AmqpPostingSource;
-pub use self::memory::MemoryPostingSource;
+pub use self::memory::{MemoryPostingSource, MemoryQueue};
 
 /// Header carrying the attempt number (1 for a first delivery).
 pub const ATTEMPT_HEADER: &str = "x-bidorch-attempt";
