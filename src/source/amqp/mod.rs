@@ -3,7 +3,7 @@
 //!
 //! - [`topology`]: the exchange and queues, declared idempotently at every (re)connect.
 //! - [`consumer`]: one live subscription (connection, channels, consumer) and how a broker
-//!   message becomes a [`Delivery`](crate::source::Delivery).
+//!   message becomes a [`Delivery`].
 //! - [`settle`]: ack, retry through a wait queue, dead-letter — each a confirmed publish, then
 //!   the ack of the original.
 //!
