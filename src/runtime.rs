@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::Settings;
 use crate::ledger::{self, BidLedger, LedgerError};
@@ -11,7 +11,7 @@ use crate::lock::{self, LockError, LockStore};
 use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
 use crate::pipeline::{Pipeline, RetryDelays};
 use crate::policy::Policy;
-use crate::source::{AmqpPostingSource, SourceError};
+use crate::source::{AmqpPostingSource, ConsumerState, SourceError, SourceHealth};
 use crate::worker::{self, WorkerOptions, WorkerReport};
 
 /// Why a worker could not start. Each names the part at fault.
@@ -136,6 +136,9 @@ pub async fn run_worker_with(
         None
     };
 
+    // `/readyz` follows the consumer itself: it turns unready while reconnecting, not only when
+    // the loop ends ("process up, consumer dead" must be visible).
+    let mirror = tokio::spawn(mirror_health(source.health(), consuming.clone()));
     tracing::info!(
         instance = %instance,
         queue = %settings.amqp.queue,
@@ -153,9 +156,22 @@ pub async fn run_worker_with(
         shutdown,
     )
     .await;
+    mirror.abort();
     let _ = http_stop.send(());
     if let Some(task) = http_task {
         let _ = task.await;
+    }
+    if report.source_ended {
+        // Not a shutdown we were asked for: the consumer is gone for good. Exit non-zero so an
+        // orchestrator restarts the process; unsettled work is redelivered by the broker.
+        return Err(StartError::Source(SourceError::Unavailable(
+            format!(
+                "stopped consuming from `{}` and could not recover within amqp.reconnect_timeout ({})",
+                settings.amqp.queue,
+                humantime::format_duration(settings.amqp.reconnect_timeout)
+            )
+            .into(),
+        )));
     }
     tracing::info!(
         received = report.received,
@@ -164,4 +180,19 @@ pub async fn run_worker_with(
         "Worker stopped"
     );
     Ok(report)
+}
+
+/// Mirrors a source's health into the readiness flag until aborted.
+async fn mirror_health(mut health: SourceHealth, consuming: Arc<AtomicBool>) {
+    loop {
+        let now = health.is_consuming();
+        consuming.store(now, Ordering::SeqCst);
+        let status = health
+            .wait_for(|s| (s.state == ConsumerState::Consuming) != now)
+            .await;
+        if status.state == ConsumerState::Failed || status.state == ConsumerState::Stopped {
+            consuming.store(false, Ordering::SeqCst);
+            return;
+        }
+    }
 }
