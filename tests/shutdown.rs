@@ -1,0 +1,414 @@
+//! SIGTERM during load, on real RabbitMQ, Redis and PostgreSQL with two `bidorch worker`
+//! processes: the signalled worker finishes what it has in flight, acks it, and exits 0 within
+//! its grace period; everything it had not started is redelivered to the other worker. Zero lost
+//! (every eligible posting bid once, every ledger row final, nothing left in any queue) and zero
+//! duplicates (the sandbox marketplace does not honour idempotency keys, so a second request for
+//! a posting would show as a second bid).
+//!
+//! The sandbox answers each bid 100ms after recording it, so a worker always has requests in
+//! flight whose bid already exists: abandoning those instead of finishing them would be exactly
+//! the "sent but not recorded" case that produces a duplicate on redelivery.
+
+mod queue_common;
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bidorch::config::Settings;
+use bidorch::ledger::{BidLedger, LedgerState};
+use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
+use bidorch::publish::{OutgoingEvent, Publisher};
+use queue_common::{Cleanup, Inspector, eventually};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "shutdown-token";
+const POSTINGS: usize = 300;
+const GRACE: &str = "10s";
+/// How long a signalled worker may take to exit: its grace period plus start-up slack for a
+/// loaded CI machine. A liveness bound, not a performance assertion.
+const EXIT_LIMIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The environment both workers share: one queue, one ledger schema, one key prefix.
+fn shared_env(names: &str, sandbox: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AMQP_URL", support::amqp_url()),
+        ("REDIS_URL", support::redis_url()),
+        ("DATABASE_URL", support::database_url()),
+        ("BIDORCH__AMQP__EXCHANGE", format!("{names}.ex")),
+        ("BIDORCH__AMQP__QUEUE", names.to_owned()),
+        ("BIDORCH__AMQP__RETRY_TIERS", "200ms,1s".into()),
+        // Small prefetch: the load lasts long enough to signal a worker in the middle of it.
+        ("BIDORCH__AMQP__PREFETCH", "4".into()),
+        ("BIDORCH__REDIS__KEY_PREFIX", format!("{names}:")),
+        ("BIDORCH__DATABASE__SCHEMA", names.to_owned()),
+        ("BIDORCH__DATABASE__MAX_CONNECTIONS", "4".into()),
+        ("BIDORCH__WORKER__SHUTDOWN_GRACE", GRACE.into()),
+        ("BIDORCH__WORKER__RETRY_LOCK_HELD", "200ms".into()),
+        ("BIDORCH__WORKER__RETRY_UNAVAILABLE", "1s".into()),
+        ("BIDORCH__WORKER__RETRY_TRANSIENT", "200ms".into()),
+        ("BIDORCH__BIDDING__MIN_BUDGET", "100".into()),
+        (
+            "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+            format!("{sandbox}/upwork"),
+        ),
+        (
+            "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
+            format!("{sandbox}/freelancer"),
+        ),
+    ]
+}
+
+/// A free local port for a worker's `http.addr`.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// One `bidorch worker` child process, with its JSON log in a file.
+struct Worker {
+    name: &'static str,
+    addr: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Worker {
+    fn spawn(name: &'static str, names: &str, sandbox: &str) -> Self {
+        let addr = free_addr();
+        let log = std::env::temp_dir().join(format!("{names}-{name}.log"));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file handle");
+        let child = Command::new(env!("CARGO_BIN_EXE_bidorch"))
+            .arg("worker")
+            // Only what we set: nothing from the developer's shell (BIDORCH_ENV, OTel, ...).
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(shared_env(names, sandbox))
+            .env("BIDORCH__HTTP__ADDR", &addr)
+            .env("BIDORCH__WORKER__INSTANCE_ID", format!("{names}-{name}"))
+            .env("BIDORCH__TELEMETRY__LOG_FORMAT", "json")
+            .env("BIDORCH_UPWORK_TOKEN", TOKEN)
+            .env("BIDORCH_FREELANCER_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("bidorch worker starts");
+        Self {
+            name,
+            addr,
+            log,
+            child: Some(child),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, as an orchestrator stops a container (libc is not a dependency: `kill(1)`).
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits (bounded) for the process to exit.
+    async fn exit_status(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} did not exit within {limit:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::get(format!("http://{}{path}", self.addr))
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    /// `bidorch_postings_in_flight` from the worker's `/metrics`.
+    async fn in_flight(&self) -> f64 {
+        let Some((200, text)) = self.get("/metrics").await else {
+            return 0.0;
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix("bidorch_postings_in_flight "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The JSON log records whose message is `message`.
+    fn logged(&self, message: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+}
+
+impl Drop for Worker {
+    /// Never leaves a worker behind, also when the test fails halfway; shows its log tail then.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            eprintln!(
+                "--- worker {} log tail ({}):",
+                self.name,
+                self.log.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{}", line.chars().take(300).collect::<String>());
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// `POSTINGS` postings over two marketplaces; every fifth is under the minimum budget.
+/// Returns the messages to publish (a third of the postings twice, the copy a few messages
+/// after the original so both workers may hold them at once), eligible and ineligible keys.
+fn messages() -> (Vec<OutgoingEvent>, Vec<String>, Vec<String>) {
+    let (mut bodies, mut eligible, mut ineligible) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..POSTINGS {
+        let marketplace = if n % 2 == 0 { "upwork" } else { "freelancer" };
+        let posting_id = format!("sig_{n:04}");
+        let max = if n % 5 == 4 { "50" } else { "1200.00" };
+        let key = format!("{marketplace}:{posting_id}");
+        if n % 5 == 4 {
+            ineligible.push(key);
+        } else {
+            eligible.push(key);
+        }
+        let body = json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "marketplace": marketplace,
+            "posting_id": posting_id,
+            "title": "Keep a queue consumer alive",
+            "budget": {"min": 10, "max": max, "currency": "USD", "kind": "fixed"},
+        });
+        bodies.push(OutgoingEvent::parse(body.to_string()).expect("valid event"));
+    }
+    let mut out = Vec::new();
+    for n in 0..POSTINGS {
+        out.push(bodies[n].clone());
+        if n >= 5 && (n - 5) % 3 == 0 {
+            out.push(bodies[n - 5].clone());
+        }
+    }
+    (out, eligible, ineligible)
+}
+
+async fn final_rows(ledger: &Arc<dyn BidLedger>) -> u64 {
+    ledger
+        .counts_by_state()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| s.is_final())
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Messages ready in the work queue and every wait queue.
+async fn waiting(inspector: &Inspector, settings: &Settings) -> u32 {
+    let mut n = inspector.ready(&settings.amqp.queue).await;
+    for tier in &settings.amqp.retry_tiers {
+        n += inspector.ready(&settings.amqp.retry_queue(*tier)).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing() {
+    if !(support::amqp_available().await
+        && support::redis_available().await
+        && support::postgres_available().await)
+    {
+        return;
+    }
+    // Arrange: a naive, slow sandbox; the shared topology and ledger schema made up front (so
+    // the two workers do not race to create them); two worker processes, both consuming.
+    let sandbox = Sandbox::new(SandboxOptions {
+        token: Some(TOKEN.to_owned()),
+        honour_idempotency: false,
+        latency: Duration::from_millis(100),
+        ..SandboxOptions::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sandbox_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(bidorch::marketplace::sandbox::serve(
+        listener,
+        sandbox.clone(),
+        std::future::pending(),
+    ));
+    let names = support::unique("sigterm");
+    let env: HashMap<String, String> = shared_env(&names, &sandbox_url)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    let settings = Settings::load_from(None, &env).expect("test settings are valid");
+    let _cleanup = Cleanup(settings.amqp.clone());
+    let ledger = bidorch::ledger::from_settings(&settings.database)
+        .await
+        .unwrap();
+    bidorch::source::AmqpPostingSource::connect(&settings.amqp, "sigterm-setup")
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let mut a = Worker::spawn("A", &names, &sandbox_url);
+    let mut b = Worker::spawn("B", &names, &sandbox_url);
+    for w in [&a, &b] {
+        eventually(WAIT, &format!("worker {} ready", w.name), || async {
+            matches!(w.get("/readyz").await, Some((200, _)))
+        })
+        .await;
+    }
+
+    // Act: publish everything, then SIGTERM worker A while bids are flowing and A has work in
+    // flight.
+    let (events, eligible, ineligible) = messages();
+    let publisher = Publisher::connect(&settings.amqp).await.unwrap();
+    for result in publisher.publish_many(&events).await {
+        result.expect("published and confirmed");
+    }
+    publisher.close().await;
+    eventually(WAIT, "bids arriving and A busy", || async {
+        sandbox.stats().bids_created >= 20 && a.in_flight().await >= 1.0
+    })
+    .await;
+    let bids_at_signal = sandbox.stats().bids_created;
+    let signalled = Instant::now();
+    a.terminate();
+    let status = a.exit_status(EXIT_LIMIT).await;
+    let exit_after = signalled.elapsed();
+
+    // Assert (A): exit 0, and everything it had taken was settled, none abandoned.
+    assert!(status.success(), "worker A exited with {status}");
+    let shutdown = a.logged("Shutdown requested; no longer consuming");
+    assert_eq!(shutdown.len(), 1, "A logged its shutdown once");
+    let in_flight_at_signal = shutdown[0]["in_flight"].as_u64().expect("in_flight field");
+    assert!(
+        in_flight_at_signal >= 1,
+        "A had work in flight when signalled"
+    );
+    let stopped = a.logged("Worker stopped");
+    assert_eq!(stopped.len(), 1, "A logged its stop once");
+    let (received, settled, abandoned) = (
+        stopped[0]["received"].as_u64().unwrap(),
+        stopped[0]["settled"].as_u64().unwrap(),
+        stopped[0]["abandoned"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        abandoned, 0,
+        "A finished its in-flight work within the grace"
+    );
+    assert_eq!(settled, received, "A settled every delivery it took");
+    assert!(received > 0, "A took part in the load");
+
+    // B alone finishes the rest, including whatever A had prefetched but not started.
+    eventually(
+        WAIT,
+        "every posting final and the queues drained",
+        || async {
+            let inspector = Inspector::connect().await;
+            let done = final_rows(&ledger).await == POSTINGS as u64
+                && waiting(&inspector, &settings).await == 0;
+            let _ = inspector.connection.close(200, "OK".into()).await;
+            done
+        },
+    )
+    .await;
+    b.terminate();
+    let b_status = b.exit_status(EXIT_LIMIT).await;
+    assert!(b_status.success(), "worker B exited with {b_status}");
+    let b_stopped = b.logged("Worker stopped");
+    assert_eq!(b_stopped[0]["abandoned"].as_u64(), Some(0));
+
+    // Zero lost, zero duplicates: one bid per eligible posting, none for the rest, and with both
+    // workers gone nothing is left in any queue (an unacked message would be back as ready).
+    let stats = sandbox.stats();
+    assert!(
+        stats.duplicates.is_empty(),
+        "duplicates: {:?}",
+        stats.duplicates
+    );
+    for key in &eligible {
+        assert_eq!(stats.postings.get(key).map_or(0, |p| p.bids), 1, "{key}");
+    }
+    for key in &ineligible {
+        assert_eq!(stats.postings.get(key).map_or(0, |p| p.bids), 0, "{key}");
+    }
+    assert_eq!(stats.bids_created, eligible.len() as u64);
+    let counts: BTreeMap<LedgerState, u64> = ledger
+        .counts_by_state()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        counts.get(&LedgerState::Placed),
+        Some(&(eligible.len() as u64))
+    );
+    assert_eq!(
+        counts.get(&LedgerState::Skipped),
+        Some(&(ineligible.len() as u64))
+    );
+    assert_eq!(counts.get(&LedgerState::Pending).copied().unwrap_or(0), 0);
+    let inspector = Inspector::connect().await;
+    assert_eq!(
+        waiting(&inspector, &settings).await,
+        0,
+        "work and wait queues empty"
+    );
+    assert_eq!(
+        inspector.ready(&settings.amqp.dead_letter_queue()).await,
+        0,
+        "nothing parked"
+    );
+    let _ = inspector.connection.close(200, "OK".into()).await;
+    eprintln!(
+        "shutdown: {} messages for {} postings; SIGTERM to A after {bids_at_signal} bids with {in_flight_at_signal} in flight; \
+         A exited 0 after {:.2}s (grace {GRACE}), settled {settled}/{received}, abandoned 0; \
+         B settled {}; bids {}, duplicates 0",
+        events.len(),
+        POSTINGS,
+        exit_after.as_secs_f64(),
+        b_stopped[0]["settled"],
+        stats.bids_created,
+    );
+
+    drop((a, b));
+    support::drop_schema(&names).await;
+    support::delete_redis_prefix(&format!("{names}:")).await;
+}
