@@ -1,6 +1,9 @@
 //! Tracing setup: human or JSON logs, a `RUST_LOG`-style filter, and OTLP trace export when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. W3C trace context (`traceparent`/`tracestate`) is the
-//! one propagation format, so a trace runs from publisher to worker to marketplace.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (service `bidorch`, `service.instance.id`, batch export
+//! flushed when [`Telemetry`] drops). The log filter applies to logs only: traces take bidorch's
+//! INFO spans whatever `RUST_LOG` says. W3C trace context (`traceparent`/`tracestate`) is the one
+//! propagation format, so a trace runs from publisher to worker to marketplace. Operator notes:
+//! `docs/observability.md`.
 //!
 //! # Semantic conventions
 //! Span names and attributes follow the OpenTelemetry semantic conventions **v1.26.0**
@@ -37,8 +40,11 @@ use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -71,7 +77,10 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .build()
-                .map_err(|e| anyhow::anyhow!("OTLP exporter for {endpoint}: {e}"))?;
+                .map_err(|e| {
+                    let endpoint = crate::config::SecretUrl::new(endpoint.as_str()).redacted();
+                    anyhow::anyhow!("OTLP exporter for {endpoint}: {e}")
+                })?;
             let resource = opentelemetry_sdk::Resource::builder()
                 .with_service_name("bidorch")
                 .with_attribute(opentelemetry::KeyValue::new(
@@ -88,18 +97,30 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
         }
         _ => None,
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("bidorch")));
-
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
-    match settings.log_format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
-            .try_init(),
-    }
-    .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
+    // Traces are filtered apart from logs: quieting logs (`RUST_LOG=warn`, or the demo's
+    // `error`) must not empty the traces. They take bidorch's own spans at INFO (the `process`
+    // span and its steps) and other crates' spans at WARN.
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("bidorch"))
+            .with_filter(
+                Targets::new()
+                    .with_target("bidorch", Level::INFO)
+                    .with_default(Level::WARN),
+            )
+    });
+    let log_layer = match settings.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(log_layer.with_filter(filter))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
     }
