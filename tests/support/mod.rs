@@ -14,7 +14,8 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 fn host_port(url: &str, default_port: u16) -> String {
@@ -31,7 +32,11 @@ fn host_port(url: &str, default_port: u16) -> String {
 pub async fn service_available(service: &str, url: &str, default_port: u16) -> bool {
     let addr = host_port(url, default_port);
     let reachable = matches!(
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await,
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&addr)
+        )
+        .await,
         Ok(Ok(_))
     );
     if reachable {
@@ -40,7 +45,9 @@ pub async fn service_available(service: &str, url: &str, default_port: u16) -> b
     if std::env::var_os("BIDORCH_REQUIRE_SERVICES").is_some() {
         panic!("{service} at {addr} is unreachable and BIDORCH_REQUIRE_SERVICES is set");
     }
-    eprintln!("SKIPPED: {service} at {addr} is unreachable (set BIDORCH_REQUIRE_SERVICES=1 to fail instead)");
+    eprintln!(
+        "SKIPPED: {service} at {addr} is unreachable (set BIDORCH_REQUIRE_SERVICES=1 to fail instead)"
+    );
     false
 }
 
@@ -59,7 +66,10 @@ pub async fn postgres_available() -> bool {
 
 /// A name unique to this test run: `{prefix}_{8 hex chars}` (safe for queues, keys and schemas).
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Drops a PostgreSQL schema made for one test (best effort).
@@ -69,8 +79,8 @@ pub async fn drop_schema(schema: &str) {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
         )))
-            .execute(&mut conn)
-            .await;
+        .execute(&mut conn)
+        .await;
         let _ = conn.close().await;
     }
 }
