@@ -5,6 +5,10 @@
 //! duplicates (the sandbox marketplace does not honour idempotency keys, so a second request for
 //! a posting would show as a second bid).
 //!
+//! And the other way a worker process ends: when consuming cannot be resumed (here, its
+//! virtual host is deleted under it), it exits non-zero so an orchestrator restarts it, rather
+//! than living on as a process that consumes nothing.
+//!
 //! The sandbox answers each bid 100ms after recording it, so a worker always has requests in
 //! flight whose bid already exists: abandoning those instead of finishing them would be exactly
 //! the "sent but not recorded" case that produces a duplicate on redelivery.
@@ -80,6 +84,16 @@ struct Worker {
 
 impl Worker {
     fn spawn(name: &'static str, names: &str, sandbox: &str) -> Self {
+        Self::spawn_with(name, names, sandbox, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with extra environment variables (later ones win).
+    fn spawn_with(
+        name: &'static str,
+        names: &str,
+        sandbox: &str,
+        extra: &[(&str, String)],
+    ) -> Self {
         let addr = free_addr();
         let log = std::env::temp_dir().join(format!("{names}-{name}.log"));
         let out = File::create(&log).expect("log file");
@@ -95,6 +109,7 @@ impl Worker {
             .env("BIDORCH__TELEMETRY__LOG_FORMAT", "json")
             .env("BIDORCH_UPWORK_TOKEN", TOKEN)
             .env("BIDORCH_FREELANCER_TOKEN", TOKEN)
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -411,4 +426,107 @@ async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing
     drop((a, b));
     support::drop_schema(&names).await;
     support::delete_redis_prefix(&format!("{names}:")).await;
+}
+
+/// Runs `rabbitmqctl args…` (or `$BIDORCH_RABBITMQCTL args…`); `Err` if it cannot run or fails.
+fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
+    let command = std::env::var("BIDORCH_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let mut parts = command.split_whitespace();
+    let program = parts.next().unwrap_or("rabbitmqctl").to_owned();
+    let out = Command::new(&program)
+        .args(parts)
+        .args(args)
+        .output()
+        .map_err(|e| format!("`{command}` cannot run: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{command} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Deletes the test's virtual host when dropped (also when the test fails halfway).
+struct Vhost(String);
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["delete_vhost", &self.0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_resume_consuming_exits_non_zero() {
+    if !(support::amqp_available().await
+        && support::redis_available().await
+        && support::postgres_available().await)
+    {
+        return;
+    }
+    // Arrange: a worker process in a virtual host of its own, consuming.
+    let names = support::unique("lost");
+    let user = match url::Url::parse(&support::amqp_url()) {
+        Ok(u) if !u.username().is_empty() => u.username().to_owned(),
+        _ => "guest".to_owned(),
+    };
+    let created = tokio::task::spawn_blocking({
+        let (names, user) = (names.clone(), user.clone());
+        move || {
+            rabbitmqctl(&["add_vhost", &names])?;
+            rabbitmqctl(&["set_permissions", "-p", &names, &user, ".*", ".*", ".*"])
+        }
+    })
+    .await
+    .unwrap();
+    let vhost = Vhost(names.clone());
+    if let Err(why) = created {
+        if std::env::var_os("BIDORCH_REQUIRE_SERVICES").is_some() {
+            panic!("{why} and BIDORCH_REQUIRE_SERVICES is set");
+        }
+        eprintln!(
+            "SKIPPED: {why} (set BIDORCH_RABBITMQCTL; BIDORCH_REQUIRE_SERVICES=1 fails instead)"
+        );
+        return;
+    }
+    let mut amqp_url = url::Url::parse(&support::amqp_url()).unwrap();
+    amqp_url.set_path(&format!("/{names}"));
+    let mut worker = Worker::spawn_with(
+        "lost",
+        &names,
+        "http://127.0.0.1:9",
+        &[
+            ("AMQP_URL", amqp_url.to_string()),
+            ("BIDORCH__AMQP__RECONNECT_TIMEOUT", "3s".into()),
+        ],
+    );
+    eventually(WAIT, "the worker ready", || async {
+        matches!(worker.get("/readyz").await, Some((200, _)))
+    })
+    .await;
+
+    // Act: the operator deletes the vhost; the broker closes the connection and refuses every
+    // reconnection.
+    tokio::task::spawn_blocking({
+        let names = names.clone();
+        move || rabbitmqctl(&["delete_vhost", &names])
+    })
+    .await
+    .unwrap()
+    .expect("delete_vhost");
+
+    // Assert: the process gives up and says so with a failure status.
+    let status = worker.exit_status(EXIT_LIMIT).await;
+    assert!(!status.success(), "the worker exited with {status}");
+    assert_eq!(
+        worker
+            .logged("Consuming stopped for good: RabbitMQ could not be reached again")
+            .len(),
+        1
+    );
+    drop(worker);
+    drop(vhost);
+    support::drop_schema(&names).await;
 }

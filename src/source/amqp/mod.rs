@@ -30,6 +30,7 @@ use lapin::options::{BasicCancelOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::ShortString;
 use lapin::{Connection, ConnectionProperties, ErrorKind};
+use tokio::task::JoinHandle;
 
 use self::consumer::Session;
 use crate::config::AmqpSettings;
@@ -43,6 +44,12 @@ pub struct AmqpPostingSource {
     consumer_tag: String,
     /// The live subscription; `None` while reconnecting (or after stop/failure).
     session: Option<Session>,
+    /// The reconnection in progress, in its own task: `next` may be dropped at any await (the
+    /// worker's `select!` drops it whenever a posting finishes), and a half-opened session
+    /// dropped mid-way can leave a live connection whose consumer nobody reads, holding
+    /// `prefetch` messages unacked until the process exits. Awaiting the task's handle is
+    /// cancel-safe: a dropped `next` leaves the task running, and the next call picks it up.
+    reconnecting: Option<JoinHandle<Result<Session, SourceError>>>,
     state: Arc<HealthReporter>,
     health: SourceHealth,
     /// Set by `stop`: the end of the consumer stream is then expected, never a reason to reconnect.
@@ -69,6 +76,7 @@ impl AmqpPostingSource {
             settings: Arc::new(settings.clone()),
             consumer_tag: consumer_tag.to_owned(),
             session: None,
+            reconnecting: None,
             state: Arc::new(reporter),
             health,
             stopped: false,
@@ -110,50 +118,60 @@ impl AmqpPostingSource {
         Ok(())
     }
 
-    /// Opens a session with backoff, bounded by `reconnect_timeout`. A topology refusal is not
-    /// retried: the same declare would be refused again.
-    async fn establish(&self) -> Result<Session, SourceError> {
-        let settings = Arc::clone(&self.settings);
-        let state = Arc::clone(&self.state);
-        let tag = self.consumer_tag.clone();
-        let attempt = || {
-            let (settings, state, tag) = (Arc::clone(&settings), Arc::clone(&state), tag.clone());
-            async move { Session::open(settings, &tag, state).await }
-        };
-        let retried = attempt
-            .retry(backoff())
-            .sleep(tokio::time::sleep)
-            .when(|e: &SourceError| !matches!(e, SourceError::Topology(_)))
-            .notify(|e: &SourceError, after: Duration| {
-                tracing::warn!(
-                    error = %e,
-                    retry_in = ?after,
-                    queue = %self.settings.queue,
-                    "Cannot consume from RabbitMQ; retrying"
-                );
-            });
-        let session = match tokio::time::timeout(self.settings.reconnect_timeout, retried).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(SourceError::Unavailable(
-                    format!(
-                        "could not consume from {} within amqp.reconnect_timeout ({})",
-                        self.settings.url.redacted(),
-                        humantime::format_duration(self.settings.reconnect_timeout)
-                    )
-                    .into(),
-                ));
-            }
-        };
-        self.state.consuming();
-        tracing::info!(
-            queue = %self.settings.queue,
-            consumer_tag = %self.consumer_tag,
-            prefetch = self.settings.prefetch,
-            "Consuming from RabbitMQ"
-        );
-        Ok(session)
+    /// [`establish`] with this source's settings, state and tag.
+    fn establish(&self) -> impl Future<Output = Result<Session, SourceError>> + Send + 'static {
+        establish(
+            Arc::clone(&self.settings),
+            Arc::clone(&self.state),
+            self.consumer_tag.clone(),
+        )
     }
+}
+
+/// Opens a session with backoff, bounded by `reconnect_timeout`. A topology refusal is not
+/// retried: the same declare would be refused again. Owns its inputs so it can run in a task.
+async fn establish(
+    settings: Arc<AmqpSettings>,
+    state: Arc<HealthReporter>,
+    tag: String,
+) -> Result<Session, SourceError> {
+    let attempt = || {
+        let (settings, state, tag) = (Arc::clone(&settings), Arc::clone(&state), tag.clone());
+        async move { Session::open(settings, &tag, state).await }
+    };
+    let retried = attempt
+        .retry(backoff())
+        .sleep(tokio::time::sleep)
+        .when(|e: &SourceError| !matches!(e, SourceError::Topology(_)))
+        .notify(|e: &SourceError, after: Duration| {
+            tracing::warn!(
+                error = %e,
+                retry_in = ?after,
+                queue = %settings.queue,
+                "Cannot consume from RabbitMQ; retrying"
+            );
+        });
+    let session = match tokio::time::timeout(settings.reconnect_timeout, retried).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(SourceError::Unavailable(
+                format!(
+                    "could not consume from {} within amqp.reconnect_timeout ({})",
+                    settings.url.redacted(),
+                    humantime::format_duration(settings.reconnect_timeout)
+                )
+                .into(),
+            ));
+        }
+    };
+    state.consuming();
+    tracing::info!(
+        queue = %settings.queue,
+        consumer_tag = %tag,
+        prefetch = settings.prefetch,
+        "Consuming from RabbitMQ"
+    );
+    Ok(session)
 }
 
 /// Reconnect backoff: quick first retries, then every few seconds, with jitter so a fleet of
@@ -175,7 +193,15 @@ impl PostingSource for AmqpPostingSource {
                 return None;
             }
             let Some(session) = self.session.as_mut() else {
-                match self.establish().await {
+                let task = match self.reconnecting.as_mut() {
+                    Some(task) => task,
+                    None => self.reconnecting.insert(tokio::spawn(self.establish())),
+                };
+                let reconnected = task
+                    .await
+                    .unwrap_or_else(|e| Err(SourceError::Unavailable(Box::new(e))));
+                self.reconnecting = None;
+                match reconnected {
                     Ok(session) => {
                         self.session = Some(session);
                         continue;
@@ -221,6 +247,14 @@ impl PostingSource for AmqpPostingSource {
         }
         self.stopped = true;
         self.state.set(ConsumerState::Stopped);
+        if let Some(task) = self.reconnecting.take() {
+            // Let a reconnection in flight finish rather than drop it half-open; then close it.
+            tokio::spawn(async move {
+                if let Ok(Ok(session)) = task.await {
+                    session.close().await;
+                }
+            });
+        }
         if let Some(session) = self.session.as_ref() {
             // Basic.cancel: the broker stops sending; deliveries already received stay
             // settleable on the open channel. A dead channel has nothing left to cancel.
