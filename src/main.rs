@@ -82,16 +82,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = bidorch::telemetry::init(&settings.telemetry, &settings.instance_id())?;
     match cli.command {
         Command::Worker => {
-            let report = bidorch::runtime::run_worker(&settings, true, commands::shutdown_signal())
+            // A consumer that cannot be resumed is an error from `run_worker` (exit non-zero, so
+            // an orchestrator restarts the worker).
+            bidorch::runtime::run_worker(&settings, true, commands::shutdown_signal())
                 .await
                 .context("worker")?;
-            if report.source_ended {
-                // The source gives up only when consuming cannot be resumed (within
-                // `amqp.reconnect_timeout`, or refused outright): exit non-zero so an
-                // orchestrator restarts the worker instead of keeping a process that consumes
-                // nothing.
-                anyhow::bail!("worker: consuming stopped and could not be resumed");
-            }
         }
         Command::Publish { input, quiet } => {
             commands::publish(&settings, &input, !quiet).await?;
