@@ -47,7 +47,7 @@ pub use self::memory::MemoryLockStore;
 pub use self::metered::MeteredLockStore;
 pub use self::metrics::{LatencySummary, LockMetricsSnapshot};
 pub use self::redis::RedisLockStore;
-pub use self::redis_conn::RedisTimeouts;
+pub use self::redis_conn::RedisOptions;
 pub use self::watchdog::HeldLease;
 
 /// A lease granted by a [`LockStore`]: the key, the unique token of this holder and its TTL.

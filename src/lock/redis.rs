@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::{Script, Value};
 
-use super::redis_conn::{RedisConn, RedisTimeouts, redacted};
+use super::redis_conn::{RedisConn, RedisOptions, redacted};
 use super::{HolderInfo, Lease, LockError, LockStore, Release};
 use crate::config::{RedisSettings, SecretUrl};
 use crate::posting::PostingKey;
@@ -78,21 +78,21 @@ impl RedisLockStore {
     /// itself). Fails only on a malformed `redis.url`. Call it inside a Tokio runtime. The instance id defaults to `bidorch`;
     /// set it with [`with_instance`](Self::with_instance).
     pub fn new(settings: &RedisSettings) -> Result<Self, LockError> {
-        Self::with_timeouts(settings, RedisTimeouts::default())
+        Self::with_options(settings, &RedisOptions::default())
     }
 
-    /// [`new`](Self::new) with explicit connection timeouts.
-    pub fn with_timeouts(
+    /// [`new`](Self::new) with explicit timeouts and TLS trust.
+    pub fn with_options(
         settings: &RedisSettings,
-        timeouts: RedisTimeouts,
+        options: &RedisOptions,
     ) -> Result<Self, LockError> {
         let url: &SecretUrl = &settings.url;
         Ok(Self {
-            conn: RedisConn::open(url, timeouts)?,
+            conn: RedisConn::open(url, options)?,
             key_prefix: settings.key_prefix.clone(),
             instance: "bidorch".to_owned(),
             shown_url: redacted(url),
-            deadline: timeouts.connect + timeouts.response,
+            deadline: options.connect_timeout + options.response_timeout,
             release: Script::new(RELEASE_LUA),
             extend: Script::new(EXTEND_LUA),
             holder: Script::new(HOLDER_LUA),

@@ -7,6 +7,11 @@
 //! command names exactly one key, `{prefix}bid_lock:{m:p}`, so in a cluster it is routed to the
 //! slot of its `{m:p}` hash tag and the Lua scripts run on the node owning that key.
 //!
+//! `rediss://` is TLS (rustls): the server certificate is always verified, against the public
+//! web roots or, for a private CA, only against [`RedisOptions::tls_ca_pem`]; `#insecure` is
+//! refused. A password in the URL (`redis://:pw@host` or ACL `redis://user:pw@host`) is sent
+//! with AUTH and never shown: errors and `Debug` print the URL redacted.
+//!
 //! Both kinds connect lazily and reconnect by themselves: a store can be built while Redis is
 //! down, answers every call with an error until Redis is back, and never blocks past
 //! `connect_timeout + response_timeout` per call.
@@ -17,7 +22,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation};
+use redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation, TlsCertificates};
 use tokio::sync::OnceCell;
 
 use super::LockError;
@@ -45,21 +50,35 @@ fn unavailable(op: &'static str, cause: Cause) -> LockError {
     LockError::Unavailable(Box::new(RedisOpError { op, cause }))
 }
 
-/// Timeouts of the Redis connection.
-#[derive(Clone, Copy, Debug)]
-pub struct RedisTimeouts {
+/// How to connect to Redis, beyond the URL.
+#[derive(Clone)]
+pub struct RedisOptions {
     /// Bound on establishing a TCP (and TLS) connection to a node.
-    pub connect: Duration,
+    pub connect_timeout: Duration,
     /// Bound on waiting for one command's answer.
-    pub response: Duration,
+    pub response_timeout: Duration,
+    /// For `rediss://` to a server with a private CA: trust only this CA (PEM) instead of the
+    /// public web roots. Certificates are always verified (`#insecure` is not supported).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
-impl Default for RedisTimeouts {
+impl Default for RedisOptions {
     fn default() -> Self {
         Self {
-            connect: Duration::from_secs(2),
-            response: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            tls_ca_pem: None,
         }
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|_| "<set>"))
+            .finish()
     }
 }
 
@@ -140,27 +159,37 @@ pub(super) fn parse_nodes(url: &SecretUrl) -> Result<(Vec<String>, bool), LockEr
 
 impl RedisConn {
     /// Builds the connection without touching the network.
-    pub(super) fn open(url: &SecretUrl, timeouts: RedisTimeouts) -> Result<Self, LockError> {
+    pub(super) fn open(url: &SecretUrl, options: &RedisOptions) -> Result<Self, LockError> {
         // The client's parse errors describe the problem and never echo the URL or password.
         let config_error =
             |e: RedisError| LockError::Config(format!("redis.url {}: {e}", redacted(url)));
         let (nodes, cluster) = parse_nodes(url)?;
+        let certificates = options.tls_ca_pem.as_ref().map(|ca| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.clone()),
+        });
         if cluster {
-            let client = ClusterClient::builder(nodes)
-                .connection_timeout(timeouts.connect)
-                .response_timeout(timeouts.response)
-                .retries(2)
-                .build()
-                .map_err(config_error)?;
+            let mut builder = ClusterClient::builder(nodes)
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.response_timeout)
+                .retries(2);
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build().map_err(config_error)?;
             return Ok(Self::Cluster(Arc::new(Cluster {
                 client,
                 conn: OnceCell::new(),
             })));
         }
-        let client = redis::Client::open(nodes[0].as_str()).map_err(config_error)?;
+        let client = match certificates {
+            Some(certificates) => redis::Client::build_with_tls(nodes[0].as_str(), certificates),
+            None => redis::Client::open(nodes[0].as_str()),
+        }
+        .map_err(config_error)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeouts.connect))
-            .set_response_timeout(Some(timeouts.response))
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
             // Few, short reconnect retries: a caller waiting on a dead Redis must get its error
             // quickly; the next call starts a fresh reconnect anyway.
             .set_number_of_retries(1)

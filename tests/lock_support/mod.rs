@@ -148,12 +148,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A `redis-server` of our own on a free port (standalone or a one-node cluster), killed on drop.
+/// A `redis-server` of our own on a free port (standalone, one-node cluster, or TLS with a
+/// password), killed on drop.
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
     dir: std::path::PathBuf,
     cluster: bool,
+    /// Extra server arguments (TLS, password).
+    args: Vec<String>,
+    tls: bool,
+}
+
+/// Runs `openssl` with `args` in `dir`; false if it is missing or fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 impl PrivateRedis {
@@ -178,7 +193,112 @@ impl PrivateRedis {
             child: None,
             dir,
             cluster,
+            args: Vec::new(),
+            tls: false,
         })
+    }
+
+    /// A TLS-only server (certificate for 127.0.0.1 from a fresh private CA) that requires
+    /// `password`. Returns the server and the CA certificate (PEM). `None` (skipped) when
+    /// `openssl` or a TLS-capable `redis-server` is missing and services are not required.
+    pub fn reserve_tls(password: &str) -> Option<(Self, Vec<u8>)> {
+        let mut server = Self::reserve(false)?;
+        let dir = server.dir.clone();
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext.cnf");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let made = openssl(
+            &dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=bidorch test CA",
+                ],
+            ]
+            .concat(),
+        ) && openssl(
+            &dir,
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        ) && openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "1",
+                "-extfile",
+                "ext.cnf",
+            ],
+        );
+        if !made {
+            if std::env::var_os("BIDORCH_REQUIRE_SERVICES").is_some() {
+                panic!(
+                    "openssl could not make test certificates and BIDORCH_REQUIRE_SERVICES is set"
+                );
+            }
+            eprintln!("SKIPPED: openssl is missing or failed (needed for TLS test certificates)");
+            return None;
+        }
+        let port = server.port.to_string();
+        let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        server.args = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port,
+            "--tls-cert-file".into(),
+            path("server.pem"),
+            "--tls-key-file".into(),
+            path("server.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--requirepass".into(),
+            password.into(),
+        ];
+        server.tls = true;
+        let ca = std::fs::read(dir.join("ca.pem")).expect("read ca.pem");
+        Some((server, ca))
     }
 
     pub fn url(&self) -> String {
@@ -203,7 +323,20 @@ impl PrivateRedis {
                 "nodes.conf",
             ]);
         }
+        // Later arguments win, so a TLS server's `--port 0` overrides the plain port.
+        cmd.args(&self.args);
         self.child = Some(cmd.spawn().expect("spawn redis-server"));
+        if self.tls {
+            // Our plain client cannot PING through TLS: wait for the port to accept instead.
+            let addr = format!("127.0.0.1:{}", self.port);
+            let up = eventually(Duration::from_secs(10), || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+            })
+            .await;
+            assert!(up, "private TLS redis-server did not come up");
+            return;
+        }
         let url = self.url();
         let up = eventually(Duration::from_secs(10), || {
             let url = url.clone();
