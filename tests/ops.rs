@@ -18,7 +18,7 @@ use bidorch::config::{RedisSettings, SecretUrl};
 use bidorch::http::{Readiness, ReadyReport};
 use bidorch::ledger::{BidLedger, SqliteBidLedger};
 use bidorch::lock::{
-    HeldLease, LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore, RedisTimeouts,
+    HeldLease, LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore, RedisOptions,
 };
 use bidorch::marketplace::sandbox::Fault;
 use bidorch::metrics::{CATALOGUE, IN_FLIGHT, LEASES_HELD};
@@ -330,14 +330,15 @@ async fn healthz_answers_while_the_process_is_up() {
 
 #[tokio::test]
 async fn readyz_is_unready_when_the_lock_store_cannot_be_reached() {
-    let closed = RedisLockStore::with_timeouts(
+    let closed = RedisLockStore::with_options(
         &RedisSettings {
             url: SecretUrl::new("redis://127.0.0.1:1/0"),
             key_prefix: support::unique("ops"),
         },
-        RedisTimeouts {
-            connect: Duration::from_millis(500),
-            response: Duration::from_millis(500),
+        &RedisOptions {
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(500),
+            ..RedisOptions::default()
         },
     )
     .unwrap();
@@ -417,14 +418,15 @@ async fn readyz_turns_unready_while_redis_is_unreachable_and_ready_again_after()
         return;
     }
     let mut proxy = RedisProxy::start().await;
-    let redis = RedisLockStore::with_timeouts(
+    let redis = RedisLockStore::with_options(
         &RedisSettings {
             url: SecretUrl::new(format!("redis://{}/0", proxy.addr)),
             key_prefix: support::unique("ops"),
         },
-        RedisTimeouts {
-            connect: Duration::from_millis(500),
-            response: Duration::from_millis(500),
+        &RedisOptions {
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(500),
+            ..RedisOptions::default()
         },
     )
     .unwrap();
