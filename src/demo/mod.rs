@@ -228,47 +228,29 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
     for body in &input.messages {
         broker.publish(body.clone());
     }
-    let (stop, _) = tokio::sync::watch::channel(false);
     let prefetch = usize::from(settings.amqp.prefetch);
-    let workers: Vec<_> = (0..options.workers.max(1))
-        .map(|_| {
-            let source = Box::new(broker.subscribe(prefetch));
-            let mut stopped = stop.subscribe();
-            tokio::spawn(worker::run(
-                source,
-                pipeline.clone(),
-                worker_options.clone(),
-                Arc::new(std::sync::atomic::AtomicBool::new(false)),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ))
-        })
-        .collect();
-
+    let mut fleet = Fleet::default();
+    for _ in 0..options.workers.max(1) {
+        fleet.spawn(
+            Box::new(broker.subscribe(prefetch)),
+            pipeline.clone(),
+            &worker_options,
+        );
+    }
     let bar = progress_bar(input.messages.len() as u64, options.progress);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
+    wait_until_drained(&bar, Duration::from_millis(50), || async {
         let counts = broker.stats();
-        bar.set_position(counts.acked + counts.dead as u64);
-        if counts.ready + counts.unacked + counts.delayed == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bar.abandon();
-            return Err(DemoError::Stalled(
-                Duration::from_secs(600),
-                format!("{counts:?}"),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(match counts.ready + counts.unacked + counts.delayed {
+            0 => Drain::Done,
+            _ => Drain::Pending {
+                position: counts.acked + counts.dead as u64,
+                state: format!("{counts:?}"),
+            },
+        })
+    })
+    .await?;
     let elapsed = started.elapsed();
-    bar.finish_and_clear();
-    let _ = stop.send(true);
-    for w in workers {
-        let _ = w.await;
-    }
+    fleet.stop().await;
     let mut dead_letters = BTreeMap::new();
     for parked in broker.dead_letters() {
         *dead_letters.entry(parked.reason).or_default() += 1;
@@ -317,6 +299,85 @@ impl Drop for TempDb {
             p.push(suffix);
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// The demo's workers, stopped together.
+#[derive(Default)]
+struct Fleet {
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    workers: Vec<tokio::task::JoinHandle<worker::WorkerReport>>,
+}
+
+impl Fleet {
+    /// Starts one worker on `source`.
+    fn spawn(
+        &mut self,
+        source: Box<dyn crate::source::PostingSource>,
+        pipeline: Arc<Pipeline>,
+        options: &WorkerOptions,
+    ) {
+        let stop = self
+            .stop
+            .get_or_insert_with(|| tokio::sync::watch::channel(false).0);
+        let mut stopped = stop.subscribe();
+        self.workers.push(tokio::spawn(worker::run(
+            source,
+            pipeline,
+            options.clone(),
+            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )));
+    }
+
+    /// Asks every worker to stop and waits for them.
+    async fn stop(self) {
+        if let Some(stop) = self.stop {
+            let _ = stop.send(true);
+        }
+        for w in self.workers {
+            let _ = w.await;
+        }
+    }
+}
+
+/// Where a run stands while it drains.
+enum Drain {
+    Done,
+    Pending { position: u64, state: String },
+}
+
+/// The longest a demo run may take before it is reported as stalled.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
+
+/// Polls `check` every `period`, moving the progress bar, until the run has drained.
+async fn wait_until_drained<F, Fut>(
+    bar: &indicatif::ProgressBar,
+    period: Duration,
+    mut check: F,
+) -> Result<(), DemoError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Drain, DemoError>>,
+{
+    let deadline = Instant::now() + RUN_LIMIT;
+    loop {
+        match check().await? {
+            Drain::Done => {
+                bar.finish_and_clear();
+                return Ok(());
+            }
+            Drain::Pending { position, state } => {
+                bar.set_position(position);
+                if Instant::now() > deadline {
+                    bar.abandon();
+                    return Err(DemoError::Stalled(RUN_LIMIT, state));
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
     }
 }
 

@@ -14,13 +14,16 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sqlx::Connection as _;
 
-use super::{DemoError, DemoOptions, DemoReport, RunningSandbox, demo_policy, generate, report};
+use super::{
+    DemoError, DemoOptions, DemoReport, Drain, Fleet, RunningSandbox, demo_policy, generate,
+    report, wait_until_drained,
+};
 use crate::config::{LedgerKind, Settings};
 use crate::pipeline::Pipeline;
 use crate::publish::{OutgoingEvent, Publisher};
 use crate::source::{AmqpPostingSource, REASON_HEADER};
 use crate::tally::Tally;
-use crate::worker::{self, WorkerOptions};
+use crate::worker::WorkerOptions;
 
 fn amqp_error(e: lapin::Error) -> DemoError {
     DemoError::Source(crate::source::SourceError::Unavailable(Box::new(e)))
@@ -89,8 +92,7 @@ async fn run_on(
         tally: Some(tally.clone()),
         ..crate::runtime::worker_options(s)
     };
-    let (stop, _) = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
+    let mut fleet = Fleet::default();
     for i in 0..options.workers.max(1) {
         // Separate connections and lock clients per worker, as separate processes would have.
         let pipeline = Arc::new(Pipeline::new(
@@ -101,16 +103,7 @@ async fn run_on(
             s.lock.ttl,
         ));
         let source = AmqpPostingSource::connect(&s.amqp, &format!("demo-{i}")).await?;
-        let mut stopped = stop.subscribe();
-        workers.push(tokio::spawn(worker::run(
-            Box::new(source),
-            pipeline,
-            worker_options.clone(),
-            Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )));
+        fleet.spawn(Box::new(source), pipeline, &worker_options);
     }
 
     let started = Instant::now();
@@ -148,13 +141,11 @@ async fn run_on(
     }
     bar.set_message("");
 
-    let deadline = Instant::now() + Duration::from_secs(600);
     let queues: Vec<String> = std::iter::once(s.amqp.queue.clone())
         .chain(s.amqp.retry_tiers.iter().map(|t| s.amqp.retry_queue(*t)))
         .collect();
-    loop {
-        let processed = tally.snapshot().processed();
-        bar.set_position(processed.min(input.messages.len() as u64));
+    let total = input.messages.len() as u64;
+    wait_until_drained(&bar, Duration::from_millis(100), || async {
         let finals: u64 = ledger
             .counts_by_state()
             .await?
@@ -168,23 +159,16 @@ async fn run_on(
         }
         let dead = depth(&channel, &s.amqp.dead_letter_queue()).await?;
         if finals == options.postings as u64 && waiting == 0 && dead as usize >= input.poison {
-            break;
+            return Ok(Drain::Done);
         }
-        if Instant::now() > deadline {
-            bar.abandon();
-            return Err(DemoError::Stalled(
-                Duration::from_secs(600),
-                format!("{finals} final ledger rows, {waiting} messages waiting, {dead} dead"),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(Drain::Pending {
+            position: tally.snapshot().processed().min(total),
+            state: format!("{finals} final ledger rows, {waiting} messages waiting, {dead} dead"),
+        })
+    })
+    .await?;
     let elapsed = started.elapsed();
-    bar.finish_and_clear();
-    let _ = stop.send(true);
-    for w in workers {
-        let _ = w.await;
-    }
+    fleet.stop().await;
     let dead_letters = dead_letter_reasons(&channel, &s.amqp.dead_letter_queue()).await?;
     let _ = conn.close(200, "demo done".into()).await;
     report(
