@@ -87,6 +87,14 @@ impl RedisLockStore {
         options: &RedisOptions,
     ) -> Result<Self, LockError> {
         let url: &SecretUrl = &settings.url;
+        if settings.key_prefix.contains(['{', '}']) {
+            // Redis Cluster hashes the first `{...}` of a key: it must be the posting's tag.
+            return Err(LockError::Config(
+                "redis.key_prefix must not contain `{` or `}`: the lease key's hash tag must be \
+                 its {marketplace:posting_id} part"
+                    .to_owned(),
+            ));
+        }
         Ok(Self {
             conn: RedisConn::open(url, options)?,
             key_prefix: settings.key_prefix.clone(),
@@ -228,5 +236,15 @@ mod tests {
         assert_eq!(store.key(&key), "t:bid_lock:{upwork:job_1}");
         assert_eq!(store.key(&key), format!("t:bid_lock:{}", key.hash_tag()));
         assert!(!format!("{store:?}").contains("pw@"));
+    }
+
+    #[tokio::test]
+    async fn a_prefix_with_braces_is_refused() {
+        let settings = RedisSettings {
+            url: SecretUrl::new("redis://127.0.0.1:6379/0"),
+            key_prefix: "{app}:".to_owned(),
+        };
+        let err = RedisLockStore::new(&settings).unwrap_err();
+        assert!(matches!(err, LockError::Config(_)), "{err}");
     }
 }
