@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo run --release --example lock_bench`
 //! Environment: `REDIS_URL` (default `redis://127.0.0.1:6379/0`), `BENCH_SECS` (seconds per
-//! slice, default 1), `BENCH_ROUNDS` (rounds per concurrency, default 8). Each round runs one
+//! slice, default 1), `BENCH_ROUNDS` (rounds per concurrency, default 8), `BENCH_WORKERS`
+//! (0 = a current-thread runtime, the default; N = a multi-thread runtime with N workers). Each round runs one
 //! raw and one store slice, in alternating order, so both see the same machine load; figures
 //! aggregate all rounds.
 //!
@@ -153,8 +154,27 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // One thread by default: raw and store then run under identical scheduling (on a
+    // multi-thread runtime each connection's I/O task lands on some worker, and cross-thread
+    // wake-ups make whichever side drew the worse placement look slower). BENCH_WORKERS=N
+    // runs the same on a multi-thread runtime with N workers.
+    let workers = env_u64("BENCH_WORKERS", 0);
+    let runtime = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers as usize)
+            .enable_all()
+            .build()
+    }
+    .expect("Tokio runtime");
+    runtime.block_on(bench(workers));
+}
+
+async fn bench(workers: u64) {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
     let secs = env_u64("BENCH_SECS", 1);
     let rounds = env_u64("BENCH_ROUNDS", 8);
@@ -175,8 +195,13 @@ async fn main() {
         .expect("raw connection");
 
     println!(
-        "Redis {} · {rounds} rounds of {secs}s raw + {secs}s store per concurrency",
-        SecretUrl::new(url).redacted()
+        "Redis {} · {rounds} rounds of {secs}s raw + {secs}s store per concurrency · {}",
+        SecretUrl::new(url).redacted(),
+        if workers == 0 {
+            "current-thread runtime".to_owned()
+        } else {
+            format!("{workers} worker threads")
+        }
     );
     // Warm-up: connections, script cache, allocator.
     for mode in [Mode::Raw, Mode::Store] {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::Instant;
 
 use super::acquire::{AcquireError, Backoff, acquire_with_backoff};
 use super::metrics::{Attempt, LockMetrics, LockMetricsSnapshot};
@@ -112,7 +111,8 @@ impl LockStore for MeteredLockStore {
         key: &PostingKey,
         ttl: Duration,
     ) -> Result<Option<Lease>, LockError> {
-        let started = Instant::now();
+        // A measurement, not a deadline: the real clock even when a test pauses Tokio's.
+        let started = std::time::Instant::now();
         let result = self.inner.try_acquire(key, ttl).await;
         let outcome = match &result {
             Ok(Some(_)) => Attempt::Won,

@@ -5,9 +5,16 @@
 //! `bidorch_lock_successes_total`, `bidorch_lock_conflicts_total`, `bidorch_lock_timeouts_total`,
 //! `bidorch_redis_errors_total`, and the histogram `bidorch_lock_acquire_seconds` (the time one
 //! `try_acquire` takes to answer, whatever the answer).
+//!
+//! The exporter handles are registered with the global `metrics` recorder on a store's first
+//! operation and kept (no per-call registry lookup on the hot path), so the recorder must be
+//! installed before the first lease is taken — telemetry set-up at start-up does that.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use metrics::{Counter, Histogram};
 
 /// Sub-buckets per power of two in the latency histogram (≈19% resolution).
 const STEPS_PER_OCTAVE: f64 = 4.0;
@@ -22,9 +29,33 @@ pub(super) enum Attempt {
     Failed,
 }
 
+/// The exporter's series for one backend label.
+struct Exported {
+    attempts: Counter,
+    successes: Counter,
+    conflicts: Counter,
+    timeouts: Counter,
+    redis_errors: Counter,
+    acquire_seconds: Histogram,
+}
+
+impl Exported {
+    fn register(backend: &'static str) -> Self {
+        Self {
+            attempts: metrics::counter!("bidorch_lock_attempts_total", "backend" => backend),
+            successes: metrics::counter!("bidorch_lock_successes_total", "backend" => backend),
+            conflicts: metrics::counter!("bidorch_lock_conflicts_total", "backend" => backend),
+            timeouts: metrics::counter!("bidorch_lock_timeouts_total", "backend" => backend),
+            redis_errors: metrics::counter!("bidorch_redis_errors_total", "backend" => backend),
+            acquire_seconds: metrics::histogram!("bidorch_lock_acquire_seconds", "backend" => backend),
+        }
+    }
+}
+
 /// Live counters of one metered store. Shared by reference; all updates are relaxed atomics.
 pub(super) struct LockMetrics {
     backend: &'static str,
+    exported: OnceLock<Exported>,
     attempts: AtomicU64,
     successes: AtomicU64,
     conflicts: AtomicU64,
@@ -78,6 +109,7 @@ impl LockMetrics {
     pub(super) fn new(backend: &'static str) -> Self {
         Self {
             backend,
+            exported: OnceLock::new(),
             attempts: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
@@ -90,20 +122,23 @@ impl LockMetrics {
     }
 
     /// Records one `try_acquire` and how long it took to answer.
+    fn exported(&self) -> &Exported {
+        self.exported
+            .get_or_init(|| Exported::register(self.backend))
+    }
+
     pub(super) fn attempt(&self, outcome: Attempt, latency: Duration) {
-        let backend = self.backend;
+        let exported = self.exported();
         self.attempts.fetch_add(1, Relaxed);
-        metrics::counter!("bidorch_lock_attempts_total", "backend" => backend).increment(1);
+        exported.attempts.increment(1);
         match outcome {
             Attempt::Won => {
                 self.successes.fetch_add(1, Relaxed);
-                metrics::counter!("bidorch_lock_successes_total", "backend" => backend)
-                    .increment(1);
+                exported.successes.increment(1);
             }
             Attempt::Conflict => {
                 self.conflicts.fetch_add(1, Relaxed);
-                metrics::counter!("bidorch_lock_conflicts_total", "backend" => backend)
-                    .increment(1);
+                exported.conflicts.increment(1);
             }
             // Counted by the caller as a store error when the store could not answer.
             Attempt::Failed => {}
@@ -112,20 +147,19 @@ impl LockMetrics {
         self.latency_sum_ns.fetch_add(ns, Relaxed);
         self.latency_max_ns.fetch_max(ns, Relaxed);
         self.latency[bucket_of(latency)].fetch_add(1, Relaxed);
-        metrics::histogram!("bidorch_lock_acquire_seconds", "backend" => backend)
-            .record(latency.as_secs_f64());
+        exported.acquire_seconds.record(latency.as_secs_f64());
     }
 
     /// Records an `acquire` that gave up waiting.
     pub(super) fn timeout(&self) {
         self.timeouts.fetch_add(1, Relaxed);
-        metrics::counter!("bidorch_lock_timeouts_total", "backend" => self.backend).increment(1);
+        self.exported().timeouts.increment(1);
     }
 
     /// Records a failed store call (the store could not answer).
     pub(super) fn store_error(&self) {
         self.redis_errors.fetch_add(1, Relaxed);
-        metrics::counter!("bidorch_redis_errors_total", "backend" => self.backend).increment(1);
+        self.exported().redis_errors.increment(1);
     }
 
     pub(super) fn snapshot(&self) -> LockMetricsSnapshot {

@@ -124,9 +124,20 @@ pub trait LockStore: Send + Sync + 'static {
 /// random part comes from the thread-local `fastrand` generator rather than a `getrandom` call,
 /// and the process id is read once: two system calls fewer on every acquisition.
 pub fn new_token(instance: &str) -> String {
-    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let pid = *PID.get_or_init(std::process::id);
-    format!("{instance}:{pid}:{:032x}", fastrand::u128(..))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    static PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let pid = PID.get_or_init(|| std::process::id().to_string());
+    // Built by hand: this runs on every acquisition, and `format!` padding was measurable.
+    let mut token = String::with_capacity(instance.len() + pid.len() + 34);
+    token.push_str(instance);
+    token.push(':');
+    token.push_str(pid);
+    token.push(':');
+    let random = fastrand::u128(..);
+    for shift in (0..32).rev() {
+        token.push(char::from(HEX[((random >> (shift * 4)) & 0xf) as usize]));
+    }
+    token
 }
 
 /// The lock store chosen by `lock.kind`, metered, with `lock.backoff_*` (see
@@ -170,4 +181,25 @@ pub fn metered_from_settings(settings: &Settings) -> Result<Arc<MeteredLockStore
     Ok(Arc::new(
         MeteredLockStore::new(inner, backend).with_backoff(backoff),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_instance_and_process_and_are_unique() {
+        let tokens: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_token("w-1")).collect();
+        assert_eq!(tokens.len(), 10_000);
+        let token = tokens.iter().next().unwrap();
+        let prefix = format!("w-1:{}:", std::process::id());
+        let random = token.strip_prefix(&prefix).expect("instance:pid: prefix");
+        assert_eq!(random.len(), 32);
+        assert!(
+            random
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
 }

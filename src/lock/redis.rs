@@ -87,6 +87,14 @@ impl RedisLockStore {
         options: &RedisOptions,
     ) -> Result<Self, LockError> {
         let url: &SecretUrl = &settings.url;
+        if settings.key_prefix.contains(['{', '}']) {
+            // Redis Cluster hashes the first `{...}` of a key: it must be the posting's tag.
+            return Err(LockError::Config(
+                "redis.key_prefix must not contain `{` or `}`: the lease key's hash tag must be \
+                 its {marketplace:posting_id} part"
+                    .to_owned(),
+            ));
+        }
         Ok(Self {
             conn: RedisConn::open(url, options)?,
             key_prefix: settings.key_prefix.clone(),
@@ -112,9 +120,18 @@ impl RedisLockStore {
         self
     }
 
-    /// The Redis key of a posting's lease: `{key_prefix}bid_lock:{m:p}`.
+    /// The Redis key of a posting's lease: `{key_prefix}bid_lock:{m:p}`, the last part being
+    /// [`PostingKey::hash_tag`] (written in place: this runs on every lease operation).
     pub fn key(&self, key: &PostingKey) -> String {
-        format!("{}bid_lock:{}", self.key_prefix, key.hash_tag())
+        let (m, p) = (key.marketplace(), key.posting_id());
+        let mut out = String::with_capacity(self.key_prefix.len() + 12 + m.len() + p.len());
+        out.push_str(&self.key_prefix);
+        out.push_str("bid_lock:{");
+        out.push_str(m);
+        out.push(':');
+        out.push_str(p);
+        out.push('}');
+        out
     }
 
     /// Whether this store talks to a Redis Cluster.
@@ -133,8 +150,8 @@ impl LockStore for RedisLockStore {
         let ms = ttl_millis(ttl)?;
         let token = super::new_token(&self.instance);
         // Taken before the command is sent: our idea of the expiry is never later than Redis's.
-        // (The Tokio clock equals the std one unless a test pauses it.)
-        let acquired_at = tokio::time::Instant::now().into_std();
+        // The real clock, as Redis's TTL runs in real time even when a test pauses Tokio's.
+        let acquired_at = std::time::Instant::now();
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key))
             .arg(&token)
@@ -217,6 +234,17 @@ mod tests {
         let store = RedisLockStore::new(&settings).unwrap();
         let key = PostingKey::new("upwork", "job_1").unwrap();
         assert_eq!(store.key(&key), "t:bid_lock:{upwork:job_1}");
+        assert_eq!(store.key(&key), format!("t:bid_lock:{}", key.hash_tag()));
         assert!(!format!("{store:?}").contains("pw@"));
+    }
+
+    #[tokio::test]
+    async fn a_prefix_with_braces_is_refused() {
+        let settings = RedisSettings {
+            url: SecretUrl::new("redis://127.0.0.1:6379/0"),
+            key_prefix: "{app}:".to_owned(),
+        };
+        let err = RedisLockStore::new(&settings).unwrap_err();
+        assert!(matches!(err, LockError::Config(_)), "{err}");
     }
 }
