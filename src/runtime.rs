@@ -95,6 +95,8 @@ pub async fn run_worker(
     serve_http: bool,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkerReport, StartError> {
+    // Before any port is built: metric handles bind to the recorder present at first use.
+    crate::metrics::install();
     let components = Components::connect(settings).await?;
     run_worker_with(settings, components, serve_http, None, shutdown).await
 }
