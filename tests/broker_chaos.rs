@@ -18,12 +18,12 @@
 mod queue_common;
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bidorch::config::Settings;
-use bidorch::ledger::{BidLedger, LedgerState};
+use bidorch::ledger::LedgerState;
 use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
 use bidorch::marketplace::{HttpMarketplace, Marketplace};
 use bidorch::publish::{OutgoingEvent, Publisher};
@@ -158,35 +158,16 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
 // ---------------------------------------------------------------------------------------------
 
 fn settings(amqp_url: &str, sandbox: &str, names: &str) -> Settings {
-    let env: HashMap<String, String> = [
-        ("AMQP_URL", amqp_url.to_owned()),
-        ("REDIS_URL", support::redis_url()),
-        ("DATABASE_URL", support::database_url()),
-        ("BIDORCH__AMQP__EXCHANGE", format!("{names}.ex")),
-        ("BIDORCH__AMQP__QUEUE", names.to_owned()),
-        ("BIDORCH__AMQP__RETRY_TIERS", "200ms,1s".into()),
-        ("BIDORCH__AMQP__PREFETCH", "8".into()),
-        ("BIDORCH__REDIS__KEY_PREFIX", format!("{names}:")),
-        ("BIDORCH__DATABASE__SCHEMA", names.to_owned()),
-        ("BIDORCH__DATABASE__MAX_CONNECTIONS", "6".into()),
-        ("BIDORCH__WORKER__RETRY_LOCK_HELD", "200ms".into()),
-        ("BIDORCH__WORKER__RETRY_UNAVAILABLE", "1s".into()),
-        ("BIDORCH__WORKER__RETRY_TRANSIENT", "200ms".into()),
-        ("BIDORCH__WORKER__SHUTDOWN_GRACE", "10s".into()),
-        ("BIDORCH__BIDDING__MIN_BUDGET", "100".into()),
-        (
-            "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
-            format!("{sandbox}/upwork"),
-        ),
-        (
-            "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
-            format!("{sandbox}/freelancer"),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    Settings::load_from(None, &env).expect("test settings are valid")
+    support::run_settings(
+        names,
+        sandbox,
+        &[
+            ("AMQP_URL", amqp_url.to_owned()),
+            ("BIDORCH__AMQP__PREFETCH", "8".into()),
+            ("BIDORCH__WORKER__SHUTDOWN_GRACE", "10s".into()),
+            ("BIDORCH__BIDDING__MIN_BUDGET", "100".into()),
+        ],
+    )
 }
 
 /// `count` postings from number `first`; every tenth under the minimum budget.
@@ -219,17 +200,6 @@ fn closed_count(said: &str) -> u32 {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("rabbitmqctl says how many it closed: {said}"))
-}
-
-async fn final_rows(ledger: &Arc<dyn BidLedger>) -> u64 {
-    ledger
-        .counts_by_state()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|(s, _)| s.is_final())
-        .map(|(_, n)| n)
-        .sum()
 }
 
 /// (ready messages, consumers) of `queue`, on a fresh connection (the chaos closes old ones).
@@ -430,7 +400,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
                     .await
                     .0;
             }
-            final_rows(&ledger).await == POSTINGS as u64 && waiting == 0
+            support::final_rows(&*ledger).await == POSTINGS as u64 && waiting == 0
         },
     )
     .await;
@@ -467,7 +437,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
         r.expect("published after recovery");
     }
     eventually(WAIT, "the late postings final", || async {
-        final_rows(&ledger).await == (POSTINGS + AFTER_CHAOS) as u64
+        support::final_rows(&*ledger).await == (POSTINGS + AFTER_CHAOS) as u64
     })
     .await;
     publisher.close().await;

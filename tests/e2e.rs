@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bidorch::config::Settings;
 use bidorch::ledger::{BidLedger, LedgerState};
-use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
+use bidorch::marketplace::sandbox::SandboxOptions;
 use bidorch::marketplace::{HttpMarketplace, Marketplace};
 use bidorch::publish::{OutgoingEvent, Publisher};
 use bidorch::runtime::{Components, run_worker_with};
@@ -27,36 +27,21 @@ const COPIES: usize = 3;
 const TOKEN: &str = "e2e-token";
 
 fn settings(sandbox: &str, names: &str) -> Settings {
-    let env: HashMap<String, String> = [
-        ("AMQP_URL", support::amqp_url()),
-        ("REDIS_URL", support::redis_url()),
-        ("DATABASE_URL", support::database_url()),
-        ("BIDORCH__AMQP__EXCHANGE", format!("{names}_x")),
-        ("BIDORCH__AMQP__QUEUE", format!("{names}.postings")),
-        ("BIDORCH__AMQP__RETRY_TIERS", "100ms,500ms".into()),
-        ("BIDORCH__AMQP__PREFETCH", "16".into()),
-        ("BIDORCH__REDIS__KEY_PREFIX", format!("{names}:")),
-        ("BIDORCH__DATABASE__SCHEMA", names.to_owned()),
-        ("BIDORCH__DATABASE__MAX_CONNECTIONS", "8".into()),
-        ("BIDORCH__WORKER__RETRY_LOCK_HELD", "100ms".into()),
-        ("BIDORCH__WORKER__RETRY_UNAVAILABLE", "500ms".into()),
-        ("BIDORCH__WORKER__RETRY_TRANSIENT", "100ms".into()),
-        ("BIDORCH__WORKER__SHUTDOWN_GRACE", "5s".into()),
-        ("BIDORCH__BIDDING__MIN_BUDGET", "100".into()),
-        ("BIDORCH__BIDDING__BLOCKED_KEYWORDS", "crypto".into()),
-        (
-            "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
-            format!("{sandbox}/upwork"),
-        ),
-        (
-            "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
-            format!("{sandbox}/freelancer"),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    Settings::load_from(None, &env).expect("test settings are valid")
+    support::run_settings(
+        names,
+        sandbox,
+        &[
+            ("BIDORCH__AMQP__RETRY_TIERS", "100ms,500ms".into()),
+            ("BIDORCH__AMQP__PREFETCH", "16".into()),
+            ("BIDORCH__DATABASE__MAX_CONNECTIONS", "8".into()),
+            ("BIDORCH__WORKER__RETRY_LOCK_HELD", "100ms".into()),
+            ("BIDORCH__WORKER__RETRY_UNAVAILABLE", "500ms".into()),
+            ("BIDORCH__WORKER__RETRY_TRANSIENT", "100ms".into()),
+            ("BIDORCH__WORKER__SHUTDOWN_GRACE", "5s".into()),
+            ("BIDORCH__BIDDING__MIN_BUDGET", "100".into()),
+            ("BIDORCH__BIDDING__BLOCKED_KEYWORDS", "crypto".into()),
+        ],
+    )
 }
 
 /// 300 postings: every fifth ineligible (alternately under budget or with a blocked keyword).
@@ -124,21 +109,12 @@ async fn three_workers_bid_exactly_once_per_eligible_posting() {
     // Arrange: the sandbox marketplace over real HTTP, NOT honouring idempotency keys: every
     // request it receives creates a bid, so "one bid each" proves the ledger, lease and fence
     // alone stopped every duplicate before the marketplace.
-    let sandbox = Sandbox::new(SandboxOptions {
+    let (sandbox, sandbox_url) = support::serve_sandbox(SandboxOptions {
         token: Some(TOKEN.to_owned()),
         honour_idempotency: false,
         ..SandboxOptions::default()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox_url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_sandbox, sandbox_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bidorch::marketplace::sandbox::serve(
-        listener,
-        sandbox.clone(),
-        async {
-            let _ = sandbox_stopped.await;
-        },
-    ));
+    })
+    .await;
     let names = support::unique("e2e");
     let settings = settings(&sandbox_url, &names);
 
@@ -301,6 +277,4 @@ async fn three_workers_bid_exactly_once_per_eligible_posting() {
     let _ = conn.close(200, "done".into()).await;
     support::drop_schema(&names).await;
     support::delete_redis_prefix(&format!("{names}:")).await;
-    let _ = stop_sandbox.send(());
-    let _ = server.await;
 }

@@ -14,7 +14,7 @@
 mod queue_common;
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -73,43 +73,18 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        let sandbox = Sandbox::new(SandboxOptions {
+        let (sandbox, url) = support::serve_sandbox(SandboxOptions {
             token: Some(TOKEN.to_owned()),
             honour_idempotency: false,
             ..SandboxOptions::default()
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(bidorch::marketplace::sandbox::serve(
-            listener,
-            sandbox.clone(),
-            std::future::pending(),
-        ));
+        })
+        .await;
         let names = support::unique("interop");
-        let env: HashMap<String, String> = [
-            ("AMQP_URL", support::amqp_url()),
-            ("REDIS_URL", support::redis_url()),
-            ("DATABASE_URL", support::database_url()),
-            ("BIDORCH__AMQP__EXCHANGE", format!("{names}.ex")),
-            ("BIDORCH__AMQP__QUEUE", names.clone()),
-            ("BIDORCH__AMQP__RETRY_TIERS", "200ms,1s".into()),
-            ("BIDORCH__REDIS__KEY_PREFIX", format!("{names}:")),
-            ("BIDORCH__DATABASE__SCHEMA", names.clone()),
-            ("BIDORCH__DATABASE__MAX_CONNECTIONS", "4".into()),
-            ("BIDORCH__WORKER__RETRY_LOCK_HELD", "200ms".into()),
-            (
-                "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
-                format!("{url}/upwork"),
-            ),
-            (
-                "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
-                format!("{url}/freelancer"),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let settings = Settings::load_from(None, &env).expect("test settings are valid");
+        let settings = support::run_settings(
+            &names,
+            &url,
+            &[("BIDORCH__DATABASE__MAX_CONNECTIONS", "4".into())],
+        );
         let ledger = bidorch::ledger::from_settings(&settings.database)
             .await
             .unwrap();

@@ -20,11 +20,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bidorch::config::Settings;
-use bidorch::ledger::{BidLedger, LedgerState};
+use bidorch::ledger::LedgerState;
 use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
 use bidorch::publish::{OutgoingEvent, Publisher};
 use queue_common::{Cleanup, Inspector, eventually};
@@ -242,17 +241,6 @@ fn messages() -> (Vec<OutgoingEvent>, Vec<String>, Vec<String>) {
     (out, eligible, ineligible)
 }
 
-async fn final_rows(ledger: &Arc<dyn BidLedger>) -> u64 {
-    ledger
-        .counts_by_state()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|(s, _)| s.is_final())
-        .map(|(_, n)| n)
-        .sum()
-}
-
 /// Messages ready in the work queue and every wait queue.
 async fn waiting(inspector: &Inspector, settings: &Settings) -> u32 {
     let mut n = inspector.ready(&settings.amqp.queue).await;
@@ -357,7 +345,7 @@ async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing
         "every posting final and the queues drained",
         || async {
             let inspector = Inspector::connect().await;
-            let done = final_rows(&ledger).await == POSTINGS as u64
+            let done = support::final_rows(&*ledger).await == POSTINGS as u64
                 && waiting(&inspector, &settings).await == 0;
             let _ = inspector.connection.close(200, "OK".into()).await;
             done

@@ -4,7 +4,6 @@
 mod queue_common;
 mod support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,44 +34,18 @@ struct Harness {
 
 impl Harness {
     async fn start(max_attempts: u32) -> Self {
-        let sandbox = Sandbox::new(SandboxOptions {
+        let (sandbox, url) = support::serve_sandbox(SandboxOptions {
             token: Some(TOKEN.to_owned()),
             honour_idempotency: false,
             ..SandboxOptions::default()
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(bidorch::marketplace::sandbox::serve(
-            listener,
-            sandbox.clone(),
-            std::future::pending(),
-        ));
-        let amqp = queue_common::settings();
-        let names = amqp.queue.clone();
-        let env: HashMap<String, String> = [
-            ("AMQP_URL", support::amqp_url()),
-            ("REDIS_URL", support::redis_url()),
-            ("DATABASE_URL", support::database_url()),
-            ("BIDORCH__AMQP__EXCHANGE", amqp.exchange.clone()),
-            ("BIDORCH__AMQP__QUEUE", amqp.queue.clone()),
-            ("BIDORCH__AMQP__RETRY_TIERS", "200ms,1s".into()),
-            ("BIDORCH__AMQP__MAX_ATTEMPTS", max_attempts.to_string()),
-            ("BIDORCH__REDIS__KEY_PREFIX", format!("{names}:")),
-            ("BIDORCH__DATABASE__SCHEMA", names.clone()),
-            ("BIDORCH__WORKER__RETRY_LOCK_HELD", "200ms".into()),
-            (
-                "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
-                format!("{url}/upwork"),
-            ),
-            (
-                "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
-                format!("{url}/freelancer"),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let settings = Settings::load_from(None, &env).unwrap();
+        })
+        .await;
+        let names = queue_common::settings().queue;
+        let settings = support::run_settings(
+            &names,
+            &url,
+            &[("BIDORCH__AMQP__MAX_ATTEMPTS", max_attempts.to_string())],
+        );
         let locks = bidorch::lock::from_settings(&settings).unwrap();
         let components = Components {
             ledger: bidorch::ledger::from_settings(&settings.database)

@@ -102,3 +102,82 @@ pub async fn delete_redis_prefix(prefix: &str) {
         let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
     }
 }
+
+/// Serves a sandbox marketplace on an ephemeral loopback port for the rest of the test process;
+/// returns it and its base URL.
+pub async fn serve_sandbox(
+    options: bidorch::marketplace::sandbox::SandboxOptions,
+) -> (bidorch::marketplace::sandbox::Sandbox, String) {
+    let sandbox = bidorch::marketplace::sandbox::Sandbox::new(options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("bound address"));
+    tokio::spawn(bidorch::marketplace::sandbox::serve(
+        listener,
+        sandbox.clone(),
+        std::future::pending(),
+    ));
+    (sandbox, url)
+}
+
+/// The environment of a test run on the real services: names derived from `names` (queue
+/// `names`, exchange `names.ex`, Redis prefix `names:`, schema `names`), short retry delays, and
+/// both marketplaces on the sandbox at `sandbox_url`. `overrides` are applied last.
+pub fn run_env(
+    names: &str,
+    sandbox_url: &str,
+    overrides: &[(&str, String)],
+) -> std::collections::HashMap<String, String> {
+    let mut env: std::collections::HashMap<String, String> = [
+        ("AMQP_URL", amqp_url()),
+        ("REDIS_URL", redis_url()),
+        ("DATABASE_URL", database_url()),
+        ("BIDORCH__AMQP__EXCHANGE", format!("{names}.ex")),
+        ("BIDORCH__AMQP__QUEUE", names.to_owned()),
+        ("BIDORCH__AMQP__RETRY_TIERS", "200ms,1s".to_owned()),
+        ("BIDORCH__REDIS__KEY_PREFIX", format!("{names}:")),
+        ("BIDORCH__DATABASE__SCHEMA", names.to_owned()),
+        ("BIDORCH__DATABASE__MAX_CONNECTIONS", "6".to_owned()),
+        ("BIDORCH__WORKER__RETRY_LOCK_HELD", "200ms".to_owned()),
+        ("BIDORCH__WORKER__RETRY_UNAVAILABLE", "1s".to_owned()),
+        ("BIDORCH__WORKER__RETRY_TRANSIENT", "200ms".to_owned()),
+        (
+            "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+            format!("{sandbox_url}/upwork"),
+        ),
+        (
+            "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
+            format!("{sandbox_url}/freelancer"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in overrides {
+        env.insert((*k).to_owned(), v.clone());
+    }
+    env
+}
+
+/// Settings loaded from [`run_env`].
+pub fn run_settings(
+    names: &str,
+    sandbox_url: &str,
+    overrides: &[(&str, String)],
+) -> bidorch::config::Settings {
+    bidorch::config::Settings::load_from(None, &run_env(names, sandbox_url, overrides))
+        .expect("test settings are valid")
+}
+
+/// Ledger rows with a final outcome.
+pub async fn final_rows(ledger: &dyn bidorch::ledger::BidLedger) -> u64 {
+    ledger
+        .counts_by_state()
+        .await
+        .expect("counts_by_state")
+        .iter()
+        .filter(|(s, _)| s.is_final())
+        .map(|(_, n)| n)
+        .sum()
+}
