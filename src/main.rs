@@ -115,3 +115,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("broker: {0}")]
+    struct Embeds(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_shown_once() {
+        let io = std::io::Error::other("connection refused");
+        let e = anyhow::Error::new(Embeds(io)).context("worker");
+        assert_eq!(render(&e), "worker: broker: connection refused");
+    }
+
+    #[test]
+    fn causes_not_embedded_are_kept() {
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(render(&e), "outer: inner");
+    }
+}
