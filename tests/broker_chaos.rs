@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bidorch::config::Settings;
 use bidorch::ledger::LedgerState;
-use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
+use bidorch::marketplace::sandbox::SandboxOptions;
 use bidorch::marketplace::{HttpMarketplace, Marketplace};
 use bidorch::publish::{OutgoingEvent, Publisher};
 use bidorch::runtime::{Components, run_worker_with};
@@ -251,19 +251,13 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
 
     // Arrange: a naive sandbox answering after 100ms (so each worker always has bids in flight);
     // the ledger schema and topology made up front; three workers with their own connections.
-    let sandbox = Sandbox::new(SandboxOptions {
+    let (sandbox, sandbox_url) = support::serve_sandbox(SandboxOptions {
         token: Some(TOKEN.to_owned()),
         honour_idempotency: false,
         latency: Duration::from_millis(100),
         ..SandboxOptions::default()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(bidorch::marketplace::sandbox::serve(
-        listener,
-        sandbox.clone(),
-        std::future::pending(),
-    ));
+    })
+    .await;
     let settings = settings(&amqp_url, &sandbox_url, &names);
     let ledger = bidorch::ledger::from_settings(&settings.database)
         .await

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bidorch::config::Settings;
 use bidorch::ledger::LedgerState;
-use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
+use bidorch::marketplace::sandbox::SandboxOptions;
 use bidorch::publish::{OutgoingEvent, Publisher};
 use queue_common::{Cleanup, Inspector, eventually};
 use serde_json::{Value, json};
@@ -260,19 +260,13 @@ async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing
     }
     // Arrange: a naive, slow sandbox; the shared topology and ledger schema made up front (so
     // the two workers do not race to create them); two worker processes, both consuming.
-    let sandbox = Sandbox::new(SandboxOptions {
+    let (sandbox, sandbox_url) = support::serve_sandbox(SandboxOptions {
         token: Some(TOKEN.to_owned()),
         honour_idempotency: false,
         latency: Duration::from_millis(100),
         ..SandboxOptions::default()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(bidorch::marketplace::sandbox::serve(
-        listener,
-        sandbox.clone(),
-        std::future::pending(),
-    ));
+    })
+    .await;
     let names = support::unique("sigterm");
     let env: HashMap<String, String> = shared_env(&names, &sandbox_url)
         .into_iter()
