@@ -15,8 +15,7 @@
 //! `docker compose exec -T rabbitmq rabbitmqctl`); without it the test is skipped with a printed
 //! reason, or fails when `BIDORCH_REQUIRE_SERVICES` is set.
 
-mod queue_common;
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -32,8 +31,8 @@ use bidorch::tally::Tally;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use queue_common::eventually;
 use serde_json::json;
+use support::queue::eventually;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -86,12 +85,7 @@ impl Vhost {
     /// SKIPPED) when rabbitmqctl is unavailable and services are not required.
     async fn create(name: &str, user: &str) -> Option<Self> {
         if let Err(why) = rabbitmqctl(&["add_vhost", name]).await {
-            if std::env::var_os("BIDORCH_REQUIRE_SERVICES").is_some() {
-                panic!("{why} and BIDORCH_REQUIRE_SERVICES is set");
-            }
-            eprintln!(
-                "SKIPPED: {why} (run as root, or set BIDORCH_RABBITMQCTL; BIDORCH_REQUIRE_SERVICES=1 fails instead)"
-            );
+            support::skip(&format!("{why} (run as root, or set BIDORCH_RABBITMQCTL)"));
             return None;
         }
         let vhost = Self {

@@ -1,8 +1,7 @@
 //! The watchdog: renewal keeps a lease alive across several TTLs, and a holder whose lease may
 //! be gone — paused past its TTL, renewals blocked or failing, key taken by another — is told so.
 
-mod lock_support;
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bidorch::lock::{HeldLease, HolderInfo, Lease, LockError, LockStore, MemoryLockStore, Release};
 use bidorch::posting::PostingKey;
-use lock_support::{Backend, RedisPrefix, key};
+use support::lock::{Backend, RedisPrefix, key};
 
 /// A store whose renewals can be made to hang (a stalled network) or fail (Redis down).
 struct FaultyRenewals {
@@ -207,7 +206,7 @@ async fn dropping_a_held_lease_releases_it() {
             .unwrap(),
     );
     drop(held);
-    let freed = lock_support::eventually(Duration::from_secs(5), || async {
+    let freed = support::lock::eventually(Duration::from_secs(5), || async {
         a.holder(&k).await.unwrap().is_none()
     })
     .await;

@@ -2,14 +2,13 @@
 //! API (`acquire` with backoff, `with_lease`, metrics) and run against both stores. Scenarios of
 //! that suite about the bare port (wrong holder, independence, expiry) live in `lock_contract.rs`.
 
-mod lock_support;
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bidorch::lock::{AcquireError, LockStore, Release};
-use lock_support::{Backend, eventually, key};
+use support::lock::{Backend, eventually, key};
 
 const TTL: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_secs(10);

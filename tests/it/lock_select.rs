@@ -2,15 +2,14 @@
 //! variables, and failing closed: no in-process locks for RabbitMQ workers, no fall-back to
 //! in-process locks when Redis is down.
 
-mod lock_support;
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bidorch::config::Settings;
 use bidorch::lock::{self, Backoff, LockError, LockStore};
-use lock_support::{RedisPrefix, key};
+use support::lock::{RedisPrefix, key};
 
 fn settings(pairs: &[(&str, &str)]) -> Settings {
     let env: HashMap<String, String> = pairs

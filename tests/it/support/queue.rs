@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use super::support;
+use crate::support;
 
 /// Settings with names unique to this test and short retry tiers (200ms, 1s).
 pub fn settings() -> AmqpSettings {
@@ -240,8 +240,9 @@ pub async fn close_connection_named(name: &str) -> bool {
             let listed = match run(&["list_connections", "--quiet", "--no-table-headers", "pid", "client_properties"]) {
                 Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
                 _ => {
-                    eprintln!("SKIPPED: `{command}` is unavailable to close a connection broker-side (set BIDORCH_RABBITMQCTL)");
-                    return false;
+                    return Err(format!(
+                        "`{command}` is unavailable to close a connection broker-side (set BIDORCH_RABBITMQCTL)"
+                    ));
                 }
             };
             let needle = format!("{{\"connection_name\",\"{name}\"}}");
@@ -250,7 +251,7 @@ pub async fn close_connection_named(name: &str) -> bool {
                 let out = run(&["close_connection", &pid, "closed by a bidorch test"])
                     .expect("rabbitmqctl close_connection runs");
                 assert!(out.status.success(), "close_connection failed: {out:?}");
-                return true;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "connection {name} never listed by the broker");
             std::thread::sleep(Duration::from_millis(200));
@@ -258,4 +259,5 @@ pub async fn close_connection_named(name: &str) -> bool {
     })
     .await
     .expect("rabbitmqctl task")
+    .map_or_else(|why| support::skip(&why), |()| true)
 }

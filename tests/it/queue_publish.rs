@@ -1,8 +1,7 @@
 //! The publisher against a real broker: properties on the wire, unroutable events as errors,
 //! windowed batches with exact failure attribution, and `bidorch publish` validation-first.
 
-mod queue_common;
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use bidorch::publish::{OutgoingEvent, PublishError, Publisher, run_publish_comma
 use bidorch::source::amqp::topology;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use queue_common::{Cleanup, Inspector, eventually, posting, settings};
+use support::queue::{Cleanup, Inspector, eventually, posting, settings};
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -1,14 +1,13 @@
 //! The lock port's contract, one generic suite run against both stores (memory and real Redis):
 //! mutual exclusion, holder-only release and extend, TTL expiry, inspection, independence of keys.
 
-mod lock_support;
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bidorch::lock::{Lease, LockError, LockStore, Release};
-use lock_support::{Backend, key};
+use support::lock::{Backend, key};
 
 const TTL: Duration = Duration::from_secs(10);
 

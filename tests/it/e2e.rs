@@ -4,7 +4,7 @@
 //! Every eligible posting must end with exactly one bid, ineligible none, poison parked, queues
 //! drained, and the ledger must agree.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Arc;

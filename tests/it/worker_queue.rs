@@ -1,8 +1,7 @@
 //! The worker on real RabbitMQ, Redis and PostgreSQL: what happens to a message when its lease is
 //! held elsewhere, when it keeps failing, and when it is poison.
 
-mod queue_common;
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use bidorch::runtime::{Components, run_worker_with};
 use bidorch::source::{ATTEMPT_HEADER, REASON_HEADER};
 use bidorch::tally::Tally;
 use lapin::types::AMQPValue;
-use queue_common::{Cleanup, Inspector, eventually};
+use support::queue::{Cleanup, Inspector, eventually};
 
 const TOKEN: &str = "wq-token";
 const WAIT: Duration = Duration::from_secs(30);
@@ -40,7 +39,7 @@ impl Harness {
             ..SandboxOptions::default()
         })
         .await;
-        let names = queue_common::settings().queue;
+        let names = support::queue::settings().queue;
         let settings = support::run_settings(
             &names,
             &url,
@@ -124,7 +123,7 @@ async fn lock_held_elsewhere_is_retried_through_the_wait_queue_then_bid_once() {
         .publish(
             &h.settings.amqp.exchange,
             "posting.upwork",
-            &queue_common::posting("ev-held-1", "upwork", "held_1"),
+            &support::queue::posting("ev-held-1", "upwork", "held_1"),
             lapin::BasicProperties::default(),
         )
         .await;
@@ -185,7 +184,7 @@ async fn a_message_that_keeps_failing_is_parked_after_max_attempts_with_its_reas
         .publish(
             &h.settings.amqp.exchange,
             "posting.upwork",
-            &queue_common::posting("ev-stuck-1", "upwork", "stuck_1"),
+            &support::queue::posting("ev-stuck-1", "upwork", "stuck_1"),
             lapin::BasicProperties::default(),
         )
         .await;

@@ -1,8 +1,7 @@
 //! Staying alive through what the broker does: connections closed broker-side, consumers
 //! cancelled, a topology that can no longer be declared, and a publisher losing its channel.
 
-mod queue_common;
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use bidorch::source::{AmqpPostingSource, ConsumerState, PostingSource, SourceErr
 use lapin::BasicProperties;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use queue_common::{Cleanup, Inspector, close_connection_named, eventually, posting, settings};
+use support::queue::{Cleanup, Inspector, close_connection_named, eventually, posting, settings};
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -1,7 +1,7 @@
 //! The demo at small scale, as a user runs it: the embedded backends need no services; the real
 //! backends run on the local RabbitMQ, Redis and PostgreSQL under names unique to the run.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

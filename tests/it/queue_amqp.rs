@@ -1,8 +1,7 @@
 //! The RabbitMQ source against a real broker: topology, round trip, retry through the wait queue,
 //! dead-lettering, the delivery-limit backstop, nothing lost, and reconnection.
 
-mod queue_common;
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use bidorch::source::{
 };
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use queue_common::{Cleanup, Inspector, posting, settings};
+use support::queue::{Cleanup, Inspector, posting, settings};
 
 const WAIT: Duration = Duration::from_secs(15);
 

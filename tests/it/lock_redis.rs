@@ -2,8 +2,7 @@
 //! Redis is unreachable, secrets kept out of errors, TLS, recovery after a restart, and Redis
 //! Cluster (a private one-node cluster).
 
-mod lock_support;
-mod support;
+use crate::support;
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use bidorch::config::{RedisSettings, SecretUrl};
 use bidorch::lock::{
     Lease, LockError, LockStore, MeteredLockStore, RedisLockStore, RedisOptions, Release,
 };
-use lock_support::{PrivateRedis, RedisPrefix, eventually, key};
+use support::lock::{PrivateRedis, RedisPrefix, eventually, key};
 
 const TTL: Duration = Duration::from_secs(10);
 

@@ -660,9 +660,8 @@ async fn serve_returns_when_shutdown_resolves() {
 
 #[tokio::test]
 async fn request_latency_is_measured_by_marketplace_and_result() {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .expect("only this test installs the global recorder");
+    // The process-wide recorder: other tests record too, so this one uses its own marketplace.
+    let handle = bidorch::metrics::install();
     let s = RunningSandbox::start(SandboxOptions::default()).await;
     let client = HttpMarketplace::new(
         &settings(&[("metricsmk", &s.base_url("metricsmk"), PATIENT)]),

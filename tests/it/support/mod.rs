@@ -4,6 +4,11 @@
 //! `BIDORCH_REQUIRE_SERVICES` is unset; CI sets it, so there the test fails instead.
 #![allow(dead_code)]
 
+pub mod lock;
+pub mod ops;
+pub mod queue;
+pub mod telemetry;
+
 use std::time::Duration;
 
 /// URLs of the real services, overridable by the conventional variables.
@@ -42,11 +47,26 @@ pub async fn service_available(service: &str, url: &str, default_port: u16) -> b
     if reachable {
         return true;
     }
+    skip(&format!("{service} at {addr} is unreachable"))
+}
+
+/// The rule for a test that cannot run here: with `BIDORCH_REQUIRE_SERVICES` set (CI) it fails,
+/// naming `why`; otherwise it prints `SKIPPED <test>: <why>` and the caller returns early.
+///
+/// Written straight to the process's stderr, not through `eprintln!`: libtest captures the
+/// macros' output of passing tests, and a skip that nobody sees reads as a pass. Call it from
+/// the test's own thread (the test body, not a spawned task) so the test's name is known.
+/// Always returns false, so `return skip(..)` reads naturally in a check.
+pub fn skip(why: &str) -> bool {
+    use std::io::Write as _;
     if std::env::var_os("BIDORCH_REQUIRE_SERVICES").is_some() {
-        panic!("{service} at {addr} is unreachable and BIDORCH_REQUIRE_SERVICES is set");
+        panic!("{why}, and BIDORCH_REQUIRE_SERVICES is set");
     }
-    eprintln!(
-        "SKIPPED: {service} at {addr} is unreachable (set BIDORCH_REQUIRE_SERVICES=1 to fail instead)"
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("<unnamed test>");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why} (set BIDORCH_REQUIRE_SERVICES=1 to fail instead)"
     );
     false
 }

@@ -2,9 +2,8 @@
 //! dropped afterwards), SQLite in a temporary file, SQLite in memory — plus connection,
 //! isolation and migration checks.
 
-mod support;
+use crate::support;
 
-#[path = "ledger/contract.rs"]
 mod contract;
 
 use std::future::Future;
@@ -115,7 +114,7 @@ macro_rules! contract_suite {
                     if !crate::support::postgres_available().await {
                         return;
                     }
-                    crate::with_postgres(crate::contract::$name).await;
+                    crate::ledger::with_postgres(crate::ledger::contract::$name).await;
                 }
             )*
         }
@@ -123,7 +122,7 @@ macro_rules! contract_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    crate::with_sqlite_file(crate::contract::$name).await;
+                    crate::ledger::with_sqlite_file(crate::ledger::contract::$name).await;
                 }
             )*
         }
@@ -131,7 +130,7 @@ macro_rules! contract_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    crate::with_sqlite_memory(crate::contract::$name).await;
+                    crate::ledger::with_sqlite_memory(crate::ledger::contract::$name).await;
                 }
             )*
         }

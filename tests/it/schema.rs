@@ -403,11 +403,7 @@ fn python_with(modules: &str) -> bool {
         "python3 with `{modules}` is unavailable (python3 -m pip install {})",
         modules.replace(',', "")
     );
-    if std::env::var_os("BIDORCH_REQUIRE_SERVICES").is_some() {
-        panic!("{why} and BIDORCH_REQUIRE_SERVICES is set");
-    }
-    eprintln!("SKIPPED: {why} (set BIDORCH_REQUIRE_SERVICES=1 to fail instead)");
-    false
+    crate::support::skip(&why)
 }
 
 #[derive(serde::Deserialize, Debug)]

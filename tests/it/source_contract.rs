@@ -2,8 +2,7 @@
 //! `MemoryPostingSource` and the RabbitMQ `AmqpPostingSource` (real broker, isolated names).
 //! Each contract test below exists twice, as `memory::<name>` and `amqp::<name>`.
 
-mod queue_common;
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use bidorch::source::{
 };
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
-use queue_common::{Cleanup, Inspector};
+use support::queue::{Cleanup, Inspector};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -75,7 +74,7 @@ struct Amqp {
 
 impl Amqp {
     async fn new() -> Self {
-        let settings = queue_common::settings();
+        let settings = support::queue::settings();
         let inspector = Inspector::connect().await;
         bidorch::source::amqp::topology::declare(&inspector.channel, &settings)
             .await

@@ -1,15 +1,14 @@
 //! Stress: 64 tasks × many acquisitions over a few keys, with an independent per-key occupancy
 //! counter (outside the lock store) proving no two holders ever overlap.
 
-mod lock_support;
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bidorch::lock::{Backoff, LockStore, MeteredLockStore, Release};
-use lock_support::{Backend, key};
+use support::lock::{Backend, key};
 
 const TASKS: usize = 64;
 const ROUNDS: usize = 50;

@@ -11,8 +11,7 @@
 //! Needs `python3` with `pika` (`python3 -m pip install pika`); skipped with a printed reason
 //! without it, failed when `BIDORCH_REQUIRE_SERVICES` is set.
 
-mod queue_common;
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,8 +25,8 @@ use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
 use bidorch::marketplace::{HttpMarketplace, Marketplace};
 use bidorch::posting::PostingKey;
 use bidorch::runtime::{Components, run_worker_with};
-use queue_common::{Cleanup, Inspector, eventually};
 use serde_json::json;
+use support::queue::{Cleanup, Inspector, eventually};
 
 const TOKEN: &str = "interop-token";
 const POSTINGS: usize = 12;
@@ -47,11 +46,7 @@ fn python_with(module: &str) -> bool {
         return true;
     }
     let why = format!("python3 with `{module}` is unavailable (python3 -m pip install {module})");
-    if std::env::var_os("BIDORCH_REQUIRE_SERVICES").is_some() {
-        panic!("{why} and BIDORCH_REQUIRE_SERVICES is set");
-    }
-    eprintln!("SKIPPED: {why} (set BIDORCH_REQUIRE_SERVICES=1 to fail instead)");
-    false
+    support::skip(&why)
 }
 
 async fn services_available() -> bool {

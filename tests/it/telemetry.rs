@@ -8,7 +8,7 @@
 //! runtime, so the worker's, the sandbox's and the lease watchdog's tasks all report to it and no
 //! global state is shared between tests.
 
-mod telemetry_support;
+use crate::support;
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use bidorch::posting::PostingKey;
 use bidorch::telemetry::PREV_TRACEPARENT_HEADER;
 use opentelemetry::trace::{SpanKind, TraceId};
 use opentelemetry_sdk::trace::SpanData;
-use telemetry_support::{DESTINATION, Embedded, attr, headers, otel_subscriber, posting};
+use support::telemetry::{DESTINATION, Embedded, attr, headers, otel_subscriber, posting};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PUBLISHER_SPAN: &str = "00f067aa0ba902b7";

@@ -1,8 +1,7 @@
 //! The parking-lot tooling against a real broker: `dlq list` peeks without losing or reordering,
 //! `dlq replay` republishes with attempts reset, and the delivery-limit → park → replay round trip.
 
-mod queue_common;
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use bidorch::dlq::{self, REPLAYED_REASON_HEADER, ReplayFilter};
 use bidorch::source::{AmqpPostingSource, PostingSource};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use queue_common::{Cleanup, Inspector, posting, settings};
+use support::queue::{Cleanup, Inspector, posting, settings};
 
 const WAIT: Duration = Duration::from_secs(15);
 
