@@ -2,7 +2,7 @@
 //!
 //! Both take messages from `{queue}.dead` with `basic.get` WITHOUT acking them, and hand back
 //! whatever they do not consume with a requeueing nack: the dead-letter queue is a classic queue
-//! (see `source::amqp::topology`), which puts returned messages back in their original position,
+//! (see `amqp::topology`), which puts returned messages back in their original position,
 //! so looking never loses or reorders anything. A replayed message is published again (confirmed,
 //! `mandatory`) to the work exchange with its attempt count reset, and only then acked out of the
 //! parking lot. Replay works through a snapshot of the queue length, so a message parked again
@@ -11,15 +11,16 @@
 use std::collections::BTreeMap;
 
 use lapin::options::QueueDeclareOptions;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection};
 
+use crate::amqp::AmqpError;
+use crate::amqp::confirm::publish_confirmed;
+use crate::amqp::connection::{classify, confirm_channel, open_connection, short};
+use crate::amqp::headers::{copy_headers, copy_properties, read_attempt, string_headers};
 use crate::config::AmqpSettings;
-use crate::source::amqp::consumer::{read_attempt, string_headers};
-use crate::source::amqp::settle::{check_confirmation, copy_headers, copy_properties};
-use crate::source::amqp::{confirm_channel, from_lapin, open_connection, short};
-use crate::source::{ATTEMPT_HEADER, DETAIL_HEADER, REASON_HEADER, SourceError};
+use crate::source::{ATTEMPT_HEADER, DETAIL_HEADER, REASON_HEADER};
 
 /// Header a replayed message carries: the reason it had been parked for.
 pub const REPLAYED_REASON_HEADER: &str = "x-bidorch-replayed-reason";
@@ -28,12 +29,12 @@ pub const REPLAYED_REASON_HEADER: &str = "x-bidorch-replayed-reason";
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     #[error(transparent)]
-    Broker(#[from] SourceError),
-    #[error("replay stopped after {replayed} message(s): {source}")]
+    Broker(#[from] AmqpError),
+    #[error("replay stopped after {replayed} message(s)")]
     Replay {
         replayed: usize,
         #[source]
-        source: SourceError,
+        source: AmqpError,
     },
 }
 
@@ -82,9 +83,9 @@ struct Session {
 }
 
 impl Session {
-    async fn open(settings: &AmqpSettings) -> Result<(Self, u32), SourceError> {
+    async fn open(settings: &AmqpSettings) -> Result<(Self, u32), AmqpError> {
         let connection = open_connection(settings, "bidorch-dlq").await?;
-        let channel = connection.create_channel().await.map_err(from_lapin)?;
+        let channel = connection.create_channel().await.map_err(classify)?;
         let total = channel
             .queue_declare(
                 short(&settings.dead_letter_queue())?,
@@ -95,8 +96,8 @@ impl Session {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| match from_lapin(e) {
-                SourceError::Topology(_) => SourceError::Topology(format!(
+            .map_err(|e| match classify(e) {
+                AmqpError::Topology(_) => AmqpError::Topology(format!(
                     "no dead-letter queue `{}` (has a worker declared the topology?)",
                     settings.dead_letter_queue()
                 )),
@@ -112,12 +113,12 @@ impl Session {
         ))
     }
 
-    async fn get(&self, queue: &str) -> Result<Option<lapin::message::Delivery>, SourceError> {
+    async fn get(&self, queue: &str) -> Result<Option<lapin::message::Delivery>, AmqpError> {
         let got = self
             .channel
             .basic_get(short(queue)?, BasicGetOptions { no_ack: false })
             .await
-            .map_err(from_lapin)?;
+            .map_err(classify)?;
         Ok(got.map(|m| m.delivery))
     }
 
@@ -254,11 +255,11 @@ pub async fn replay(
         match message.acker.ack(BasicAckOptions::default()).await {
             Ok(true) => summary.replayed.push(id.unwrap_or_else(|| "?".to_owned())),
             Ok(false) => {
-                failure = Some(SourceError::ChannelClosed);
+                failure = Some(AmqpError::ChannelClosed);
                 break;
             }
             Err(e) => {
-                failure = Some(from_lapin(e));
+                failure = Some(classify(e));
                 break;
             }
         }
@@ -278,7 +279,7 @@ async fn republish(
     channel: &Channel,
     message: &lapin::message::Delivery,
     view: &ParkedMessage,
-) -> Result<(), SourceError> {
+) -> Result<(), AmqpError> {
     // A fresh start: no attempt count, no parking reason; the old reason is kept for the record.
     let mut strings = view.headers.clone();
     strings.remove(REASON_HEADER);
@@ -298,20 +299,5 @@ async fn republish(
     );
     let properties = copy_properties(&message.properties, headers);
     let (exchange, routing_key) = route(settings, &message.data);
-    let confirm = channel
-        .basic_publish(
-            short(&exchange)?,
-            short(&routing_key)?,
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &message.data,
-            properties,
-        )
-        .await
-        .map_err(from_lapin)?
-        .await
-        .map_err(from_lapin)?;
-    check_confirmation(confirm, &routing_key)
+    publish_confirmed(channel, &exchange, &routing_key, &message.data, properties).await
 }

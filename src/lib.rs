@@ -16,9 +16,12 @@
 //! - [`runtime`]: assembling a production worker from settings.
 //! - [`http`], [`metrics`], [`telemetry`]: operations; [`tally`]: exact counts for the demo.
 
+pub mod amqp;
+pub mod app;
 pub mod config;
 pub mod demo;
 pub mod dlq;
+pub mod error;
 pub mod http;
 pub mod ledger;
 pub mod lock;
@@ -28,7 +31,6 @@ pub mod pipeline;
 pub mod policy;
 pub mod posting;
 pub mod publish;
-pub mod runtime;
 pub mod source;
 pub mod tally;
 pub mod telemetry;

@@ -101,7 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => {
             // A consumer that cannot be resumed is an error from `run_worker` (exit non-zero, so
             // an orchestrator restarts the worker).
-            bidorch::runtime::run_worker(&settings, true, commands::shutdown_signal())
+            bidorch::app::run_worker(&settings, commands::shutdown_signal())
                 .await
                 .context("worker")?;
         }

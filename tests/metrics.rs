@@ -3,7 +3,6 @@
 //! process is the point.
 
 #[path = "it/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::sync::Arc;
@@ -11,7 +10,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bidorch::http::Readiness;
-use bidorch::lock::{HeldLease, LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore};
+use bidorch::lock::{
+    HeldLease, LockError, LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore,
+    RedisOptions,
+};
 use bidorch::marketplace::sandbox::Fault;
 use bidorch::metrics::{CATALOGUE, IN_FLIGHT, LEASES_HELD};
 use bidorch::posting::PostingKey;
@@ -197,18 +199,41 @@ async fn lock_counters_and_histogram_are_exported_under_their_names() {
             .unwrap()
             .is_none()
     );
-    let timed_out = memory
-        .acquire(&k, Duration::from_secs(5), Duration::from_millis(60))
-        .await;
-    assert!(timed_out.is_err());
     memory.release(&lease).await.unwrap();
 
-    let settings = bidorch::config::RedisSettings {
-        url: bidorch::config::SecretUrl::new("redis://127.0.0.1:1/0"),
+    // A Redis that refuses connections (an error), and one that accepts and never answers (a
+    // timeout: counted as both).
+    let redis_at = |url: String| bidorch::config::RedisSettings {
+        url: bidorch::config::SecretUrl::new(url),
         key_prefix: String::new(),
     };
-    let down = MeteredLockStore::new(Arc::new(RedisLockStore::new(&settings).unwrap()), "redis");
+    let down = MeteredLockStore::new(
+        Arc::new(RedisLockStore::new(&redis_at("redis://127.0.0.1:1/0".into())).unwrap()),
+        "redis",
+    );
     assert!(down.try_acquire(&k, Duration::from_secs(5)).await.is_err());
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("redis://{}/0", silent.local_addr().unwrap());
+    let _held_open = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let options = RedisOptions {
+        connect_timeout: Duration::from_millis(100),
+        response_timeout: Duration::from_millis(100),
+        tls_ca_pem: None,
+    };
+    let hung = MeteredLockStore::new(
+        Arc::new(RedisLockStore::with_options(&redis_at(silent_url), &options).unwrap()),
+        "redis",
+    );
+    let err = hung
+        .try_acquire(&k, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::TimedOut { .. }), "{err}");
 
     let text = handle.render();
     let delta = |series: &str| Some(value(&text, series)? - value(&before, series).unwrap_or(0.0));
@@ -223,9 +248,9 @@ async fn lock_counters_and_histogram_are_exported_under_their_names() {
         series("bidorch_lock_conflicts_total", "memory"),
         Some(m.lock_conflicts as f64)
     );
-    assert_eq!(series("bidorch_lock_timeouts_total", "memory"), Some(1.0));
-    assert_eq!(series("bidorch_redis_errors_total", "redis"), Some(1.0));
-    assert_eq!(series("bidorch_lock_attempts_total", "redis"), Some(1.0));
+    assert_eq!(series("bidorch_lock_timeouts_total", "redis"), Some(1.0));
+    assert_eq!(series("bidorch_redis_errors_total", "redis"), Some(2.0));
+    assert_eq!(series("bidorch_lock_attempts_total", "redis"), Some(2.0));
     assert_eq!(
         series("bidorch_lock_acquire_seconds_count", "memory"),
         Some(m.acquire_latency.count as f64),

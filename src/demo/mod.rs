@@ -14,16 +14,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{BiddingSettings, MarketplaceSettings, Settings};
-use crate::ledger::{BidLedger, LedgerError, SqliteBidLedger};
-use crate::lock::{LockStore, MemoryLockStore};
-use crate::marketplace::sandbox::{self, Sandbox, SandboxOptions, SandboxStats};
-use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
-use crate::pipeline::Pipeline;
-use crate::policy::Policy;
-use crate::source::{MemoryQueue, SourceError};
+use crate::app::{StartError, System};
+use crate::config::{
+    BiddingSettings, LedgerKind, LockKind, MarketplaceKind, MarketplaceSettings, SecretUrl,
+    Settings, SourceKind,
+};
+use crate::ledger::{BidLedger, LedgerError};
+use crate::marketplace::sandbox::{SandboxOptions, SandboxStats};
+use crate::source::SourceError;
 use crate::tally::Tally;
-use crate::worker::{self, WorkerOptions};
+use crate::worker;
 
 pub use self::generate::{DemoInput, generate};
 pub use self::report::DemoReport;
@@ -71,15 +71,11 @@ impl Default for DemoOptions {
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("sandbox marketplace: {0}")]
-    Sandbox(#[source] std::io::Error),
-    #[error("marketplace client: {0}")]
-    Marketplace(#[from] MarketplaceError),
-    #[error("ledger: {0}")]
+    #[error("starting the demo's system")]
+    Start(#[from] StartError),
+    #[error("ledger")]
     Ledger(#[from] LedgerError),
-    #[error("lock store: {0}")]
-    Lock(#[from] crate::lock::LockError),
-    #[error("broker: {0}")]
+    #[error("broker")]
     Source(#[from] SourceError),
     #[error("publishing: {0}")]
     Publish(String),
@@ -87,83 +83,40 @@ pub enum DemoError {
     Stalled(Duration, String),
 }
 
-/// Token the in-process sandbox and the demo's client share.
-const DEMO_TOKEN: &str = "demo-token";
-
-/// The sandbox, served on an ephemeral loopback port until dropped.
-struct RunningSandbox {
-    sandbox: Sandbox,
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl RunningSandbox {
-    async fn start(options: &DemoOptions) -> Result<Self, DemoError> {
-        let sandbox = Sandbox::new(SandboxOptions {
-            token: Some(DEMO_TOKEN.to_owned()),
-            honour_idempotency: !options.naive_marketplace,
-            ..SandboxOptions::default()
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(DemoError::Sandbox)?;
-        let url = format!(
-            "http://{}",
-            listener.local_addr().map_err(DemoError::Sandbox)?
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(sandbox::serve(listener, sandbox.clone(), async {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            sandbox,
-            url,
-            stop: Some(stop),
+/// The demo's settings over `base`: its own marketplaces served by an in-process sandbox, its
+/// policy, and short retry delays (the backends are the caller's).
+fn demo_settings(base: &Settings) -> Settings {
+    let mut s = base.clone();
+    let like = base.marketplaces.values().next();
+    s.marketplace.kind = MarketplaceKind::Sandbox;
+    s.marketplaces = generate::MARKETPLACES
+        .iter()
+        .map(|m| {
+            let settings = MarketplaceSettings {
+                base_url: url::Url::parse(&format!("http://127.0.0.1/{m}"))
+                    .expect("a loopback URL with a plain path parses"),
+                token_env: "BIDORCH_DEMO_TOKEN".to_owned(),
+                timeout: like.map_or(Duration::from_secs(5), |l| l.timeout),
+                connect_timeout: like.map_or(Duration::from_secs(2), |l| l.connect_timeout),
+            };
+            ((*m).to_owned(), settings)
         })
-    }
-
-    /// The demo's marketplaces, all served by this sandbox.
-    fn marketplaces(&self, template: &Settings) -> BTreeMap<String, MarketplaceSettings> {
-        let like = template.marketplaces.values().next();
-        generate::MARKETPLACES
-            .iter()
-            .map(|m| {
-                let base_url = url::Url::parse(&format!("{}/{m}", self.url))
-                    .expect("a loopback URL with a plain path parses");
-                let settings = MarketplaceSettings {
-                    base_url,
-                    token_env: "BIDORCH_DEMO_TOKEN".to_owned(),
-                    timeout: like.map_or(Duration::from_secs(5), |l| l.timeout),
-                    connect_timeout: like.map_or(Duration::from_secs(2), |l| l.connect_timeout),
-                };
-                ((*m).to_owned(), settings)
-            })
-            .collect()
-    }
-
-    fn client(&self, template: &Settings) -> Result<Arc<dyn Marketplace>, DemoError> {
-        let client = HttpMarketplace::new(&self.marketplaces(template), |_| {
-            Some(DEMO_TOKEN.to_owned())
-        })?;
-        Ok(Arc::new(client))
-    }
-}
-
-impl Drop for RunningSandbox {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-fn demo_policy() -> Policy {
-    Policy::new(&BiddingSettings {
+        .collect();
+    s.bidding = BiddingSettings {
         min_budget: generate::MIN_BUDGET.into(),
         blocked_keywords: generate::BLOCKED.iter().map(|s| (*s).to_owned()).collect(),
         daily_bid_cap: 0,
         cover_letter: "Hello! I would love to help with \"{title}\".".to_owned(),
-    })
+    };
+    s
+}
+
+/// The sandbox options of a run: idempotency honoured unless `--naive-marketplace`.
+fn sandbox_options(options: &DemoOptions) -> SandboxOptions {
+    SandboxOptions {
+        honour_idempotency: !options.naive_marketplace,
+        ..SandboxOptions::default()
+    }
 }
 
 fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
@@ -196,47 +149,34 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
         options.poison,
         options.seed,
     );
-    let sandbox = RunningSandbox::start(options).await?;
-    let marketplace = sandbox.client(settings)?;
     // A throw-away SQLite file in WAL mode: readers (most duplicates end at the first ledger
     // check) run in parallel with the writer, which an in-memory database cannot do.
     let db = TempDb::new(options.seed);
-    let sqlite = SqliteBidLedger::connect_with(&db.url(), 8).await?;
-    sqlite.migrate().await?;
-    let ledger: Arc<dyn BidLedger> = Arc::new(sqlite.clone());
-    let locks: Arc<dyn LockStore> = Arc::new(MemoryLockStore::new());
-    let pipeline = Arc::new(Pipeline::new(
-        ledger.clone(),
-        locks,
-        marketplace,
-        demo_policy(),
-        settings.lock.ttl,
-    ));
-    let broker = MemoryQueue::new(settings.amqp.delivery_limit);
+    let mut s = demo_settings(settings);
+    s.source.kind = SourceKind::Memory;
+    s.lock.kind = LockKind::Memory;
+    s.database.kind = LedgerKind::Sqlite;
+    s.database.url = SecretUrl::new(db.url());
+    s.database.max_connections = 8;
+    s.worker.retry_lock_held = Duration::from_millis(20);
+    s.worker.retry_unavailable = Duration::from_millis(200);
+    s.worker.retry_transient = Duration::from_millis(50);
     let tally = Arc::new(Tally::default());
-    let worker_options = WorkerOptions {
-        tally: Some(tally.clone()),
-        delays: crate::pipeline::RetryDelays {
-            lock_held: Duration::from_millis(20),
-            unavailable: Duration::from_millis(200),
-            transient: Duration::from_millis(50),
-        },
-        ..crate::runtime::worker_options(settings)
-    };
+    let system = System::builder(&s)
+        .sandbox(sandbox_options(options))
+        .tally(tally.clone())
+        .build()
+        .await?;
+    let broker = system
+        .memory_queue()
+        .expect("source.kind = memory has a queue")
+        .clone();
 
     let started = Instant::now();
     for body in &input.messages {
         broker.publish(body.clone());
     }
-    let prefetch = usize::from(settings.amqp.prefetch);
-    let mut fleet = Fleet::default();
-    for _ in 0..options.workers.max(1) {
-        fleet.spawn(
-            Box::new(broker.subscribe(prefetch)),
-            pipeline.clone(),
-            &worker_options,
-        );
-    }
+    let fleet = Fleet::start(&system, options.workers).await?;
     let bar = progress_bar(input.messages.len() as u64, options.progress);
     wait_until_drained(&bar, Duration::from_millis(50), || async {
         let counts = broker.stats();
@@ -255,19 +195,20 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
     for parked in broker.dead_letters() {
         *dead_letters.entry(parked.reason).or_default() += 1;
     }
-    let report = report(
+    report(
         "embedded",
         options,
         &input,
         elapsed,
-        &sandbox.sandbox.stats(),
+        &system
+            .sandbox()
+            .expect("marketplace.kind = sandbox")
+            .stats(),
         dead_letters,
-        ledger.as_ref(),
+        system.ports().ledger.as_ref(),
         tally.snapshot(),
     )
-    .await;
-    sqlite.close().await;
-    report
+    .await
 }
 
 /// A SQLite file for one demo run, deleted (with its WAL files) when dropped.
@@ -302,41 +243,36 @@ impl Drop for TempDb {
     }
 }
 
-/// The demo's workers, stopped together.
-#[derive(Default)]
+/// The demo's workers, each on a consumer of its own, stopped together.
 struct Fleet {
-    stop: Option<tokio::sync::watch::Sender<bool>>,
+    stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<worker::WorkerReport>>,
 }
 
 impl Fleet {
-    /// Starts one worker on `source`.
-    fn spawn(
-        &mut self,
-        source: Box<dyn crate::source::PostingSource>,
-        pipeline: Arc<Pipeline>,
-        options: &WorkerOptions,
-    ) {
-        let stop = self
-            .stop
-            .get_or_insert_with(|| tokio::sync::watch::channel(false).0);
-        let mut stopped = stop.subscribe();
-        self.workers.push(tokio::spawn(worker::run(
-            source,
-            pipeline,
-            options.clone(),
-            Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )));
+    /// Starts `n` workers on `system`.
+    async fn start(system: &System, n: usize) -> Result<Self, DemoError> {
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::new();
+        for i in 0..n.max(1) {
+            let source = system.open_source(&format!("demo-{i}")).await?;
+            let mut stopped = stop.subscribe();
+            workers.push(tokio::spawn(worker::run(
+                source,
+                system.pipeline(),
+                system.worker_options(),
+                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )));
+        }
+        Ok(Self { stop, workers })
     }
 
     /// Asks every worker to stop and waits for them.
     async fn stop(self) {
-        if let Some(stop) = self.stop {
-            let _ = stop.send(true);
-        }
+        let _ = self.stop.send(true);
         for w in self.workers {
             let _ = w.await;
         }

@@ -15,15 +15,14 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sqlx::Connection as _;
 
 use super::{
-    DemoError, DemoOptions, DemoReport, Drain, Fleet, RunningSandbox, demo_policy, generate,
-    report, wait_until_drained,
+    DemoError, DemoOptions, DemoReport, Drain, Fleet, demo_settings, generate, report,
+    sandbox_options, wait_until_drained,
 };
+use crate::app::System;
 use crate::config::{LedgerKind, Settings};
-use crate::pipeline::Pipeline;
 use crate::publish::{OutgoingEvent, Publisher};
-use crate::source::{AmqpPostingSource, REASON_HEADER};
+use crate::source::REASON_HEADER;
 use crate::tally::Tally;
-use crate::worker::WorkerOptions;
 
 fn amqp_error(e: lapin::Error) -> DemoError {
     DemoError::Source(crate::source::SourceError::Unavailable(Box::new(e)))
@@ -31,7 +30,7 @@ fn amqp_error(e: lapin::Error) -> DemoError {
 
 /// The settings of this run: the configured servers, names of its own.
 fn run_settings(settings: &Settings, run_id: &str) -> Settings {
-    let mut s = settings.clone();
+    let mut s = demo_settings(settings);
     s.amqp.exchange = format!("bidorch.demo.{run_id}");
     s.amqp.queue = format!("bidorch.demo.{run_id}.postings");
     s.amqp.retry_tiers = vec![Duration::from_millis(100), Duration::from_secs(1)];
@@ -74,8 +73,7 @@ pub(super) async fn run(
         options.poison,
         options.seed,
     );
-    let sandbox = RunningSandbox::start(options).await?;
-    let result = run_on(&s, options, &input, &sandbox).await;
+    let result = run_on(&s, options, &input).await;
     cleanup(&s).await;
     result
 }
@@ -84,27 +82,16 @@ async fn run_on(
     s: &Settings,
     options: &DemoOptions,
     input: &super::DemoInput,
-    sandbox: &RunningSandbox,
 ) -> Result<DemoReport, DemoError> {
-    let ledger = crate::ledger::from_settings(&s.database).await?;
     let tally = Arc::new(Tally::default());
-    let worker_options = WorkerOptions {
-        tally: Some(tally.clone()),
-        ..crate::runtime::worker_options(s)
-    };
-    let mut fleet = Fleet::default();
-    for i in 0..options.workers.max(1) {
-        // Separate connections and lock clients per worker, as separate processes would have.
-        let pipeline = Arc::new(Pipeline::new(
-            ledger.clone(),
-            crate::lock::from_settings(s)?,
-            sandbox.client(s)?,
-            demo_policy(),
-            s.lock.ttl,
-        ));
-        let source = AmqpPostingSource::connect(&s.amqp, &format!("demo-{i}")).await?;
-        fleet.spawn(Box::new(source), pipeline, &worker_options);
-    }
+    let system = System::builder(s)
+        .sandbox(sandbox_options(options))
+        .tally(tally.clone())
+        .build()
+        .await?;
+    let ledger = system.ports().ledger.clone();
+    // Each worker on a connection of its own, as separate processes would have.
+    let fleet = Fleet::start(&system, options.workers).await?;
 
     let started = Instant::now();
     let bar = super::progress_bar(input.messages.len() as u64, options.progress);
@@ -176,7 +163,10 @@ async fn run_on(
         options,
         input,
         elapsed,
-        &sandbox.sandbox.stats(),
+        &system
+            .sandbox()
+            .expect("marketplace.kind = sandbox")
+            .stats(),
         dead_letters,
         ledger.as_ref(),
         tally.snapshot(),

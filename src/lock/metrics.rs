@@ -79,10 +79,10 @@ pub struct LatencySummary {
 
 /// The original lock manager's counters, plus acquire latency.
 ///
-/// `lock_attempts` counts every `try_acquire` (including each try inside `acquire`), and equals
-/// `lock_successes + lock_conflicts` + the attempts that failed with a store error.
-/// `lock_timeouts` counts `acquire` calls that gave up; `redis_errors` counts every failed store
-/// call (acquire, extend, release, holder, health).
+/// `lock_attempts` counts every `try_acquire`, and equals `lock_successes + lock_conflicts` +
+/// the attempts that failed with a store error. `redis_errors` counts every failed store call
+/// (acquire, extend, release, holder, health); `lock_timeouts` the subset that got no answer
+/// within its deadline (the worker never waits for a busy lease: it retries the message later).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LockMetricsSnapshot {
     pub lock_attempts: u64,
@@ -150,7 +150,7 @@ impl LockMetrics {
         exported.acquire_seconds.record(latency.as_secs_f64());
     }
 
-    /// Records an `acquire` that gave up waiting.
+    /// Records a store call that got no answer within its deadline.
     pub(super) fn timeout(&self) {
         self.timeouts.fetch_add(1, Relaxed);
         self.exported().timeouts.increment(1);

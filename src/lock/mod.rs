@@ -12,9 +12,8 @@
 //! - [`redis`] / [`redis_conn`]: [`RedisLockStore`] (single node, TLS, or Redis Cluster).
 //! - [`memory`]: [`MemoryLockStore`], the same semantics in process (embedded mode only).
 //! - [`watchdog`]: [`HeldLease`], renewal every TTL/3 and the lost-lease signal.
-//! - [`metered`]: [`MeteredLockStore`], the full lease API over a backend — metrics,
-//!   `acquire(timeout)` with backoff ([`acquire`]), the scoped `with_lease`.
-//! - [`from_settings`]: backend selection that fails closed.
+//! - [`metered`]: [`MeteredLockStore`], a backend with the original system's counters.
+//! - [`from_settings`]: the backend `lock.kind` names.
 //!
 //! # Operations
 //! - Run the lock Redis with `maxmemory-policy noeviction`: an evicted lease is a lease silently
@@ -26,7 +25,6 @@
 //!   the marketplace `timeout + connect_timeout` to fit in half of it — and short enough that a
 //!   crashed worker's postings are retried soon (it only delays them, never loses them).
 
-pub mod acquire;
 pub mod memory;
 pub mod metered;
 pub mod metrics;
@@ -39,10 +37,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::config::{LockKind, Settings, SourceKind};
+use crate::config::{LockKind, RedisSettings};
 use crate::posting::PostingKey;
 
-pub use self::acquire::{AcquireError, Backoff};
 pub use self::memory::MemoryLockStore;
 pub use self::metered::MeteredLockStore;
 pub use self::metrics::{LatencySummary, LockMetricsSnapshot};
@@ -82,16 +79,21 @@ pub struct HolderInfo {
 /// A lock store failure: the store could not answer. Never means "held by someone else".
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("lock store unreachable: {0}")]
+    /// The store could not be reached or failed the call.
+    #[error("lock store unreachable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store did not answer within the call's deadline (counted as `lock_timeouts`).
+    #[error("lock store did not answer {op} within {}", humantime::format_duration(*after))]
+    TimedOut { op: &'static str, after: Duration },
+    /// The store cannot be built or used as configured.
     #[error("lock store configuration: {0}")]
     Config(String),
 }
 
 impl LockError {
-    /// Every lock store error is worth retrying later; none is a verdict on the posting.
+    /// Whether retrying later may succeed; a configuration problem will not go away.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        !matches!(self, Self::Config(_))
     }
 }
 
@@ -140,47 +142,26 @@ pub fn new_token(instance: &str) -> String {
     token
 }
 
-/// The lock store chosen by `lock.kind`, metered, with `lock.backoff_*` (see
-/// [`metered_from_settings`]).
-pub fn from_settings(settings: &Settings) -> Result<Arc<dyn LockStore>, LockError> {
-    Ok(metered_from_settings(settings)?)
-}
-
-/// The lock store chosen by `lock.kind`, as a [`MeteredLockStore`] (for `acquire`, `with_lease`
-/// and the metrics snapshot). Call inside a Tokio runtime.
-///
-/// Fails closed: the in-process store is refused when postings come from RabbitMQ, because it
-/// excludes only this process's tasks while other workers consume the same queue — the original
-/// system's silent fall-back that let every instance bid once. A Redis store is built without
-/// waiting for Redis: while Redis is down every call errors (and postings are retried), it
-/// never degrades to in-process locking.
-pub fn metered_from_settings(settings: &Settings) -> Result<Arc<MeteredLockStore>, LockError> {
-    let instance = settings.instance_id();
-    let (inner, backend): (Arc<dyn LockStore>, &'static str) = match settings.lock.kind {
+/// The lock store `kind` names, metered, its holder tokens naming `instance`. A Redis store is
+/// built without waiting for Redis: while Redis is down every call errors (and postings wait),
+/// it never degrades to in-process locking. Whether the in-process store is acceptable for a
+/// deployment is the composition root's decision ([`crate::app`]). Call inside a Tokio runtime.
+pub fn from_settings(
+    kind: LockKind,
+    redis: &RedisSettings,
+    instance: &str,
+) -> Result<Arc<MeteredLockStore>, LockError> {
+    let (inner, backend): (Arc<dyn LockStore>, &'static str) = match kind {
         LockKind::Redis => {
-            let store = RedisLockStore::new(&settings.redis)?.with_instance(instance);
+            let store = RedisLockStore::new(redis)?.with_instance(instance);
             (Arc::new(store), "redis")
         }
-        LockKind::Memory => {
-            if settings.source.kind == SourceKind::Amqp {
-                return Err(LockError::Config(
-                    "lock.kind = \"memory\" cannot be used with source.kind = \"amqp\": an \
-                     in-process lock only excludes tasks of this process, while other workers \
-                     consume the same queue, so each of them could bid on the same posting. Use \
-                     lock.kind = \"redis\" (USE_REDIS_LOCKS=true with REDIS_URL or REDIS_HOST) \
-                     for workers on RabbitMQ; the memory store is for the embedded mode \
-                     (source.kind = \"memory\")."
-                        .to_owned(),
-                ));
-            }
-            let store = MemoryLockStore::new().with_instance(instance);
-            (Arc::new(store), "memory")
-        }
+        LockKind::Memory => (
+            Arc::new(MemoryLockStore::new().with_instance(instance)),
+            "memory",
+        ),
     };
-    let backoff = Backoff::from(&settings.lock);
-    Ok(Arc::new(
-        MeteredLockStore::new(inner, backend).with_backoff(backoff),
-    ))
+    Ok(Arc::new(MeteredLockStore::new(inner, backend)))
 }
 
 #[cfg(test)]

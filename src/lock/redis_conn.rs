@@ -28,25 +28,17 @@ use tokio::sync::OnceCell;
 use super::LockError;
 use crate::config::SecretUrl;
 
-/// Why a Redis call failed (shown without any password: neither variant holds the URL).
-#[derive(Debug)]
-enum Cause {
-    Redis(RedisError),
-    TimedOut(Duration),
-}
-
-/// A failed Redis call, naming the operation.
+/// A failed Redis call, naming the operation (shown without any password: the client's errors
+/// never hold the URL).
 #[derive(Debug, thiserror::Error)]
-#[error("redis {op} failed: {}", match cause {
-    Cause::Redis(e) => e.to_string(),
-    Cause::TimedOut(after) => format!("no answer within {}", humantime::format_duration(*after)),
-})]
+#[error("redis {op} failed")]
 pub(super) struct RedisOpError {
     op: &'static str,
-    cause: Cause,
+    #[source]
+    cause: RedisError,
 }
 
-fn unavailable(op: &'static str, cause: Cause) -> LockError {
+fn unavailable(op: &'static str, cause: RedisError) -> LockError {
     LockError::Unavailable(Box::new(RedisOpError { op, cause }))
 }
 
@@ -247,8 +239,15 @@ impl RedisConn {
         // knows the token of, which expires by its TTL (fail closed, never a second holder).
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(unavailable(op, Cause::Redis(e))),
-            Err(_) => Err(unavailable(op, Cause::TimedOut(deadline))),
+            Ok(Err(e)) if e.is_timeout() => Err(LockError::TimedOut {
+                op,
+                after: deadline,
+            }),
+            Ok(Err(e)) => Err(unavailable(op, e)),
+            Err(_) => Err(LockError::TimedOut {
+                op,
+                after: deadline,
+            }),
         }
     }
 }

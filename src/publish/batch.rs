@@ -9,8 +9,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
 
 use super::{OutgoingEvent, PublishError};
+use crate::amqp::connection::{classify, short};
 use crate::config::AmqpSettings;
-use crate::source::amqp::{from_lapin, short};
 
 /// One pass of a batch over one channel.
 pub(super) struct Round<'a> {
@@ -110,7 +110,7 @@ impl Round<'_> {
                 properties,
             )
             .await
-            .map_err(|e| PublishError::from(from_lapin(e)))
+            .map_err(|e| PublishError::from(classify(e)))
     }
 }
 
@@ -123,10 +123,7 @@ async fn settle(
     results: &mut [Option<Result<(), PublishError>>],
     confirms: &mut Confirms,
 ) -> Result<(), PublishError> {
-    match confirm
-        .await
-        .map_err(|e| PublishError::from(from_lapin(e)))?
-    {
+    match confirm.await.map_err(|e| PublishError::from(classify(e)))? {
         Confirmation::Ack(returned) => {
             confirms.acked.push(index);
             confirms.returned.extend(returned);

@@ -28,10 +28,10 @@ use tokio::sync::Mutex;
 
 use self::batch::Round;
 pub use self::command::{PublishFailure, PublishSummary, run_publish_command};
+use crate::amqp::connection::{confirm_channel, open_connection};
+use crate::amqp::{AmqpError, topology};
 use crate::config::AmqpSettings;
 use crate::posting::{Posting, PostingError};
-use crate::source::SourceError;
-use crate::source::amqp::{confirm_channel, open_connection, topology};
 
 /// How often a batch is re-sent after losing its connection before its unconfirmed events fail.
 const MAX_RESENDS: u32 = 3;
@@ -76,13 +76,11 @@ impl PublishError {
     }
 }
 
-impl From<SourceError> for PublishError {
-    fn from(e: SourceError) -> Self {
+impl From<AmqpError> for PublishError {
+    fn from(e: AmqpError) -> Self {
         match e {
-            SourceError::Topology(msg) => Self::Topology(msg),
-            SourceError::Refused(msg) => Self::Unavailable(msg.into()),
-            SourceError::ChannelClosed => Self::Unavailable("the channel closed".into()),
-            SourceError::Unavailable(inner) => Self::Unavailable(inner),
+            AmqpError::Topology(msg) => Self::Topology(msg),
+            other => Self::Unavailable(Box::new(other)),
         }
     }
 }
@@ -295,7 +293,7 @@ async fn open_session(settings: &AmqpSettings, name: &str) -> Result<Session, Pu
         let connection = open_connection(settings, name).await?;
         let channel = confirm_channel(&connection).await?;
         topology::declare_exchange(&channel, settings).await?;
-        Ok::<_, SourceError>(Session {
+        Ok::<_, AmqpError>(Session {
             connection,
             channel,
         })
@@ -309,8 +307,8 @@ async fn open_session(settings: &AmqpSettings, name: &str) -> Result<Session, Pu
                 .without_max_times(),
         )
         .sleep(tokio::time::sleep)
-        .when(|e: &SourceError| !matches!(e, SourceError::Topology(_)))
-        .notify(|e: &SourceError, after: Duration| {
+        .when(|e: &AmqpError| !matches!(e, AmqpError::Topology(_)))
+        .notify(|e: &AmqpError, after: Duration| {
             tracing::warn!(error = %e, retry_in = ?after, "Cannot reach RabbitMQ to publish; retrying");
         });
     match tokio::time::timeout(settings.reconnect_timeout, retried).await {

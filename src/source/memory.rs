@@ -5,7 +5,7 @@
 //! against both): ack removes; retry comes back after the delay with attempt + 1 and the reason
 //! header; dead-letter parks with reason and detail in an inspectable list; a delivery dropped
 //! unsettled, or still unsettled when its consumer is closed, is redelivered with
-//! `redelivered = true` (settling it afterwards fails with [`SourceError::ChannelClosed`]); a
+//! `redelivered = true` (settling it afterwards fails with [`SourceError::Unsettled`]); a
 //! message returned more than `delivery_limit` times is parked with reason `delivery_limit`; each
 //! consumer has at most `prefetch` unsettled deliveries. Not durable: pending retries and queued
 //! messages live and die with the process.
@@ -312,7 +312,7 @@ struct MemorySettler {
 }
 
 impl MemorySettler {
-    /// Removes the delivery from its consumer's unsettled set; `ChannelClosed` if it is no longer
+    /// Removes the delivery from its consumer's unsettled set; `Unsettled` if it is no longer
     /// there (its consumer was closed and the message already handed back).
     fn take(&self) -> Result<Message, SourceError> {
         let taken = self
@@ -323,7 +323,7 @@ impl MemorySettler {
             .get_mut(&self.consumer)
             .and_then(|unsettled| unsettled.remove(&self.tag));
         self.queue.shared.changed.notify_waiters();
-        taken.ok_or(SourceError::ChannelClosed)
+        taken.ok_or(SourceError::Unsettled)
     }
 }
 

@@ -5,7 +5,7 @@
 //! with a reason. Dropping one unsettled leaves it to the source to redeliver (RabbitMQ does when
 //! the channel closes), so a crash loses nothing.
 
-pub mod amqp;
+mod amqp;
 pub mod memory;
 
 use std::collections::BTreeMap;
@@ -118,14 +118,30 @@ pub trait Settle: Send + Sync {
 /// A source failure. Settling errors leave the delivery unsettled, so it is redelivered.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("broker unreachable: {0}")]
+    /// The source cannot be reached; trying again later may work.
+    #[error("the posting source is unreachable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("the channel closed before the settlement was confirmed")]
-    ChannelClosed,
-    #[error("the broker refused the publish: {0}")]
+    /// The delivery's consumer is gone (e.g. its channel closed): the source redelivers it.
+    #[error("the delivery can no longer be settled; it will be redelivered")]
+    Unsettled,
+    /// The source refused to take a copy (retry or dead letter).
+    #[error("the posting source refused the message: {0}")]
     Refused(String),
-    #[error("broker topology: {0}")]
+    /// The source's queues cannot be declared as configured.
+    #[error("posting source topology: {0}")]
     Topology(String),
+}
+
+impl From<crate::amqp::AmqpError> for SourceError {
+    fn from(e: crate::amqp::AmqpError) -> Self {
+        use crate::amqp::AmqpError;
+        match e {
+            AmqpError::ChannelClosed => Self::Unsettled,
+            AmqpError::Refused(m) => Self::Refused(m),
+            AmqpError::Topology(m) => Self::Topology(m),
+            unavailable @ AmqpError::Unavailable(_) => Self::Unavailable(Box::new(unavailable)),
+        }
+    }
 }
 
 /// What a source's consumer is doing right now.

@@ -24,9 +24,7 @@ use std::time::{Duration, Instant};
 use bidorch::config::Settings;
 use bidorch::ledger::LedgerState;
 use bidorch::marketplace::sandbox::SandboxOptions;
-use bidorch::marketplace::{HttpMarketplace, Marketplace};
 use bidorch::publish::{OutgoingEvent, Publisher};
-use bidorch::runtime::{Components, run_worker_with};
 use bidorch::tally::Tally;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -270,20 +268,14 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
         let mut s = settings.clone();
         s.worker.instance_id = format!("{names}-w{i}");
         tags.insert(s.instance_id());
-        let components = Components {
-            ledger: bidorch::ledger::from_settings(&s.database).await.unwrap(),
-            locks: bidorch::lock::from_settings(&s).unwrap(),
-            marketplace: Arc::new(
-                HttpMarketplace::new(&s.marketplaces, |_| Some(TOKEN.to_owned())).unwrap(),
-            ) as Arc<dyn Marketplace>,
-        };
+        let system = support::worker_system(&s, TOKEN, Some(tally.clone())).await;
         let mut stopped = stop.subscribe();
-        let tally = tally.clone();
         workers.push(tokio::spawn(async move {
-            run_worker_with(&s, components, false, Some(tally), async move {
-                let _ = stopped.wait_for(|v| *v).await;
-            })
-            .await
+            system
+                .run_worker(false, async move {
+                    let _ = stopped.wait_for(|v| *v).await;
+                })
+                .await
         }));
     }
     eventually(WAIT, "all workers consuming", || async {

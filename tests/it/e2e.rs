@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use bidorch::config::Settings;
 use bidorch::ledger::{BidLedger, LedgerState};
 use bidorch::marketplace::sandbox::SandboxOptions;
-use bidorch::marketplace::{HttpMarketplace, Marketplace};
 use bidorch::publish::{OutgoingEvent, Publisher};
-use bidorch::runtime::{Components, run_worker_with};
 use bidorch::tally::Tally;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -126,22 +124,15 @@ async fn three_workers_bid_exactly_once_per_eligible_posting() {
     for i in 0..3 {
         let mut s = settings.clone();
         s.worker.instance_id = format!("{names}-w{i}");
-        let ledger = bidorch::ledger::from_settings(&s.database).await.unwrap();
-        first_ledger.get_or_insert_with(|| ledger.clone());
-        let components = Components {
-            ledger,
-            locks: bidorch::lock::from_settings(&s).unwrap(),
-            marketplace: Arc::new(
-                HttpMarketplace::new(&s.marketplaces, |_| Some(TOKEN.to_owned())).unwrap(),
-            ) as Arc<dyn Marketplace>,
-        };
+        let system = support::worker_system(&s, TOKEN, Some(tally.clone())).await;
+        first_ledger.get_or_insert_with(|| system.ports().ledger.clone());
         let mut stop = stop_workers.subscribe();
-        let tally = tally.clone();
         workers.push(tokio::spawn(async move {
-            run_worker_with(&s, components, false, Some(tally), async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await
+            system
+                .run_worker(false, async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await
         }));
     }
     let ledger = first_ledger.unwrap();

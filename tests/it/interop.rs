@@ -22,9 +22,7 @@ use std::time::Duration;
 use bidorch::config::Settings;
 use bidorch::ledger::{BidLedger, LedgerState};
 use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
-use bidorch::marketplace::{HttpMarketplace, Marketplace};
 use bidorch::posting::PostingKey;
-use bidorch::runtime::{Components, run_worker_with};
 use serde_json::json;
 use support::queue::{Cleanup, Inspector, eventually};
 
@@ -80,16 +78,8 @@ impl Harness {
             &url,
             &[("BIDORCH__DATABASE__MAX_CONNECTIONS", "4".into())],
         );
-        let ledger = bidorch::ledger::from_settings(&settings.database)
-            .await
-            .unwrap();
-        let components = Components {
-            ledger: ledger.clone(),
-            locks: bidorch::lock::from_settings(&settings).unwrap(),
-            marketplace: Arc::new(
-                HttpMarketplace::new(&settings.marketplaces, |_| Some(TOKEN.to_owned())).unwrap(),
-            ) as Arc<dyn Marketplace>,
-        };
+        let system = support::worker_system(&settings, TOKEN, None).await;
+        let ledger = system.ports().ledger.clone();
         // The topology exists before pika publishes (`mandatory` would refuse otherwise).
         bidorch::source::AmqpPostingSource::connect(&settings.amqp, "interop-setup")
             .await
@@ -98,13 +88,13 @@ impl Harness {
             .await
             .unwrap();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let s = settings.clone();
         let worker = tokio::spawn(async move {
-            run_worker_with(&s, components, false, None, async move {
-                let _ = stopped.wait_for(|v| *v).await;
-            })
-            .await
-            .expect("worker starts");
+            system
+                .run_worker(false, async move {
+                    let _ = stopped.wait_for(|v| *v).await;
+                })
+                .await
+                .expect("worker starts");
         });
         Self {
             _cleanup: Cleanup(settings.amqp.clone()),

@@ -1,14 +1,16 @@
-//! The original `BidLockManager` suite's multi-instance scenarios, ported onto the metered lease
-//! API (`acquire` with backoff, `with_lease`, metrics) and run against both stores. Scenarios of
-//! that suite about the bare port (wrong holder, independence, expiry) live in `lock_contract.rs`.
+//! The original `BidLockManager` suite's multi-instance scenarios, ported onto the lease port,
+//! [`HeldLease`] and the metered store, and run against both stores. Contenders wait by polling
+//! `try_acquire` (`support::lock::acquire_waiting`): the worker itself never waits for a busy
+//! lease, it retries the message later. Scenarios about the bare port (wrong holder,
+//! independence, expiry) live in `lock_contract.rs`.
 
 use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bidorch::lock::{AcquireError, LockStore, Release};
-use support::lock::{Backend, eventually, key};
+use bidorch::lock::{HeldLease, LockStore, Release};
+use support::lock::{Backend, acquire_waiting, eventually, is_held, key};
 
 const TTL: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_secs(10);
@@ -35,7 +37,9 @@ async fn three_instances_acquire_sequentially(b: &Backend) {
         .map(|name| {
             let (store, k, log) = (b.metered(name), k.clone(), log.clone());
             tokio::spawn(async move {
-                let lease = store.acquire(&k, TTL, WAIT).await.expect("gets its turn");
+                let lease = acquire_waiting(&*store, &k, TTL, WAIT)
+                    .await
+                    .expect("gets its turn");
                 log.lock().unwrap().push(format!("+{name}"));
                 tokio::time::sleep(Duration::from_millis(100)).await; // work while holding
                 log.lock().unwrap().push(format!("-{name}"));
@@ -70,38 +74,36 @@ async fn instance_failure_recovers_after_ttl(b: &Backend) {
         // Dropped without releasing: the process "crashed".
     }
     let survivor = b.metered("survivor");
-    let lease = survivor.acquire(&k, TTL, WAIT).await.expect("freed by TTL");
+    let lease = acquire_waiting(&*survivor, &k, TTL, WAIT)
+        .await
+        .expect("freed by TTL");
     let m = survivor.metrics();
     assert!(m.lock_conflicts >= 1, "it had to wait: {m:?}");
     assert_eq!(m.lock_successes, 1);
     survivor.release(&lease).await.unwrap();
 }
 
-/// `acquire` gives up after its timeout while another holder keeps the lease.
-async fn acquire_times_out_while_held(b: &Backend) {
+/// A contender never gets the lease while another holder keeps it.
+async fn contender_waits_while_held(b: &Backend) {
     let (a, other) = (b.metered("a"), b.metered("b"));
     let k = key("upwork", "timeout");
     let _held = a.try_acquire(&k, TTL).await.unwrap().unwrap();
-    let err = other
-        .acquire(&k, TTL, Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, AcquireError::TimedOut { .. }), "{err}");
-    assert!(err.is_retryable());
+    let got = acquire_waiting(&*other, &k, TTL, Duration::from_millis(300)).await;
+    assert!(got.is_none());
     let m = other.metrics();
-    assert_eq!((m.lock_timeouts, m.lock_successes), (1, 0));
-    assert!(m.lock_conflicts >= 2, "it retried with backoff: {m:?}");
+    assert_eq!(m.lock_successes, 0);
+    assert!(m.lock_conflicts >= 2, "it tried again: {m:?}");
     assert_eq!(m.lock_attempts, m.lock_conflicts);
 }
 
-/// A waiting `acquire` gets the lease once the holder releases it.
-async fn waiting_acquire_gets_the_released_lease(b: &Backend) {
+/// A waiting contender gets the lease once the holder releases it.
+async fn waiting_contender_gets_the_released_lease(b: &Backend) {
     let (a, other) = (b.metered("a"), b.metered("b"));
     let k = key("upwork", "handover");
     let lease = a.try_acquire(&k, TTL).await.unwrap().unwrap();
     let waiter = {
         let (other, k) = (other.clone(), k.clone());
-        tokio::spawn(async move { other.acquire(&k, TTL, WAIT).await })
+        tokio::spawn(async move { acquire_waiting(&*other, &k, TTL, WAIT).await })
     };
     assert!(eventually(SOON, || async { other.metrics().lock_conflicts >= 1 }).await);
     a.release(&lease).await.unwrap();
@@ -109,87 +111,67 @@ async fn waiting_acquire_gets_the_released_lease(b: &Backend) {
     assert_eq!(other.holder(&k).await.unwrap().unwrap().token, got.token);
 }
 
-/// The scoped form runs the work under a live lease and releases it afterwards.
-async fn scoped_form_releases_after_success(b: &Backend) {
+/// A held lease is renewed while work runs and released explicitly afterwards.
+async fn held_lease_is_ours_until_released(b: &Backend) {
     let a = b.metered("a");
     let k = key("upwork", "scoped_ok");
-    let store = a.clone();
-    let value = a
-        .with_lease(&k, TTL, WAIT, async |held| {
-            assert!(!held.is_lost());
-            let holder = store.holder(&held.lease().key).await.unwrap().unwrap();
-            assert_eq!(holder.token, held.lease().token);
-            42
-        })
-        .await
-        .unwrap();
-    assert_eq!(value, 42);
-    assert!(!a.is_held(&k).await.unwrap());
+    let lease = a.try_acquire(&k, TTL).await.unwrap().unwrap();
+    let held = HeldLease::start(a.clone(), lease);
+    assert!(!held.is_lost());
+    let holder = a.holder(&held.lease().key).await.unwrap().unwrap();
+    assert_eq!(holder.token, held.lease().token);
+    assert_eq!(held.release().await.unwrap(), Release::Released);
+    assert!(!is_held(&*a, &k).await);
 }
 
-/// The scoped form releases when the work returns an error.
-async fn scoped_form_releases_on_error(b: &Backend) {
+/// A held lease dropped on an error path is released in the background.
+async fn held_lease_is_released_when_dropped(b: &Backend) {
     let a = b.metered("a");
     let k = key("upwork", "scoped_err");
-    let result: Result<(), &str> = a
-        .with_lease(&k, TTL, WAIT, async |_| Err("bid failed"))
-        .await
-        .unwrap();
-    assert_eq!(result, Err("bid failed"));
-    assert!(!a.is_held(&k).await.unwrap());
+    let lease = a.try_acquire(&k, TTL).await.unwrap().unwrap();
+    let work = async {
+        let _held = HeldLease::start(a.clone(), lease);
+        Err::<(), _>("bid failed")
+    };
+    assert_eq!(work.await, Err("bid failed"));
+    assert!(eventually(SOON, || async { !is_held(&*a, &k).await }).await);
 }
 
-/// The scoped form releases when the work panics.
-async fn scoped_form_releases_on_panic(b: &Backend) {
+/// A held lease is released when the work holding it panics.
+async fn held_lease_is_released_on_panic(b: &Backend) {
     let a = b.metered("a");
     let k = key("upwork", "scoped_panic");
+    let lease = a.try_acquire(&k, TTL).await.unwrap().unwrap();
     let task = {
-        let (a, k) = (a.clone(), k.clone());
+        let a = a.clone();
         tokio::spawn(async move {
-            a.with_lease(&k, TTL, WAIT, async |_| -> () { panic!("work panicked") })
-                .await
+            let _held = HeldLease::start(a, lease);
+            panic!("work panicked");
         })
     };
     assert!(task.await.unwrap_err().is_panic());
-    assert!(eventually(SOON, || async { !a.is_held(&k).await.unwrap() }).await);
+    assert!(eventually(SOON, || async { !is_held(&*a, &k).await }).await);
 }
 
-/// The scoped form releases when its task is cancelled mid-work.
-async fn scoped_form_releases_on_cancellation(b: &Backend) {
+/// A held lease is released when its task is cancelled mid-work.
+async fn held_lease_is_released_on_cancellation(b: &Backend) {
     let a = b.metered("a");
     let k = key("upwork", "scoped_cancel");
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let task = {
         let (a, k) = (a.clone(), k.clone());
         tokio::spawn(async move {
-            a.with_lease(&k, TTL, WAIT, async |_| {
-                let _ = started_tx.send(());
-                std::future::pending::<()>().await
-            })
-            .await
+            let lease = a.try_acquire(&k, TTL).await.unwrap().unwrap();
+            let _held = HeldLease::start(a, lease);
+            let _ = started_tx.send(());
+            std::future::pending::<()>().await
         })
     };
     started_rx.await.unwrap();
-    assert!(a.is_held(&k).await.unwrap());
+    assert!(is_held(&*a, &k).await);
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    assert!(eventually(SOON, || async { !a.is_held(&k).await.unwrap() }).await);
-}
-
-/// The scoped form does not run the work when the lease stays busy.
-async fn scoped_form_times_out_without_running(b: &Backend) {
-    let (a, other) = (b.metered("a"), b.metered("b"));
-    let k = key("upwork", "scoped_busy");
-    let _held = a.try_acquire(&k, TTL).await.unwrap().unwrap();
-    let ran = Arc::new(Mutex::new(false));
-    let flag = ran.clone();
-    let result = other
-        .with_lease(&k, TTL, Duration::from_millis(200), async move |_| {
-            *flag.lock().unwrap() = true;
-        })
-        .await;
-    assert!(matches!(result, Err(AcquireError::TimedOut { .. })));
-    assert!(!*ran.lock().unwrap());
+    assert!(eventually(SOON, || async { !is_held(&*a, &k).await }).await);
 }
 
 /// The five counters and the latency count add up over a known sequence.
@@ -198,8 +180,8 @@ async fn metrics_count_correctly(b: &Backend) {
     let k = key("upwork", "metrics");
     let lease = a.try_acquire(&k, TTL).await.unwrap().unwrap(); // a: success
     assert!(other.try_acquire(&k, TTL).await.unwrap().is_none()); // b: conflict
-    let timed_out = other.acquire(&k, TTL, Duration::from_millis(200)).await; // b: conflicts, timeout
-    assert!(timed_out.is_err());
+    let waited = acquire_waiting(&*other, &k, TTL, Duration::from_millis(200)).await; // b: conflicts
+    assert!(waited.is_none());
     a.release(&lease).await.unwrap();
     let got = other.try_acquire(&k, TTL).await.unwrap().unwrap(); // b: success
     other.release(&got).await.unwrap();
@@ -211,7 +193,7 @@ async fn metrics_count_correctly(b: &Backend) {
     );
     let mb = other.metrics();
     assert_eq!(mb.lock_successes, 1);
-    assert_eq!(mb.lock_timeouts, 1);
+    assert_eq!(mb.lock_timeouts, 0);
     assert!(mb.lock_conflicts >= 3, "{mb:?}");
     assert_eq!(mb.lock_attempts, mb.lock_successes + mb.lock_conflicts);
     assert_eq!(mb.redis_errors, 0);
@@ -228,7 +210,7 @@ async fn rapid_acquire_release_cycles(b: &Backend) {
         let lease = store.try_acquire(&k, TTL).await.unwrap().expect("free");
         assert_eq!(store.release(&lease).await.unwrap(), Release::Released);
     }
-    assert!(!stores[0].is_held(&k).await.unwrap());
+    assert!(!is_held(&*stores[0], &k).await);
     let total: u64 = stores.iter().map(|s| s.metrics().lock_successes).sum();
     assert_eq!(total, 300);
 }
@@ -259,13 +241,12 @@ scenarios!(
     two_instances_one_posting_one_acquires,
     three_instances_acquire_sequentially,
     instance_failure_recovers_after_ttl,
-    acquire_times_out_while_held,
-    waiting_acquire_gets_the_released_lease,
-    scoped_form_releases_after_success,
-    scoped_form_releases_on_error,
-    scoped_form_releases_on_panic,
-    scoped_form_releases_on_cancellation,
-    scoped_form_times_out_without_running,
+    contender_waits_while_held,
+    waiting_contender_gets_the_released_lease,
+    held_lease_is_ours_until_released,
+    held_lease_is_released_when_dropped,
+    held_lease_is_released_on_panic,
+    held_lease_is_released_on_cancellation,
     metrics_count_correctly,
     rapid_acquire_release_cycles,
 );

@@ -7,8 +7,9 @@ use crate::support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bidorch::app::{StartError, System};
 use bidorch::config::Settings;
-use bidorch::lock::{self, Backoff, LockError, LockStore};
+use bidorch::lock::{self, LockError, LockStore, MeteredLockStore};
 use support::lock::{RedisPrefix, key};
 
 fn settings(pairs: &[(&str, &str)]) -> Settings {
@@ -19,20 +20,22 @@ fn settings(pairs: &[(&str, &str)]) -> Settings {
     Settings::load_from(None, &env).expect("valid test settings")
 }
 
-fn config_error(result: Result<std::sync::Arc<dyn LockStore>, LockError>) -> String {
-    match result {
-        Err(LockError::Config(why)) => why,
-        Err(other) => panic!("expected a configuration error, got {other}"),
-        Ok(_) => panic!("expected a configuration error, got a store"),
+/// The composition root's refusal to start these settings.
+async fn refusal(settings: &Settings) -> String {
+    match System::build(settings).await {
+        Err(StartError::Unsafe(why)) => why,
+        Err(other) => panic!("expected a refusal to start, got {other}"),
+        Ok(_) => panic!("expected a refusal to start, got a system"),
     }
+}
+
+fn store(s: &Settings) -> std::sync::Arc<MeteredLockStore> {
+    lock::from_settings(s.lock.kind, &s.redis, &s.instance_id()).unwrap()
 }
 
 #[tokio::test]
 async fn memory_locks_are_refused_for_a_rabbitmq_worker_with_the_reason() {
-    let why = config_error(lock::from_settings(&settings(&[(
-        "BIDORCH__LOCK__KIND",
-        "memory",
-    )])));
+    let why = refusal(&settings(&[("BIDORCH__LOCK__KIND", "memory")])).await;
     assert!(why.contains("source.kind = \"amqp\""), "{why}");
     assert!(why.contains("other workers"), "{why}");
     assert!(why.contains("lock.kind = \"redis\""), "{why}");
@@ -40,10 +43,7 @@ async fn memory_locks_are_refused_for_a_rabbitmq_worker_with_the_reason() {
 
 #[tokio::test]
 async fn use_redis_locks_false_is_refused_for_a_rabbitmq_worker() {
-    let why = config_error(lock::from_settings(&settings(&[(
-        "USE_REDIS_LOCKS",
-        "false",
-    )])));
+    let why = refusal(&settings(&[("USE_REDIS_LOCKS", "false")])).await;
     assert!(why.contains("memory"), "{why}");
 }
 
@@ -54,7 +54,7 @@ async fn memory_locks_serve_the_embedded_mode() {
         ("BIDORCH__SOURCE__KIND", "memory"),
         ("BIDORCH__WORKER__INSTANCE_ID", "embedded-1"),
     ]);
-    let store = lock::metered_from_settings(&s).unwrap();
+    let store = store(&s);
     let lease = store
         .try_acquire(&key("upwork", "embedded"), Duration::from_secs(5))
         .await
@@ -78,9 +78,8 @@ async fn legacy_redis_variables_select_a_working_redis_store() {
         ("REDIS_DB", "0"),
         ("BIDORCH__REDIS__KEY_PREFIX", &prefix.prefix),
         ("BIDORCH__WORKER__INSTANCE_ID", "legacy-env"),
-        ("BIDORCH__LOCK__BACKOFF_INITIAL", "10ms"),
     ]);
-    let store = lock::metered_from_settings(&s).unwrap();
+    let store = store(&s);
     let k = key("upwork", "legacy");
     let lease = store
         .try_acquire(&k, Duration::from_secs(5))
@@ -95,14 +94,6 @@ async fn legacy_redis_variables_select_a_working_redis_store() {
         .query(&mut raw)
         .unwrap();
     assert_eq!(value, Some(lease.token.clone()));
-    assert_eq!(
-        Backoff::from(&s.lock),
-        Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_secs(1),
-            factor: 1.5
-        }
-    );
 }
 
 #[tokio::test]
@@ -110,7 +101,7 @@ async fn a_redis_outage_never_degrades_to_in_process_locks() {
     // Redis configured but down: the store builds (the worker can report not-ready and
     // retry postings), and every acquisition fails instead of succeeding locally.
     let s = settings(&[("REDIS_URL", "redis://127.0.0.1:1/0")]);
-    let store = lock::metered_from_settings(&s).unwrap();
+    let store = store(&s);
     let k = key("upwork", "outage");
     for _ in 0..3 {
         let result = store.try_acquire(&k, Duration::from_secs(5)).await;

@@ -153,10 +153,14 @@ async fn redis_holder_with_blocked_renewal_learns_another_took_over() {
     );
     faulty.hang.store(true, Ordering::SeqCst);
 
-    let rival_lease = rival
-        .acquire(&k, Duration::from_secs(10), Duration::from_secs(10))
-        .await
-        .expect("the stalled lease expires");
+    let rival_lease = support::lock::acquire_waiting(
+        &*rival,
+        &k,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("the stalled lease expires");
     tokio::time::timeout(Duration::from_secs(5), held.lost())
         .await
         .expect("the stalled holder is told");

@@ -6,7 +6,7 @@ use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bidorch::source::amqp::topology;
+use bidorch::amqp::topology;
 use bidorch::source::{
     AmqpPostingSource, ConsumerState, DETAIL_HEADER, PostingSource, REASON_HEADER, SourceError,
 };
@@ -340,7 +340,7 @@ async fn an_ack_after_the_channel_closed_is_an_error_and_the_message_comes_back(
     source.close().await.unwrap();
 
     let err = delivery.ack().await.unwrap_err();
-    assert!(matches!(err, SourceError::ChannelClosed), "{err}");
+    assert!(matches!(err, SourceError::Unsettled), "{err}");
     let back = inspector.take_eventually(&s.queue, WAIT).await;
     assert_eq!(back.delivery.data, b"late ack");
     assert!(back.delivery.redelivered);

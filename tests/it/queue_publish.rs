@@ -6,8 +6,8 @@ use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bidorch::amqp::topology;
 use bidorch::publish::{OutgoingEvent, PublishError, Publisher, run_publish_command};
-use bidorch::source::amqp::topology;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use support::queue::{Cleanup, Inspector, eventually, posting, settings};

@@ -5,9 +5,9 @@ use crate::support;
 
 use std::time::Duration;
 
+use bidorch::amqp::topology;
 use bidorch::config::SecretUrl;
 use bidorch::publish::{OutgoingEvent, Publisher};
-use bidorch::source::amqp::topology;
 use bidorch::source::{AmqpPostingSource, ConsumerState, PostingSource, SourceError};
 use lapin::BasicProperties;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
@@ -58,7 +58,7 @@ async fn the_source_resumes_consuming_after_the_broker_closes_its_connection() {
     .expect("the loss is reported");
     assert_eq!(seen.state, ConsumerState::Reconnecting);
     let err = in_flight.ack().await.unwrap_err();
-    assert!(matches!(err, SourceError::ChannelClosed), "{err}");
+    assert!(matches!(err, SourceError::Unsettled), "{err}");
 
     // The unacked message comes back on the new session, marked redelivered.
     let again = next(&mut source).await;

@@ -76,7 +76,7 @@ impl Amqp {
     async fn new() -> Self {
         let settings = support::queue::settings();
         let inspector = Inspector::connect().await;
-        bidorch::source::amqp::topology::declare(&inspector.channel, &settings)
+        bidorch::amqp::topology::declare(&inspector.channel, &settings)
             .await
             .unwrap();
         Self {
@@ -243,7 +243,7 @@ async fn closing_a_consumer_hands_back_its_unsettled_deliveries(b: impl Backend)
     b.close(first).await;
 
     let err = d.ack().await.unwrap_err();
-    assert!(matches!(err, SourceError::ChannelClosed), "{err}");
+    assert!(matches!(err, SourceError::Unsettled), "{err}");
     let mut second = b.open(1).await;
     let d = next(&mut second).await;
     assert_eq!(text(&d), "c");

@@ -9,9 +9,7 @@ use std::time::Duration;
 use bidorch::config::Settings;
 use bidorch::lock::LockStore;
 use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
-use bidorch::marketplace::{HttpMarketplace, Marketplace};
 use bidorch::posting::PostingKey;
-use bidorch::runtime::{Components, run_worker_with};
 use bidorch::source::{ATTEMPT_HEADER, REASON_HEADER};
 use bidorch::tally::Tally;
 use lapin::types::AMQPValue;
@@ -45,16 +43,9 @@ impl Harness {
             &url,
             &[("BIDORCH__AMQP__MAX_ATTEMPTS", max_attempts.to_string())],
         );
-        let locks = bidorch::lock::from_settings(&settings).unwrap();
-        let components = Components {
-            ledger: bidorch::ledger::from_settings(&settings.database)
-                .await
-                .unwrap(),
-            locks: locks.clone(),
-            marketplace: Arc::new(
-                HttpMarketplace::new(&settings.marketplaces, |_| Some(TOKEN.to_owned())).unwrap(),
-            ) as Arc<dyn Marketplace>,
-        };
+        let tally = Arc::new(Tally::default());
+        let system = support::worker_system(&settings, TOKEN, Some(tally.clone())).await;
+        let locks = system.ports().locks.clone();
         // Declare the topology before anyone publishes (the worker also does, concurrently).
         bidorch::source::AmqpPostingSource::connect(&settings.amqp, "setup")
             .await
@@ -62,15 +53,14 @@ impl Harness {
             .close()
             .await
             .unwrap();
-        let tally = Arc::new(Tally::default());
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let (s, t) = (settings.clone(), tally.clone());
         let worker = tokio::spawn(async move {
-            run_worker_with(&s, components, false, Some(t), async move {
-                let _ = stopped.wait_for(|v| *v).await;
-            })
-            .await
-            .expect("worker starts");
+            system
+                .run_worker(false, async move {
+                    let _ = stopped.wait_for(|v| *v).await;
+                })
+                .await
+                .expect("worker starts");
         });
         Self {
             _cleanup: Cleanup(settings.amqp.clone()),
@@ -140,10 +130,10 @@ async fn lock_held_elsewhere_is_retried_through_the_wait_queue_then_bid_once() {
         "no bid while the lease is held"
     );
     h.locks.release(&lease).await.unwrap();
-    let sandbox = h.sandbox.clone();
+    // The tally counts the outcome after the ledger has it: the last thing to happen.
     eventually(WAIT, "the bid after release", || {
-        let s = sandbox.clone();
-        async move { s.stats().bids_created == 1 }
+        let t = tally.clone();
+        async move { t.snapshot().placed_new == 1 }
     })
     .await;
 

@@ -210,6 +210,50 @@ impl Sandbox {
     }
 }
 
+/// A sandbox served in-process on an ephemeral loopback port (the demo, tests, and
+/// `marketplace.kind = "sandbox"`), until dropped.
+pub struct SandboxServer {
+    sandbox: Sandbox,
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SandboxServer {
+    /// Binds `127.0.0.1:0` and serves a new sandbox there.
+    pub async fn start(options: SandboxOptions) -> std::io::Result<Self> {
+        let sandbox = Sandbox::new(options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, sandbox.clone(), async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            sandbox,
+            url,
+            stop: Some(stop),
+        })
+    }
+
+    /// The sandbox (stats, scripted faults).
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// `http://127.0.0.1:{port}`; marketplace `m` is served under `{url}/{m}`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for SandboxServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// Serves `sandbox` on `listener` until `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,

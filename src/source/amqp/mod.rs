@@ -12,27 +12,24 @@
 //! — broker restart, `close_all_connections`, consumer cancelled because its queue was deleted —
 //! the source drops the session, reconnects with exponential backoff, re-declares the topology
 //! and subscribes again. Deliveries of the dead session can no longer be acked: settling them
-//! fails with [`SourceError::ChannelClosed`] and the broker redelivers them. If no session can be
+//! fails with [`SourceError::Unsettled`] and the broker redelivers them. If no session can be
 //! re-established within `amqp.reconnect_timeout`, [`next`](PostingSource::next) returns the
 //! error and the state becomes [`ConsumerState::Failed`]: the worker exits non-zero so an
 //! orchestrator restarts it, rather than living on as a zombie consumer.
 
-pub mod consumer;
-pub mod settle;
-pub mod topology;
+mod consumer;
+mod settle;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use lapin::options::{BasicCancelOptions, ConfirmSelectOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::types::ShortString;
-use lapin::{Connection, ConnectionProperties, ErrorKind};
+use lapin::options::BasicCancelOptions;
 use tokio::task::JoinHandle;
 
 use self::consumer::Session;
+use crate::amqp::connection::short;
 use crate::config::AmqpSettings;
 use crate::source::{
     ConsumerState, Delivery, HealthReporter, PostingSource, SourceError, SourceHealth,
@@ -272,61 +269,5 @@ impl PostingSource for AmqpPostingSource {
 
     fn health(&self) -> SourceHealth {
         self.health.clone()
-    }
-}
-
-/// Opens a named connection on the current tokio runtime.
-pub(crate) async fn open_connection(
-    settings: &AmqpSettings,
-    name: &str,
-) -> Result<Connection, SourceError> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(settings.url.expose(), props)
-        .await
-        .map_err(from_lapin)
-}
-
-/// Opens a channel in publisher-confirm mode.
-pub(crate) async fn confirm_channel(
-    connection: &Connection,
-) -> Result<lapin::Channel, SourceError> {
-    let channel = connection.create_channel().await.map_err(from_lapin)?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(from_lapin)?;
-    Ok(channel)
-}
-
-/// An AMQP short string (names, header keys), refusing rather than panicking past 255 bytes.
-pub(crate) fn short(s: &str) -> Result<ShortString, SourceError> {
-    ShortString::try_new(s).map_err(|_| {
-        SourceError::Topology(format!(
-            "name {:?}… is longer than AMQP's 255-byte limit",
-            s.chars().take(40).collect::<String>()
-        ))
-    })
-}
-
-/// Classifies a lapin error: refusals of a declare or bind are topology problems, a closed
-/// channel means settlement did not happen, anything else is the broker being unreachable.
-pub(crate) fn from_lapin(err: lapin::Error) -> SourceError {
-    match err.kind() {
-        ErrorKind::ProtocolError(amqp) => match amqp.kind() {
-            AMQPErrorKind::Soft(
-                AMQPSoftError::PRECONDITIONFAILED
-                | AMQPSoftError::NOTFOUND
-                | AMQPSoftError::ACCESSREFUSED
-                | AMQPSoftError::RESOURCELOCKED,
-            ) => SourceError::Topology(amqp.to_string()),
-            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => {
-                SourceError::Topology(amqp.to_string())
-            }
-            _ => SourceError::Unavailable(Box::new(err)),
-        },
-        ErrorKind::InvalidChannelState(..) | ErrorKind::InvalidChannel(_) => {
-            SourceError::ChannelClosed
-        }
-        _ => SourceError::Unavailable(Box::new(err)),
     }
 }

@@ -9,13 +9,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Acker, BasicProperties, Channel, Confirmation};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Acker, BasicProperties, Channel};
 use tokio::sync::Mutex;
 
-use super::consumer::is_broker_header;
-use super::{from_lapin, short, topology};
+use crate::amqp::confirm::publish_confirmed;
+use crate::amqp::connection::short;
+use crate::amqp::headers::{copy_headers, copy_properties, text};
+use crate::amqp::{AmqpError, topology};
 use crate::config::AmqpSettings;
 use crate::source::{
     ATTEMPT_HEADER, DETAIL_HEADER, Parked, REASON_HEADER, Requeue, Settle, SourceError,
@@ -52,42 +54,7 @@ impl Republisher {
         properties: BasicProperties,
     ) -> Result<(), SourceError> {
         let _one_at_a_time = self.in_flight.lock().await;
-        let confirm = self
-            .channel
-            .basic_publish(
-                short("")?,
-                short(queue)?,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .map_err(from_lapin)?
-            .await
-            .map_err(from_lapin)?;
-        check_confirmation(confirm, queue)
-    }
-}
-
-/// Turns a confirmation into success only if the broker acked AND did not return the message.
-pub(crate) fn check_confirmation(confirm: Confirmation, target: &str) -> Result<(), SourceError> {
-    match confirm {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-            Err(SourceError::Refused(format!(
-                "message to {target} was returned unroutable ({} {})",
-                returned.reply_code, returned.reply_text
-            )))
-        }
-        Confirmation::Nack(None) => Err(SourceError::Refused(format!(
-            "the broker did not accept the message to {target} (negative confirm)"
-        ))),
-        Confirmation::NotRequested => Err(SourceError::Refused(
-            "publisher confirms are not enabled on this channel".to_owned(),
-        )),
+        Ok(publish_confirmed(&self.channel, "", queue, body, properties).await?)
     }
 }
 
@@ -122,10 +89,10 @@ impl AmqpSettler {
                 self.settled = true;
                 Ok(())
             }
-            Ok(false) => Err(SourceError::ChannelClosed),
-            Err(e) => Err(match from_lapin(e) {
-                SourceError::Unavailable(_) => SourceError::ChannelClosed,
-                other => other,
+            Ok(false) => Err(SourceError::Unsettled),
+            Err(e) => Err(match crate::amqp::connection::classify(e) {
+                AmqpError::Unavailable(_) | AmqpError::ChannelClosed => SourceError::Unsettled,
+                other => other.into(),
             }),
         }
     }
@@ -202,10 +169,6 @@ impl Settle for AmqpSettler {
     }
 }
 
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
-}
-
 fn set(headers: &mut FieldTable, name: &str, value: AMQPValue) -> Result<(), SourceError> {
     headers.insert(short(name)?, value);
     Ok(())
@@ -222,96 +185,9 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Headers for a copy: the original's non-string headers minus broker-owned ones (the copy starts
-/// a new journey; our attempt header carries the count), and the caller's string headers
-/// (trace context, previous reason) as given — they may have been updated since delivery.
-pub(crate) fn copy_headers(
-    original: &BasicProperties,
-    strings: &std::collections::BTreeMap<String, String>,
-) -> FieldTable {
-    let mut out = FieldTable::default();
-    if let Some(table) = original.headers() {
-        for (name, value) in table.inner() {
-            let keep = !is_broker_header(name.as_str())
-                && !matches!(value, AMQPValue::LongString(_) | AMQPValue::ShortString(_));
-            if keep {
-                out.insert(name.clone(), value.clone());
-            }
-        }
-    }
-    for (name, value) in strings {
-        if is_broker_header(name) {
-            continue;
-        }
-        if let Ok(key) = short(name) {
-            out.insert(key, text(value));
-        }
-    }
-    out
-}
-
-/// Properties for a copy: the original's identity and content metadata, persistent, with the
-/// given headers. No expiration (a per-message TTL would fight the wait queue's), no user id (the
-/// broker checks it against the publishing user).
-pub(crate) fn copy_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut p = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    if let Some(v) = original.content_type() {
-        p = p.with_content_type(v.clone());
-    }
-    if let Some(v) = original.content_encoding() {
-        p = p.with_content_encoding(v.clone());
-    }
-    if let Some(v) = original.message_id() {
-        p = p.with_message_id(v.clone());
-    }
-    if let Some(v) = original.correlation_id() {
-        p = p.with_correlation_id(v.clone());
-    }
-    if let Some(v) = original.timestamp() {
-        p = p.with_timestamp(*v);
-    }
-    if let Some(v) = original.kind() {
-        p = p.with_type(v.clone());
-    }
-    if let Some(v) = original.app_id() {
-        p = p.with_app_id(v.clone());
-    }
-    p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn copies_drop_broker_headers_and_take_the_callers_strings() {
-        let mut original = FieldTable::default();
-        original.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
-        original.insert("x-delivery-count".into(), AMQPValue::LongLongInt(3));
-        original.insert("x-first-death-queue".into(), text("q"));
-        original.insert("traceparent".into(), text("old"));
-        original.insert("x-custom-number".into(), AMQPValue::LongInt(9));
-        let props = BasicProperties::default()
-            .with_headers(original)
-            .with_message_id("ev-1".into());
-        let strings = BTreeMap::from([
-            ("traceparent".to_owned(), "new".to_owned()),
-            ("x-death".to_owned(), "q/expired/1".to_owned()),
-        ]);
-        let headers = copy_headers(&props, &strings);
-        let copied = copy_properties(&props, headers.clone());
-        assert_eq!(
-            copied.message_id().as_ref().map(|s| s.as_str()),
-            Some("ev-1")
-        );
-        assert_eq!(copied.delivery_mode(), &Some(2));
-        let names: Vec<&str> = headers.inner().keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["traceparent", "x-custom-number"]);
-        assert_eq!(headers.inner()["traceparent"], text("new"));
-    }
 
     #[test]
     fn truncates_on_a_char_boundary() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bidorch::config::{RedisSettings, SecretUrl};
-use bidorch::lock::{LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore};
+use bidorch::lock::{Lease, LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore};
 use bidorch::posting::PostingKey;
 
 use crate::support;
@@ -123,6 +123,42 @@ impl Backend {
 }
 
 /// Polls `condition` every 10 ms until it holds or `within` passes; returns whether it held.
+/// What a contender does in the tests (the worker itself never waits: it retries the message
+/// later): polls `try_acquire` with a short, jittered backoff until it wins or `within` passes.
+/// `None` when it never won.
+pub async fn acquire_waiting(
+    store: &dyn LockStore,
+    key: &PostingKey,
+    ttl: Duration,
+    within: Duration,
+) -> Option<Lease> {
+    let deadline = std::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(lease) = store
+            .try_acquire(key, ttl)
+            .await
+            .expect("the store answers")
+        {
+            return Some(lease);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(pause + Duration::from_micros(fastrand::u64(..1000))).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Whether anyone holds `key` right now.
+pub async fn is_held(store: &dyn LockStore, key: &PostingKey) -> bool {
+    store
+        .holder(key)
+        .await
+        .expect("the store answers")
+        .is_some()
+}
+
 pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,

@@ -201,3 +201,22 @@ pub async fn final_rows(ledger: &dyn bidorch::ledger::BidLedger) -> u64 {
         .map(|(_, n)| n)
         .sum()
 }
+
+/// A worker's system on the real services, as `bidorch worker` builds it from `settings`, except
+/// that its marketplace client presents `token` to the test's sandbox.
+pub async fn worker_system(
+    settings: &bidorch::config::Settings,
+    token: &str,
+    tally: Option<std::sync::Arc<bidorch::tally::Tally>>,
+) -> bidorch::app::System {
+    let token = token.to_owned();
+    let client =
+        bidorch::marketplace::HttpMarketplace::new(&settings.marketplaces, |_| Some(token.clone()))
+            .expect("test marketplaces are valid");
+    let mut builder =
+        bidorch::app::System::builder(settings).marketplace(std::sync::Arc::new(client));
+    if let Some(tally) = tally {
+        builder = builder.tally(tally);
+    }
+    builder.build().await.expect("the test system starts")
+}

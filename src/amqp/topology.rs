@@ -32,9 +32,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use super::{from_lapin, short};
+use super::AmqpError;
+use super::connection::{classify, short};
 use crate::config::AmqpSettings;
-use crate::source::SourceError;
 
 /// Routing pattern binding the work queue to the exchange.
 pub const BINDING_KEY: &str = "posting.#";
@@ -129,10 +129,7 @@ pub fn pick_tier(tiers: &[Duration], delay: Duration) -> Option<Duration> {
 }
 
 /// Declares the exchange only (what a publisher needs); idempotent.
-pub async fn declare_exchange(
-    channel: &Channel,
-    settings: &AmqpSettings,
-) -> Result<(), SourceError> {
+pub async fn declare_exchange(channel: &Channel, settings: &AmqpSettings) -> Result<(), AmqpError> {
     channel
         .exchange_declare(
             short(&settings.exchange)?,
@@ -144,12 +141,12 @@ pub async fn declare_exchange(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| refine(from_lapin(e), &format!("exchange `{}`", settings.exchange)))
+        .map_err(|e| refine(classify(e), &format!("exchange `{}`", settings.exchange)))
 }
 
 /// Declares the whole topology; idempotent. Dead-letter targets are declared before the queues
 /// that dead-letter into them.
-pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<(), SourceError> {
+pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<(), AmqpError> {
     declare_exchange(channel, settings).await?;
     let mut specs = queues(settings);
     // Parking lot first, then the work queue, then the wait queues that feed it.
@@ -165,7 +162,7 @@ pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<(), S
                 spec.arguments.clone(),
             )
             .await
-            .map_err(|e| refine(from_lapin(e), &format!("queue `{}`", spec.name)))?;
+            .map_err(|e| refine(classify(e), &format!("queue `{}`", spec.name)))?;
     }
     channel
         .queue_bind(
@@ -176,13 +173,13 @@ pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<(), S
             FieldTable::default(),
         )
         .await
-        .map_err(|e| refine(from_lapin(e), &format!("binding of `{}`", settings.queue)))
+        .map_err(|e| refine(classify(e), &format!("binding of `{}`", settings.queue)))
 }
 
 /// Names the entity in a topology refusal; other errors pass through.
-fn refine(err: SourceError, what: &str) -> SourceError {
+fn refine(err: AmqpError, what: &str) -> AmqpError {
     match err {
-        SourceError::Topology(msg) => SourceError::Topology(format!(
+        AmqpError::Topology(msg) => AmqpError::Topology(format!(
             "{what}: {msg} (an existing entity with different arguments is never changed by the \
              broker: delete it, or use another name in config)"
         )),

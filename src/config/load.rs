@@ -1,0 +1,182 @@
+//! Loading [`Settings`] in layers, later wins: the compiled-in `config/default.toml` → the
+//! profile file `config/{BIDORCH_ENV or ENV}.toml` if present → `--config FILE` →
+//! `BIDORCH__SECTION__KEY` environment variables (lists comma-separated) → `AMQP_URL`,
+//! `REDIS_URL` (or the original `REDIS_*` variables), `DATABASE_URL`, `USE_REDIS_LOCKS`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::{ConfigError, DEFAULT_TOML, Settings, compat};
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["bidding.blocked_keywords", "amqp.retry_tiers"];
+
+impl Settings {
+    /// Loads settings from the process environment and an optional `--config` file.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// Loads settings with an explicit environment (tests pass their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(profile) = compat::profile(env) {
+            let path = PathBuf::from(format!("config/{profile}.toml"));
+            builder = builder.add_source(config::File::from(path).required(false));
+        }
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::File {
+                    path: file.to_owned(),
+                    problem: "not found (passed with --config)".to_owned(),
+                });
+            }
+            builder = builder.add_source(config::File::from(file));
+        }
+        // Values stay strings (no `try_parsing`): "250.50" must not turn into a float on its way
+        // to a money field. Typed fields parse their strings; list keys are split here.
+        let environment = config::Environment::with_prefix("BIDORCH")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(env.clone().into_iter().collect()));
+        builder = builder.add_source(environment);
+        for key in LIST_KEYS {
+            let var = format!("BIDORCH__{}", key.to_uppercase().replace('.', "__"));
+            if let Some(value) = env.get(&var) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                builder = builder.set_override(*key, items)?;
+            }
+        }
+        builder = builder
+            .set_override_option("amqp.url", env.get("AMQP_URL").cloned())?
+            .set_override_option("database.url", env.get("DATABASE_URL").cloned())?
+            .set_override_option("redis.url", compat::redis_url(env)?)?
+            .set_override_option("lock.kind", compat::lock_kind(env)?)?;
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LockKind;
+    use rust_decimal::Decimal;
+    use std::time::Duration;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::load_from(None, &env(&[])).expect("defaults are valid");
+        assert_eq!(s.amqp.exchange, "postings");
+        assert_eq!(s.amqp.queue, "bidorch.postings");
+        assert_eq!(s.amqp.dead_letter_queue(), "bidorch.postings.dead");
+        assert_eq!(
+            s.amqp.retry_queue(Duration::from_secs(10)),
+            "bidorch.postings.retry.10s"
+        );
+        assert!(s.marketplaces.contains_key("upwork"));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_lists() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("BIDORCH__AMQP__PREFETCH", "128"),
+                (
+                    "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+                    "http://mk.test:9/u",
+                ),
+                ("BIDORCH__BIDDING__BLOCKED_KEYWORDS", "crypto,unpaid"),
+                ("BIDORCH__BIDDING__MIN_BUDGET", "250.50"),
+                ("BIDORCH__LOCK__TTL", "45s"),
+                ("AMQP_URL", "amqp://u:p@broker:5672/%2f"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.amqp.prefetch, 128);
+        assert_eq!(
+            s.marketplaces["upwork"].base_url.as_str(),
+            "http://mk.test:9/u"
+        );
+        assert_eq!(s.bidding.blocked_keywords, vec!["crypto", "unpaid"]);
+        assert_eq!(s.bidding.min_budget, Decimal::new(25050, 2));
+        assert_eq!(s.lock.ttl, Duration::from_secs(45));
+        assert_eq!(s.amqp.url.expose(), "amqp://u:p@broker:5672/%2f");
+    }
+
+    #[test]
+    fn original_redis_variables_select_the_lock_store() {
+        let s = Settings::load_from(
+            None,
+            &env(&[("REDIS_HOST", "cache"), ("USE_REDIS_LOCKS", "false")]),
+        )
+        .unwrap();
+        assert_eq!(s.redis.url.expose(), "redis://cache:6379/0");
+        assert_eq!(s.lock.kind, LockKind::Memory);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err =
+            Settings::load_from(None, &env(&[("BIDORCH__AMQP__PREFETCH", "lots")])).unwrap_err();
+        let err = crate::error::chain(&err);
+        assert!(err.contains("amqp.prefetch"), "{err}");
+        let err =
+            Settings::load_from(None, &env(&[("BIDORCH__LOCK__TTL", "forever")])).unwrap_err();
+        let err = crate::error::chain(&err);
+        assert!(err.contains("lock.ttl"), "{err}");
+        let err = Settings::load_from(None, &env(&[("BIDORCH__LOCK__TTL", "1s")])).unwrap_err();
+        let err = crate::error::chain(&err);
+        assert!(
+            err.contains("marketplaces.") && err.contains("timeout"),
+            "{err}"
+        );
+        let err = Settings::load_from(None, &env(&[("USE_REDIS_LOCKS", "maybe")])).unwrap_err();
+        let err = crate::error::chain(&err);
+        assert!(err.contains("USE_REDIS_LOCKS"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_display() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("AMQP_URL", "amqp://user:hunter2@broker/%2f"),
+                ("REDIS_URL", "rediss://:hunter2@cache:6380/0"),
+                ("DATABASE_URL", "postgres://app:hunter2@db/bids"),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{s:?} {} {} {}", s.amqp.url, s.redis.url, s.database.url);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+
+    #[test]
+    fn missing_config_file_is_named() {
+        let err = Settings::load_from(Some(Path::new("/nonexistent/bidorch.toml")), &env(&[]))
+            .unwrap_err();
+        let err = crate::error::chain(&err);
+        assert!(err.contains("/nonexistent/bidorch.toml"), "{err}");
+    }
+}

@@ -1,0 +1,276 @@
+//! Configuration: typed settings, loaded in layers and validated with errors that name the key.
+//!
+//! - [`load`]: the layers — `config/default.toml` (compiled in, so the binary runs from anywhere)
+//!   → `config/{BIDORCH_ENV or ENV}.toml` if present → `--config FILE` → `BIDORCH__SECTION__KEY`
+//!   environment variables → `AMQP_URL`, `REDIS_URL`, `DATABASE_URL`.
+//! - [`compat`]: the original system's variables (`REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`/
+//!   `REDIS_PASSWORD`, `USE_REDIS_LOCKS`, `ENV`).
+//! - [`validate`]: relations between keys that types alone cannot express.
+//! - [`secret`]: [`SecretUrl`], whose secrets never reach `Debug`, `Display` or logs.
+
+mod compat;
+mod load;
+pub mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+pub use self::secret::SecretUrl;
+
+/// The compiled-in defaults; the same file documents every key.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// A configuration problem, naming the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("configuration file {path}: {problem}")]
+    File { path: PathBuf, problem: String },
+}
+
+pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Where deliveries come from.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Amqp,
+    Memory,
+}
+
+/// Which lock store holds leases.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Redis,
+    Memory,
+}
+
+/// Which database holds the ledger.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerKind {
+    Postgres,
+    Sqlite,
+}
+
+/// How bids are sent.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MarketplaceKind {
+    /// Over HTTP to each configured `base_url` (production).
+    Http,
+    /// To a sandbox marketplace served in-process (the demo, tests, trying things out).
+    Sandbox,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[source]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    pub kind: SourceKind,
+}
+
+/// `[amqp]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: SecretUrl,
+    pub exchange: String,
+    pub queue: String,
+    pub prefetch: u16,
+    #[serde(deserialize_with = "de_durations")]
+    pub retry_tiers: Vec<Duration>,
+    pub max_attempts: u32,
+    pub delivery_limit: u32,
+    pub publish_window: usize,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_timeout: Duration,
+}
+
+impl AmqpSettings {
+    /// `{queue}.dead`, the parking lot.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    /// `{queue}.retry.{tier}` for a tier's delay, e.g. `bidorch.postings.retry.10s`.
+    pub fn retry_queue(&self, tier: Duration) -> String {
+        format!("{}.retry.{}", self.queue, humantime::format_duration(tier))
+    }
+}
+
+/// `[redis]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: SecretUrl,
+    pub key_prefix: String,
+}
+
+/// `[lock]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockSettings {
+    pub kind: LockKind,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+/// `[database]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub kind: LedgerKind,
+    pub url: SecretUrl,
+    /// PostgreSQL schema to use (created if missing); empty for the connection's default.
+    pub schema: String,
+    pub max_connections: u32,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+}
+
+/// `[marketplace]`: how bids are sent (where is `[marketplaces.<name>]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketplaceClientSettings {
+    pub kind: MarketplaceKind,
+}
+
+/// `[marketplaces.<name>]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketplaceSettings {
+    pub base_url: url::Url,
+    /// Name of the environment variable holding the bearer token (the token is never in config).
+    pub token_env: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// `[bidding]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BiddingSettings {
+    #[serde(deserialize_with = "de_amount")]
+    pub min_budget: Decimal,
+    pub blocked_keywords: Vec<String>,
+    pub daily_bid_cap: u64,
+    pub cover_letter: String,
+}
+
+/// `[worker]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Identifies this instance in lease tokens and logs; empty means hostname-pid.
+    pub instance_id: String,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_lock_held: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_unavailable: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_transient: Duration,
+}
+
+/// `[telemetry]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+/// All settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub source: SourceSettings,
+    pub amqp: AmqpSettings,
+    pub redis: RedisSettings,
+    pub lock: LockSettings,
+    pub database: DatabaseSettings,
+    pub http: HttpSettings,
+    pub marketplace: MarketplaceClientSettings,
+    pub marketplaces: BTreeMap<String, MarketplaceSettings>,
+    pub bidding: BiddingSettings,
+    pub worker: WorkerSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+fn de_amount<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(i) => Ok(Decimal::from(i)),
+        Raw::Text(s) => Decimal::from_str_exact(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a decimal amount ({e}); write e.g. \"500\" or \"499.99\""
+            ))
+        }),
+    }
+}
+
+fn de_durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            humantime::parse_duration(s.trim())
+                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e})")))
+        })
+        .collect()
+}
+
+impl Settings {
+    /// This instance's id: `worker.instance_id`, or `{hostname}-{pid}`.
+    pub fn instance_id(&self) -> String {
+        if !self.worker.instance_id.is_empty() {
+            return self.worker.instance_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .unwrap_or_else(|| "bidorch".to_owned());
+        format!("{host}-{}", std::process::id())
+    }
+}

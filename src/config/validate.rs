@@ -1,0 +1,128 @@
+//! Relations between keys that types alone cannot express, checked once at load: each failure is
+//! a [`ConfigError::Invalid`] naming the key, so a bad configuration stops start-up clearly.
+
+use std::time::Duration;
+
+use super::{
+    AmqpSettings, BiddingSettings, ConfigError, DatabaseSettings, LockSettings,
+    MarketplaceSettings, Settings, invalid,
+};
+
+impl Settings {
+    /// Checks every section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        amqp(&self.amqp)?;
+        lock(&self.lock)?;
+        database(&self.database)?;
+        if self.marketplaces.is_empty() {
+            return Err(invalid(
+                "marketplaces",
+                "configure at least one marketplace",
+            ));
+        }
+        for (name, m) in &self.marketplaces {
+            marketplace(name, m, &self.lock)?;
+        }
+        bidding(&self.bidding)
+    }
+}
+
+/// `true` when `value` is at least 1.
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn amqp(a: &AmqpSettings) -> Result<(), ConfigError> {
+    positive("amqp.prefetch", a.prefetch.into())?;
+    positive("amqp.max_attempts", a.max_attempts.into())?;
+    positive("amqp.delivery_limit", a.delivery_limit.into())?;
+    positive("amqp.publish_window", a.publish_window as u64)?;
+    if a.exchange.is_empty() {
+        return Err(invalid("amqp.exchange", "must not be empty"));
+    }
+    if a.queue.is_empty() {
+        return Err(invalid("amqp.queue", "must not be empty"));
+    }
+    if a.retry_tiers.is_empty() {
+        return Err(invalid("amqp.retry_tiers", "needs at least one delay"));
+    }
+    if a.retry_tiers.windows(2).any(|w| w[0] >= w[1]) || a.retry_tiers.iter().any(Duration::is_zero)
+    {
+        return Err(invalid(
+            "amqp.retry_tiers",
+            "delays must be positive and strictly increasing, e.g. [\"1s\", \"10s\", \"60s\"]",
+        ));
+    }
+    Ok(())
+}
+
+fn lock(l: &LockSettings) -> Result<(), ConfigError> {
+    if l.ttl < Duration::from_millis(100) {
+        return Err(invalid("lock.ttl", "must be at least 100ms"));
+    }
+    Ok(())
+}
+
+fn database(d: &DatabaseSettings) -> Result<(), ConfigError> {
+    positive("database.max_connections", d.max_connections.into())?;
+    let plain = d
+        .schema
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !plain {
+        return Err(invalid(
+            "database.schema",
+            "may contain only a-z, 0-9 and _",
+        ));
+    }
+    Ok(())
+}
+
+fn marketplace(
+    name: &str,
+    m: &MarketplaceSettings,
+    lock: &LockSettings,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("marketplaces.{name}.{k}");
+    if crate::posting::PostingKey::new(name, "x").is_err() {
+        return Err(invalid(
+            format!("marketplaces.{name}"),
+            "name must match ^[a-z0-9][a-z0-9_-]{0,31}$",
+        ));
+    }
+    if !matches!(m.base_url.scheme(), "http" | "https") {
+        return Err(invalid(
+            key("base_url"),
+            "must be an http:// or https:// URL",
+        ));
+    }
+    if m.token_env.is_empty() {
+        return Err(invalid(
+            key("token_env"),
+            "must name an environment variable",
+        ));
+    }
+    // The bid must finish well inside the lease, or a slow call outlives it.
+    let call = m.timeout.saturating_add(m.connect_timeout);
+    if call > lock.ttl / 2 {
+        return Err(invalid(
+            key("timeout"),
+            format!(
+                "timeout + connect_timeout ({}) must be at most half of lock.ttl ({})",
+                humantime::format_duration(call),
+                humantime::format_duration(lock.ttl)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn bidding(b: &BiddingSettings) -> Result<(), ConfigError> {
+    if b.min_budget.is_sign_negative() {
+        return Err(invalid("bidding.min_budget", "must not be negative"));
+    }
+    Ok(())
+}
