@@ -12,9 +12,9 @@
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use bidorch::amqp::topology;
 use bidorch::config::{AmqpSettings, SecretUrl};
 use bidorch::publish::{OutgoingEvent, Publisher};
-use bidorch::source::amqp::topology;
 use bidorch::source::{AmqpPostingSource, PostingSource};
 use clap::Parser;
 use futures_core::Stream;
