@@ -34,4 +34,5 @@ pub mod publish;
 pub mod source;
 pub mod tally;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

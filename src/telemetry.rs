@@ -67,6 +67,7 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber. Call once, from the binary.
 pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<Telemetry> {
+    crate::tls::install_default_provider();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_filter))

@@ -10,6 +10,7 @@
 //! Both run the same statements — an atomic upsert for `claim`, `UPDATE .. WHERE epoch = $e AND
 //! state = 'pending'` for every later write — and pass the same contract suite (`tests/ledger.rs`).
 
+mod migrations;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

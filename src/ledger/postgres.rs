@@ -16,9 +16,6 @@ use super::{BidLedger, Claim, Fenced, FinalOutcome, LedgerEntry, LedgerError, Le
 use crate::config::DatabaseSettings;
 use crate::posting::PostingKey;
 
-/// The embedded PostgreSQL migrations (`migrations/postgres/`).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
-
 /// The ledger in PostgreSQL. Cloning is shallow: clones share one connection pool.
 #[derive(Clone, Debug)]
 pub struct PgBidLedger {
@@ -90,7 +87,10 @@ impl PgBidLedger {
     /// Applies the embedded migrations not yet applied (idempotent; concurrent callers are
     /// serialised by sqlx's advisory lock). The migration history lives in the same schema.
     pub async fn migrate(&self) -> Result<(), LedgerError> {
-        MIGRATOR.run(&self.pool).await.map_err(sql::migrate_error)
+        super::migrations::postgres()
+            .run(&self.pool)
+            .await
+            .map_err(sql::migrate_error)
     }
 
     /// Closes the pool, waiting for checked-out connections to come back.

@@ -18,9 +18,6 @@ use super::{BidLedger, Claim, Fenced, FinalOutcome, LedgerEntry, LedgerError, Le
 use crate::config::SecretUrl;
 use crate::posting::PostingKey;
 
-/// The embedded SQLite migrations (`migrations/sqlite/`).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-
 /// Connections for a file database when the caller does not say.
 const DEFAULT_MAX_CONNECTIONS: u32 = 4;
 
@@ -83,7 +80,10 @@ impl SqliteBidLedger {
 
     /// Applies the embedded migrations not yet applied (idempotent).
     pub async fn migrate(&self) -> Result<(), LedgerError> {
-        MIGRATOR.run(&self.pool).await.map_err(sql::migrate_error)
+        super::migrations::sqlite()
+            .run(&self.pool)
+            .await
+            .map_err(sql::migrate_error)
     }
 
     /// Closes the pool (for an in-memory database this discards it).

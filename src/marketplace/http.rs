@@ -53,6 +53,7 @@ impl HttpMarketplace {
         marketplaces: &BTreeMap<String, MarketplaceSettings>,
         token_of: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, MarketplaceError> {
+        crate::tls::install_default_provider();
         let mut endpoints = BTreeMap::new();
         for (name, settings) in marketplaces {
             let problem = |problem: String| MarketplaceError::Config {

@@ -58,7 +58,7 @@ impl RunningSandbox {
     }
 
     async fn stats_over_http(&self) -> SandboxStats {
-        reqwest::get(format!("http://{}/v1/stats", self.addr))
+        crate::support::http_get(format!("http://{}/v1/stats", self.addr))
             .await
             .unwrap()
             .json()
@@ -71,7 +71,12 @@ impl RunningSandbox {
         url.path_segments_mut()
             .unwrap()
             .extend([marketplace, posting_id]);
-        reqwest::get(url).await.unwrap().json().await.unwrap()
+        crate::support::http_get(url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
@@ -117,7 +122,7 @@ async fn post_raw(
     headers: &[(&str, &str)],
     body: &str,
 ) -> reqwest::Response {
-    let mut request = reqwest::Client::new()
+    let mut request = crate::support::client()
         .post(format!("http://{addr}{path}"))
         .body(body.to_owned());
     for (name, value) in headers {
@@ -644,7 +649,7 @@ async fn sandbox_without_idempotency_exposes_duplicates() {
 #[tokio::test]
 async fn serve_returns_when_shutdown_resolves() {
     let mut s = RunningSandbox::start(SandboxOptions::default()).await;
-    let health = reqwest::get(format!("http://{}/healthz", s.addr))
+    let health = crate::support::http_get(format!("http://{}/healthz", s.addr))
         .await
         .unwrap();
     assert_eq!(health.status(), 200);

@@ -153,7 +153,7 @@ impl Worker {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::get(format!("http://{}{path}", self.addr))
+        let response = crate::support::http_get(format!("http://{}{path}", self.addr))
             .await
             .ok()?;
         let status = response.status().as_u16();

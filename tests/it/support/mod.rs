@@ -220,3 +220,14 @@ pub async fn worker_system(
     }
     builder.build().await.expect("the test system starts")
 }
+
+/// An HTTP client for the tests (bidorch's TLS provider installed first, as the binary does).
+pub fn client() -> reqwest::Client {
+    bidorch::tls::install_default_provider();
+    reqwest::Client::new()
+}
+
+/// `GET url` with [`client`].
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    client().get(url).send().await
+}

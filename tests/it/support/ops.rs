@@ -31,7 +31,7 @@ impl Ops {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}{path}", self.addr))
+        let response = crate::support::http_get(format!("http://{}{path}", self.addr))
             .await
             .unwrap();
         (response.status().as_u16(), response.text().await.unwrap())

@@ -1,0 +1,77 @@
+//! The ledger's migrations, compiled into the binary from `migrations/postgres/` and
+//! `migrations/sqlite/` (same version numbers in both). Listed here by hand rather than through
+//! `sqlx::migrate!`: that macro pulls sqlx's whole driver and TLS stack into a proc-macro build,
+//! which doubled the cold compile. A unit test checks the lists against the directories, so a
+//! migration file cannot be forgotten; checksums are sqlx's own, so databases migrated by either
+//! way agree.
+
+use std::borrow::Cow;
+
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// `(version, description, PostgreSQL SQL, SQLite SQL)`.
+type Entry = (i64, &'static str, &'static str, &'static str);
+
+/// Every migration, in order.
+const MIGRATIONS: &[Entry] = &[(
+    1,
+    "create bid ledger",
+    include_str!("../../migrations/postgres/0001_create_bid_ledger.sql"),
+    include_str!("../../migrations/sqlite/0001_create_bid_ledger.sql"),
+)];
+
+fn migrator(sql: fn(&'static Entry) -> &'static str) -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|m| {
+                Migration::new(
+                    m.0,
+                    Cow::Borrowed(m.1),
+                    MigrationType::Simple,
+                    SqlStr::from_static(sql(m)),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The PostgreSQL migrations.
+pub(super) fn postgres() -> Migrator {
+    migrator(|m| m.2)
+}
+
+/// The SQLite migrations.
+pub(super) fn sqlite() -> Migrator {
+    migrator(|m| m.3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `NNNN_name.sql` files of a migrations directory, as `(version, description)`.
+    fn files(dir: &str) -> Vec<(i64, String)> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut found: Vec<(i64, String)> = std::fs::read_dir(&path)
+            .expect("migrations directory")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let stem = name.strip_suffix(".sql")?;
+                let (version, rest) = stem.split_once('_')?;
+                Some((version.parse().ok()?, rest.replace('_', " ")))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn every_migration_file_is_listed_in_both_dialects() {
+        let listed: Vec<(i64, String)> = MIGRATIONS.iter().map(|m| (m.0, m.1.to_owned())).collect();
+        assert_eq!(files("migrations/postgres"), listed);
+        assert_eq!(files("migrations/sqlite"), listed);
+    }
+}
