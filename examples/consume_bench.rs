@@ -56,6 +56,8 @@ fn settings(prefetch: u16) -> AmqpSettings {
         delivery_limit: 20,
         publish_window: 512,
         reconnect_timeout: Duration::from_secs(10),
+        retry_budget: Duration::from_secs(24 * 3600),
+        confirm_timeout: Duration::from_secs(30),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::ledger::{self, BidLedger, LedgerError};
 use crate::lock::{self, LockError, LockStore};
 use crate::marketplace::sandbox::{Sandbox, SandboxOptions, SandboxServer};
 use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
-use crate::pipeline::{Pipeline, RetryDelays};
+use crate::pipeline::{Pipeline, RetryRules};
 use crate::policy::Policy;
 use crate::source::{
     AmqpPostingSource, ConsumerState, MemoryQueue, PostingSource, SourceError, SourceHealth,
@@ -115,6 +115,14 @@ impl SystemBuilder {
     pub async fn build(self) -> Result<System, StartError> {
         let settings = self.settings;
         refuse_unsafe(&settings)?;
+        if settings.marketplaces.is_empty() && self.marketplace.is_none() {
+            return Err(StartError::Config(crate::config::ConfigError::Invalid {
+                key: "marketplaces".to_owned(),
+                problem: "configure at least one marketplace to bid on \
+                          (marketplaces.<name>.base_url and marketplaces.<name>.token_env)"
+                    .to_owned(),
+            }));
+        }
         let instance = settings.instance_id();
         let locks: Arc<dyn LockStore> = match self.locks {
             Some(locks) => locks,
@@ -128,7 +136,9 @@ impl SystemBuilder {
             (Some(client), _) => (client, None),
             (None, MarketplaceKind::Http) => {
                 let client =
-                    HttpMarketplace::new(&settings.marketplaces, |var| std::env::var(var).ok())?;
+                    HttpMarketplace::new(&settings.marketplaces, settings.lock.ttl, |var| {
+                        std::env::var(var).ok()
+                    })?;
                 (Arc::new(client) as Arc<dyn Marketplace>, None)
             }
             (None, MarketplaceKind::Sandbox) => {
@@ -197,7 +207,7 @@ async fn in_process_sandbox(
         m.base_url = url::Url::parse(&format!("{}/{name}", server.url()))
             .expect("a loopback URL with a plain path parses");
     }
-    let client = HttpMarketplace::new(&marketplaces, |_| Some(token.clone()))?;
+    let client = HttpMarketplace::new(&marketplaces, settings.lock.ttl, |_| Some(token.clone()))?;
     Ok((Arc::new(client), server))
 }
 
@@ -284,7 +294,8 @@ impl System {
     ) -> Result<WorkerReport, StartError> {
         let instance = self.settings.instance_id();
         let source = self.open_source(&instance).await?;
-        let consuming = Arc::new(AtomicBool::new(false));
+        let status = worker::Status::default();
+        let consuming = status.consuming.clone();
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http_task = if serve_http {
             let addr = self.settings.http.addr;
@@ -295,6 +306,8 @@ impl System {
                 locks: self.ports.locks.clone(),
                 ledger: self.ports.ledger.clone(),
                 consuming: consuming.clone(),
+                gate: status.gate.clone(),
+                breakers: self.pipeline.breakers().clone(),
             };
             tracing::info!(%addr, "Serving /healthz, /readyz and /metrics");
             Some(tokio::spawn(crate::http::serve(
@@ -320,7 +333,7 @@ impl System {
             source,
             self.pipeline.clone(),
             self.worker_options(),
-            consuming,
+            status,
             shutdown,
         )
         .await;
@@ -366,15 +379,26 @@ pub async fn run_worker(
 /// Consume-loop options from settings.
 pub fn worker_options(settings: &Settings) -> WorkerOptions {
     WorkerOptions {
-        delays: RetryDelays {
+        retry: RetryRules {
             lock_held: settings.worker.retry_lock_held,
             unavailable: settings.worker.retry_unavailable,
             transient: settings.worker.retry_transient,
+            max_attempts: settings.amqp.max_attempts,
+            retry_budget: settings.amqp.retry_budget,
         },
-        max_attempts: settings.amqp.max_attempts,
+        smallest_tier: settings
+            .amqp
+            .retry_tiers
+            .first()
+            .copied()
+            .unwrap_or(std::time::Duration::from_secs(1)),
         grace: settings.worker.shutdown_grace,
         tally: None,
         destination: settings.amqp.exchange.clone(),
+        messaging_system: match settings.source.kind {
+            SourceKind::Amqp => "rabbitmq",
+            SourceKind::Memory => "bidorch.memory",
+        },
     }
 }
 

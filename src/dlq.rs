@@ -22,8 +22,9 @@ use crate::amqp::headers::{copy_headers, copy_properties, read_attempt, string_h
 use crate::config::AmqpSettings;
 use crate::source::{ATTEMPT_HEADER, DETAIL_HEADER, REASON_HEADER};
 
-/// Header a replayed message carries: the reason it had been parked for.
-pub const REPLAYED_REASON_HEADER: &str = "x-bidorch-replayed-reason";
+/// Header a replayed message carries: the reason it had been parked for. For the record only,
+/// so outside the `x-bidorch-*` namespace that the worker trusts only from its own wait queues.
+pub const REPLAYED_REASON_HEADER: &str = "bidorch-replayed-reason";
 
 /// A dead-letter queue failure.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +132,7 @@ impl Session {
             };
             if let Err(e) = self.channel.basic_nack(tag, requeue).await {
                 // Closing the channel below requeues them as well.
-                tracing::debug!(error = %e, "Requeueing nack failed");
+                tracing::debug!(error = %crate::error::Chain(&e), "Requeueing nack failed");
             }
         }
         let _ = self.channel.close(200, "OK".into()).await;

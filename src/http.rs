@@ -1,8 +1,10 @@
 //! The operations endpoint on `http.addr`: `/healthz`, `/readyz` and `/metrics`.
 //!
 //! `/healthz` says the process is alive. `/readyz` is 200 only when the lock store and the
-//! ledger answer and the worker is actually consuming; otherwise 503 with each check's state,
-//! so an orchestrator stops routing to (or restarts) a worker that is up but useless.
+//! ledger answer, the worker is actually consuming, and nothing is paused (a dependency, or a
+//! marketplace refusing our credentials, rate limiting us, down); otherwise 503 with each
+//! check's state and why each pause started, so an operator sees at once what is wrong.
+//! `/metrics` also exports the verdict as `bidorch_ready` (1/0).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::flow::{Breakers, Gate};
 use crate::ledger::BidLedger;
 use crate::lock::LockStore;
 
@@ -26,6 +29,10 @@ pub struct Readiness {
     pub ledger: Arc<dyn BidLedger>,
     /// Raised by the worker while deliveries can flow.
     pub consuming: Arc<AtomicBool>,
+    /// The worker's gate (paused dependencies).
+    pub gate: Gate,
+    /// The pipeline's marketplace breakers (paused marketplaces).
+    pub breakers: Breakers,
 }
 
 /// Each check's state, as `/readyz` reports it.
@@ -35,6 +42,8 @@ pub struct ReadyReport {
     pub lock_store: String,
     pub ledger: String,
     pub consumer: String,
+    /// What is paused (`ledger`, `marketplace:upwork`, …) → why, and for how long.
+    pub paused: std::collections::BTreeMap<String, String>,
 }
 
 /// A dependency check must not hang the probe.
@@ -58,11 +67,24 @@ impl Readiness {
         } else {
             "not consuming".to_owned()
         };
+        let paused: std::collections::BTreeMap<String, String> = self
+            .gate
+            .paused()
+            .into_iter()
+            .chain(self.breakers.paused())
+            .map(|p| {
+                let secs = p.since.elapsed().as_secs();
+                (p.dependency, format!("{} for {secs}s", p.reason.label()))
+            })
+            .collect();
+        let ready = lock_store == "ok" && ledger == "ok" && consumer == "ok" && paused.is_empty();
+        metrics::gauge!(crate::metrics::READY).set(f64::from(u8::from(ready)));
         ReadyReport {
-            ready: lock_store == "ok" && ledger == "ok" && consumer == "ok",
+            ready,
             lock_store,
             ledger,
             consumer,
+            paused,
         }
     }
 }
@@ -81,7 +103,9 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     (status, Json(report)).into_response()
 }
 
-async fn metrics_text() -> Response {
+async fn metrics_text(State(readiness): State<Readiness>) -> Response {
+    // The readiness verdict as a gauge too: alerts read metrics, not `/readyz`.
+    readiness.report().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -1,20 +1,34 @@
 //! bidorch — an event-driven bid orchestrator: exactly one bid per eligible marketplace posting.
 //!
 //! # Layout
-//! - [`config`]: layered settings, validation naming the key, secrets redacted.
-//! - [`posting`]: the wire event parsed and validated at the edge into a [`posting::Posting`].
+//! - [`app`]: the composition root — [`Settings`](config::Settings) in, a running
+//!   [`System`](app::System) out. Every backend is chosen there by configuration, and the safety
+//!   refusals (no in-process locks with a shared queue) live there once.
+//! - [`config`]: layered settings (`load`), the original system's variables (`compat`),
+//!   validation naming the key (`validate`), secrets redacted (`secret`).
+//! - [`posting`]: the wire event (derived, [`posting::wire`]) converted with `TryFrom` into a
+//!   validated [`posting::Posting`].
 //! - [`policy`]: the pure should-bid decision.
 //! - [`pipeline`]: one posting through ledger → lease → claim → decide → fence → bid → record;
-//!   holds the spec's outcome table.
-//! - Ports, each with a production and an embedded backend:
-//!   [`source`] (RabbitMQ / memory), [`lock`] (Redis / memory), [`ledger`] (PostgreSQL / SQLite),
-//!   [`marketplace`] (HTTP client, and the sandbox server).
+//!   `pipeline/outcome.rs` holds the spec's outcome table (one `match`, max attempts included).
+//! - Ports, each a narrow trait speaking domain types, with a production and an embedded backend:
+//!   [`source`] (RabbitMQ / in-process queue), [`lock`] (Redis / memory), [`ledger`]
+//!   (PostgreSQL / SQLite), [`marketplace`] (HTTP client; the sandbox server).
 //! - [`worker`]: the consume loop, concurrency and graceful shutdown.
+//! - [`amqp`]: what every RabbitMQ user shares — connections, topology, headers, confirmed
+//!   publishing — used by [`source`], [`publish`] and [`dlq`].
 //! - [`publish`]: publishing posting events with confirms; [`dlq`]: inspecting and replaying
-//!   parked messages.
-//! - [`demo`]: the one-command run on embedded (or real) backends.
-//! - [`runtime`]: assembling a production worker from settings.
-//! - [`http`], [`metrics`], [`telemetry`]: operations; [`tally`]: exact counts for the demo.
+//!   parked messages; [`demo`]: the one-command run on embedded (or real) backends.
+//! - [`http`], [`metrics`], [`telemetry`]: operations; [`error`]: showing an error with its
+//!   causes; [`tls`]: the one TLS provider; [`tally`]: exact counts for the demo and tests.
+//!
+//! # Where things go
+//! - A new backend for a port: a file next to the others (`lock/etcd.rs`), a `kind` value in
+//!   `config`, one arm in [`app`]; run the port's contract suite (`tests/it/`) against it.
+//! - A new marketplace adapter: an implementation of [`marketplace::Marketplace`] (the HTTP
+//!   contract is in `marketplace/http.rs` and `marketplace/classify.rs`), chosen in [`app`].
+//! - A new pipeline step: a method of [`pipeline::Pipeline`] run inside a `step!` span; if it
+//!   can end the posting, a new [`pipeline::Outcome`] and its row in `Outcome::action`.
 
 pub mod amqp;
 pub mod app;
@@ -22,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod dlq;
 pub mod error;
+pub mod flow;
 pub mod http;
 pub mod ledger;
 pub mod lock;

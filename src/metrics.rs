@@ -12,6 +12,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::pipeline::{Action, Outcome};
+use crate::posting::PostingKey;
 
 /// Seconds; covers sub-millisecond lock calls up to slow marketplace calls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -24,6 +25,10 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub const IN_FLIGHT: &str = "bidorch_postings_in_flight";
 /// Gauge: leases held by this process (renewing, or being released).
 pub const LEASES_HELD: &str = "bidorch_leases_held";
+/// Gauge: 1 while the worker is consuming (not paused, not stopped), else 0.
+pub const CONSUMING: &str = "bidorch_consuming";
+/// Gauge: 1 while `/readyz` would answer 200, else 0 (evaluated at each scrape).
+pub const READY: &str = "bidorch_ready";
 
 /// Kind of an exported metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +72,24 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         Kind::Gauge,
         &[],
         "Leases held by this process now.",
+    ),
+    (
+        CONSUMING,
+        Kind::Gauge,
+        &[],
+        "1 while the worker takes deliveries (not paused, not stopped).",
+    ),
+    (
+        READY,
+        Kind::Gauge,
+        &[],
+        "1 while /readyz would answer 200 (evaluated at each scrape).",
+    ),
+    (
+        crate::flow::PAUSED,
+        Kind::Gauge,
+        &["dependency", "reason"],
+        "1 while a dependency (lock_store, ledger, marketplace:NAME) is paused, by reason.",
     ),
     (
         "bidorch_pipeline_seconds",
@@ -148,6 +171,8 @@ pub fn install() -> PrometheusHandle {
             // dashboard shows 0 rather than "no data" before the first posting.
             gauge!(IN_FLIGHT).increment(0.0);
             gauge!(LEASES_HELD).increment(0.0);
+            gauge!(CONSUMING).increment(0.0);
+            gauge!(READY).increment(0.0);
             handle
         })
         .clone()
@@ -178,51 +203,86 @@ impl Drop for InFlight {
 }
 
 /// Logs and counts one processed delivery: received, outcome, retry or dead letter, latency.
+/// Waits (a held lease, a pause, a not-before) are logged at DEBUG: during an outage they are
+/// many and say nothing new — the pause itself is announced once by [`crate::flow`].
 pub fn observe(
-    marketplace: Option<&str>,
-    posting_id: Option<&str>,
+    key: Option<&PostingKey>,
     outcome: &Outcome,
     action: &Action,
     attempt: u32,
     elapsed: Duration,
 ) {
-    let market = marketplace.unwrap_or("unknown").to_owned();
+    let market = key.map_or("unknown", PostingKey::marketplace);
+    let posting_id = key.map_or("-", PostingKey::posting_id);
     let label = outcome.label();
-    counter!("bidorch_postings_received_total", "marketplace" => market.clone()).increment(1);
-    counter!("bidorch_outcomes_total", "marketplace" => market.clone(), "outcome" => label)
+    counter!("bidorch_postings_received_total", "marketplace" => market.to_owned()).increment(1);
+    counter!("bidorch_outcomes_total", "marketplace" => market.to_owned(), "outcome" => label)
         .increment(1);
     histogram!("bidorch_pipeline_seconds", "outcome" => label).record(elapsed.as_secs_f64());
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
-    let posting_id = posting_id.unwrap_or("-");
     match action {
         Action::Ack => match outcome {
             Outcome::Placed { bid_id, via } => tracing::info!(
-                marketplace = %market, posting_id, attempt, elapsed_ms, bid_id = bid_id.as_deref().unwrap_or("-"),
-                via = ?via, "Bid placed"
+                marketplace = market, posting_id, attempt, elapsed_ms,
+                bid_id = bid_id.as_deref().unwrap_or("-"), via = ?via, "Bid placed"
             ),
             Outcome::Rejected { status } => tracing::warn!(
-                marketplace = %market, posting_id, attempt, elapsed_ms, status, "Bid rejected by the marketplace"
+                marketplace = market,
+                posting_id,
+                attempt,
+                elapsed_ms,
+                status,
+                "Bid rejected by the marketplace"
             ),
-            _ => {
-                tracing::info!(marketplace = %market, posting_id, attempt, elapsed_ms, outcome = label, "Posting settled")
-            }
+            _ => tracing::info!(
+                marketplace = market,
+                posting_id,
+                attempt,
+                elapsed_ms,
+                outcome = label,
+                "Posting settled"
+            ),
         },
-        Action::Retry { delay, reason } => {
+        Action::Retry {
+            delay,
+            reason,
+            counts,
+        } => {
             counter!("bidorch_retries_total", "reason" => *reason).increment(1);
             let detail = match outcome {
                 Outcome::Unavailable { error, .. } => error.as_str(),
                 Outcome::Transient { reason, .. } => reason.as_str(),
                 _ => "",
             };
-            tracing::info!(
-                marketplace = %market, posting_id, attempt, elapsed_ms, reason, detail,
-                delay_ms = delay.as_millis() as u64, "Posting retried later"
-            );
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            if *counts {
+                tracing::info!(
+                    marketplace = market,
+                    posting_id,
+                    attempt,
+                    elapsed_ms,
+                    reason,
+                    detail,
+                    delay_ms,
+                    "Posting retried later"
+                );
+            } else {
+                tracing::debug!(
+                    marketplace = market,
+                    posting_id,
+                    attempt,
+                    elapsed_ms,
+                    reason,
+                    detail,
+                    delay_ms,
+                    "Posting waits"
+                );
+            }
         }
         Action::DeadLetter { reason, detail } => {
             counter!("bidorch_dead_letters_total", "reason" => *reason).increment(1);
             tracing::warn!(
-                marketplace = %market, posting_id, attempt, reason, detail = %detail,
+                marketplace = market, posting_id, attempt, reason, detail = %detail,
                 "Message dead-lettered"
             );
         }

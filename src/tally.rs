@@ -110,10 +110,13 @@ mod tests {
             Duration::from_micros(300),
         );
         t.record(
-            &Outcome::LockHeld,
+            &Outcome::LockHeld {
+                retry_in: Duration::from_secs(1),
+            },
             &Action::Retry {
                 delay: Duration::from_secs(1),
                 reason: "lock_held",
+                counts: false,
             },
             Duration::from_micros(200),
         );

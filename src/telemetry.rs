@@ -12,7 +12,7 @@
 //!
 //! | span (OTel name)                | kind     | made in                    | key attributes |
 //! |---------------------------------|----------|----------------------------|----------------|
-//! | `process {exchange}`            | CONSUMER | [`consumer_span`] (worker) | `messaging.system = "rabbitmq"`, `messaging.operation.type = "process"`, `messaging.operation.name = "process"`, `messaging.destination.name` (exchange), `messaging.message.id`, `bidorch.attempt`, `marketplace`, `posting_id`, `outcome` |
+//! | `process {exchange}`            | CONSUMER | [`consumer_span`] (worker) | `messaging.system` (`rabbitmq`, or `bidorch.memory` in process), `messaging.operation.type = "process"`, `messaging.operation.name = "process"`, `messaging.destination.name` (exchange), `messaging.message.id`, `bidorch.attempt`, `marketplace`, `posting_id`, `outcome` |
 //! | `pipeline`                      | INTERNAL | pipeline                   | `marketplace`, `posting_id`, `outcome` |
 //! | `ledger.lookup` / `ledger.claim` / `ledger.fence` / `ledger.record` | INTERNAL | pipeline | `result` |
 //! | `lease.acquire` / `lease.release` | INTERNAL | pipeline                 | `result` |
@@ -229,6 +229,7 @@ pub fn outgoing_trace_headers(
 /// exchange the worker consumes from (`amqp.exchange`), a low-cardinality name; `marketplace`,
 /// `posting_id` and `outcome` are declared empty and recorded by the worker once known.
 pub fn consumer_span(
+    messaging_system: &'static str,
     destination: &str,
     message_id: Option<&str>,
     attempt: u32,
@@ -239,7 +240,7 @@ pub fn consumer_span(
         otel.name = %format_args!("process {destination}"),
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
-        messaging.system = "rabbitmq",
+        messaging.system = messaging_system,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         messaging.destination.name = %destination,

@@ -37,6 +37,8 @@ async fn metrics_expose_the_documented_names_with_exact_counts_after_a_small_run
         locks: locks.clone(),
         ledger: app.ledger.clone(),
         consuming: Arc::new(AtomicBool::new(true)),
+        gate: Default::default(),
+        breakers: bidorch::flow::Breakers::new(Default::default()),
     })
     .await;
     let before = ops.metrics().await;
@@ -131,6 +133,8 @@ async fn metrics_expose_the_documented_names_with_exact_counts_after_a_small_run
         "bidorch_lock_conflicts_total",
         "bidorch_lock_timeouts_total",
         "bidorch_redis_errors_total",
+        // Labelled by what is paused: present once something has been.
+        bidorch::flow::PAUSED,
     ];
     for (name, kind, _, _) in CATALOGUE {
         if not_exercised.contains(name) {

@@ -18,29 +18,56 @@ pub(crate) fn is_broker_header(name: &str) -> bool {
         || name.starts_with("x-last-death-")
 }
 
-/// `x-bidorch-attempt` as any integer type or a decimal string; 1 when absent or nonsense.
-pub(crate) fn read_attempt(headers: &FieldTable) -> u32 {
+/// Header `name` (any case) as a non-negative integer of any AMQP integer type or a decimal
+/// string.
+pub(crate) fn read_number(headers: &FieldTable, name: &str) -> Option<u64> {
     let value = headers
         .inner()
         .iter()
-        .find(|(k, _)| k.as_str().eq_ignore_ascii_case(ATTEMPT_HEADER))
-        .map(|(_, v)| v);
+        .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)?;
     let n: i128 = match value {
-        Some(AMQPValue::ShortShortInt(v)) => (*v).into(),
-        Some(AMQPValue::ShortShortUInt(v)) => (*v).into(),
-        Some(AMQPValue::ShortInt(v)) => (*v).into(),
-        Some(AMQPValue::ShortUInt(v)) => (*v).into(),
-        Some(AMQPValue::LongInt(v)) => (*v).into(),
-        Some(AMQPValue::LongUInt(v)) => (*v).into(),
-        Some(AMQPValue::LongLongInt(v)) => (*v).into(),
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes())
-            .trim()
-            .parse()
-            .unwrap_or(1),
-        Some(AMQPValue::ShortString(s)) => s.as_str().trim().parse().unwrap_or(1),
-        _ => 1,
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => (*v).into(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).trim().parse().ok()?,
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
+        _ => return None,
     };
-    u32::try_from(n).ok().filter(|n| *n >= 1).unwrap_or(1)
+    u64::try_from(n).ok()
+}
+
+/// `x-bidorch-attempt` as any integer type or a decimal string; 1 when absent or nonsense.
+pub(crate) fn read_attempt(headers: &FieldTable) -> u32 {
+    read_number(headers, ATTEMPT_HEADER)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
+}
+
+/// Whether the broker dead-lettered this message back to us from one of `queue`'s wait queues
+/// (`x-death` names `{queue}.retry.*` with reason `expired`): only then are its `x-bidorch-*`
+/// headers ours. A publisher can write any header, but not the broker's account of a hop.
+pub(crate) fn came_back_from_wait_queue(headers: &FieldTable, queue: &str) -> bool {
+    let prefix = format!("{queue}.retry.");
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        return false;
+    };
+    let text = |t: &FieldTable, k: &str| match t.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        _ => String::new(),
+    };
+    deaths.as_slice().iter().any(|death| match death {
+        AMQPValue::FieldTable(t) => {
+            text(t, "queue").starts_with(&prefix) && text(t, "reason") == "expired"
+        }
+        _ => false,
+    })
 }
 
 /// String-valued headers with lower-cased names, plus `x-death` rendered as
@@ -92,8 +119,8 @@ pub(crate) fn text(s: &str) -> AMQPValue {
 }
 
 /// Headers for a copy: the original's non-string headers minus broker-owned ones (the copy starts
-/// a new journey; our attempt header carries the count), and the caller's string headers
-/// (trace context, previous reason) as given — they may have been updated since delivery.
+/// a new journey) and minus bidorch's own (the caller's strings carry the current ones), and the
+/// caller's string headers (trace context, envelope, reason) as given.
 pub(crate) fn copy_headers(
     original: &BasicProperties,
     strings: &std::collections::BTreeMap<String, String>,
@@ -102,6 +129,7 @@ pub(crate) fn copy_headers(
     if let Some(table) = original.headers() {
         for (name, value) in table.inner() {
             let keep = !is_broker_header(name.as_str())
+                && !crate::source::is_own_header(name.as_str())
                 && !matches!(value, AMQPValue::LongString(_) | AMQPValue::ShortString(_));
             if keep {
                 out.insert(name.clone(), value.clone());

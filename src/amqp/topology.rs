@@ -117,15 +117,18 @@ pub fn queues(settings: &AmqpSettings) -> Vec<QueueSpec> {
     all
 }
 
-/// The wait tier a retry after `delay` goes through: the smallest tier >= `delay`, or the
-/// largest tier when the delay exceeds them all (a later retry simply waits again).
+/// The wait tier a retry after `delay` goes through: the largest tier not longer than `delay`,
+/// or the smallest when `delay` is shorter than every tier. A delay longer than the tier is
+/// finished by its `x-bidorch-not-before` header: the message hops through wait queues until
+/// then, so it waits about `delay` (overshooting by less than the smallest tier), never a whole
+/// larger tier.
 pub fn pick_tier(tiers: &[Duration], delay: Duration) -> Option<Duration> {
     tiers
         .iter()
         .copied()
-        .filter(|t| *t >= delay)
-        .min()
-        .or_else(|| tiers.iter().copied().max())
+        .filter(|t| *t <= delay)
+        .max()
+        .or_else(|| tiers.iter().copied().min())
 }
 
 /// Declares the exchange only (what a publisher needs); idempotent.
@@ -196,12 +199,12 @@ mod tests {
     }
 
     #[test]
-    fn picks_the_smallest_tier_not_shorter_than_the_delay() {
+    fn picks_the_largest_tier_not_longer_than_the_delay() {
         let tiers = [ms(1000), ms(10_000), ms(60_000)];
         assert_eq!(pick_tier(&tiers, ms(0)), Some(ms(1000)));
         assert_eq!(pick_tier(&tiers, ms(1000)), Some(ms(1000)));
-        assert_eq!(pick_tier(&tiers, ms(1001)), Some(ms(10_000)));
-        assert_eq!(pick_tier(&tiers, ms(59_000)), Some(ms(60_000)));
+        assert_eq!(pick_tier(&tiers, ms(9_999)), Some(ms(1000)));
+        assert_eq!(pick_tier(&tiers, ms(30_000)), Some(ms(10_000)));
         assert_eq!(pick_tier(&tiers, ms(600_000)), Some(ms(60_000)));
         assert_eq!(pick_tier(&[], ms(5)), None);
     }

@@ -93,7 +93,31 @@ mod tests {
             s.amqp.retry_queue(Duration::from_secs(10)),
             "bidorch.postings.retry.10s"
         );
-        assert!(s.marketplaces.contains_key("upwork"));
+        assert!(
+            s.marketplaces.is_empty(),
+            "a deployment bids on exactly the marketplaces it configures"
+        );
+    }
+
+    #[test]
+    fn a_marketplace_needs_only_base_url_and_token_env_whatever_the_lease() {
+        for ttl in ["100ms", "1s", "30s", "1h"] {
+            let s = Settings::load_from(
+                None,
+                &env(&[
+                    (
+                        "BIDORCH__MARKETPLACES__GURU__BASE_URL",
+                        "https://api.guru.example",
+                    ),
+                    ("BIDORCH__MARKETPLACES__GURU__TOKEN_ENV", "GURU_TOKEN"),
+                    ("BIDORCH__LOCK__TTL", ttl),
+                ]),
+            )
+            .unwrap_or_else(|e| panic!("ttl {ttl}: {}", crate::error::chain(&e)));
+            let (request, connect) = s.marketplaces["guru"].timeouts(s.lock.ttl);
+            assert!(request + connect <= s.lock.ttl / 2, "ttl {ttl}");
+            assert!(request <= Duration::from_secs(5) && connect <= Duration::from_secs(2));
+        }
     }
 
     #[test]
@@ -106,6 +130,7 @@ mod tests {
                     "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
                     "http://mk.test:9/u",
                 ),
+                ("BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV", "UPWORK_TOKEN"),
                 ("BIDORCH__BIDDING__BLOCKED_KEYWORDS", "crypto,unpaid"),
                 ("BIDORCH__BIDDING__MIN_BUDGET", "250.50"),
                 ("BIDORCH__LOCK__TTL", "45s"),
@@ -145,12 +170,20 @@ mod tests {
             Settings::load_from(None, &env(&[("BIDORCH__LOCK__TTL", "forever")])).unwrap_err();
         let err = crate::error::chain(&err);
         assert!(err.contains("lock.ttl"), "{err}");
-        let err = Settings::load_from(None, &env(&[("BIDORCH__LOCK__TTL", "1s")])).unwrap_err();
-        let err = crate::error::chain(&err);
-        assert!(
-            err.contains("marketplaces.") && err.contains("timeout"),
-            "{err}"
-        );
+        let too_slow = env(&[
+            ("BIDORCH__LOCK__TTL", "1s"),
+            (
+                "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+                "http://mk.test/u",
+            ),
+            ("BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV", "UPWORK_TOKEN"),
+            ("BIDORCH__MARKETPLACES__UPWORK__TIMEOUT", "5s"),
+        ]);
+        let err = crate::error::chain(&Settings::load_from(None, &too_slow).unwrap_err());
+        assert!(err.contains("marketplaces.upwork.timeout"), "{err}");
+        let huge = env(&[("BIDORCH__LOCK__TTL", "100000000y")]);
+        let err = crate::error::chain(&Settings::load_from(None, &huge).unwrap_err());
+        assert!(err.contains("lock.ttl"), "{err}");
         let err = Settings::load_from(None, &env(&[("USE_REDIS_LOCKS", "maybe")])).unwrap_err();
         let err = crate::error::chain(&err);
         assert!(err.contains("USE_REDIS_LOCKS"), "{err}");

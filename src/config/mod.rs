@@ -108,6 +108,13 @@ pub struct AmqpSettings {
     pub publish_window: usize,
     #[serde(with = "humantime_serde")]
     pub reconnect_timeout: Duration,
+    /// How long a message may keep waiting (dependencies down, lease held, `Retry-After`) before
+    /// it is parked as `retry_budget_exhausted`, counted from the first time bidorch took it.
+    #[serde(with = "humantime_serde")]
+    pub retry_budget: Duration,
+    /// Bound on waiting for one publisher confirm (retry, dead letter, publish).
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
 }
 
 impl AmqpSettings {
@@ -164,17 +171,45 @@ pub struct MarketplaceClientSettings {
     pub kind: MarketplaceKind,
 }
 
-/// `[marketplaces.<name>]`
+/// `[marketplaces.<name>]`: a marketplace needs only `base_url` and `token_env`; its timeouts
+/// default to values that fit the configured `lock.ttl` (filled in at load).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarketplaceSettings {
     pub base_url: url::Url,
     /// Name of the environment variable holding the bearer token (the token is never in config).
     pub token_env: String,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
+    /// Total time for one bid request, connecting included.
+    #[serde(default, with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+    /// Time to establish the connection.
+    #[serde(default, with = "humantime_serde::option")]
+    pub connect_timeout: Option<Duration>,
+}
+
+impl MarketplaceSettings {
+    /// A marketplace at `base_url` whose token is in `token_env`, with default timeouts.
+    pub fn new(base_url: url::Url, token_env: impl Into<String>) -> Self {
+        Self {
+            base_url,
+            token_env: token_env.into(),
+            timeout: None,
+            connect_timeout: None,
+        }
+    }
+
+    /// The request and connect timeouts: as configured, else the defaults for `lock_ttl` —
+    /// together at most half the lease, so a slow call never outlives it — capped at 5 s and 2 s.
+    pub fn timeouts(&self, lock_ttl: Duration) -> (Duration, Duration) {
+        let budget = lock_ttl / 2;
+        let connect = self
+            .connect_timeout
+            .unwrap_or_else(|| (budget / 4).min(Duration::from_secs(2)));
+        let request = self
+            .timeout
+            .unwrap_or_else(|| budget.saturating_sub(connect).min(Duration::from_secs(5)));
+        (request, connect)
+    }
 }
 
 /// `[bidding]`

@@ -14,12 +14,6 @@ impl Settings {
         amqp(&self.amqp)?;
         lock(&self.lock)?;
         database(&self.database)?;
-        if self.marketplaces.is_empty() {
-            return Err(invalid(
-                "marketplaces",
-                "configure at least one marketplace",
-            ));
-        }
         for (name, m) in &self.marketplaces {
             marketplace(name, m, &self.lock)?;
         }
@@ -56,12 +50,39 @@ fn amqp(a: &AmqpSettings) -> Result<(), ConfigError> {
             "delays must be positive and strictly increasing, e.g. [\"1s\", \"10s\", \"60s\"]",
         ));
     }
+    // A wait queue's x-message-ttl is a 32-bit millisecond count on the broker.
+    if a.retry_tiers
+        .iter()
+        .any(|t| *t > Duration::from_secs(24 * 3600))
+    {
+        return Err(invalid(
+            "amqp.retry_tiers",
+            "each delay must be at most 24h",
+        ));
+    }
+    let largest = a.retry_tiers.last().copied().unwrap_or_default();
+    if a.retry_budget < largest || a.retry_budget > Duration::from_secs(365 * 24 * 3600) {
+        return Err(invalid(
+            "amqp.retry_budget",
+            "must be at least the largest retry tier and at most 365 days",
+        ));
+    }
+    if a.confirm_timeout.is_zero() || a.reconnect_timeout.is_zero() {
+        return Err(invalid(
+            if a.confirm_timeout.is_zero() {
+                "amqp.confirm_timeout"
+            } else {
+                "amqp.reconnect_timeout"
+            },
+            "must be positive",
+        ));
+    }
     Ok(())
 }
 
 fn lock(l: &LockSettings) -> Result<(), ConfigError> {
-    if l.ttl < Duration::from_millis(100) {
-        return Err(invalid("lock.ttl", "must be at least 100ms"));
+    if l.ttl < Duration::from_millis(100) || l.ttl > Duration::from_secs(3600) {
+        return Err(invalid("lock.ttl", "must be between 100ms and 1h"));
     }
     Ok(())
 }
@@ -106,10 +127,15 @@ fn marketplace(
         ));
     }
     // The bid must finish well inside the lease, or a slow call outlives it.
-    let call = m.timeout.saturating_add(m.connect_timeout);
+    let (request, connect) = m.timeouts(lock.ttl);
+    let call = request.saturating_add(connect);
     if call > lock.ttl / 2 {
         return Err(invalid(
-            key("timeout"),
+            key(if m.timeout.is_some() {
+                "timeout"
+            } else {
+                "connect_timeout"
+            }),
             format!(
                 "timeout + connect_timeout ({}) must be at most half of lock.ttl ({})",
                 humantime::format_duration(call),

@@ -87,18 +87,16 @@ pub enum DemoError {
 /// policy, and short retry delays (the backends are the caller's).
 fn demo_settings(base: &Settings) -> Settings {
     let mut s = base.clone();
-    let like = base.marketplaces.values().next();
     s.marketplace.kind = MarketplaceKind::Sandbox;
     s.marketplaces = generate::MARKETPLACES
         .iter()
         .map(|m| {
-            let settings = MarketplaceSettings {
-                base_url: url::Url::parse(&format!("http://127.0.0.1/{m}"))
+            // The sandbox serves them; its address is filled in when it starts.
+            let settings = MarketplaceSettings::new(
+                url::Url::parse(&format!("http://127.0.0.1/{m}"))
                     .expect("a loopback URL with a plain path parses"),
-                token_env: "BIDORCH_DEMO_TOKEN".to_owned(),
-                timeout: like.map_or(Duration::from_secs(5), |l| l.timeout),
-                connect_timeout: like.map_or(Duration::from_secs(2), |l| l.connect_timeout),
-            };
+                "BIDORCH_DEMO_TOKEN",
+            );
             ((*m).to_owned(), settings)
         })
         .collect();
@@ -261,7 +259,7 @@ impl Fleet {
                 source,
                 system.pipeline(),
                 system.worker_options(),
-                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                worker::Status::default(),
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 },

@@ -246,11 +246,13 @@ async fn cleanup(s: &Settings) {
                 .execute(&mut conn)
                 .await
             {
-                tracing::warn!(schema = %s.database.schema, error = %e, "Could not drop the demo schema");
+                tracing::warn!(schema = %s.database.schema, error = %crate::error::Chain(&e), "Could not drop the demo schema");
             }
             let _ = conn.close().await;
         }
-        Err(e) => tracing::warn!(error = %e, "Could not connect to drop the demo schema"),
+        Err(e) => {
+            tracing::warn!(error = %crate::error::Chain(&e), "Could not connect to drop the demo schema")
+        }
     }
     if let Ok(client) = redis::Client::open(s.redis.url.expose())
         && let Ok(mut conn) = client.get_multiplexed_async_connection().await

@@ -143,9 +143,9 @@ pub enum Fenced {
 /// A ledger failure: the database could not answer or rejected the statement.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("ledger unreachable: {0}")]
+    #[error("ledger unreachable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("ledger migration failed: {0}")]
+    #[error("ledger migration failed")]
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("ledger row for {key} is corrupt: {problem}")]
     Corrupt { key: String, problem: String },

@@ -14,7 +14,7 @@ pub type EntryRow = (String, i64, Option<String>, Option<String>);
 
 /// Connecting failed; names the database by its redacted URL (never its password).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to {url}: {source}")]
+#[error("cannot connect to {url}")]
 pub struct ConnectError {
     pub url: String,
     #[source]

@@ -108,7 +108,7 @@ impl Drop for HeldLease {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if let Err(e) = store.release(&lease).await {
-                    tracing::warn!(key = %lease.key, error = %e, "Releasing a dropped lease failed; it will expire by TTL");
+                    tracing::warn!(key = %lease.key, error = %crate::error::Chain(&e), "Releasing a dropped lease failed; it will expire by TTL");
                 }
             });
         }
@@ -152,7 +152,7 @@ async fn renew(store: Arc<dyn LockStore>, lease: Lease, state: watch::Sender<Opt
                 return;
             }
             Ok(Err(e)) => {
-                tracing::warn!(key = %lease.key, error = %e, "Lease renewal failed; retrying");
+                tracing::warn!(key = %lease.key, error = %crate::error::Chain(&e), "Lease renewal failed; retrying");
                 next = Instant::now() + retry;
             }
         }

@@ -44,13 +44,19 @@ pub(crate) fn classify(answer: &Answer<'_>, secret: &str, now: DateTime<Utc>) ->
         409 => BidResult::AlreadyPlaced {
             detail: excerpt(answer.body, secret),
         },
+        429 => BidResult::RateLimited {
+            retry_after: answer
+                .retry_after
+                .and_then(|value| parse_retry_after(value, now)),
+        },
         // 408 is the server timing out on us: a timeout, hence transient like ours.
-        408 | 429 | 500..=599 => BidResult::Transient {
+        408 | 500..=599 => BidResult::Transient {
             reason: format!("HTTP {status}"),
             retry_after: answer
                 .retry_after
                 .and_then(|value| parse_retry_after(value, now)),
         },
+        401 | 403 | 407 => BidResult::Unauthorized { status },
         400..=499 => BidResult::Rejected {
             status,
             body_excerpt: excerpt(answer.body, secret),
@@ -163,13 +169,17 @@ mod tests {
 
     #[test]
     fn throttling_server_errors_and_timeouts_are_transient() {
-        for status in [408, 429, 500, 502, 503, 504] {
+        for status in [408, 500, 502, 503, 504] {
             assert_eq!(answer(status, None, "").label(), "transient", "{status}");
         }
-        let BidResult::Transient { retry_after, .. } = answer(429, Some(" 7 "), "") else {
-            panic!("429 is transient");
+        let BidResult::RateLimited { retry_after } = answer(429, Some(" 7 "), "") else {
+            panic!("429 is a rate limit");
         };
         assert_eq!(retry_after, Some(Duration::from_secs(7)));
+        let BidResult::Transient { retry_after, .. } = answer(503, Some("120"), "") else {
+            panic!("503 is transient");
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(120)));
     }
 
     #[test]
@@ -181,7 +191,14 @@ mod tests {
                 body_excerpt: "bad amount".into()
             }
         );
-        assert_eq!(answer(401, None, "").label(), "rejected");
+        assert_eq!(answer(404, None, "").label(), "rejected");
+    }
+
+    #[test]
+    fn credential_refusals_are_not_a_verdict_on_the_posting() {
+        for status in [401, 403, 407] {
+            assert_eq!(answer(status, None, "").label(), "unauthorized", "{status}");
+        }
     }
 
     #[test]

@@ -49,8 +49,10 @@ impl HttpMarketplace {
     /// (production passes `|v| std::env::var(v).ok()`); a missing or empty token, a token that is
     /// not a valid header value, or a `base_url` that cannot take a path is a
     /// [`MarketplaceError::Config`] naming the marketplace and the variable — never the token.
+    /// `lock_ttl` sizes the timeouts a marketplace does not set.
     pub fn new(
         marketplaces: &BTreeMap<String, MarketplaceSettings>,
+        lock_ttl: Duration,
         token_of: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, MarketplaceError> {
         crate::tls::install_default_provider();
@@ -95,13 +97,13 @@ impl HttpMarketplace {
                     base_url,
                     token_env: settings.token_env.clone(),
                     token: SecretString::from(token),
-                    timeout: settings.timeout,
+                    timeout: settings.timeouts(lock_ttl).0,
                 },
             );
         }
         let connect_timeout = marketplaces
             .values()
-            .map(|m| m.connect_timeout)
+            .map(|m| m.timeouts(lock_ttl).1)
             .max()
             .unwrap_or(Duration::from_secs(2));
         let client = reqwest::Client::builder()

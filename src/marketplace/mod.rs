@@ -35,12 +35,18 @@ pub enum BidResult {
     Placed { bid_id: String, replay: bool },
     /// `409`: a bid for this posting exists under another key. Treated as placed; never retried.
     AlreadyPlaced { detail: String },
-    /// `429`, `5xx`, timeout or connection failure: retry later, honouring `retry_after`.
+    /// `429`: slow down, for `retry_after` if the marketplace said.
+    RateLimited { retry_after: Option<Duration> },
+    /// `5xx`, `408`, timeout or connection failure: retry later, honouring `retry_after`.
     Transient {
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// Any other `4xx`: permanent refusal.
+    /// `401`, `403` or `407`: our credentials are wrong or revoked — the marketplace is
+    /// unavailable to us, the posting is fine. Never recorded as `rejected`.
+    Unauthorized { status: u16 },
+    /// Any other `4xx`: permanent refusal (a `404` only once the marketplace is known to answer,
+    /// see [`crate::flow::breaker`]).
     Rejected { status: u16, body_excerpt: String },
 }
 
@@ -51,7 +57,9 @@ impl BidResult {
             Self::Placed { replay: false, .. } => "placed",
             Self::Placed { replay: true, .. } => "replay",
             Self::AlreadyPlaced { .. } => "conflict",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Transient { .. } => "transient",
+            Self::Unauthorized { .. } => "unauthorized",
             Self::Rejected { .. } => "rejected",
         }
     }

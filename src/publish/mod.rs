@@ -39,7 +39,7 @@ const MAX_RESENDS: u32 = 3;
 /// A publishing failure.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("invalid posting event: {0}")]
+    #[error("invalid posting event")]
     Invalid(#[source] PostingError),
     #[error("line {line}: {error} ({count} invalid line(s) in total; nothing was sent)")]
     InvalidLines {
@@ -61,11 +61,11 @@ pub enum PublishError {
     },
     #[error("the broker refused event {event_id} (negative publisher confirm)")]
     Refused { event_id: String },
-    #[error("broker unreachable: {0}")]
+    #[error("broker unreachable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("broker topology: {0}")]
     Topology(String),
-    #[error("reading the input: {0}")]
+    #[error("reading the input")]
     Input(#[from] std::io::Error),
 }
 
@@ -253,7 +253,7 @@ impl Publisher {
                         break;
                     }
                     tracing::warn!(
-                        error = %e,
+                        error = %crate::error::Chain(&e),
                         unconfirmed = unsettled.len(),
                         "Publishing lost its RabbitMQ channel; reconnecting to send the rest again"
                     );
@@ -309,7 +309,7 @@ async fn open_session(settings: &AmqpSettings, name: &str) -> Result<Session, Pu
         .sleep(tokio::time::sleep)
         .when(|e: &AmqpError| !matches!(e, AmqpError::Topology(_)))
         .notify(|e: &AmqpError, after: Duration| {
-            tracing::warn!(error = %e, retry_in = ?after, "Cannot reach RabbitMQ to publish; retrying");
+            tracing::warn!(error = %crate::error::Chain(e), retry_in = ?after, "Cannot reach RabbitMQ to publish; retrying");
         });
     match tokio::time::timeout(settings.reconnect_timeout, retried).await {
         Ok(result) => Ok(result?),

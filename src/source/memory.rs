@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    ConsumerState, Delivery, HealthReporter, Parked, PostingSource, REASON_HEADER, Requeue, Settle,
-    SourceError, SourceHealth,
+    ConsumerState, Delivery, HealthReporter, Parked, PostingSource, Requeue, Settle, SourceError,
+    SourceHealth,
 };
 
 /// Returns allowed before a message is parked (the quorum queue default on RabbitMQ 4.x).
@@ -53,7 +53,10 @@ struct Message {
     body: Vec<u8>,
     message_id: Option<String>,
     attempt: u32,
+    /// String headers; bidorch's own only on copies it made (retries), as on RabbitMQ.
     headers: BTreeMap<String, String>,
+    first_seen: Option<std::time::SystemTime>,
+    not_before: Option<std::time::SystemTime>,
     redelivered: bool,
     /// Times handed back unsettled (the quorum queue's delivery count).
     returns: u32,
@@ -133,18 +136,22 @@ impl MemoryQueue {
         self.publish_with(body, None, BTreeMap::new());
     }
 
-    /// Enqueues an event body with a message id and string headers (e.g. `traceparent`).
+    /// Enqueues an event body with a message id and string headers (e.g. `traceparent`). A
+    /// publisher's `x-bidorch-*` headers are dropped: only bidorch's own copies carry them.
     pub fn publish_with(
         &self,
         body: impl Into<Vec<u8>>,
         message_id: Option<String>,
-        headers: BTreeMap<String, String>,
+        mut headers: BTreeMap<String, String>,
     ) {
+        headers.retain(|name, _| !super::is_own_header(name));
         self.enqueue(Message {
             body: body.into(),
             message_id,
             attempt: 1,
             headers,
+            first_seen: None,
+            not_before: None,
             redelivered: false,
             returns: 0,
         });
@@ -188,6 +195,7 @@ impl MemoryQueue {
             consumer: id,
             prefetch: prefetch.max(1),
             stopped: false,
+            paused: false,
             reporter,
             health,
         }
@@ -200,6 +208,8 @@ pub struct MemoryPostingSource {
     consumer: u64,
     prefetch: usize,
     stopped: bool,
+    /// Takes nothing new while set (the worker's dependency is down).
+    paused: bool,
     reporter: HealthReporter,
     health: SourceHealth,
 }
@@ -265,7 +275,8 @@ impl PostingSource for MemoryPostingSource {
             {
                 let mut inner = shared.lock();
                 let in_flight = inner.consumers.get(&self.consumer).map_or(0, HashMap::len);
-                if in_flight < self.prefetch
+                if !self.paused
+                    && in_flight < self.prefetch
                     && let Some(message) = inner.ready.pop_front()
                 {
                     inner.next_id += 1;
@@ -281,6 +292,10 @@ impl PostingSource for MemoryPostingSource {
                         redelivered: message.redelivered,
                         message_id: message.message_id,
                         headers: message.headers,
+                        first_seen: message
+                            .first_seen
+                            .unwrap_or_else(std::time::SystemTime::now),
+                        not_before: message.not_before,
                         settler: Box::new(MemorySettler {
                             queue: self.queue.clone(),
                             consumer: self.consumer,
@@ -296,6 +311,17 @@ impl PostingSource for MemoryPostingSource {
     async fn stop(&mut self) -> Result<(), SourceError> {
         self.stopped = true;
         self.reporter.set(ConsumerState::Stopped);
+        Ok(())
+    }
+
+    async fn pause(&mut self) -> Result<(), SourceError> {
+        self.paused = true;
+        Ok(())
+    }
+
+    async fn resume(&mut self) -> Result<(), SourceError> {
+        self.paused = false;
+        self.queue.shared.changed.notify_waiters();
         Ok(())
     }
 
@@ -353,13 +379,14 @@ impl Settle for MemorySettler {
 
     async fn retry(self: Box<Self>, requeue: Requeue) -> Result<(), SourceError> {
         let original = self.take()?;
-        let mut headers = requeue.headers;
-        headers.insert(REASON_HEADER.to_owned(), requeue.reason);
+        let headers = requeue.envelope_headers();
         let copy = Message {
             body: requeue.body,
             message_id: original.message_id,
             attempt: requeue.next_attempt,
             headers,
+            first_seen: Some(requeue.first_seen),
+            not_before: requeue.not_before,
             redelivered: false,
             returns: 0,
         };

@@ -9,32 +9,62 @@ mod amqp;
 pub mod memory;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
 pub use self::amqp::AmqpPostingSource;
 pub use self::memory::{MemoryPostingSource, MemoryQueue};
 
-/// Header carrying the attempt number (1 for a first delivery).
+/// Header carrying the attempt number: 1 + the posting's own failures so far.
 pub const ATTEMPT_HEADER: &str = "x-bidorch-attempt";
 /// Header carrying the reason a message was parked or retried.
 pub const REASON_HEADER: &str = "x-bidorch-reason";
 /// Header carrying the human-readable detail of that reason.
 pub const DETAIL_HEADER: &str = "x-bidorch-detail";
+/// Header carrying when bidorch first took the message (Unix milliseconds): the start of its
+/// `amqp.retry_budget`.
+pub const FIRST_SEEN_HEADER: &str = "x-bidorch-first-seen";
+/// Header carrying the earliest time the message should be worked on again (Unix
+/// milliseconds): a wait longer than the largest retry tier hops through the wait queues until
+/// then, without counting an attempt.
+pub const NOT_BEFORE_HEADER: &str = "x-bidorch-not-before";
+
+/// Whether `name` is one of the headers bidorch owns (`x-bidorch-*`, any case). A publisher's
+/// copy of them is never trusted: sources drop them unless the message came back through our
+/// own wait queues.
+pub fn is_own_header(name: &str) -> bool {
+    name.len() >= 10 && name[..10].eq_ignore_ascii_case("x-bidorch-")
+}
+
+/// Milliseconds since the Unix epoch (0 before it; saturating far in the future).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The time `ms` milliseconds after the Unix epoch, if representable.
+pub fn from_unix_ms(ms: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
 
 /// One message taken from a source, not yet settled.
 pub struct Delivery {
     /// The raw event body.
     pub body: Vec<u8>,
-    /// 1-based attempt number from [`ATTEMPT_HEADER`].
+    /// 1-based attempt number from [`ATTEMPT_HEADER`]: 1 + the posting's own failures so far.
     pub attempt: u32,
     /// Whether the broker says it delivered this message before (e.g. after a crash).
     pub redelivered: bool,
     /// The message id (the publisher sets it to `event_id`).
     pub message_id: Option<String>,
-    /// String-valued headers of interest (trace context, reason), lower-case names.
+    /// String-valued headers of interest (trace context, reason), lower-case names; bidorch's own
+    /// only when trusted (the message came back through our wait queues).
     pub headers: BTreeMap<String, String>,
+    /// When bidorch first took this message ([`FIRST_SEEN_HEADER`], else now).
+    pub first_seen: SystemTime,
+    /// Not to be worked on before this time ([`NOT_BEFORE_HEADER`]).
+    pub not_before: Option<SystemTime>,
     /// How to settle this delivery with its source.
     pub settler: Box<dyn Settle>,
 }
@@ -46,8 +76,24 @@ impl std::fmt::Debug for Delivery {
             .field("attempt", &self.attempt)
             .field("redelivered", &self.redelivered)
             .field("message_id", &self.message_id)
+            .field("first_seen", &self.first_seen)
+            .field("not_before", &self.not_before)
             .finish_non_exhaustive()
     }
+}
+
+/// Reads bidorch's envelope headers from a trusted header map: attempt, first seen, not before.
+pub fn envelope(
+    headers: &BTreeMap<String, String>,
+) -> (u32, Option<SystemTime>, Option<SystemTime>) {
+    let number = |name: &str| headers.get(name).and_then(|v| v.trim().parse::<u64>().ok());
+    let attempt = number(ATTEMPT_HEADER)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1);
+    let first_seen = number(FIRST_SEEN_HEADER).and_then(from_unix_ms);
+    let not_before = number(NOT_BEFORE_HEADER).and_then(from_unix_ms);
+    (attempt, first_seen, not_before)
 }
 
 impl Delivery {
@@ -56,16 +102,29 @@ impl Delivery {
         self.settler.ack().await
     }
 
-    /// Schedules the message again after about `delay`, with attempt + 1.
-    pub async fn retry(self, delay: Duration, reason: &str) -> Result<(), SourceError> {
-        let (body, attempt, headers) = (self.body, self.attempt, self.headers);
+    /// Schedules the message again after about `delay`; `counts` says whether this was one of
+    /// the posting's own failures (attempt + 1) or only a wait (same attempt).
+    pub async fn retry(
+        self,
+        delay: Duration,
+        reason: &str,
+        counts: bool,
+    ) -> Result<(), SourceError> {
+        let not_before = SystemTime::now().checked_add(delay);
+        let next_attempt = if counts {
+            self.attempt.saturating_add(1)
+        } else {
+            self.attempt
+        };
         self.settler
             .retry(Requeue {
-                body,
-                next_attempt: attempt + 1,
-                headers,
+                body: self.body,
+                next_attempt,
+                headers: self.headers,
                 delay,
                 reason: reason.to_owned(),
+                first_seen: self.first_seen,
+                not_before,
             })
             .await
     }
@@ -93,6 +152,28 @@ pub struct Requeue {
     pub headers: BTreeMap<String, String>,
     pub delay: Duration,
     pub reason: String,
+    /// Carried along: the retry budget runs from the first time bidorch saw the message.
+    pub first_seen: SystemTime,
+    /// When the wait is over (`now + delay`); `None` only if that is not representable.
+    pub not_before: Option<SystemTime>,
+}
+
+impl Requeue {
+    /// The string headers of the copy: the caller's, with bidorch's envelope set.
+    pub fn envelope_headers(&self) -> BTreeMap<String, String> {
+        let mut headers = self.headers.clone();
+        headers.insert(ATTEMPT_HEADER.to_owned(), self.next_attempt.to_string());
+        headers.insert(REASON_HEADER.to_owned(), self.reason.clone());
+        headers.insert(
+            FIRST_SEEN_HEADER.to_owned(),
+            unix_ms(self.first_seen).to_string(),
+        );
+        match self.not_before {
+            Some(t) => headers.insert(NOT_BEFORE_HEADER.to_owned(), unix_ms(t).to_string()),
+            None => headers.remove(NOT_BEFORE_HEADER),
+        };
+        headers
+    }
 }
 
 /// A message to park in the dead-letter queue.
@@ -280,6 +361,13 @@ pub trait PostingSource: Send {
 
     /// Stops taking new deliveries; unsettled ones can still be settled.
     async fn stop(&mut self) -> Result<(), SourceError>;
+
+    /// Takes no new deliveries until [`resume`](Self::resume) (a dependency is down). Those the
+    /// source already holds are still handed out by [`next`](Self::next), which then waits.
+    async fn pause(&mut self) -> Result<(), SourceError>;
+
+    /// Takes deliveries again after [`pause`](Self::pause).
+    async fn resume(&mut self) -> Result<(), SourceError>;
 
     /// A live view of whether this source is consuming (for `/readyz`). Sources that can lose
     /// their subscription override it; the default reports a source that is always consuming.

@@ -369,20 +369,23 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
     for r in publisher.publish_many(&messages[BEFORE_CHAOS..]).await {
         r.expect("published after the chaos");
     }
-    eventually(
-        WAIT,
-        "every posting final and the queues drained",
-        || async {
-            let (ready, _) = queue_state(&amqp_url, &settings.amqp.queue).await;
+    // Every posting final and nothing waiting in the work or wait queues.
+    let drained = |postings: usize| {
+        let (amqp_url, settings, ledger) = (&amqp_url, &settings, &ledger);
+        async move {
+            let (ready, _) = queue_state(amqp_url, &settings.amqp.queue).await;
             let mut waiting = ready;
             for tier in &settings.amqp.retry_tiers {
-                waiting += queue_state(&amqp_url, &settings.amqp.retry_queue(*tier))
+                waiting += queue_state(amqp_url, &settings.amqp.retry_queue(*tier))
                     .await
                     .0;
             }
-            support::final_rows(&*ledger).await == POSTINGS as u64 && waiting == 0
-        },
-    )
+            support::final_rows(&**ledger).await == postings as u64 && waiting == 0
+        }
+    };
+    eventually(WAIT, "every posting final and the queues drained", || {
+        drained(POSTINGS)
+    })
     .await;
     let elapsed = started.elapsed();
 
@@ -416,9 +419,11 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
     for r in publisher.publish_many(&late_events).await {
         r.expect("published after recovery");
     }
-    eventually(WAIT, "the late postings final", || async {
-        support::final_rows(&*ledger).await == (POSTINGS + AFTER_CHAOS) as u64
-    })
+    eventually(
+        WAIT,
+        "the late postings final and the queues drained",
+        || drained(POSTINGS + AFTER_CHAOS),
+    )
     .await;
     publisher.close().await;
     let _ = stop.send(true);

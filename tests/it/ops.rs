@@ -4,7 +4,6 @@
 use crate::support;
 use support::ops::{Ops, sqlite};
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,8 +12,6 @@ use bidorch::config::{RedisSettings, SecretUrl};
 use bidorch::http::Readiness;
 use bidorch::lock::{MemoryLockStore, RedisLockStore, RedisOptions};
 use support::telemetry::Embedded;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 #[tokio::test]
 async fn healthz_answers_while_the_process_is_up() {
@@ -22,6 +19,8 @@ async fn healthz_answers_while_the_process_is_up() {
         locks: Arc::new(MemoryLockStore::new()),
         ledger: sqlite().await,
         consuming: Arc::new(AtomicBool::new(false)),
+        gate: Default::default(),
+        breakers: bidorch::flow::Breakers::new(Default::default()),
     })
     .await;
 
@@ -48,6 +47,8 @@ async fn readyz_is_unready_when_the_lock_store_cannot_be_reached() {
         locks: Arc::new(closed),
         ledger: sqlite().await,
         consuming: Arc::new(AtomicBool::new(true)),
+        gate: Default::default(),
+        breakers: bidorch::flow::Breakers::new(Default::default()),
     })
     .await;
 
@@ -62,64 +63,14 @@ async fn readyz_is_unready_when_the_lock_store_cannot_be_reached() {
     );
 }
 
-/// A TCP proxy in front of the real Redis: `cut` closes the listener and every connection (as
-/// a stopped Redis would), `restore` listens again on the same address.
-struct RedisProxy {
-    addr: SocketAddr,
-    task: Option<JoinHandle<()>>,
-}
-
-impl RedisProxy {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        Self {
-            addr,
-            task: Some(tokio::spawn(Self::forward(listener))),
-        }
-    }
-
-    async fn forward(listener: TcpListener) {
-        let upstream = url::Url::parse(&support::redis_url()).unwrap();
-        let upstream = format!(
-            "{}:{}",
-            upstream.host_str().unwrap_or("127.0.0.1"),
-            upstream.port().unwrap_or(6379)
-        );
-        // Owned here: aborting this task drops the set, which aborts (closes) every connection.
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let upstream = upstream.clone();
-            connections.spawn(async move {
-                if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    }
-
-    async fn cut(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-
-    async fn restore(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        self.task = Some(tokio::spawn(Self::forward(listener)));
-    }
-}
-
 #[tokio::test]
 async fn readyz_turns_unready_while_redis_is_unreachable_and_ready_again_after() {
     if !support::redis_available().await {
         return;
     }
-    let mut proxy = RedisProxy::start().await;
+    let mut proxy =
+        support::proxy::TcpProxy::start(&support::proxy::host_port(&support::redis_url(), 6379))
+            .await;
     let redis = RedisLockStore::with_options(
         &RedisSettings {
             url: SecretUrl::new(format!("redis://{}/0", proxy.addr)),
@@ -136,6 +87,8 @@ async fn readyz_turns_unready_while_redis_is_unreachable_and_ready_again_after()
         locks: Arc::new(redis),
         ledger: sqlite().await,
         consuming: Arc::new(AtomicBool::new(true)),
+        gate: Default::default(),
+        breakers: bidorch::flow::Breakers::new(Default::default()),
     })
     .await;
     let report = ops.wait_ready_status(200).await;
@@ -161,6 +114,8 @@ async fn readyz_follows_the_consumer_through_stop_and_restart() {
         locks: Arc::new(MemoryLockStore::new()),
         ledger: app.ledger.clone(),
         consuming: consuming.clone(),
+        gate: Default::default(),
+        breakers: bidorch::flow::Breakers::new(Default::default()),
     })
     .await;
     let (status, report) = ops.ready().await;
@@ -173,7 +128,10 @@ async fn readyz_follows_the_consumer_through_stop_and_restart() {
             Box::new(app.broker.consumer(4)),
             app.pipeline.clone(),
             app.options(),
-            consuming.clone(),
+            bidorch::worker::Status {
+                consuming: consuming.clone(),
+                gate: Default::default(),
+            },
             async {
                 let _ = stopped.await;
             },

@@ -139,6 +139,68 @@ async fn publish_consume_ack_round_trip() {
 }
 
 #[tokio::test]
+async fn a_publishers_own_bidorch_headers_are_not_trusted() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "forged").await.unwrap();
+    let inspector = Inspector::connect().await;
+    // A publisher claiming attempt 99, a not-before far ahead and an old first-seen, in any case.
+    let mut headers = FieldTable::default();
+    headers.insert("X-Bidorch-Attempt".into(), AMQPValue::LongLongInt(99));
+    headers.insert(
+        "x-bidorch-not-before".into(),
+        AMQPValue::LongString("99999999999999".into()),
+    );
+    headers.insert(
+        "x-bidorch-first-seen".into(),
+        AMQPValue::LongString("1".into()),
+    );
+    headers.insert(
+        "x-bidorch-reason".into(),
+        AMQPValue::LongString("forged".into()),
+    );
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+    );
+    let props = BasicProperties::default()
+        .with_message_id("ev-forged".into())
+        .with_headers(headers);
+    inspector
+        .publish(
+            &s.exchange,
+            "posting.upwork",
+            &posting("ev-forged", "upwork", "forged"),
+            props,
+        )
+        .await;
+
+    let d = next(&mut source).await;
+
+    assert_eq!(d.attempt, 1);
+    assert_eq!(d.not_before, None);
+    assert!(d.first_seen.elapsed().unwrap_or_default() < Duration::from_secs(60));
+    assert!(
+        !d.headers.keys().any(|k| bidorch::source::is_own_header(k)),
+        "{:?}",
+        d.headers
+    );
+    assert!(d.headers.contains_key("traceparent"), "other headers stay");
+    // Its copy carries only ours: back through the wait queue it is trusted, attempt counted.
+    d.retry(Duration::ZERO, "marketplace_transient", true)
+        .await
+        .unwrap();
+    let again = next(&mut source).await;
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.headers[REASON_HEADER], "marketplace_transient");
+    again.ack().await.unwrap();
+    source.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn retry_goes_through_the_wait_queue_and_comes_back_with_the_next_attempt() {
     if !support::amqp_available().await {
         return;
@@ -155,7 +217,7 @@ async fn retry_goes_through_the_wait_queue_and_comes_back_with_the_next_attempt(
     let first = next(&mut source).await;
     assert_eq!(first.attempt, 1);
     first
-        .retry(Duration::from_millis(150), "lock_held")
+        .retry(Duration::from_millis(150), "lock_held", true)
         .await
         .expect("retry confirmed");
 
@@ -169,16 +231,26 @@ async fn retry_goes_through_the_wait_queue_and_comes_back_with_the_next_attempt(
     let wait_queue = s.retry_queue(Duration::from_millis(200));
     assert_eq!(again.headers["x-death"], format!("{wait_queue}/expired/1"));
 
-    // A longer delay picks the next tier.
+    // A longer delay waits in the largest tier not longer than it, and says when it is over;
+    // a wait that is not the posting's failure keeps the attempt.
+    let asked = std::time::SystemTime::now();
     again
-        .retry(Duration::from_millis(500), "marketplace_unavailable")
+        .retry(Duration::from_millis(1500), "lock_held", false)
         .await
         .unwrap();
     let third = next(&mut source).await;
-    assert_eq!(third.attempt, 3);
+    assert_eq!(third.attempt, 2);
     assert_eq!(
         third.headers["x-death"],
         format!("{}/expired/1", s.retry_queue(Duration::from_secs(1)))
+    );
+    let not_before = third.not_before.expect("a not-before header");
+    let waited = not_before.duration_since(asked).unwrap();
+    // Stored in whole milliseconds.
+    assert!(waited >= Duration::from_millis(1499), "{waited:?}");
+    assert!(
+        third.first_seen <= asked,
+        "the retry budget runs from the first delivery"
     );
     third.ack().await.unwrap();
 
@@ -298,7 +370,7 @@ async fn nothing_is_lost_across_acks_retries_and_dead_letters() {
         let id = String::from_utf8(d.body.clone()).unwrap();
         let i: usize = id.trim_start_matches("ev-").parse().unwrap();
         match (i % 3, d.attempt) {
-            (1, 1) => d.retry(Duration::ZERO, "lock_held").await.unwrap(),
+            (1, 1) => d.retry(Duration::ZERO, "lock_held", true).await.unwrap(),
             (2, _) => {
                 d.dead_letter("test", "parked by the test").await.unwrap();
                 dead += 1;

@@ -9,7 +9,6 @@ use bidorch::config::AmqpSettings;
 use bidorch::dlq::{self, REPLAYED_REASON_HEADER, ReplayFilter};
 use bidorch::source::{AmqpPostingSource, PostingSource};
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
 use support::queue::{Cleanup, Inspector, posting, settings};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -32,11 +31,7 @@ async fn park(
     attempt: i64,
 ) {
     for id in ids {
-        let mut headers = FieldTable::default();
-        headers.insert("x-bidorch-attempt".into(), AMQPValue::LongLongInt(attempt));
-        let props = BasicProperties::default()
-            .with_message_id((*id).into())
-            .with_headers(headers);
+        let props = BasicProperties::default().with_message_id((*id).into());
         inspector
             .publish(
                 &s.exchange,
@@ -45,8 +40,17 @@ async fn park(
                 props,
             )
             .await;
-        let d = next(source).await;
+        // Failed `attempt - 1` times for real: through the wait queue, attempt counted each time
+        // (a publisher's own `x-bidorch-attempt` would not be trusted).
+        let mut d = next(source).await;
+        for _ in 1..attempt {
+            d.retry(Duration::ZERO, "marketplace_transient", true)
+                .await
+                .unwrap();
+            d = next(source).await;
+        }
         assert_eq!(d.message_id.as_deref(), Some(*id));
+        assert_eq!(i64::from(d.attempt), attempt);
         d.dead_letter(&format!("reason-{id}"), "why").await.unwrap();
     }
 }

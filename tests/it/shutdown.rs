@@ -16,16 +16,15 @@
 use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bidorch::config::Settings;
 use bidorch::ledger::LedgerState;
 use bidorch::marketplace::sandbox::SandboxOptions;
 use bidorch::publish::{OutgoingEvent, Publisher};
-use serde_json::{Value, json};
+use serde_json::json;
+use support::process::WorkerProcess;
 use support::queue::{Cleanup, Inspector, eventually};
 
 const TOKEN: &str = "shutdown-token";
@@ -63,147 +62,39 @@ fn shared_env(names: &str, sandbox: &str) -> Vec<(&'static str, String)> {
             "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
             format!("{sandbox}/freelancer"),
         ),
+        (
+            "BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV",
+            "BIDORCH_UPWORK_TOKEN".into(),
+        ),
+        (
+            "BIDORCH__MARKETPLACES__FREELANCER__TOKEN_ENV",
+            "BIDORCH_FREELANCER_TOKEN".into(),
+        ),
     ]
 }
 
-/// A free local port for a worker's `http.addr`.
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+/// A `bidorch worker` process on the shared environment, plus `extra` (later ones win).
+fn spawn(name: &str, names: &str, sandbox: &str, extra: &[(&str, String)]) -> WorkerProcess {
+    let mut env: Vec<(String, String)> = shared_env(names, sandbox)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    env.push((
+        "BIDORCH__WORKER__INSTANCE_ID".into(),
+        format!("{names}-{name}"),
+    ));
+    env.push(("BIDORCH_UPWORK_TOKEN".into(), TOKEN.into()));
+    env.push(("BIDORCH_FREELANCER_TOKEN".into(), TOKEN.into()));
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    WorkerProcess::spawn(name, &env)
 }
 
-/// One `bidorch worker` child process, with its JSON log in a file.
-struct Worker {
-    name: &'static str,
-    addr: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Worker {
-    fn spawn(name: &'static str, names: &str, sandbox: &str) -> Self {
-        Self::spawn_with(name, names, sandbox, &[])
-    }
-
-    /// [`spawn`](Self::spawn) with extra environment variables (later ones win).
-    fn spawn_with(
-        name: &'static str,
-        names: &str,
-        sandbox: &str,
-        extra: &[(&str, String)],
-    ) -> Self {
-        let addr = free_addr();
-        let log = std::env::temp_dir().join(format!("{names}-{name}.log"));
-        let out = File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_bidorch"))
-            .arg("worker")
-            // Only what we set: nothing from the developer's shell (BIDORCH_ENV, OTel, ...).
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(shared_env(names, sandbox))
-            .env("BIDORCH__HTTP__ADDR", &addr)
-            .env("BIDORCH__WORKER__INSTANCE_ID", format!("{names}-{name}"))
-            .env("BIDORCH__TELEMETRY__LOG_FORMAT", "json")
-            .env("BIDORCH_UPWORK_TOKEN", TOKEN)
-            .env("BIDORCH_FREELANCER_TOKEN", TOKEN)
-            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("bidorch worker starts");
-        Self {
-            name,
-            addr,
-            log,
-            child: Some(child),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// SIGTERM, as an orchestrator stops a container (libc is not a dependency: `kill(1)`).
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM {} failed", self.pid());
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn exit_status(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker {} did not exit within {limit:?}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = crate::support::http_get(format!("http://{}{path}", self.addr))
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
-    }
-
-    /// `bidorch_postings_in_flight` from the worker's `/metrics`.
-    async fn in_flight(&self) -> f64 {
-        let Some((200, text)) = self.get("/metrics").await else {
-            return 0.0;
-        };
-        text.lines()
-            .find_map(|l| l.strip_prefix("bidorch_postings_in_flight "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// The JSON log records whose message is `message`.
-    fn logged(&self, message: &str) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["message"] == message)
-            .collect()
-    }
-}
-
-impl Drop for Worker {
-    /// Never leaves a worker behind, also when the test fails halfway; shows its log tail then.
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(25).collect();
-            eprintln!(
-                "--- worker {} log tail ({}):",
-                self.name,
-                self.log.display()
-            );
-            for line in tail.iter().rev() {
-                eprintln!("{}", line.chars().take(300).collect::<String>());
-            }
-        } else {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
+/// `bidorch_postings_in_flight` from a worker's `/metrics` (0 when it does not answer).
+async fn in_flight(worker: &WorkerProcess) -> f64 {
+    worker
+        .metric("bidorch_postings_in_flight")
+        .await
+        .unwrap_or(0.0)
 }
 
 /// `POSTINGS` postings over two marketplaces; every fifth is under the minimum budget.
@@ -282,8 +173,8 @@ async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing
         .close()
         .await
         .unwrap();
-    let mut a = Worker::spawn("A", &names, &sandbox_url);
-    let mut b = Worker::spawn("B", &names, &sandbox_url);
+    let mut a = spawn("A", &names, &sandbox_url, &[]);
+    let mut b = spawn("B", &names, &sandbox_url, &[]);
     for w in [&a, &b] {
         eventually(WAIT, &format!("worker {} ready", w.name), || async {
             matches!(w.get("/readyz").await, Some((200, _)))
@@ -300,7 +191,7 @@ async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing
     }
     publisher.close().await;
     eventually(WAIT, "bids arriving and A busy", || async {
-        sandbox.stats().bids_created >= 20 && a.in_flight().await >= 1.0
+        sandbox.stats().bids_created >= 20 && in_flight(&a).await >= 1.0
     })
     .await;
     let bids_at_signal = sandbox.stats().bids_created;
@@ -469,7 +360,7 @@ async fn a_worker_that_cannot_resume_consuming_exits_non_zero() {
     }
     let mut amqp_url = url::Url::parse(&support::amqp_url()).unwrap();
     amqp_url.set_path(&format!("/{names}"));
-    let mut worker = Worker::spawn_with(
+    let mut worker = spawn(
         "lost",
         &names,
         "http://127.0.0.1:9",

@@ -183,7 +183,7 @@ async fn a_retry_comes_back_after_its_delay_with_the_next_attempt(b: impl Backen
     assert_eq!(d.message_id.as_deref(), Some("r"));
 
     let retried_at = Instant::now();
-    d.retry(Duration::from_millis(200), "lock_held")
+    d.retry(Duration::from_millis(200), "lock_held", true)
         .await
         .unwrap();
     let d = next(&mut s).await;
@@ -286,7 +286,7 @@ async fn nothing_is_lost_under_mixed_settlement(b: impl Backend) {
         let d = next(&mut s).await;
         let i: usize = text(&d).parse().unwrap();
         match i % 4 {
-            1 if d.attempt == 1 => d.retry(Duration::ZERO, "lock_held").await.unwrap(),
+            1 if d.attempt == 1 => d.retry(Duration::ZERO, "lock_held", true).await.unwrap(),
             2 => {
                 d.dead_letter("test", "parked").await.unwrap();
                 parked.push(i);

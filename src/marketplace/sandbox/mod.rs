@@ -158,12 +158,17 @@ struct State {
     book: Book,
     dice: fastrand::Rng,
     scripted: VecDeque<Fault>,
+    /// Answers every bid request while set (an outage, for as long as a test wants).
+    outage: Option<Fault>,
+    /// The bearer token required now (starts as [`SandboxOptions::token`]; tests rotate it).
+    token: Option<String>,
 }
 
 impl Sandbox {
     /// A sandbox with an empty book.
     pub fn new(options: SandboxOptions) -> Self {
         let dice = fastrand::Rng::with_seed(options.seed);
+        let token = options.token.clone();
         Self {
             inner: Arc::new(Inner {
                 options,
@@ -171,6 +176,8 @@ impl Sandbox {
                     book: Book::default(),
                     dice,
                     scripted: VecDeque::new(),
+                    outage: None,
+                    token,
                 }),
             }),
         }
@@ -194,6 +201,18 @@ impl Sandbox {
     /// Answers the next bid request with `fault` (queued; scripted faults come before random ones).
     pub fn fail_next(&self, fault: Fault) {
         self.state().scripted.push_back(fault);
+    }
+
+    /// Answers every bid request with `fault` until called again with `None` (a marketplace
+    /// outage that lasts as long as the caller wants; scripted faults still come first).
+    pub fn set_outage(&self, fault: Option<Fault>) {
+        self.state().outage = fault;
+    }
+
+    /// Requires `token` from now on (`None`: any non-empty bearer token): a revoked or rotated
+    /// credential, as the worker's marketplace sees it.
+    pub fn set_token(&self, token: Option<String>) {
+        self.state().token = token;
     }
 
     fn options(&self) -> &SandboxOptions {

@@ -99,6 +99,7 @@ fn answer(
         let options = sandbox.options();
         let fault = match state.scripted.pop_front() {
             Some(fault) => Some(fault),
+            None if state.outage.is_some() => state.outage.clone(),
             None if options.fail_rate > 0.0 && state.dice.f64() < options.fail_rate => {
                 Some(if state.dice.bool() {
                     Fault::unavailable()
@@ -200,7 +201,7 @@ fn check_auth(sandbox: &Sandbox, headers: &HeaderMap) -> Result<(), Refusal> {
     let Some(presented) = presented else {
         return Err(unauthorized("missing bearer token"));
     };
-    match &sandbox.options().token {
+    match &sandbox.state().token {
         Some(expected) if !constant_time_eq(expected.as_bytes(), presented.as_bytes()) => {
             Err(unauthorized("invalid bearer token"))
         }

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use futures_core::Stream;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -12,15 +13,19 @@ use tokio::task::JoinHandle;
 
 use super::settle::{AmqpSettler, Republisher};
 use crate::amqp::connection::{classify, confirm_channel, open_connection, short};
-use crate::amqp::headers::{read_attempt, string_headers};
+use crate::amqp::headers::{came_back_from_wait_queue, read_attempt, read_number, string_headers};
 use crate::amqp::topology;
 use crate::config::AmqpSettings;
-use crate::source::{Delivery, HealthReporter, SourceError};
+use crate::source::{
+    Delivery, FIRST_SEEN_HEADER, HealthReporter, NOT_BEFORE_HEADER, SourceError, from_unix_ms,
+    is_own_header,
+};
 
 /// A connected subscription. Dropping it closes its connection (the broker then requeues what
 /// this session had not acked).
 pub(crate) struct Session {
-    connection: Connection,
+    settings: Arc<AmqpSettings>,
+    connection: Arc<Connection>,
     channel: Channel,
     consumer: Consumer,
     republisher: Arc<Republisher>,
@@ -37,7 +42,8 @@ impl Session {
         state: Arc<HealthReporter>,
     ) -> Result<Self, SourceError> {
         // Named so operators (and tests) can find it: `rabbitmqctl list_connections`.
-        let connection = open_connection(&settings, &format!("bidorch-{consumer_tag}")).await?;
+        let connection =
+            Arc::new(open_connection(&settings, &format!("bidorch-{consumer_tag}")).await?);
         let watcher = tokio::spawn(watch_connection(connection.events_listener(), state));
         let opened = async {
             let channel = connection.create_channel().await.map_err(classify)?;
@@ -48,24 +54,21 @@ impl Session {
                 .await
                 .map_err(classify)?;
             let republish = confirm_channel(&connection).await?;
-            let consumer = channel
-                .basic_consume(
-                    short(&settings.queue)?,
-                    short(consumer_tag)?,
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(classify)?;
+            let consumer = subscribe(&channel, &settings.queue, consumer_tag).await?;
             Ok::<_, SourceError>((channel, republish, consumer))
         }
         .await;
         match opened {
             Ok((channel, republish, consumer)) => Ok(Self {
+                republisher: Arc::new(Republisher::new(
+                    connection.clone(),
+                    republish,
+                    settings.clone(),
+                )),
+                settings,
                 connection,
                 channel,
                 consumer,
-                republisher: Arc::new(Republisher::new(republish, settings)),
                 watcher,
             }),
             Err(e) => {
@@ -81,12 +84,22 @@ impl Session {
         &self.channel
     }
 
+    /// Subscribes again (after a pause's `basic.cancel`) under the same tag.
+    pub(crate) async fn resubscribe(&mut self, consumer_tag: &str) -> Result<(), SourceError> {
+        self.consumer = subscribe(&self.channel, &self.settings.queue, consumer_tag).await?;
+        Ok(())
+    }
+
     /// The next delivery; `Some(Err)` when the channel or connection failed, `None` when the
     /// consumer was cancelled (by us or by the broker).
     pub(crate) async fn next_delivery(&mut self) -> Option<Result<Delivery, SourceError>> {
         let next = std::future::poll_fn(|cx| Pin::new(&mut self.consumer).poll_next(cx)).await;
         match next? {
-            Ok(message) => Some(Ok(to_delivery(message, &self.republisher))),
+            Ok(message) => Some(Ok(to_delivery(
+                message,
+                &self.republisher,
+                &self.settings.queue,
+            ))),
             Err(e) => Some(Err(classify(e).into())),
         }
     }
@@ -104,9 +117,26 @@ impl Session {
     pub(crate) async fn close(self) {
         self.watcher.abort();
         if let Err(e) = self.connection.close(200, "OK".into()).await {
-            tracing::debug!(error = %e, "Closing an already closed RabbitMQ connection");
+            tracing::debug!(error = %crate::error::Chain(&e), "Closing an already closed RabbitMQ connection");
         }
     }
+}
+
+/// `basic.consume` with manual acks.
+async fn subscribe(
+    channel: &Channel,
+    queue: &str,
+    consumer_tag: &str,
+) -> Result<Consumer, SourceError> {
+    Ok(channel
+        .basic_consume(
+            short(queue)?,
+            short(consumer_tag)?,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(classify)?)
 }
 
 async fn watch_connection(events: impl Stream<Item = Event>, state: Arc<HealthReporter>) {
@@ -115,7 +145,7 @@ async fn watch_connection(events: impl Stream<Item = Event>, state: Arc<HealthRe
         match event {
             Event::Error(e) => {
                 if state.lost() {
-                    tracing::warn!(error = %e, "Consuming stopped: RabbitMQ connection error");
+                    tracing::warn!(error = %crate::error::Chain(&e), "Consuming stopped: RabbitMQ connection error");
                 }
                 return;
             }
@@ -128,10 +158,25 @@ async fn watch_connection(events: impl Stream<Item = Event>, state: Arc<HealthRe
     }
 }
 
-fn to_delivery(message: lapin::message::Delivery, republisher: &Arc<Republisher>) -> Delivery {
-    let headers_table = message.properties.headers().clone().unwrap_or_default();
-    let attempt = read_attempt(&headers_table);
-    let headers = string_headers(&headers_table);
+fn to_delivery(
+    message: lapin::message::Delivery,
+    republisher: &Arc<Republisher>,
+    queue: &str,
+) -> Delivery {
+    let table = message.properties.headers().clone().unwrap_or_default();
+    let mut headers = string_headers(&table);
+    // Our envelope only from our own wait queues; a publisher's `x-bidorch-*` are dropped.
+    let (attempt, first_seen, not_before) = if came_back_from_wait_queue(&table, queue) {
+        let time = |name| read_number(&table, name).and_then(from_unix_ms);
+        (
+            read_attempt(&table),
+            time(FIRST_SEEN_HEADER),
+            time(NOT_BEFORE_HEADER),
+        )
+    } else {
+        headers.retain(|name, _| !is_own_header(name));
+        (1, None, None)
+    };
     let message_id = message
         .properties
         .message_id()
@@ -148,6 +193,8 @@ fn to_delivery(message: lapin::message::Delivery, republisher: &Arc<Republisher>
         redelivered: message.redelivered,
         message_id,
         headers,
+        first_seen: first_seen.unwrap_or_else(SystemTime::now),
+        not_before,
         settler: Box::new(settler),
     }
 }

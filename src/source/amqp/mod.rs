@@ -51,6 +51,10 @@ pub struct AmqpPostingSource {
     health: SourceHealth,
     /// Set by `stop`: the end of the consumer stream is then expected, never a reason to reconnect.
     stopped: bool,
+    /// Set by `pause` (a dependency is down): the consumer is cancelled, so the broker keeps the
+    /// queue's messages for when we — or another worker — can work on them; the end of the
+    /// consumer stream is expected then too.
+    paused: bool,
 }
 
 impl std::fmt::Debug for AmqpPostingSource {
@@ -77,6 +81,7 @@ impl AmqpPostingSource {
             state: Arc::new(reporter),
             health,
             stopped: false,
+            paused: false,
         };
         match source.establish().await {
             Ok(session) => {
@@ -115,6 +120,23 @@ impl AmqpPostingSource {
         Ok(())
     }
 
+    /// `basic.cancel` of the live subscription, if any (a dead channel has nothing to cancel).
+    async fn cancel_consumer(&self) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        let Ok(tag) = short(&self.consumer_tag) else {
+            return;
+        };
+        if let Err(e) = session
+            .channel()
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+        {
+            tracing::debug!(error = %crate::error::Chain(&e), "Consumer cancel on a closed channel");
+        }
+    }
+
     /// [`establish`] with this source's settings, state and tag.
     fn establish(&self) -> impl Future<Output = Result<Session, SourceError>> + Send + 'static {
         establish(
@@ -142,7 +164,7 @@ async fn establish(
         .when(|e: &SourceError| !matches!(e, SourceError::Topology(_)))
         .notify(|e: &SourceError, after: Duration| {
             tracing::warn!(
-                error = %e,
+                error = %crate::error::Chain(e),
                 retry_in = ?after,
                 queue = %settings.queue,
                 "Cannot consume from RabbitMQ; retrying"
@@ -201,12 +223,16 @@ impl PostingSource for AmqpPostingSource {
                 match reconnected {
                     Ok(session) => {
                         self.session = Some(session);
+                        if self.paused {
+                            // Paused while reconnecting: the new subscription waits too.
+                            self.cancel_consumer().await;
+                        }
                         continue;
                     }
                     Err(e) => {
                         self.state.set(ConsumerState::Failed);
                         tracing::error!(
-                            error = %e,
+                            error = %crate::error::Chain(&e),
                             queue = %self.settings.queue,
                             "Consuming stopped for good: RabbitMQ could not be reached again"
                         );
@@ -216,9 +242,12 @@ impl PostingSource for AmqpPostingSource {
             };
             match session.next_delivery().await {
                 Some(Ok(delivery)) => return Some(Ok(delivery)),
+                // Paused: what the broker had sent before our cancel is handed out; then wait
+                // (the worker drops this future when it resumes us).
+                None if self.paused && !self.stopped => std::future::pending::<()>().await,
                 Some(Err(e)) if !self.stopped => {
                     tracing::warn!(
-                        error = %e,
+                        error = %crate::error::Chain(&e),
                         queue = %self.settings.queue,
                         "Consuming stopped: RabbitMQ connection or channel lost; reconnecting"
                     );
@@ -238,6 +267,35 @@ impl PostingSource for AmqpPostingSource {
         }
     }
 
+    async fn pause(&mut self) -> Result<(), SourceError> {
+        if self.paused || self.stopped {
+            return Ok(());
+        }
+        self.paused = true;
+        self.cancel_consumer().await;
+        tracing::info!(queue = %self.settings.queue, "Paused consuming from RabbitMQ");
+        Ok(())
+    }
+
+    async fn resume(&mut self) -> Result<(), SourceError> {
+        if !self.paused || self.stopped {
+            return Ok(());
+        }
+        self.paused = false;
+        if let Some(session) = self.session.as_mut()
+            && let Err(e) = session.resubscribe(&self.consumer_tag).await
+        {
+            // The session is broken: drop it, `next` reconnects (and subscribes) by itself.
+            tracing::warn!(error = %crate::error::Chain(&e), "Resuming the consumer failed; reconnecting");
+            self.state.set(ConsumerState::Reconnecting);
+            if let Some(dead) = self.session.take() {
+                dead.abandon();
+            }
+        }
+        tracing::info!(queue = %self.settings.queue, "Resumed consuming from RabbitMQ");
+        Ok(())
+    }
+
     async fn stop(&mut self) -> Result<(), SourceError> {
         if self.stopped {
             return Ok(());
@@ -252,16 +310,9 @@ impl PostingSource for AmqpPostingSource {
                 }
             });
         }
-        if let Some(session) = self.session.as_ref() {
-            // Basic.cancel: the broker stops sending; deliveries already received stay
-            // settleable on the open channel. A dead channel has nothing left to cancel.
-            if let Err(e) = session
-                .channel()
-                .basic_cancel(short(&self.consumer_tag)?, BasicCancelOptions::default())
-                .await
-            {
-                tracing::debug!(error = %e, "Consumer cancel on a closed channel");
-            }
+        if !self.paused {
+            // The broker stops sending; deliveries already received stay settleable.
+            self.cancel_consumer().await;
         }
         tracing::info!(queue = %self.settings.queue, "Stopped consuming from RabbitMQ");
         Ok(())

@@ -15,7 +15,7 @@ use lapin::{Acker, BasicProperties, Channel};
 use tokio::sync::Mutex;
 
 use crate::amqp::confirm::publish_confirmed;
-use crate::amqp::connection::short;
+use crate::amqp::connection::{confirm_channel, short};
 use crate::amqp::headers::{copy_headers, copy_properties, text};
 use crate::amqp::{AmqpError, topology};
 use crate::config::AmqpSettings;
@@ -26,35 +26,64 @@ use crate::source::{
 /// Longest `x-bidorch-detail` we attach; details are for humans, not for archiving bodies.
 const MAX_DETAIL_BYTES: usize = 1024;
 
-/// The confirm-mode channel retries and dead letters are published on.
+/// How long an unsettled delivery stays with us before it is handed back: a copy that could
+/// not be published (its wait queue refused it, the channel broke) must not turn into a hot
+/// redeliver-fail loop; meanwhile it holds one prefetch slot, which slows the loop further.
+const HAND_BACK_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The confirm-mode channel retries and dead letters are published on, rebuilt on its
+/// connection when the broker closed it (a channel-level error does not close the connection).
 pub(crate) struct Republisher {
-    channel: Channel,
+    connection: Arc<lapin::Connection>,
     settings: Arc<AmqpSettings>,
     /// One publish in flight at a time: lapin hands a `basic.return` to whichever confirm
     /// completes next, so with concurrent publishes a return could be reported to the wrong
     /// caller — which would then ack an original whose copy was dropped. Serialising makes the
     /// attribution exact; retries are the minority path, so the cost is small.
-    in_flight: Mutex<()>,
+    channel: Mutex<Channel>,
 }
 
 impl Republisher {
-    pub(crate) fn new(channel: Channel, settings: Arc<AmqpSettings>) -> Self {
+    pub(crate) fn new(
+        connection: Arc<lapin::Connection>,
+        channel: Channel,
+        settings: Arc<AmqpSettings>,
+    ) -> Self {
         Self {
-            channel,
+            connection,
             settings,
-            in_flight: Mutex::new(()),
+            channel: Mutex::new(channel),
         }
     }
 
-    /// Publishes to the default exchange (straight to queue `queue`) and awaits the confirm.
+    /// Publishes to the default exchange (straight to queue `queue`) and awaits the confirm,
+    /// bounded by `amqp.confirm_timeout`. A channel found closed is rebuilt once first.
     async fn publish_to_queue(
         &self,
         queue: &str,
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), SourceError> {
-        let _one_at_a_time = self.in_flight.lock().await;
-        Ok(publish_confirmed(&self.channel, "", queue, body, properties).await?)
+        let mut channel = self.channel.lock().await;
+        if !channel.status().connected() && self.connection.status().connected() {
+            tracing::info!("Reopening the republish channel the broker closed");
+            *channel = confirm_channel(&self.connection).await?;
+        }
+        let confirmed = tokio::time::timeout(
+            self.settings.confirm_timeout,
+            publish_confirmed(&channel, "", queue, body, properties),
+        )
+        .await
+        .map_err(|_| {
+            SourceError::Unavailable(
+                format!(
+                    "no publisher confirm from RabbitMQ within amqp.confirm_timeout ({})",
+                    humantime::format_duration(self.settings.confirm_timeout)
+                )
+                .into(),
+            )
+        })?;
+        Ok(confirmed?)
     }
 }
 
@@ -66,6 +95,8 @@ pub(crate) struct AmqpSettler {
     republisher: Arc<Republisher>,
     /// Whether the original was acked; if not when dropped, it is handed back to the broker.
     settled: bool,
+    /// Whether a settlement was tried and failed: the hand-back then waits [`HAND_BACK_DELAY`].
+    failed: bool,
 }
 
 impl AmqpSettler {
@@ -79,6 +110,7 @@ impl AmqpSettler {
             properties,
             republisher,
             settled: false,
+            failed: false,
         }
     }
 
@@ -107,14 +139,20 @@ impl Drop for AmqpSettler {
             return;
         }
         let acker = self.acker.clone();
+        let delay = if self.failed {
+            HAND_BACK_DELAY
+        } else {
+            std::time::Duration::ZERO
+        };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
+                tokio::time::sleep(delay).await;
                 let requeue = BasicNackOptions {
                     multiple: false,
                     requeue: true,
                 };
                 if let Err(e) = acker.nack(requeue).await {
-                    tracing::debug!(error = %e, "Could not return an unsettled delivery");
+                    tracing::debug!(error = %crate::error::Chain(&e), "Could not return an unsettled delivery");
                 }
             });
         }
@@ -133,17 +171,14 @@ impl Settle for AmqpSettler {
             SourceError::Topology("amqp.retry_tiers is empty: nowhere to wait".to_owned())
         })?;
         let wait_queue = settings.retry_queue(tier);
-        let mut headers = copy_headers(&self.properties, &requeue.headers);
-        set(
-            &mut headers,
-            ATTEMPT_HEADER,
-            AMQPValue::LongLongInt(requeue.next_attempt.into()),
-        )?;
-        set(&mut headers, REASON_HEADER, text(&requeue.reason))?;
+        let headers = copy_headers(&self.properties, &requeue.envelope_headers());
         let properties = copy_properties(&self.properties, headers);
-        self.republisher
+        let published = self
+            .republisher
             .publish_to_queue(&wait_queue, &requeue.body, properties)
-            .await?;
+            .await;
+        self.failed = published.is_err();
+        published?;
         self.ack_original().await
     }
 
@@ -162,9 +197,12 @@ impl Settle for AmqpSettler {
             text(truncate(&parked.detail, MAX_DETAIL_BYTES)),
         )?;
         let properties = copy_properties(&self.properties, headers);
-        self.republisher
+        let published = self
+            .republisher
             .publish_to_queue(&dead_queue, &parked.body, properties)
-            .await?;
+            .await;
+        self.failed = published.is_err();
+        published?;
         self.ack_original().await
     }
 }

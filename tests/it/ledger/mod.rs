@@ -201,7 +201,8 @@ async fn unopenable_sqlite_is_an_error_not_a_panic() {
     let err = SqliteBidLedger::connect("sqlite:///nonexistent-bidorch-dir/sub/ledger.db")
         .await
         .expect_err("the directory does not exist");
-    assert!(err.to_string().contains("ledger.db"), "{err}");
+    let shown = bidorch::error::chain(&err);
+    assert!(shown.contains("ledger.db"), "{shown}");
 }
 
 #[tokio::test]

@@ -6,6 +6,8 @@
 
 pub mod lock;
 pub mod ops;
+pub mod process;
+pub mod proxy;
 pub mod queue;
 pub mod telemetry;
 
@@ -170,6 +172,14 @@ pub fn run_env(
             "BIDORCH__MARKETPLACES__FREELANCER__BASE_URL",
             format!("{sandbox_url}/freelancer"),
         ),
+        (
+            "BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV",
+            "BIDORCH_UPWORK_TOKEN".to_owned(),
+        ),
+        (
+            "BIDORCH__MARKETPLACES__FREELANCER__TOKEN_ENV",
+            "BIDORCH_FREELANCER_TOKEN".to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -210,9 +220,12 @@ pub async fn worker_system(
     tally: Option<std::sync::Arc<bidorch::tally::Tally>>,
 ) -> bidorch::app::System {
     let token = token.to_owned();
-    let client =
-        bidorch::marketplace::HttpMarketplace::new(&settings.marketplaces, |_| Some(token.clone()))
-            .expect("test marketplaces are valid");
+    let client = bidorch::marketplace::HttpMarketplace::new(
+        &settings.marketplaces,
+        settings.lock.ttl,
+        |_| Some(token.clone()),
+    )
+    .expect("test marketplaces are valid");
     let mut builder =
         bidorch::app::System::builder(settings).marketplace(std::sync::Arc::new(client));
     if let Some(tally) = tally {

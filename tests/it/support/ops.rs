@@ -54,6 +54,14 @@ impl Ops {
                 lock_store: field("lock_store"),
                 ledger: field("ledger"),
                 consumer: field("consumer"),
+                paused: report["paused"]
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             },
         )
     }

@@ -28,6 +28,8 @@ pub fn settings() -> AmqpSettings {
         delivery_limit: 3,
         publish_window: 64,
         reconnect_timeout: Duration::from_secs(10),
+        retry_budget: Duration::from_secs(24 * 3600),
+        confirm_timeout: Duration::from_secs(30),
     }
 }
 

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use bidorch::ledger::{
 use bidorch::lock::LockStore;
 use bidorch::marketplace::HttpMarketplace;
 use bidorch::marketplace::sandbox::{self, Sandbox, SandboxOptions};
-use bidorch::pipeline::{Pipeline, RetryDelays};
+use bidorch::pipeline::{Pipeline, RetryRules};
 use bidorch::policy::Policy;
 use bidorch::posting::PostingKey;
 use bidorch::source::{MemoryPostingSource, MemoryQueue};
@@ -55,16 +54,17 @@ impl Embedded {
             .map(|m| {
                 (
                     (*m).to_owned(),
-                    MarketplaceSettings {
-                        base_url: url::Url::parse(&format!("http://{addr}/{m}")).unwrap(),
-                        token_env: "BIDORCH_OBS_TOKEN".to_owned(),
-                        timeout: Duration::from_secs(5),
-                        connect_timeout: Duration::from_secs(2),
-                    },
+                    MarketplaceSettings::new(
+                        url::Url::parse(&format!("http://{addr}/{m}")).unwrap(),
+                        "BIDORCH_OBS_TOKEN",
+                    ),
                 )
             })
             .collect();
-        let marketplace = HttpMarketplace::new(&settings, |_| Some(TOKEN.to_owned())).unwrap();
+        let marketplace = HttpMarketplace::new(&settings, Duration::from_secs(10), |_| {
+            Some(TOKEN.to_owned())
+        })
+        .unwrap();
         let ledger: Arc<dyn BidLedger> = Arc::new(Detached(
             SqliteBidLedger::connect_and_migrate("sqlite::memory:")
                 .await
@@ -95,15 +95,18 @@ impl Embedded {
     /// Worker options with short retry delays.
     pub fn options(&self) -> WorkerOptions {
         WorkerOptions {
-            delays: RetryDelays {
+            retry: RetryRules {
                 lock_held: Duration::from_millis(20),
                 unavailable: Duration::from_millis(20),
                 transient: Duration::from_millis(20),
+                max_attempts: 5,
+                retry_budget: Duration::from_secs(3600),
             },
-            max_attempts: 5,
+            smallest_tier: Duration::from_millis(20),
             grace: Duration::from_secs(5),
             tally: None,
             destination: DESTINATION.to_owned(),
+            messaging_system: "bidorch.memory",
         }
     }
 
@@ -115,7 +118,7 @@ impl Embedded {
             Box::new(self.broker.consumer(prefetch)),
             self.pipeline.clone(),
             self.options(),
-            Arc::new(AtomicBool::new(false)),
+            bidorch::worker::Status::default(),
             async {
                 let _ = stopped.await;
             },

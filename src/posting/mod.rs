@@ -1,16 +1,16 @@
-//! The posting event: wire JSON parsed and validated at the edge into a [`Posting`].
+//! The posting event: the wire JSON ([`wire`], derived) converted and validated at the edge into
+//! a [`Posting`] (`TryFrom`).
 //!
 //! Everything downstream works with validated domain types only. A body that fails here is a
 //! poison message: the worker dead-letters it with [`PostingError::reason`] and never retries.
 //! Money is read from the JSON text straight into [`Decimal`] — never through a binary float.
 
-use std::collections::BTreeMap;
+pub mod wire;
+
 use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde_json::value::RawValue;
 
 /// Largest accepted event body; anything larger is poison (spec: 256 KiB).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
@@ -108,10 +108,7 @@ pub enum PostingError {
     #[error("required field `{0}` is missing")]
     MissingField(&'static str),
     #[error("field `{field}` is invalid: {problem}")]
-    InvalidField {
-        field: &'static str,
-        problem: String,
-    },
+    InvalidField { field: String, problem: String },
     #[error("marketplace `{0}` is not configured")]
     UnknownMarketplace(String),
 }
@@ -128,9 +125,9 @@ impl PostingError {
         }
     }
 
-    fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self::InvalidField {
-            field,
+            field: field.into(),
             problem: problem.into(),
         }
     }
@@ -158,7 +155,7 @@ fn validate_posting_id(p: &str) -> Result<(), PostingError> {
     validate_id("posting_id", p)
 }
 
-fn validate_id(field: &'static str, v: &str) -> Result<(), PostingError> {
+pub(crate) fn validate_id(field: &'static str, v: &str) -> Result<(), PostingError> {
     if v.is_empty() || v.len() > 128 {
         return Err(PostingError::invalid(field, "must be 1 to 128 characters"));
     }
@@ -172,105 +169,6 @@ fn validate_id(field: &'static str, v: &str) -> Result<(), PostingError> {
     Ok(())
 }
 
-type Fields = BTreeMap<String, Box<RawValue>>;
-
-fn decode<T: serde::de::DeserializeOwned>(
-    field: &'static str,
-    raw: &RawValue,
-) -> Result<T, PostingError> {
-    serde_json::from_str(raw.get()).map_err(|e| PostingError::invalid(field, e.to_string()))
-}
-
-fn optional<T: serde::de::DeserializeOwned>(
-    fields: &Fields,
-    field: &'static str,
-) -> Result<Option<T>, PostingError> {
-    match fields.get(field) {
-        None => Ok(None),
-        Some(raw) if raw.get() == "null" => Ok(None),
-        Some(raw) => decode(field, raw).map(Some),
-    }
-}
-
-fn required_string(fields: &Fields, field: &'static str) -> Result<String, PostingError> {
-    match optional::<String>(fields, field)? {
-        None => Err(PostingError::MissingField(field)),
-        Some(s) => Ok(s),
-    }
-}
-
-/// Reads an amount from its JSON text: a number literal or a decimal string, never via f64.
-fn decimal(field: &'static str, raw: &RawValue) -> Result<Option<Decimal>, PostingError> {
-    let text = raw.get();
-    if text == "null" {
-        return Ok(None);
-    }
-    let literal = if text.starts_with('"') {
-        decode::<String>(field, raw)?
-    } else {
-        text.to_owned()
-    };
-    let value = Decimal::from_str_exact(literal.trim())
-        .map_err(|e| PostingError::invalid(field, format!("{literal:?} is not a decimal: {e}")))?;
-    if value.is_sign_negative() {
-        return Err(PostingError::invalid(field, "must not be negative"));
-    }
-    Ok(Some(value))
-}
-
-fn parse_budget(raw: &RawValue) -> Result<Option<Budget>, PostingError> {
-    if raw.get() == "null" {
-        return Ok(None);
-    }
-    let fields: Fields = decode("budget", raw)?;
-    let amount = |name: &'static str| match fields.get(name.rsplit('.').next().unwrap_or(name)) {
-        Some(raw) => decimal(name, raw),
-        None => Ok(None),
-    };
-    let min = amount("budget.min")?;
-    let max = amount("budget.max")?;
-    if let (Some(lo), Some(hi)) = (min, max)
-        && lo > hi
-    {
-        return Err(PostingError::invalid("budget", "min is greater than max"));
-    }
-    let currency = optional::<String>(&fields, "currency")?.unwrap_or_else(|| "USD".to_owned());
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(PostingError::invalid(
-            "budget.currency",
-            format!("{currency:?} is not an ISO 4217 code"),
-        ));
-    }
-    let kind = match optional::<String>(&fields, "kind")?.as_deref() {
-        None | Some("fixed") => BudgetKind::Fixed,
-        Some("hourly") => BudgetKind::Hourly,
-        Some(other) => {
-            return Err(PostingError::invalid(
-                "budget.kind",
-                format!("{other:?} is neither \"fixed\" nor \"hourly\""),
-            ));
-        }
-    };
-    Ok(Some(Budget {
-        min,
-        max,
-        currency,
-        kind,
-    }))
-}
-
-fn parse_client(raw: Option<&RawValue>) -> Result<ClientInfo, PostingError> {
-    let Some(raw) = raw.filter(|r| r.get() != "null") else {
-        return Ok(ClientInfo::default());
-    };
-    let fields: Fields = decode("client", raw)?;
-    Ok(ClientInfo {
-        rating: optional(&fields, "rating")?,
-        payment_verified: optional(&fields, "payment_verified")?,
-        country: optional(&fields, "country")?,
-    })
-}
-
 impl Posting {
     /// Parses and validates one event body. `is_known_marketplace` decides which marketplaces
     /// this deployment bids on; an event for any other is poison.
@@ -281,43 +179,13 @@ impl Posting {
         if body.len() > MAX_EVENT_BYTES {
             return Err(PostingError::TooLarge { size: body.len() });
         }
-        let fields: Fields =
-            serde_json::from_slice(body).map_err(|e| PostingError::InvalidJson(e.to_string()))?;
-
-        let event_id = required_string(&fields, "event_id")?;
-        validate_id("event_id", &event_id)?;
-        let marketplace = required_string(&fields, "marketplace")?;
-        let posting_id = required_string(&fields, "posting_id")?;
-        let key = PostingKey::new(&marketplace, &posting_id)?;
-        let title = required_string(&fields, "title")?;
-        if title.trim().is_empty() {
-            return Err(PostingError::invalid("title", "must not be blank"));
+        let posting = Posting::try_from(wire::WireEvent::from_json(body)?)?;
+        if !is_known_marketplace(posting.key.marketplace()) {
+            return Err(PostingError::UnknownMarketplace(
+                posting.key.marketplace().to_owned(),
+            ));
         }
-        if !is_known_marketplace(&marketplace) {
-            return Err(PostingError::UnknownMarketplace(marketplace));
-        }
-        let budget = match fields.get("budget") {
-            Some(raw) => parse_budget(raw)?,
-            None => None,
-        };
-        let posted_at = optional::<String>(&fields, "posted_at")?
-            .map(|s| {
-                DateTime::parse_from_rfc3339(&s)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| PostingError::invalid("posted_at", format!("{s:?}: {e}")))
-            })
-            .transpose()?;
-        Ok(Self {
-            event_id,
-            key,
-            title,
-            description: optional(&fields, "description")?.unwrap_or_default(),
-            budget,
-            skills: optional(&fields, "skills")?.unwrap_or_default(),
-            client: parse_client(fields.get("client").map(|b| b.as_ref()))?,
-            posted_at,
-            url: optional(&fields, "url")?,
-        })
+        Ok(posting)
     }
 }
 
@@ -327,11 +195,6 @@ pub fn format_amount(value: Decimal) -> String {
         value.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
     v.rescale(2);
     v.to_string()
-}
-
-/// Parses a decimal amount from configuration text (e.g. `"500"`).
-pub fn parse_amount(text: &str) -> Result<Decimal, rust_decimal::Error> {
-    Decimal::from_str(text.trim())
 }
 
 #[cfg(test)]

@@ -1,0 +1,81 @@
+//! `bidorch dlq list|replay`: the parking lot.
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+
+use bidorch::config::Settings;
+
+/// `bidorch dlq` actions.
+#[derive(Subcommand, Debug)]
+pub enum DlqAction {
+    /// Show parked messages with their reason and attempts (nothing is removed or reordered).
+    List {
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send parked messages back to the work exchange with attempts reset.
+    Replay {
+        /// Replay every parked message.
+        #[arg(long, conflicts_with = "event_id")]
+        all: bool,
+        /// Replay only the message with this event id.
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+}
+
+/// Lists or replays dead letters.
+pub async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
+    let queue = settings.amqp.dead_letter_queue();
+    match action {
+        DlqAction::List { limit } => {
+            let listing = bidorch::dlq::list(&settings.amqp, limit)
+                .await
+                .with_context(|| format!("listing {queue}"))?;
+            println!(
+                "{} message(s) in {queue}{}",
+                listing.total,
+                if (listing.total as usize) > listing.messages.len() {
+                    format!(", showing the first {}", listing.messages.len())
+                } else {
+                    String::new()
+                }
+            );
+            for m in &listing.messages {
+                let excerpt: String = String::from_utf8_lossy(&m.body).chars().take(120).collect();
+                println!(
+                    "- event {}  attempt {}  reason {}{}\n    {}",
+                    m.event_id.as_deref().unwrap_or("?"),
+                    m.attempt,
+                    m.reason,
+                    m.detail
+                        .as_deref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default(),
+                    excerpt
+                );
+            }
+        }
+        DlqAction::Replay { all, event_id } => {
+            let filter = match (all, event_id) {
+                (true, _) => bidorch::dlq::ReplayFilter::All,
+                (false, Some(id)) => bidorch::dlq::ReplayFilter::EventId(id),
+                (false, None) => bail!("say which messages to replay: --all or --event-id ID"),
+            };
+            let summary = bidorch::dlq::replay(&settings.amqp, &filter)
+                .await
+                .with_context(|| format!("replaying from {queue}"))?;
+            println!(
+                "replayed {} message(s) to exchange `{}`, {} left in {queue}",
+                summary.replayed.len(),
+                settings.amqp.exchange,
+                summary.kept
+            );
+            for id in &summary.replayed {
+                println!("- {id}");
+            }
+        }
+    }
+    Ok(())
+}

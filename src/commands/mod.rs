@@ -1,0 +1,42 @@
+//! The subcommands: thin wrappers that turn library results into output and exit codes. This
+//! is the binary's edge, so errors are `anyhow` with context. One file per subcommand.
+
+mod demo;
+mod dlq;
+mod marketplace;
+mod migrate;
+mod publish;
+
+pub use self::demo::{DemoArgs, demo};
+pub use self::dlq::{DlqAction, dlq};
+pub use self::marketplace::{MarketplaceArgs, marketplace};
+pub use self::migrate::migrate;
+pub use self::publish::publish;
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %bidorch::error::Chain(&e), "Cannot listen for Ctrl-C; stop with SIGTERM");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %bidorch::error::Chain(&e), "Cannot listen for SIGTERM; stop with Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,484 @@
+//! Per-marketplace circuit breaker: a marketplace that is down, refuses our credentials, rate
+//! limits us or answers 404 for everything is *paused* — its postings wait without being called
+//! and without counting attempts — and probed, one request at a time, until it answers.
+//!
+//! Plain synchronous logic under a mutex, the clock passed in, so every transition has a unit
+//! test. The pipeline asks [`Breakers::permit`] before it claims a posting and reports every
+//! answer with [`Breakers::record`]; a [`Permit::Probe`] that ends without an answer (lease lost,
+//! ledger down) is handed back by dropping its [`ProbeGuard`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{PauseReason, Paused, announce_pause, announce_resume};
+
+/// Consecutive transient answers (5xx, timeouts) across postings that pause a marketplace.
+pub const DEFAULT_TRIP_AFTER: u32 = 5;
+/// Consecutive 404s across postings that mean a misconfigured `base_url`.
+pub const NOT_FOUND_TRIP_AFTER: u32 = 3;
+
+/// How one marketplace answered, as far as its health is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// An answer about the posting (2xx, 409, a 4xx other than the ones below): it works.
+    Answered,
+    /// 5xx, 408, a timeout or a connection failure.
+    Transient,
+    /// 429; with `Retry-After`, the marketplace said how long.
+    RateLimited { retry_after: Option<Duration> },
+    /// 401, 403 or 407: our credentials, not the posting.
+    Unauthorized,
+    /// 404.
+    NotFound,
+}
+
+/// What the breaker says about one marketplace call.
+#[derive(Debug)]
+pub enum Permit {
+    /// Closed: call.
+    Go,
+    /// Probing a paused marketplace: this call is the probe. Report its answer with
+    /// [`Breakers::record`]; dropping the guard unanswered lets the next caller probe.
+    Probe(ProbeGuard),
+    /// Paused: do not call; try again after `retry_in`.
+    Wait {
+        retry_in: Duration,
+        reason: PauseReason,
+    },
+}
+
+/// What [`Breakers::record`] concluded about the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether a transient answer counts as one of the posting's own failures (towards
+    /// `amqp.max_attempts`): only while the marketplace is otherwise healthy.
+    pub counts: bool,
+    /// Whether a 404 may be trusted as "this posting does not exist" (the marketplace has
+    /// answered something else before, so `base_url` is right).
+    pub not_found_is_final: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed,
+    Open {
+        until: Instant,
+        reason: PauseReason,
+        since: Instant,
+    },
+    /// The pause is over and one probe is out.
+    Probing {
+        reason: PauseReason,
+        since: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct Marketplace {
+    state: State,
+    transient_streak: u32,
+    not_found_streak: u32,
+    /// Whether it has ever given an answer other than 404 (`base_url` reaches the API).
+    verified: bool,
+    /// Backoff between probes; doubles on each failed probe up to `max_backoff`.
+    backoff: Duration,
+}
+
+impl Marketplace {
+    /// Why and since when it is paused, if it is.
+    fn pause(&self) -> Option<(PauseReason, Instant)> {
+        match self.state {
+            State::Closed => None,
+            State::Open { reason, since, .. } | State::Probing { reason, since } => {
+                Some((reason, since))
+            }
+        }
+    }
+}
+
+impl Signal {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Answered => "it answered",
+            Self::Transient => "consecutive 5xx answers, timeouts or connection failures",
+            Self::RateLimited { .. } => "429 Too Many Requests",
+            Self::Unauthorized => "401/403/407: the token is wrong, expired or revoked",
+            Self::NotFound => "404 for every posting: is base_url right?",
+        }
+    }
+}
+
+/// Breaker settings.
+#[derive(Clone, Copy, Debug)]
+pub struct BreakerSettings {
+    pub trip_after: u32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            trip_after: DEFAULT_TRIP_AFTER,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The breakers of every marketplace. Cheap to clone (shared state).
+#[derive(Clone, Debug)]
+pub struct Breakers {
+    settings: BreakerSettings,
+    inner: Arc<Mutex<BTreeMap<String, Marketplace>>>,
+}
+
+/// The probe slot of a paused marketplace; dropped without a [`Breakers::record`], the slot is
+/// handed back so that the next caller probes.
+#[derive(Debug)]
+pub struct ProbeGuard {
+    breakers: Breakers,
+    marketplace: String,
+    answered: bool,
+}
+
+impl ProbeGuard {
+    /// Marks the probe answered (its answer was recorded).
+    pub fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let mut all = self.breakers.lock();
+        if let Some(m) = all.get_mut(&self.marketplace)
+            && let State::Probing { reason, since } = m.state
+        {
+            // Unanswered: paused again, immediately due, so the next posting probes.
+            m.state = State::Open {
+                until: Instant::now(),
+                reason,
+                since,
+            };
+        }
+    }
+}
+
+impl Breakers {
+    /// Breakers for these marketplaces.
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self {
+            settings,
+            inner: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Marketplace>> {
+        // Plain state updated without panicking code paths; a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry<'a>(
+        &self,
+        all: &'a mut BTreeMap<String, Marketplace>,
+        marketplace: &str,
+    ) -> &'a mut Marketplace {
+        all.entry(marketplace.to_owned())
+            .or_insert_with(|| Marketplace {
+                state: State::Closed,
+                transient_streak: 0,
+                not_found_streak: 0,
+                verified: false,
+                backoff: self.settings.min_backoff,
+            })
+    }
+
+    /// May `marketplace` be called now?
+    pub fn permit(&self, marketplace: &str, now: Instant) -> Permit {
+        let mut all = self.lock();
+        let m = self.entry(&mut all, marketplace);
+        match m.state {
+            State::Closed => Permit::Go,
+            State::Open { until, reason, .. } if now < until => Permit::Wait {
+                retry_in: until - now,
+                reason,
+            },
+            State::Open { reason, since, .. } => {
+                m.state = State::Probing { reason, since };
+                Permit::Probe(ProbeGuard {
+                    breakers: self.clone(),
+                    marketplace: marketplace.to_owned(),
+                    answered: false,
+                })
+            }
+            State::Probing { reason, .. } => Permit::Wait {
+                retry_in: m.backoff,
+                reason,
+            },
+        }
+    }
+
+    /// Records one answer of `marketplace`; returns how to treat it. A pause starting or ending
+    /// is announced here, once.
+    pub fn record(&self, marketplace: &str, signal: Signal, now: Instant) -> Verdict {
+        let mut all = self.lock();
+        let m = self.entry(&mut all, marketplace);
+        let before = m.pause();
+        let verdict = self.apply(m, signal, now);
+        let after = m.pause();
+        if before.map(|b| b.0) != after.map(|a| a.0) {
+            let dependency = format!("marketplace:{marketplace}");
+            if let Some((reason, since)) = before {
+                announce_resume(&dependency, reason, since);
+            }
+            if let Some((reason, _)) = after {
+                announce_pause(&dependency, reason, signal.describe());
+            }
+        }
+        verdict
+    }
+
+    fn apply(&self, m: &mut Marketplace, signal: Signal, now: Instant) -> Verdict {
+        let settings = self.settings;
+        let was_closed = matches!(m.state, State::Closed);
+        let pause = |m: &mut Marketplace, reason: PauseReason, at_least: Duration| {
+            let since = match m.state {
+                State::Open { since, .. } | State::Probing { since, .. } => since,
+                State::Closed => now,
+            };
+            let wait = if was_closed {
+                m.backoff = settings.min_backoff;
+                at_least.max(m.backoff)
+            } else {
+                // A failed probe: back off further.
+                m.backoff = (m.backoff * 2).min(settings.max_backoff);
+                at_least.max(m.backoff)
+            };
+            m.state = State::Open {
+                until: now + wait,
+                reason,
+                since,
+            };
+        };
+        match signal {
+            Signal::Answered => {
+                m.verified = true;
+                m.transient_streak = 0;
+                m.not_found_streak = 0;
+                m.backoff = settings.min_backoff;
+                m.state = State::Closed;
+                Verdict {
+                    counts: false,
+                    not_found_is_final: true,
+                }
+            }
+            Signal::Transient => {
+                m.transient_streak += 1;
+                let trips = !was_closed || m.transient_streak >= settings.trip_after;
+                if trips {
+                    pause(m, PauseReason::Unavailable, Duration::ZERO);
+                }
+                Verdict {
+                    counts: !trips,
+                    not_found_is_final: false,
+                }
+            }
+            Signal::RateLimited { retry_after } => {
+                pause(
+                    m,
+                    PauseReason::RateLimited,
+                    retry_after.unwrap_or(Duration::ZERO),
+                );
+                Verdict {
+                    counts: false,
+                    not_found_is_final: false,
+                }
+            }
+            Signal::Unauthorized => {
+                pause(m, PauseReason::Credentials, Duration::ZERO);
+                Verdict {
+                    counts: false,
+                    not_found_is_final: false,
+                }
+            }
+            Signal::NotFound => {
+                m.not_found_streak += 1;
+                m.transient_streak = 0;
+                let trusted = m.verified && m.not_found_streak < NOT_FOUND_TRIP_AFTER;
+                if trusted {
+                    // A posting that does not exist; the marketplace itself is fine.
+                    m.state = State::Closed;
+                    m.backoff = settings.min_backoff;
+                } else if !m.verified && m.not_found_streak < NOT_FOUND_TRIP_AFTER && was_closed {
+                    // Not yet known to be misconfigured: the posting waits, the marketplace
+                    // stays callable until the streak says otherwise.
+                } else {
+                    pause(m, PauseReason::NotFound, Duration::ZERO);
+                }
+                Verdict {
+                    counts: false,
+                    not_found_is_final: trusted,
+                }
+            }
+        }
+    }
+
+    /// How long a posting of `marketplace` should wait before asking again.
+    pub fn retry_in(&self, marketplace: &str, now: Instant) -> Duration {
+        let mut all = self.lock();
+        let m = self.entry(&mut all, marketplace);
+        match m.state {
+            State::Open { until, .. } => until.saturating_duration_since(now),
+            State::Probing { .. } | State::Closed => m.backoff,
+        }
+    }
+
+    /// The marketplaces paused now, with why and since when.
+    pub fn paused(&self) -> Vec<Paused> {
+        self.lock()
+            .iter()
+            .filter_map(|(name, m)| match m.state {
+                State::Closed => None,
+                State::Open { reason, since, .. } | State::Probing { reason, since } => {
+                    Some(Paused {
+                        dependency: format!("marketplace:{name}"),
+                        reason,
+                        since,
+                    })
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breakers() -> Breakers {
+        Breakers::new(BreakerSettings {
+            trip_after: 3,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(8),
+        })
+    }
+
+    fn is_go(p: &Permit) -> bool {
+        matches!(p, Permit::Go)
+    }
+
+    #[test]
+    fn transient_answers_count_until_the_streak_trips_the_breaker() {
+        let (b, t0) = (breakers(), Instant::now());
+        assert!(b.record("m", Signal::Transient, t0).counts);
+        assert!(b.record("m", Signal::Transient, t0).counts);
+        let third = b.record("m", Signal::Transient, t0);
+        assert!(
+            !third.counts,
+            "the answer that trips it is the marketplace's, not the posting's"
+        );
+        assert!(matches!(
+            b.permit("m", t0),
+            Permit::Wait {
+                reason: PauseReason::Unavailable,
+                ..
+            }
+        ));
+        assert_eq!(b.paused().len(), 1);
+        // Other marketplaces are unaffected.
+        assert!(is_go(&b.permit("other", t0)));
+    }
+
+    #[test]
+    fn a_success_in_between_resets_the_streak() {
+        let (b, t0) = (breakers(), Instant::now());
+        b.record("m", Signal::Transient, t0);
+        b.record("m", Signal::Transient, t0);
+        b.record("m", Signal::Answered, t0);
+        assert!(b.record("m", Signal::Transient, t0).counts);
+        assert!(is_go(&b.permit("m", t0)));
+    }
+
+    #[test]
+    fn after_the_pause_one_probe_goes_and_the_others_wait() {
+        let (b, t0) = (breakers(), Instant::now());
+        b.record("m", Signal::Unauthorized, t0);
+        let later = t0 + Duration::from_secs(2);
+        let Permit::Probe(probe) = b.permit("m", later) else {
+            panic!("the pause is over: one probe");
+        };
+        assert!(matches!(b.permit("m", later), Permit::Wait { .. }));
+        // The probe is refused again: paused for longer (backoff doubles).
+        b.record("m", Signal::Unauthorized, later);
+        probe.answered();
+        let Permit::Wait { retry_in, reason } = b.permit("m", later) else {
+            panic!("paused again");
+        };
+        assert_eq!(reason, PauseReason::Credentials);
+        assert_eq!(retry_in, Duration::from_secs(2));
+        // It answers: closed, nothing paused.
+        let Permit::Probe(probe) = b.permit("m", later + retry_in) else {
+            panic!("probe");
+        };
+        b.record("m", Signal::Answered, later + retry_in);
+        probe.answered();
+        assert!(is_go(&b.permit("m", later + retry_in)));
+        assert!(b.paused().is_empty());
+    }
+
+    #[test]
+    fn an_unanswered_probe_hands_the_slot_back() {
+        let (b, t0) = (breakers(), Instant::now());
+        b.record("m", Signal::Unauthorized, t0);
+        let later = t0 + Duration::from_secs(5);
+        let probe = b.permit("m", later);
+        drop(probe);
+        assert!(matches!(b.permit("m", later), Permit::Probe(_)));
+    }
+
+    #[test]
+    fn rate_limits_pause_for_their_retry_after_and_never_count() {
+        let (b, t0) = (breakers(), Instant::now());
+        let v = b.record(
+            "m",
+            Signal::RateLimited {
+                retry_after: Some(Duration::from_secs(30)),
+            },
+            t0,
+        );
+        assert!(!v.counts);
+        let Permit::Wait { retry_in, reason } = b.permit("m", t0) else {
+            panic!("paused");
+        };
+        assert_eq!(
+            (retry_in, reason),
+            (Duration::from_secs(30), PauseReason::RateLimited)
+        );
+    }
+
+    #[test]
+    fn not_found_is_final_only_from_a_marketplace_that_answered_before() {
+        let (b, t0) = (breakers(), Instant::now());
+        // Never answered: suspect, not final; three in a row pause it as misconfigured.
+        assert!(!b.record("m", Signal::NotFound, t0).not_found_is_final);
+        assert!(!b.record("m", Signal::NotFound, t0).not_found_is_final);
+        assert!(is_go(&b.permit("m", t0)));
+        b.record("m", Signal::NotFound, t0);
+        assert!(matches!(
+            b.permit("m", t0),
+            Permit::Wait {
+                reason: PauseReason::NotFound,
+                ..
+            }
+        ));
+        // A marketplace that has answered: a 404 is about the posting.
+        b.record("ok", Signal::Answered, t0);
+        assert!(b.record("ok", Signal::NotFound, t0).not_found_is_final);
+        assert!(is_go(&b.permit("ok", t0)));
+    }
+}

@@ -1,0 +1,408 @@
+//! What happened to one posting event, and what to do with its message: the spec's outcome
+//! table as one `match` ([`Outcome::action`]), attempts and the retry budget included.
+//!
+//! | situation                                     | ledger                      | message                          |
+//! |-----------------------------------------------|-----------------------------|----------------------------------|
+//! | ledger already has a final outcome             | unchanged                   | ack (duplicate)                  |
+//! | lock held by another worker                    | unchanged                   | wait the holder's lease + jitter |
+//! | lock store / ledger unreachable                | unchanged                   | wait; the worker pauses          |
+//! | should-bid says no                             | `skipped` + reasons         | ack                              |
+//! | bid placed (2xx, replay, or 409)               | `placed` + bid id           | ack                              |
+//! | marketplace 429 / 5xx / timeout                | `pending` kept              | retry (honours `Retry-After`)    |
+//! | marketplace 401 / 403 / 407, or paused         | `pending` kept              | wait; the marketplace pauses     |
+//! | marketplace other 4xx                          | `rejected` + status/excerpt | ack                              |
+//! | lease lost / claim superseded before the bid   | unchanged                   | wait, no call made               |
+//! | poison message                                 | none                        | dead-letter                      |
+//! | the posting's own failures reach `max_attempts`| unchanged                   | dead-letter (`max_attempts`)     |
+//! | waited longer than `amqp.retry_budget`         | unchanged                   | dead-letter (`retry_budget_exhausted`) |
+//!
+//! **Waiting is not failing.** Only a transient answer about this posting, while its marketplace
+//! is otherwise healthy, counts towards `amqp.max_attempts`. Everything else that retries — a held
+//! lease, an unreachable dependency, a paused marketplace, a `Retry-After` — waits without
+//! counting, bounded only by the message's age.
+
+use std::time::Duration;
+
+use crate::flow::{Dependency, PauseReason};
+use crate::ledger::LedgerState;
+use crate::posting::PostingError;
+
+/// When and how often a message comes back (`[worker]` delays, `[amqp]` limits).
+#[derive(Clone, Copy, Debug)]
+pub struct RetryRules {
+    /// Wait after a held lease whose holder could not be asked for its TTL.
+    pub lock_held: Duration,
+    /// Wait while a dependency is unreachable (the worker meanwhile pauses and probes).
+    pub unavailable: Duration,
+    /// Wait after a transient marketplace answer without `Retry-After`.
+    pub transient: Duration,
+    /// The posting's own failures after which it is parked (`amqp.max_attempts`).
+    pub max_attempts: u32,
+    /// The longest a message may keep coming back, from when bidorch first took it.
+    pub retry_budget: Duration,
+}
+
+/// The message-level facts the table needs besides the outcome.
+#[derive(Clone, Copy, Debug)]
+pub struct Envelope {
+    /// 1 + the posting's own failures so far.
+    pub attempt: u32,
+    /// Time since bidorch first took the message.
+    pub age: Duration,
+}
+
+/// How a bid came to be recorded as placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacedVia {
+    /// `201`: a new bid.
+    New,
+    /// `200`: the marketplace replayed our idempotency key (an earlier attempt had placed it).
+    Replay,
+    /// `409`: a bid exists under another key.
+    Conflict,
+}
+
+/// Which dependency failed closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    LockStore,
+    Ledger,
+    Marketplace,
+}
+
+impl Component {
+    /// Bounded label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::LockStore => "lock_store",
+            Self::Ledger => "ledger",
+            Self::Marketplace => "marketplace",
+        }
+    }
+
+    /// The dependency whose outage pauses the whole worker (the marketplace pauses on its own).
+    pub fn dependency(self) -> Option<Dependency> {
+        match self {
+            Self::LockStore => Some(Dependency::LockStore),
+            Self::Ledger => Some(Dependency::Ledger),
+            Self::Marketplace => None,
+        }
+    }
+}
+
+/// What happened to one event. Every variant maps to exactly one [`Action`].
+#[derive(Debug)]
+pub enum Outcome {
+    /// The body is not a valid posting event.
+    Poison(PostingError),
+    /// The ledger already had a final outcome (found before or inside the lease).
+    Duplicate(LedgerState),
+    /// Another worker holds the lease; try again once it has expired (`retry_in`).
+    LockHeld { retry_in: Duration },
+    /// A dependency could not answer; nothing was decided.
+    Unavailable { component: Component, error: String },
+    /// The worker is paused because `dependency` is down; the delivery was not attempted.
+    Deferred { dependency: Dependency },
+    /// The message's `not-before` is still `remaining` away; not attempted.
+    NotYet { remaining: Duration },
+    /// The marketplace is paused (down, our credentials refused, rate limited, misconfigured).
+    MarketplacePaused {
+        reason: PauseReason,
+        retry_in: Duration,
+    },
+    /// The policy declined; recorded as `skipped`.
+    Skipped { reasons: Vec<String> },
+    /// A bid exists and is recorded as `placed`.
+    Placed {
+        bid_id: Option<String>,
+        via: PlacedVia,
+    },
+    /// The marketplace could not take the bid now; the row stays `pending`. `counts` says
+    /// whether it was this posting's own failure (the marketplace is otherwise healthy).
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+        counts: bool,
+    },
+    /// The marketplace refused the bid permanently; recorded as `rejected`.
+    Rejected { status: u16 },
+    /// The lease was lost or the claim superseded before the marketplace call; no call made.
+    LeaseLost,
+    /// The bid call happened but a newer claim superseded ours before we could record it: the
+    /// newer holder replays the idempotency key and records it.
+    Superseded,
+}
+
+/// What to do with the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Ack,
+    /// Back after about `delay`; `counts` adds one to its attempts (its own failure).
+    Retry {
+        delay: Duration,
+        reason: &'static str,
+        counts: bool,
+    },
+    DeadLetter {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+impl Outcome {
+    /// The spec's outcome table, attempts and the retry budget included: one match, one place.
+    pub fn action(&self, envelope: &Envelope, rules: &RetryRules) -> Action {
+        match self.table(rules) {
+            Action::Retry { reason, .. } if envelope.age > rules.retry_budget => {
+                Action::DeadLetter {
+                    reason: "retry_budget_exhausted",
+                    detail: format!(
+                        "waiting for {} (amqp.retry_budget {}); last: {reason}",
+                        humantime::format_duration(Duration::from_secs(envelope.age.as_secs())),
+                        humantime::format_duration(rules.retry_budget)
+                    ),
+                }
+            }
+            Action::Retry {
+                reason,
+                counts: true,
+                ..
+            } if envelope.attempt >= rules.max_attempts => Action::DeadLetter {
+                reason: "max_attempts",
+                detail: format!("{} attempts; last: {reason}", envelope.attempt),
+            },
+            action => action,
+        }
+    }
+
+    fn table(&self, rules: &RetryRules) -> Action {
+        let wait = |delay: Duration, reason: &'static str| Action::Retry {
+            delay,
+            reason,
+            counts: false,
+        };
+        match self {
+            Self::Poison(e) => Action::DeadLetter {
+                reason: e.reason(),
+                detail: e.to_string(),
+            },
+            Self::Duplicate(_)
+            | Self::Skipped { .. }
+            | Self::Placed { .. }
+            | Self::Rejected { .. } => Action::Ack,
+            Self::LockHeld { retry_in } => wait(*retry_in, "lock_held"),
+            Self::Unavailable { component, .. } => wait(
+                rules.unavailable,
+                match component {
+                    Component::LockStore => "lock_store_unavailable",
+                    Component::Ledger => "ledger_unavailable",
+                    Component::Marketplace => "marketplace_unavailable",
+                },
+            ),
+            Self::Deferred { dependency } => wait(
+                rules.unavailable,
+                match dependency {
+                    Dependency::LockStore => "lock_store_unavailable",
+                    Dependency::Ledger => "ledger_unavailable",
+                },
+            ),
+            Self::NotYet { remaining } => wait(*remaining, "not_yet"),
+            Self::MarketplacePaused { retry_in, .. } => wait(*retry_in, "marketplace_paused"),
+            Self::Transient {
+                retry_after,
+                counts,
+                ..
+            } => Action::Retry {
+                delay: retry_after.unwrap_or(rules.transient),
+                reason: "marketplace_transient",
+                // A Retry-After is the marketplace telling us to wait, not a failure of ours.
+                counts: *counts && retry_after.is_none(),
+            },
+            Self::LeaseLost => wait(rules.lock_held, "lease_lost"),
+            Self::Superseded => wait(rules.lock_held, "superseded"),
+        }
+    }
+
+    /// Bounded label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Poison(_) => "poison",
+            Self::Duplicate(_) => "duplicate",
+            Self::LockHeld { .. } => "lock_held",
+            Self::Unavailable { component, .. } => component.label(),
+            Self::Deferred { .. } => "deferred",
+            Self::NotYet { .. } => "not_yet",
+            Self::MarketplacePaused { .. } => "marketplace_paused",
+            Self::Skipped { .. } => "skipped",
+            Self::Placed { .. } => "placed",
+            Self::Transient { .. } => "transient",
+            Self::Rejected { .. } => "rejected",
+            Self::LeaseLost => "lease_lost",
+            Self::Superseded => "superseded",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: RetryRules = RetryRules {
+        lock_held: Duration::from_secs(1),
+        unavailable: Duration::from_secs(10),
+        transient: Duration::from_secs(5),
+        max_attempts: 3,
+        retry_budget: Duration::from_secs(24 * 3600),
+    };
+
+    fn first() -> Envelope {
+        Envelope {
+            attempt: 1,
+            age: Duration::ZERO,
+        }
+    }
+
+    fn at(attempt: u32, age: Duration) -> Envelope {
+        Envelope { attempt, age }
+    }
+
+    #[test]
+    fn final_outcomes_ack() {
+        for o in [
+            Outcome::Duplicate(LedgerState::Placed),
+            Outcome::Skipped { reasons: vec![] },
+            Outcome::Placed {
+                bid_id: None,
+                via: PlacedVia::Conflict,
+            },
+            Outcome::Rejected { status: 422 },
+        ] {
+            assert_eq!(o.action(&first(), &RULES), Action::Ack, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn a_held_lease_waits_for_its_holder_without_counting() {
+        let o = Outcome::LockHeld {
+            retry_in: Duration::from_secs(31),
+        };
+        assert_eq!(
+            o.action(&first(), &RULES),
+            Action::Retry {
+                delay: Duration::from_secs(31),
+                reason: "lock_held",
+                counts: false
+            }
+        );
+        // However many times: waiting is not failing.
+        assert!(matches!(
+            o.action(&at(100, Duration::from_secs(3600)), &RULES),
+            Action::Retry { counts: false, .. }
+        ));
+    }
+
+    #[test]
+    fn outages_and_pauses_wait_without_counting_however_long() {
+        let outcomes = [
+            Outcome::Unavailable {
+                component: Component::LockStore,
+                error: "down".into(),
+            },
+            Outcome::Deferred {
+                dependency: Dependency::Ledger,
+            },
+            Outcome::MarketplacePaused {
+                reason: PauseReason::Credentials,
+                retry_in: Duration::from_secs(2),
+            },
+            Outcome::NotYet {
+                remaining: Duration::from_secs(40),
+            },
+            Outcome::LeaseLost,
+            Outcome::Superseded,
+        ];
+        for o in outcomes {
+            let action = o.action(
+                &at(RULES.max_attempts + 5, Duration::from_secs(7200)),
+                &RULES,
+            );
+            assert!(
+                matches!(action, Action::Retry { counts: false, .. }),
+                "{o:?} -> {action:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn transient_answers_count_only_without_retry_after_and_while_healthy() {
+        let transient = |retry_after, counts| Outcome::Transient {
+            reason: "503".into(),
+            retry_after,
+            counts,
+        };
+        assert_eq!(
+            transient(None, true).action(&first(), &RULES),
+            Action::Retry {
+                delay: RULES.transient,
+                reason: "marketplace_transient",
+                counts: true
+            }
+        );
+        assert!(matches!(
+            transient(Some(Duration::from_secs(3600)), true).action(&first(), &RULES),
+            Action::Retry { delay, counts: false, .. } if delay == Duration::from_secs(3600)
+        ));
+        assert!(matches!(
+            transient(None, false).action(&first(), &RULES),
+            Action::Retry { counts: false, .. }
+        ));
+    }
+
+    #[test]
+    fn the_posting_own_failures_park_it_at_max_attempts() {
+        let o = Outcome::Transient {
+            reason: "HTTP 500".into(),
+            retry_after: None,
+            counts: true,
+        };
+        assert_eq!(
+            o.action(&at(RULES.max_attempts, Duration::ZERO), &RULES),
+            Action::DeadLetter {
+                reason: "max_attempts",
+                detail: "3 attempts; last: marketplace_transient".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn any_wait_past_the_retry_budget_is_parked() {
+        let o = Outcome::LockHeld {
+            retry_in: Duration::from_secs(1),
+        };
+        let old = at(1, RULES.retry_budget + Duration::from_secs(1));
+        assert!(matches!(
+            o.action(&old, &RULES),
+            Action::DeadLetter {
+                reason: "retry_budget_exhausted",
+                ..
+            }
+        ));
+        // A final outcome is still acked, however old.
+        assert_eq!(
+            Outcome::Rejected { status: 422 }.action(&old, &RULES),
+            Action::Ack
+        );
+    }
+
+    #[test]
+    fn poison_dead_letters_with_its_reason() {
+        let o = Outcome::Poison(PostingError::MissingField("title"));
+        assert!(matches!(
+            o.action(&first(), &RULES),
+            Action::DeadLetter {
+                reason: "missing_field",
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,191 @@
+//! One delivery: parse, decide whether it may be worked on now, run the pipeline, settle.
+//!
+//! A delivery is not worked on — and counts no attempt — while the worker's gate is closed (a
+//! dependency is down) or before its `not-before`: it goes straight back to the wait queue. The
+//! outcome is logged and counted once the settlement is done, so a "Bid placed" line never
+//! precedes a settlement that failed.
+
+use std::time::{Instant, SystemTime};
+
+use tracing::Instrument;
+
+use super::WorkerOptions;
+use crate::flow::{Dependency, Gate};
+use crate::metrics;
+use crate::pipeline::{Action, Envelope, Outcome, Pipeline};
+use crate::posting::Posting;
+use crate::source::Delivery;
+use crate::telemetry;
+
+/// What handling one delivery amounted to, for the consume loop.
+pub(super) struct Handled {
+    /// Whether the delivery was settled (acked, retried or dead-lettered).
+    pub settled: bool,
+    /// A dependency the pipeline found unreachable, and what it said: the loop pauses for it.
+    pub unreachable: Option<(Dependency, String)>,
+}
+
+/// Runs one delivery inside its `process` span (parent and link set before it is entered).
+pub(super) async fn handle(
+    delivery: Delivery,
+    pipeline: &Pipeline,
+    options: &WorkerOptions,
+    gate: &Gate,
+) -> Handled {
+    let span = telemetry::consumer_span(
+        options.messaging_system,
+        &options.destination,
+        delivery.message_id.as_deref(),
+        delivery.attempt,
+        &delivery.headers,
+    );
+    process(delivery, pipeline, options, gate)
+        .instrument(span)
+        .await
+}
+
+/// The outcome for a delivery that must not be worked on now, if any.
+fn held_back(delivery: &Delivery, options: &WorkerOptions, gate: &Gate) -> Option<Outcome> {
+    if let Some(paused) = gate.first_paused() {
+        return Some(Outcome::Deferred { dependency: paused });
+    }
+    let remaining = delivery
+        .not_before?
+        .duration_since(SystemTime::now())
+        .ok()?;
+    (remaining > options.smallest_tier / 2).then_some(Outcome::NotYet { remaining })
+}
+
+async fn process(
+    mut delivery: Delivery,
+    pipeline: &Pipeline,
+    options: &WorkerOptions,
+    gate: &Gate,
+) -> Handled {
+    let _in_flight = metrics::InFlight::enter();
+    let started = Instant::now();
+    let parsed = pipeline.parse(&delivery.body);
+    let (posting, outcome) = match parsed {
+        // Poison never waits: it is parked at once.
+        Err(e) => (None, Outcome::Poison(e)),
+        Ok(posting) => match held_back(&delivery, options, gate) {
+            Some(outcome) => (Some(posting), outcome),
+            None => {
+                let outcome = pipeline.process(&posting, &delivery.headers).await;
+                (Some(posting), outcome)
+            }
+        },
+    };
+    let envelope = Envelope {
+        attempt: delivery.attempt,
+        age: SystemTime::now()
+            .duration_since(delivery.first_seen)
+            .unwrap_or_default(),
+    };
+    let action = outcome.action(&envelope, &options.retry);
+    let span = tracing::Span::current();
+    record_on_span(&span, posting.as_ref(), &outcome, &action);
+    if matches!(action, Action::Retry { .. })
+        && let Some(traceparent) = telemetry::traceparent_of(&span)
+    {
+        // The next attempt's `process` span links back to this one.
+        delivery
+            .headers
+            .insert(telemetry::PREV_TRACEPARENT_HEADER.to_owned(), traceparent);
+    }
+    let settled = settle(delivery, &action, options).await;
+    let unreachable = match &outcome {
+        Outcome::Unavailable { component, error } => {
+            component.dependency().map(|d| (d, error.clone()))
+        }
+        _ => None,
+    };
+    let ok = settled.is_ok();
+    match settled {
+        Ok(()) => {
+            metrics::observe(
+                posting.as_ref().map(|p| &p.key),
+                &outcome,
+                &action,
+                envelope.attempt,
+                started.elapsed(),
+            );
+            if let Some(tally) = &options.tally {
+                tally.record(&outcome, &action, started.elapsed());
+            }
+        }
+        Err(e) => {
+            // Unsettled: the broker redelivers it; the ledger keeps the outcome idempotent.
+            tracing::warn!(
+                error = %crate::error::Chain(&e),
+                outcome = outcome.label(),
+                "Settling the message failed; it will be redelivered"
+            );
+        }
+    }
+    Handled {
+        settled: ok,
+        unreachable,
+    }
+}
+
+fn record_on_span(
+    span: &tracing::Span,
+    posting: Option<&Posting>,
+    outcome: &Outcome,
+    action: &Action,
+) {
+    if let Some(posting) = posting {
+        span.record("marketplace", posting.key.marketplace());
+        span.record("posting_id", posting.key.posting_id());
+    }
+    span.record("outcome", outcome.label());
+    match action {
+        Action::DeadLetter { reason, .. } => {
+            span.record("otel.status_code", "error");
+            span.record("error.type", *reason);
+        }
+        Action::Retry { reason, .. } => {
+            span.record("error.type", *reason);
+        }
+        Action::Ack => {}
+    }
+}
+
+/// Settles `delivery` as `action` says, inside its `settle` span.
+async fn settle(
+    delivery: Delivery,
+    action: &Action,
+    options: &WorkerOptions,
+) -> Result<(), crate::source::SourceError> {
+    let operation = match action {
+        Action::Ack => "ack",
+        Action::Retry { .. } => "retry",
+        Action::DeadLetter { .. } => "dead_letter",
+    };
+    let span = tracing::info_span!(
+        "settle",
+        otel.name = %format_args!("{operation} {}", options.destination),
+        otel.kind = "client",
+        messaging.system = options.messaging_system,
+        messaging.operation.type = "settle",
+        messaging.operation.name = operation,
+        messaging.destination.name = %options.destination,
+    );
+    match action {
+        Action::Ack => delivery.ack().instrument(span).await,
+        Action::Retry {
+            delay,
+            reason,
+            counts,
+        } => {
+            delivery
+                .retry(*delay, reason, *counts)
+                .instrument(span)
+                .await
+        }
+        Action::DeadLetter { reason, detail } => {
+            delivery.dead_letter(reason, detail).instrument(span).await
+        }
+    }
+}

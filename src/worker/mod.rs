@@ -1,0 +1,207 @@
+//! The consume loop: deliveries in, pipeline, settle; concurrency and graceful shutdown.
+//!
+//! Each delivery runs in its own task; the source's prefetch bounds how many are in flight. A
+//! message is settled only after the pipeline returns — so only after the ledger holds its
+//! outcome when it is acked. On shutdown the worker stops taking deliveries, gives in-flight ones
+//! `grace` to finish, and abandons the rest *unsettled*: the broker redelivers them, nothing is
+//! acked without an outcome.
+//!
+//! Flow control (see [`crate::flow`]): when a posting finds the lock store or the ledger
+//! unreachable, the worker closes its [`Gate`], pauses the source (no new deliveries; the broker
+//! keeps them), sends what it already holds to the wait queue unattempted, probes the dependency
+//! with backoff in the background, and resumes consuming when it answers.
+//!
+//! Each delivery is handled ([`handle`]) inside its `process` span (kind CONSUMER, see
+//! [`telemetry`](crate::telemetry)), parented on the publisher's `traceparent` before it is first
+//! entered, with the pipeline's step spans and the settlement as its children.
+
+mod handle;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tokio::task::JoinSet;
+
+use crate::flow::{Dependency, Gate};
+use crate::pipeline::{Pipeline, RetryRules};
+use crate::source::PostingSource;
+use crate::tally::Tally;
+
+/// Knobs of the consume loop.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Retry delays per situation, and the attempts after which a message is parked.
+    pub retry: RetryRules,
+    /// The smallest retry tier: a delivery back less than half of it before its not-before is
+    /// worked on (waiting another tier would overshoot more).
+    pub smallest_tier: Duration,
+    /// Time in-flight postings get to finish after shutdown is requested.
+    pub grace: Duration,
+    /// Exact counts for a caller that wants them back (the demo, tests); `None` in production.
+    pub tally: Option<Arc<Tally>>,
+    /// The exchange deliveries come from (`amqp.exchange`): `messaging.destination.name` and the
+    /// `process {destination}` span name. Low-cardinality by construction.
+    pub destination: String,
+    /// `messaging.system` of the spans: `rabbitmq`, or `bidorch.memory` for the in-process queue.
+    pub messaging_system: &'static str,
+}
+
+/// What a finished worker run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Deliveries taken from the source.
+    pub received: u64,
+    /// Deliveries settled (acked, retried or dead-lettered).
+    pub settled: u64,
+    /// In-flight deliveries abandoned unsettled at the end of the grace period.
+    pub abandoned: u64,
+    /// Whether the source ended by itself (rather than by shutdown).
+    pub source_ended: bool,
+}
+
+/// What the worker shows the operations endpoint. Cheap to clone (shared).
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// Raised while deliveries can flow, lowered when they cannot (paused, stopped).
+    pub consuming: Arc<AtomicBool>,
+    /// Closed while the lock store or the ledger is unreachable.
+    pub gate: Gate,
+}
+
+impl Status {
+    fn set_consuming(&self, consuming: bool) {
+        self.consuming.store(consuming, Ordering::SeqCst);
+        metrics::gauge!(crate::metrics::CONSUMING).set(f64::from(u8::from(consuming)));
+    }
+}
+
+/// Runs the consume loop until `shutdown` resolves or the source ends.
+pub async fn run(
+    mut source: Box<dyn PostingSource>,
+    pipeline: Arc<Pipeline>,
+    options: WorkerOptions,
+    status: Status,
+    shutdown: impl Future<Output = ()> + Send,
+) -> WorkerReport {
+    let mut report = WorkerReport::default();
+    let mut in_flight: JoinSet<handle::Handled> = JoinSet::new();
+    let mut probes: JoinSet<()> = JoinSet::new();
+    let mut gate = status.gate.watch();
+    let mut paused = false;
+    tokio::pin!(shutdown);
+    status.set_consuming(true);
+    loop {
+        // Follow the gate: paused while any dependency is down, consuming again once all answer.
+        let open = status.gate.is_open();
+        if open == paused {
+            let switched = if open {
+                source.resume().await
+            } else {
+                source.pause().await
+            };
+            if let Err(e) = switched {
+                tracing::warn!(error = %crate::error::Chain(&e), "Pausing or resuming the posting source failed");
+            }
+            paused = !open;
+            status.set_consuming(open);
+        }
+        tokio::select! {
+            // Shutdown first: once requested, take no new delivery.
+            biased;
+            () = &mut shutdown => {
+                tracing::info!(in_flight = in_flight.len(), "Shutdown requested; no longer consuming");
+                break;
+            }
+            () = gate.changed() => {}
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
+                Ok(handled) => {
+                    report.settled += u64::from(handled.settled);
+                    if let Some((dependency, detail)) = handled.unreachable
+                        && status.gate.pause(dependency, &detail)
+                    {
+                        probes.spawn(probe(pipeline.clone(), status.gate.clone(), dependency));
+                    }
+                }
+                // The delivery was dropped unsettled: the source redelivers it.
+                Err(e) if e.is_panic() => tracing::error!(
+                    error = %crate::error::Chain(&e),
+                    "Posting task panicked; its message will be redelivered"
+                ),
+                Err(_) => {}
+            },
+            next = source.next() => match next {
+                None => {
+                    tracing::warn!("Posting source ended; no longer consuming");
+                    report.source_ended = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %crate::error::Chain(&e), "Posting source error");
+                }
+                Some(Ok(delivery)) => {
+                    report.received += 1;
+                    let (pipeline, options, gate) = (pipeline.clone(), options.clone(), status.gate.clone());
+                    in_flight.spawn(async move { handle::handle(delivery, &pipeline, &options, &gate).await });
+                }
+            }
+        }
+    }
+    probes.abort_all();
+    status.set_consuming(false);
+    if let Err(e) = source.stop().await {
+        tracing::warn!(error = %crate::error::Chain(&e), "Stopping the posting source failed");
+    }
+    drain(&mut in_flight, options.grace, &mut report).await;
+    report
+}
+
+/// Asks a paused dependency, with growing, jittered pauses, until it answers; then opens the
+/// gate for it. Aborted when the worker stops.
+async fn probe(pipeline: Arc<Pipeline>, gate: Gate, dependency: Dependency) {
+    let mut pauses = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        tokio::time::sleep(pauses.next().unwrap_or(Duration::from_secs(10))).await;
+        match pipeline.probe(dependency).await {
+            Ok(()) => {
+                gate.resume(dependency);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(dependency = dependency.label(), error = %e, "Still unreachable")
+            }
+        }
+    }
+}
+
+async fn drain(
+    in_flight: &mut JoinSet<handle::Handled>,
+    grace: Duration,
+    report: &mut WorkerReport,
+) {
+    if in_flight.is_empty() {
+        return;
+    }
+    let finish = async {
+        while let Some(done) = in_flight.join_next().await {
+            report.settled += u64::from(done.is_ok_and(|h| h.settled));
+        }
+    };
+    if tokio::time::timeout(grace, finish).await.is_err() {
+        report.abandoned = in_flight.len() as u64;
+        tracing::warn!(
+            abandoned = in_flight.len(),
+            grace_ms = grace.as_millis() as u64,
+            "Grace period over; leaving unfinished postings unacked for redelivery"
+        );
+        in_flight.abort_all();
+        while in_flight.join_next().await.is_some() {}
+    }
+}
