@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         action: commands::DlqAction,
     },
+    /// Check the effective configuration.
+    Config {
+        #[command(subcommand)]
+        action: commands::ConfigAction,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => commands::migrate(&settings).await?,
         Command::Demo(args) => commands::demo(&settings, args).await?,
         Command::Dlq { action } => commands::dlq(&settings, action).await?,
+        Command::Config { action } => commands::config(&settings, action)?,
     }
     Ok(())
 }

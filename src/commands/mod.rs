@@ -1,12 +1,14 @@
 //! The subcommands: thin wrappers that turn library results into output and exit codes. This
 //! is the binary's edge, so errors are `anyhow` with context. One file per subcommand.
 
+mod config;
 mod demo;
 mod dlq;
 mod marketplace;
 mod migrate;
 mod publish;
 
+pub use self::config::{ConfigAction, config};
 pub use self::demo::{DemoArgs, demo};
 pub use self::dlq::{DlqAction, dlq};
 pub use self::marketplace::{MarketplaceArgs, marketplace};

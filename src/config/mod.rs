@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::secret::SecretUrl;
 
@@ -45,7 +45,7 @@ pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Con
 }
 
 /// Where deliveries come from.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     Amqp,
@@ -53,7 +53,7 @@ pub enum SourceKind {
 }
 
 /// Which lock store holds leases.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LockKind {
     Redis,
@@ -61,7 +61,7 @@ pub enum LockKind {
 }
 
 /// Which database holds the ledger.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LedgerKind {
     Postgres,
@@ -69,7 +69,7 @@ pub enum LedgerKind {
 }
 
 /// How bids are sent.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum MarketplaceKind {
     /// Over HTTP to each configured `base_url` (production).
@@ -79,7 +79,7 @@ pub enum MarketplaceKind {
 }
 
 /// Log output format.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -87,21 +87,21 @@ pub enum LogFormat {
 }
 
 /// `[source]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSettings {
     pub kind: SourceKind,
 }
 
 /// `[amqp]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     pub url: SecretUrl,
     pub exchange: String,
     pub queue: String,
     pub prefetch: u16,
-    #[serde(deserialize_with = "de_durations")]
+    #[serde(deserialize_with = "de_durations", serialize_with = "ser_durations")]
     pub retry_tiers: Vec<Duration>,
     pub max_attempts: u32,
     pub delivery_limit: u32,
@@ -130,7 +130,7 @@ impl AmqpSettings {
 }
 
 /// `[redis]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     pub url: SecretUrl,
@@ -138,7 +138,7 @@ pub struct RedisSettings {
 }
 
 /// `[lock]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockSettings {
     pub kind: LockKind,
@@ -147,7 +147,7 @@ pub struct LockSettings {
 }
 
 /// `[database]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub kind: LedgerKind,
@@ -155,17 +155,25 @@ pub struct DatabaseSettings {
     /// PostgreSQL schema to use (created if missing); empty for the connection's default.
     pub schema: String,
     pub max_connections: u32,
+    /// Server-side bound on one statement (PostgreSQL `statement_timeout`; `lock_timeout` is
+    /// half of it).
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Client-side bound on one ledger call, waiting for a pooled connection included: past it
+    /// the ledger counts as unreachable (the worker pauses and probes).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
 }
 
 /// `[http]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: SocketAddr,
 }
 
 /// `[marketplace]`: how bids are sent (where is `[marketplaces.<name>]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarketplaceClientSettings {
     pub kind: MarketplaceKind,
@@ -173,7 +181,7 @@ pub struct MarketplaceClientSettings {
 
 /// `[marketplaces.<name>]`: a marketplace needs only `base_url` and `token_env`; its timeouts
 /// default to values that fit the configured `lock.ttl` (filled in at load).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarketplaceSettings {
     pub base_url: url::Url,
@@ -213,10 +221,10 @@ impl MarketplaceSettings {
 }
 
 /// `[bidding]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BiddingSettings {
-    #[serde(deserialize_with = "de_amount")]
+    #[serde(deserialize_with = "de_amount", serialize_with = "ser_amount")]
     pub min_budget: Decimal,
     pub blocked_keywords: Vec<String>,
     pub daily_bid_cap: u64,
@@ -224,7 +232,7 @@ pub struct BiddingSettings {
 }
 
 /// `[worker]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     /// Identifies this instance in lease tokens and logs; empty means hostname-pid.
@@ -240,7 +248,7 @@ pub struct WorkerSettings {
 }
 
 /// `[telemetry]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     pub log_format: LogFormat,
@@ -248,7 +256,7 @@ pub struct TelemetrySettings {
 }
 
 /// All settings.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub source: SourceSettings,
@@ -279,6 +287,14 @@ fn de_amount<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error
             ))
         }),
     }
+}
+
+fn ser_durations<S: serde::Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
+}
+
+fn ser_amount<S: serde::Serializer>(v: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
 }
 
 fn de_durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

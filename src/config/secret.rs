@@ -14,6 +14,13 @@ use serde::Deserialize;
 #[serde(from = "String")]
 pub struct SecretUrl(SecretString);
 
+/// Serialised redacted: a serialised configuration (`bidorch config check`) shows no secret.
+impl serde::Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
 impl From<String> for SecretUrl {
     fn from(url: String) -> Self {
         Self(SecretString::from(url))

@@ -89,6 +89,20 @@ fn lock(l: &LockSettings) -> Result<(), ConfigError> {
 
 fn database(d: &DatabaseSettings) -> Result<(), ConfigError> {
     positive("database.max_connections", d.max_connections.into())?;
+    if d.statement_timeout < Duration::from_millis(10)
+        || d.statement_timeout > Duration::from_secs(3600)
+    {
+        return Err(invalid(
+            "database.statement_timeout",
+            "must be between 10ms and 1h",
+        ));
+    }
+    if d.call_timeout < d.statement_timeout || d.call_timeout > Duration::from_secs(3600) {
+        return Err(invalid(
+            "database.call_timeout",
+            "must be at least database.statement_timeout and at most 1h",
+        ));
+    }
     let plain = d
         .schema
         .bytes()
@@ -97,6 +111,12 @@ fn database(d: &DatabaseSettings) -> Result<(), ConfigError> {
         return Err(invalid(
             "database.schema",
             "may contain only a-z, 0-9 and _",
+        ));
+    }
+    if d.schema.starts_with("pg_") {
+        return Err(invalid(
+            "database.schema",
+            "must not start with pg_ (PostgreSQL reserves that prefix for system schemas)",
         ));
     }
     Ok(())

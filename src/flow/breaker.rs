@@ -62,15 +62,12 @@ pub struct Verdict {
 #[derive(Debug)]
 enum State {
     Closed,
+    /// Paused since `since`; a probe may go once `until` has passed (one at a time: `probing`).
     Open {
         until: Instant,
         reason: PauseReason,
         since: Instant,
-    },
-    /// The pause is over and one probe is out.
-    Probing {
-        reason: PauseReason,
-        since: Instant,
+        probing: bool,
     },
 }
 
@@ -81,7 +78,7 @@ struct Marketplace {
     not_found_streak: u32,
     /// Whether it has ever given an answer other than 404 (`base_url` reaches the API).
     verified: bool,
-    /// Backoff between probes; doubles on each failed probe up to `max_backoff`.
+    /// Wait before the next probe; doubles on each failed probe up to `max_backoff`.
     backoff: Duration,
 }
 
@@ -90,9 +87,7 @@ impl Marketplace {
     fn pause(&self) -> Option<(PauseReason, Instant)> {
         match self.state {
             State::Closed => None,
-            State::Open { reason, since, .. } | State::Probing { reason, since } => {
-                Some((reason, since))
-            }
+            State::Open { reason, since, .. } => Some((reason, since)),
         }
     }
 }
@@ -122,7 +117,8 @@ impl Default for BreakerSettings {
         Self {
             trip_after: DEFAULT_TRIP_AFTER,
             min_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(60),
+            // Past this a recovery would wait too long to be noticed: probes are cheap.
+            max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -134,20 +130,13 @@ pub struct Breakers {
     inner: Arc<Mutex<BTreeMap<String, Marketplace>>>,
 }
 
-/// The probe slot of a paused marketplace; dropped without a [`Breakers::record`], the slot is
-/// handed back so that the next caller probes.
+/// The probe slot of a paused marketplace; dropped without [`Breakers::record_probe`], the slot
+/// is handed back so that the next caller probes.
 #[derive(Debug)]
 pub struct ProbeGuard {
     breakers: Breakers,
     marketplace: String,
     answered: bool,
-}
-
-impl ProbeGuard {
-    /// Marks the probe answered (its answer was recorded).
-    pub fn answered(mut self) {
-        self.answered = true;
-    }
 }
 
 impl Drop for ProbeGuard {
@@ -157,20 +146,16 @@ impl Drop for ProbeGuard {
         }
         let mut all = self.breakers.lock();
         if let Some(m) = all.get_mut(&self.marketplace)
-            && let State::Probing { reason, since } = m.state
+            && let State::Open { probing, .. } = &mut m.state
         {
-            // Unanswered: paused again, immediately due, so the next posting probes.
-            m.state = State::Open {
-                until: Instant::now(),
-                reason,
-                since,
-            };
+            // Unanswered: the pause is over, so the next posting probes.
+            *probing = false;
         }
     }
 }
 
 impl Breakers {
-    /// Breakers for these marketplaces.
+    /// Breakers with these settings; every marketplace starts closed.
     pub fn new(settings: BreakerSettings) -> Self {
         Self {
             settings,
@@ -198,38 +183,80 @@ impl Breakers {
             })
     }
 
+    /// A pause whose probe time came long ago (longer than the longest backoff) without any
+    /// posting to probe with is over: nothing needs the marketplace, and the next call will tell
+    /// whether it answers. Keeps an idle worker from reporting a stale pause for ever.
+    fn expire_idle(&self, name: &str, m: &mut Marketplace, now: Instant) {
+        if let State::Open {
+            until,
+            reason,
+            since,
+            probing: false,
+        } = m.state
+            && now >= until + self.settings.max_backoff
+        {
+            m.state = State::Closed;
+            m.backoff = self.settings.min_backoff;
+            announce_resume(&format!("marketplace:{name}"), reason, since);
+        }
+    }
+
     /// May `marketplace` be called now?
     pub fn permit(&self, marketplace: &str, now: Instant) -> Permit {
+        let min = self.settings.min_backoff;
         let mut all = self.lock();
         let m = self.entry(&mut all, marketplace);
-        match m.state {
+        self.expire_idle(marketplace, m, now);
+        match &mut m.state {
             State::Closed => Permit::Go,
-            State::Open { until, reason, .. } if now < until => Permit::Wait {
-                retry_in: until - now,
-                reason,
+            State::Open { until, reason, .. } if now < *until => Permit::Wait {
+                retry_in: (*until - now).max(min),
+                reason: *reason,
             },
-            State::Open { reason, since, .. } => {
-                m.state = State::Probing { reason, since };
+            // The probe's answer comes soon: ask again shortly, so that the backlog follows a
+            // recovery at once rather than a whole backoff later.
+            State::Open {
+                reason,
+                probing: true,
+                ..
+            } => Permit::Wait {
+                retry_in: min,
+                reason: *reason,
+            },
+            State::Open { probing, .. } => {
+                *probing = true;
                 Permit::Probe(ProbeGuard {
                     breakers: self.clone(),
                     marketplace: marketplace.to_owned(),
                     answered: false,
                 })
             }
-            State::Probing { reason, .. } => Permit::Wait {
-                retry_in: m.backoff,
-                reason,
-            },
         }
     }
 
-    /// Records one answer of `marketplace`; returns how to treat it. A pause starting or ending
-    /// is announced here, once.
+    /// Records one answer of `marketplace` to a call made under [`Permit::Go`]; returns how to
+    /// treat it. A pause starting or ending is announced here, once.
     pub fn record(&self, marketplace: &str, signal: Signal, now: Instant) -> Verdict {
+        self.record_answer(marketplace, signal, now, false)
+    }
+
+    /// Records the answer to the probe `guard` allowed.
+    pub fn record_probe(&self, mut guard: ProbeGuard, signal: Signal, now: Instant) -> Verdict {
+        guard.answered = true;
+        self.record_answer(&guard.marketplace, signal, now, true)
+    }
+
+    fn record_answer(
+        &self,
+        marketplace: &str,
+        signal: Signal,
+        now: Instant,
+        probe: bool,
+    ) -> Verdict {
         let mut all = self.lock();
         let m = self.entry(&mut all, marketplace);
         let before = m.pause();
-        let verdict = self.apply(m, signal, now);
+        let verdict = self.apply(m, signal, now, probe);
         let after = m.pause();
         if before.map(|b| b.0) != after.map(|a| a.0) {
             let dependency = format!("marketplace:{marketplace}");
@@ -243,26 +270,45 @@ impl Breakers {
         verdict
     }
 
-    fn apply(&self, m: &mut Marketplace, signal: Signal, now: Instant) -> Verdict {
+    fn apply(&self, m: &mut Marketplace, signal: Signal, now: Instant, probe: bool) -> Verdict {
         let settings = self.settings;
         let was_closed = matches!(m.state, State::Closed);
+        // Pauses (or keeps paused) for `reason`, at least `at_least` from now.
         let pause = |m: &mut Marketplace, reason: PauseReason, at_least: Duration| {
-            let since = match m.state {
-                State::Open { since, .. } | State::Probing { since, .. } => since,
-                State::Closed => now,
-            };
-            let wait = if was_closed {
-                m.backoff = settings.min_backoff;
-                at_least.max(m.backoff)
-            } else {
-                // A failed probe: back off further.
-                m.backoff = (m.backoff * 2).min(settings.max_backoff);
-                at_least.max(m.backoff)
+            let (wait, since) = match m.state {
+                State::Closed => {
+                    m.backoff = settings.min_backoff;
+                    (m.backoff, now)
+                }
+                // The probe failed: back off further.
+                State::Open { since, .. } if probe => {
+                    m.backoff = (m.backoff * 2).min(settings.max_backoff);
+                    (m.backoff, since)
+                }
+                // An answer to a call made before the pause (in flight when it tripped): no
+                // news; the pause stands unless this answer asks for longer.
+                State::Open {
+                    until,
+                    since,
+                    probing,
+                    ..
+                } => {
+                    if now + at_least > until {
+                        m.state = State::Open {
+                            until: now + at_least,
+                            reason,
+                            since,
+                            probing,
+                        };
+                    }
+                    return;
+                }
             };
             m.state = State::Open {
-                until: now + wait,
+                until: now + at_least.max(wait),
                 reason,
                 since,
+                probing: false,
             };
         };
         match signal {
@@ -314,7 +360,7 @@ impl Breakers {
                     // A posting that does not exist; the marketplace itself is fine.
                     m.state = State::Closed;
                     m.backoff = settings.min_backoff;
-                } else if !m.verified && m.not_found_streak < NOT_FOUND_TRIP_AFTER && was_closed {
+                } else if was_closed && m.not_found_streak < NOT_FOUND_TRIP_AFTER {
                     // Not yet known to be misconfigured: the posting waits, the marketplace
                     // stays callable until the streak says otherwise.
                 } else {
@@ -330,27 +376,28 @@ impl Breakers {
 
     /// How long a posting of `marketplace` should wait before asking again.
     pub fn retry_in(&self, marketplace: &str, now: Instant) -> Duration {
+        let min = self.settings.min_backoff;
         let mut all = self.lock();
-        let m = self.entry(&mut all, marketplace);
-        match m.state {
-            State::Open { until, .. } => until.saturating_duration_since(now),
-            State::Probing { .. } | State::Closed => m.backoff,
+        match self.entry(&mut all, marketplace).state {
+            State::Open { until, .. } => until.saturating_duration_since(now).max(min),
+            State::Closed => min,
         }
     }
 
     /// The marketplaces paused now, with why and since when.
     pub fn paused(&self) -> Vec<Paused> {
-        self.lock()
-            .iter()
-            .filter_map(|(name, m)| match m.state {
-                State::Closed => None,
-                State::Open { reason, since, .. } | State::Probing { reason, since } => {
-                    Some(Paused {
-                        dependency: format!("marketplace:{name}"),
-                        reason,
-                        since,
-                    })
-                }
+        let now = Instant::now();
+        let mut all = self.lock();
+        for (name, m) in all.iter_mut() {
+            self.expire_idle(name, m, now);
+        }
+        all.iter()
+            .filter_map(|(name, m)| {
+                m.pause().map(|(reason, since)| Paused {
+                    dependency: format!("marketplace:{name}"),
+                    reason,
+                    since,
+                })
             })
             .collect()
     }
@@ -414,8 +461,7 @@ mod tests {
         };
         assert!(matches!(b.permit("m", later), Permit::Wait { .. }));
         // The probe is refused again: paused for longer (backoff doubles).
-        b.record("m", Signal::Unauthorized, later);
-        probe.answered();
+        b.record_probe(probe, Signal::Unauthorized, later);
         let Permit::Wait { retry_in, reason } = b.permit("m", later) else {
             panic!("paused again");
         };
@@ -425,10 +471,42 @@ mod tests {
         let Permit::Probe(probe) = b.permit("m", later + retry_in) else {
             panic!("probe");
         };
-        b.record("m", Signal::Answered, later + retry_in);
-        probe.answered();
+        b.record_probe(probe, Signal::Answered, later + retry_in);
         assert!(is_go(&b.permit("m", later + retry_in)));
         assert!(b.paused().is_empty());
+    }
+
+    #[test]
+    fn answers_to_calls_made_before_the_pause_do_not_lengthen_it() {
+        let (b, t0) = (breakers(), Instant::now());
+        for _ in 0..3 {
+            b.record("m", Signal::Transient, t0);
+        }
+        // Thirty calls that were in flight come back failed after the trip.
+        for _ in 0..30 {
+            assert!(!b.record("m", Signal::Transient, t0).counts);
+        }
+        let Permit::Wait { retry_in, .. } = b.permit("m", t0) else {
+            panic!("paused");
+        };
+        assert_eq!(
+            retry_in,
+            Duration::from_secs(1),
+            "still the first, shortest pause"
+        );
+    }
+
+    #[test]
+    fn a_pause_nobody_needs_to_probe_expires() {
+        let (b, t0) = (breakers(), Instant::now());
+        b.record("m", Signal::Unauthorized, t0);
+        // Due for a probe at +1s; still paused at +8s (the longest backoff after that).
+        assert!(matches!(
+            b.permit("m", t0 + Duration::from_millis(500)),
+            Permit::Wait { .. }
+        ));
+        // Long after, with no posting having probed: over, the next call tells.
+        assert!(is_go(&b.permit("m", t0 + Duration::from_secs(10))));
     }
 
     #[test]

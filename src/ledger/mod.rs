@@ -10,6 +10,7 @@
 //! Both run the same statements — an atomic upsert for `claim`, `UPDATE .. WHERE epoch = $e AND
 //! state = 'pending'` for every later write — and pass the same contract suite (`tests/ledger.rs`).
 
+mod deadline;
 mod migrations;
 pub mod postgres;
 mod sql;
@@ -23,6 +24,7 @@ use chrono::{DateTime, Utc};
 use crate::config::{DatabaseSettings, LedgerKind};
 use crate::posting::PostingKey;
 
+pub use self::deadline::Deadline;
 pub use self::postgres::PgBidLedger;
 pub use self::sqlite::SqliteBidLedger;
 
@@ -194,8 +196,9 @@ pub trait BidLedger: Send + Sync + 'static {
 /// Opens the ledger `settings.kind` names and applies its migrations — what worker start,
 /// `bidorch migrate` and the demo need. PostgreSQL uses `url`, `schema` and `max_connections`;
 /// SQLite uses `url` (`sqlite://file.db` or `sqlite::memory:`) and `max_connections`.
+/// Every call of it is bounded by `database.call_timeout` ([`Deadline`]).
 pub async fn from_settings(settings: &DatabaseSettings) -> Result<Arc<dyn BidLedger>, LedgerError> {
-    Ok(match settings.kind {
+    let ledger: Arc<dyn BidLedger> = match settings.kind {
         LedgerKind::Postgres => Arc::new(PgBidLedger::connect_and_migrate(settings).await?),
         LedgerKind::Sqlite => {
             let ledger =
@@ -204,5 +207,6 @@ pub async fn from_settings(settings: &DatabaseSettings) -> Result<Arc<dyn BidLed
             ledger.migrate().await?;
             Arc::new(ledger)
         }
-    })
+    };
+    Ok(Arc::new(Deadline::new(ledger, settings.call_timeout)))
 }

@@ -39,10 +39,24 @@ impl PgBidLedger {
             PgConnectOptions::from_str(settings.url.expose()).map_err(connect_error)?;
         options = options.application_name("bidorch");
         let schema = (!settings.schema.is_empty()).then(|| quote_ident(&settings.schema));
+        // The server bounds its side of every statement too: a stuck lock or a runaway query
+        // ends as an error (retried later), never as a worker waiting forever.
+        let ms = |d: std::time::Duration| format!("{}ms", d.as_millis().max(1));
+        let statement_timeout = ms(settings.statement_timeout);
+        let lock_timeout = ms(settings.statement_timeout / 2);
+        let mut server_options = vec![
+            ("statement_timeout", statement_timeout.as_str()),
+            ("lock_timeout", lock_timeout.as_str()),
+            (
+                "idle_in_transaction_session_timeout",
+                statement_timeout.as_str(),
+            ),
+        ];
         if let Some(schema) = &schema {
             // Only the schema: nothing of ours may land in `public` by accident.
-            options = options.options([("search_path", schema.as_str())]);
+            server_options.push(("search_path", schema.as_str()));
         }
+        options = options.options(server_options);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)

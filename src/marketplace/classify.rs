@@ -82,11 +82,26 @@ fn bid_id(body: &[u8]) -> Option<String> {
     well_formed.then_some(id)
 }
 
-/// `Retry-After` as delta-seconds or an HTTP-date (past dates mean "now").
+/// The longest `Retry-After` taken at its word; a larger one (or a date further away) is read as
+/// this much: the posting keeps waiting, bounded by `amqp.retry_budget` anyway, and no clock
+/// arithmetic overflows on a marketplace's nonsense.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// `Retry-After` as delta-seconds or an HTTP-date (past dates mean "now"), at most
+/// [`MAX_RETRY_AFTER`].
 pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    parse_retry_after_unbounded(value, now).map(|d| d.min(MAX_RETRY_AFTER))
+}
+
+fn parse_retry_after_unbounded(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return value.parse::<u64>().ok().map(Duration::from_secs);
+        // Digits beyond u64 are still "a very long time".
+        return Some(
+            value
+                .parse::<u64>()
+                .map_or(Duration::MAX, Duration::from_secs),
+        );
     }
     // IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") is a valid RFC 2822 date.
     let at = DateTime::parse_from_rfc2822(value)
@@ -223,6 +238,14 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now()), None);
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now()),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 01 Jan 9999 00:00:00 GMT", now()),
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(parse_retry_after("-5", now()), None);
         assert_eq!(parse_retry_after("", now()), None);
     }

@@ -339,12 +339,12 @@ impl Pipeline {
             error: crate::error::chain(&e),
         })?;
         let now = std::time::Instant::now();
-        let verdict = self
-            .breakers
-            .record(key.marketplace(), signal(&result), now);
-        if let Some(probe) = probe {
-            probe.answered();
-        }
+        let verdict = match probe {
+            Some(probe) => self.breakers.record_probe(probe, signal(&result), now),
+            None => self
+                .breakers
+                .record(key.marketplace(), signal(&result), now),
+        };
         let paused = |reason: PauseReason| Outcome::MarketplacePaused {
             reason,
             retry_in: self.breakers.retry_in(key.marketplace(), now),

@@ -8,6 +8,7 @@
 mod support;
 
 mod broker_chaos;
+mod cli;
 mod demo;
 mod e2e;
 mod interop;
@@ -20,6 +21,7 @@ mod lock_stress;
 mod lock_watchdog;
 mod marketplace;
 mod ops;
+mod outages;
 mod queue_amqp;
 mod queue_dlq;
 mod queue_publish;

@@ -20,6 +20,8 @@ fn pg_settings(url: &str, schema: &str) -> DatabaseSettings {
         url: SecretUrl::new(url),
         schema: schema.to_owned(),
         max_connections: 8,
+        statement_timeout: std::time::Duration::from_secs(10),
+        call_timeout: std::time::Duration::from_secs(15),
     }
 }
 
@@ -342,6 +344,8 @@ async fn from_settings_opens_a_migrated_sqlite_memory_ledger() {
         url: SecretUrl::new("sqlite::memory:"),
         schema: String::new(),
         max_connections: 8,
+        statement_timeout: std::time::Duration::from_secs(10),
+        call_timeout: std::time::Duration::from_secs(15),
     };
     let ledger = ledger::from_settings(&settings).await.expect("open");
     let key = PostingKey::new("upwork", "job_1").expect("valid key");

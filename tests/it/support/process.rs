@@ -1,6 +1,7 @@
 //! `bidorch worker` as a separate process, as the product is run: its own environment (nothing
 //! from the developer's shell), a free `http.addr`, JSON logs in a file shown when a test fails,
-//! signals (TERM, KILL, STOP, CONT) and a look at its `/readyz` and `/metrics`.
+//! signals (TERM, KILL, STOP, CONT) and a look at its `/readyz` and `/metrics`. Logs are kept
+//! (in the temp directory) when a test fails, or always with `BIDORCH_KEEP_WORKER_LOGS` set.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -149,7 +150,7 @@ impl Drop for WorkerProcess {
             for line in tail.iter().rev() {
                 eprintln!("{}", line.chars().take(300).collect::<String>());
             }
-        } else {
+        } else if std::env::var_os("BIDORCH_KEEP_WORKER_LOGS").is_none() {
             let _ = std::fs::remove_file(&self.log);
         }
     }

@@ -1,0 +1,72 @@
+//! The binary's edge, as an operator meets it: a bad configuration stops start-up with one line
+//! naming the key or variable at fault, exit code 1, and no secret in it.
+
+use std::process::{Command, Output};
+
+/// Runs `bidorch args…` with exactly `env` (plus `PATH`).
+fn bidorch(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bidorch"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("bidorch runs")
+}
+
+fn failed_with(output: &Output) -> String {
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_worker_with_no_marketplace_names_the_key() {
+    let err = failed_with(&bidorch(
+        &["worker"],
+        &[
+            // Unreachable services: the configuration check comes before any of them.
+            ("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+            ("REDIS_URL", "redis://127.0.0.1:1/0"),
+            ("DATABASE_URL", "postgres://app@127.0.0.1:1/x"),
+        ],
+    ));
+    assert!(err.contains("marketplaces"), "{err}");
+    assert!(err.contains("token_env"), "{err}");
+}
+
+#[test]
+fn original_redis_variables_with_bad_values_name_the_variable() {
+    for (var, value) in [
+        ("REDIS_PORT", "six-three-seven-nine"),
+        ("REDIS_DB", "first"),
+    ] {
+        let err = failed_with(&bidorch(
+            &["config", "check"],
+            &[("REDIS_HOST", "cache"), (var, value)],
+        ));
+        assert!(err.contains(var), "{var}: {err}");
+    }
+}
+
+#[test]
+fn a_database_password_in_the_query_string_is_never_shown() {
+    let err = failed_with(&bidorch(
+        &["migrate"],
+        &[(
+            "DATABASE_URL",
+            "postgres://app@127.0.0.1:1/bids?password=hunter2-secret&sslpassword=hunter2-secret",
+        )],
+    ));
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "names the database: {err}");
+}
+
+#[test]
+fn a_huge_duration_is_an_error_not_a_panic() {
+    let err = failed_with(&bidorch(
+        &["config", "check"],
+        &[("BIDORCH__LOCK__TTL", "584942417355y")],
+    ));
+    assert!(err.contains("lock.ttl"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -1,0 +1,327 @@
+//! A fleet of `bidorch worker` processes on the real services, fed a known set of postings, for
+//! the fault scenarios: each scenario gets its own queue and exchange names, ledger schema and
+//! Redis key prefix, and checks the promise at the end — every eligible posting bid exactly once,
+//! none of the others, nothing parked, nothing left in any queue, the ledger agreeing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bidorch::config::Settings;
+use bidorch::ledger::{BidLedger, LedgerState};
+use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
+use bidorch::publish::{OutgoingEvent, Publisher};
+use serde_json::json;
+
+use super::process::WorkerProcess;
+use super::queue::{Cleanup, Inspector, eventually};
+
+/// The token the sandbox requires and the workers present.
+pub const TOKEN: &str = "scenario-token";
+
+/// What a scenario publishes and what must come of it.
+pub struct Load {
+    pub events: Vec<OutgoingEvent>,
+    pub eligible: Vec<String>,
+    pub ineligible: Vec<String>,
+}
+
+/// `n` postings over two marketplaces, every fifth under the minimum budget, each published
+/// `copies` times, the copies interleaved far apart.
+pub fn load(prefix: &str, n: usize, copies: usize) -> Load {
+    let (mut bodies, mut eligible, mut ineligible) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let marketplace = if i % 2 == 0 { "upwork" } else { "freelancer" };
+        let posting_id = format!("{prefix}_{i:04}");
+        let cheap = i % 5 == 4;
+        let key = format!("{marketplace}:{posting_id}");
+        if cheap {
+            ineligible.push(key);
+        } else {
+            eligible.push(key);
+        }
+        let body = json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "marketplace": marketplace,
+            "posting_id": posting_id,
+            "title": "Keep the promise through an outage",
+            "budget": {"min": 10, "max": if cheap { "50" } else { "1200.00" }, "currency": "USD"},
+        });
+        bodies.push(OutgoingEvent::parse(body.to_string()).expect("valid event"));
+    }
+    let mut events = Vec::new();
+    for round in 0..copies {
+        for i in 0..n {
+            events.push(bodies[(i + round * 37) % n].clone());
+        }
+    }
+    Load {
+        events,
+        eligible,
+        ineligible,
+    }
+}
+
+/// One scenario's world.
+pub struct Scenario {
+    pub names: String,
+    pub sandbox: Sandbox,
+    pub sandbox_url: String,
+    /// The settings the workers run with (the test's own clients use them too).
+    pub settings: Settings,
+    env: Vec<(String, String)>,
+    pub workers: Vec<WorkerProcess>,
+    pub ledger: std::sync::Arc<dyn BidLedger>,
+    _cleanup: Cleanup,
+}
+
+impl Scenario {
+    /// Serves a sandbox, derives names, and builds the worker environment: the defaults, the
+    /// shared services, then `overrides` (which may point a service elsewhere, e.g. a proxy).
+    /// `None` (after the skip rule) when a service is missing.
+    pub async fn start(
+        prefix: &str,
+        sandbox: SandboxOptions,
+        overrides: &[(&str, String)],
+    ) -> Option<Self> {
+        if !(super::amqp_available().await
+            && super::redis_available().await
+            && super::postgres_available().await)
+        {
+            return None;
+        }
+        let (sandbox, sandbox_url) = super::serve_sandbox(SandboxOptions {
+            token: Some(TOKEN.to_owned()),
+            ..sandbox
+        })
+        .await;
+        let names = super::unique(prefix);
+        let mut env: BTreeMap<String, String> = [
+            ("AMQP_URL", super::amqp_url()),
+            ("REDIS_URL", super::redis_url()),
+            ("DATABASE_URL", super::database_url()),
+            ("BIDORCH__AMQP__EXCHANGE", format!("{names}.ex")),
+            ("BIDORCH__AMQP__QUEUE", names.clone()),
+            ("BIDORCH__REDIS__KEY_PREFIX", format!("{names}:")),
+            ("BIDORCH__DATABASE__SCHEMA", names.clone()),
+            ("BIDORCH__DATABASE__MAX_CONNECTIONS", "4".to_owned()),
+            ("BIDORCH__BIDDING__MIN_BUDGET", "100".to_owned()),
+            ("BIDORCH__WORKER__SHUTDOWN_GRACE", "5s".to_owned()),
+            ("BIDORCH_UPWORK_TOKEN", TOKEN.to_owned()),
+            ("BIDORCH_FREELANCER_TOKEN", TOKEN.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for m in ["upwork", "freelancer"] {
+            let upper = m.to_uppercase();
+            env.insert(
+                format!("BIDORCH__MARKETPLACES__{upper}__BASE_URL"),
+                format!("{sandbox_url}/{m}"),
+            );
+            env.insert(
+                format!("BIDORCH__MARKETPLACES__{upper}__TOKEN_ENV"),
+                format!("BIDORCH_{upper}_TOKEN"),
+            );
+        }
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), v.clone());
+        }
+        let mut own = env.clone();
+        // The test's own view of the ledger: directly, never through a proxy it cuts.
+        own.insert("DATABASE_URL".to_owned(), super::database_url());
+        let own: std::collections::HashMap<String, String> = own.into_iter().collect();
+        let settings = Settings::load_from(None, &own).expect("scenario settings are valid");
+        let ledger = bidorch::ledger::from_settings(&settings.database)
+            .await
+            .expect("the scenario's ledger");
+        Some(Self {
+            names,
+            sandbox,
+            sandbox_url,
+            _cleanup: Cleanup(settings.amqp.clone()),
+            settings,
+            env: env.into_iter().collect(),
+            workers: Vec::new(),
+            ledger,
+        })
+    }
+
+    /// The workers' environment, plus `extra` (later ones win).
+    pub fn env_with(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        env
+    }
+
+    /// Starts worker `name` (instance id `{names}-{name}`) with the scenario's environment.
+    pub fn spawn_worker(&mut self, name: &str) -> usize {
+        self.spawn_worker_with(name, &[])
+    }
+
+    /// [`spawn_worker`](Self::spawn_worker) with extra environment variables.
+    pub fn spawn_worker_with(&mut self, name: &str, extra: &[(&str, String)]) -> usize {
+        let mut extra = extra.to_vec();
+        extra.insert(
+            0,
+            (
+                "BIDORCH__WORKER__INSTANCE_ID",
+                format!("{}-{name}", self.names),
+            ),
+        );
+        let env = self.env_with(&extra);
+        self.workers.push(WorkerProcess::spawn(name, &env));
+        self.workers.len() - 1
+    }
+
+    /// Waits until every worker's `/readyz` answers 200 (they are up and consuming).
+    pub async fn wait_ready(&self) {
+        for w in &self.workers {
+            eventually(
+                Duration::from_secs(60),
+                &format!("worker {} ready", w.name),
+                || async { matches!(w.ready().await, Some((200, _))) },
+            )
+            .await;
+        }
+    }
+
+    /// Publishes `events` with confirms.
+    pub async fn publish(&self, events: &[OutgoingEvent]) {
+        let publisher = Publisher::connect(&self.settings.amqp)
+            .await
+            .expect("publisher connects");
+        for r in publisher.publish_many(events).await {
+            r.expect("event confirmed");
+        }
+        publisher.close().await;
+    }
+
+    /// Messages in the work and wait queues (ready; in-flight ones are not counted).
+    pub async fn waiting(&self, inspector: &Inspector) -> u32 {
+        let mut n = inspector.ready(&self.settings.amqp.queue).await;
+        for tier in &self.settings.amqp.retry_tiers {
+            n += inspector
+                .ready(&self.settings.amqp.retry_queue(*tier))
+                .await;
+        }
+        n
+    }
+
+    /// Waits (up to `limit`) until every posting of `load` has a final row and nothing waits.
+    pub async fn wait_settled(&self, load: &Load, limit: Duration) {
+        let inspector = Inspector::connect().await;
+        let postings = (load.eligible.len() + load.ineligible.len()) as u64;
+        eventually(
+            limit,
+            "every posting final and the queues drained",
+            || async {
+                if super::final_rows(&*self.ledger).await != postings
+                    || self.waiting(&inspector).await != 0
+                {
+                    return false;
+                }
+                // Nothing in flight either: an unfinished duplicate may still go back to wait.
+                for w in &self.workers {
+                    if w.metric("bidorch_postings_in_flight").await.unwrap_or(0.0) > 0.0 {
+                        return false;
+                    }
+                }
+                self.waiting(&inspector).await == 0
+            },
+        )
+        .await;
+    }
+
+    /// The promise, checked: one bid per eligible posting, none for the others, nothing parked,
+    /// nothing waiting, the ledger in agreement. Returns the sandbox's request count.
+    pub async fn assert_promise(&self, load: &Load) -> u64 {
+        let stats = self.sandbox.stats();
+        assert!(
+            stats.duplicates.is_empty(),
+            "duplicates: {:?}",
+            stats.duplicates
+        );
+        let bids = |k: &String| stats.postings.get(k).map_or(0, |p| p.bids);
+        let missing: Vec<&String> = load.eligible.iter().filter(|k| bids(k) != 1).collect();
+        assert!(
+            missing.is_empty(),
+            "{} eligible postings without exactly one bid: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        assert!(
+            load.ineligible.iter().all(|k| bids(k) == 0),
+            "an ineligible posting got a bid"
+        );
+        assert_eq!(stats.bids_created, load.eligible.len() as u64);
+        let counts: BTreeMap<LedgerState, u64> = self
+            .ledger
+            .counts_by_state()
+            .await
+            .expect("ledger counts")
+            .into_iter()
+            .collect();
+        assert_eq!(
+            counts[&LedgerState::Placed],
+            load.eligible.len() as u64,
+            "{counts:?}"
+        );
+        assert_eq!(
+            counts[&LedgerState::Skipped],
+            load.ineligible.len() as u64,
+            "{counts:?}"
+        );
+        assert_eq!(counts[&LedgerState::Rejected], 0, "{counts:?}");
+        assert_eq!(counts[&LedgerState::Pending], 0, "{counts:?}");
+        let inspector = Inspector::connect().await;
+        let parked = inspector
+            .drain(&self.settings.amqp.dead_letter_queue())
+            .await;
+        let reasons: Vec<String> = parked
+            .iter()
+            .map(|m| {
+                m.delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-bidorch-reason").cloned())
+                    .map_or_else(|| "?".to_owned(), |v| format!("{v:?}"))
+            })
+            .collect();
+        assert!(parked.is_empty(), "parked messages: {reasons:?}");
+        assert_eq!(self.waiting(&inspector).await, 0, "messages left waiting");
+        stats.requests
+    }
+
+    /// Stops every worker with SIGTERM and checks each exits 0.
+    pub async fn stop(&mut self) {
+        for w in &self.workers {
+            w.terminate();
+        }
+        for w in &mut self.workers {
+            let status = w.exit_status(Duration::from_secs(30)).await;
+            assert!(status.success(), "worker {} exited {status}", w.name);
+        }
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.kill();
+        }
+        let (schema, prefix) = (self.names.clone(), format!("{}:", self.names));
+        // Best effort, also after a failed assertion: on a runtime of its own (Drop is sync).
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for cleanup");
+            runtime.block_on(async {
+                super::drop_schema(&schema).await;
+                super::delete_redis_prefix(&prefix).await;
+            });
+        })
+        .join();
+    }
+}
