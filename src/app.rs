@@ -151,13 +151,16 @@ impl SystemBuilder {
             locks,
             marketplace,
         };
-        let pipeline = Arc::new(Pipeline::new(
-            ports.ledger.clone(),
-            ports.locks.clone(),
-            ports.marketplace.clone(),
-            Policy::new(&settings.bidding),
-            settings.lock.ttl,
-        ));
+        let pipeline = Arc::new(
+            Pipeline::new(
+                ports.ledger.clone(),
+                ports.locks.clone(),
+                ports.marketplace.clone(),
+                Policy::new(&settings.bidding),
+                settings.lock.ttl,
+            )
+            .with_instance(instance.clone()),
+        );
         let queue = match settings.source.kind {
             SourceKind::Memory => Some(
                 self.queue
@@ -323,6 +326,10 @@ impl System {
         // `/readyz` follows the consumer itself: it turns unready while reconnecting, not only
         // when the loop ends ("process up, consumer dead" must be visible).
         let mirror = tokio::spawn(mirror_health(source.health(), consuming.clone()));
+        let unresolved = tokio::spawn(watch_unresolved(
+            self.ports.ledger.clone(),
+            self.settings.reconcile.older_than,
+        ));
         tracing::info!(
             instance = %instance,
             queue = %self.settings.amqp.queue,
@@ -338,6 +345,7 @@ impl System {
         )
         .await;
         mirror.abort();
+        unresolved.abort();
         let _ = http_stop.send(());
         if let Some(task) = http_task {
             let _ = task.await;
@@ -414,5 +422,38 @@ async fn mirror_health(mut health: SourceHealth, consuming: Arc<AtomicBool>) {
             consuming.store(false, Ordering::SeqCst);
             return;
         }
+    }
+}
+
+/// How often the worker counts unresolved sends.
+const UNRESOLVED_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps `bidorch_ledger_unresolved_sends` current — postings whose request was sent more than
+/// `older_than` ago and never recorded — with one indexed count every 30 s, and says so at ERROR
+/// (an operator must run `bidorch reconcile`) when the count stays above 0, once per change.
+async fn watch_unresolved(ledger: Arc<dyn BidLedger>, older_than: std::time::Duration) {
+    let mut reported = 0;
+    loop {
+        let before = chrono::Utc::now()
+            - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        match ledger.count_unresolved(before).await {
+            Ok(n) => {
+                metrics::gauge!(crate::metrics::UNRESOLVED_SENDS).set(n as f64);
+                if n > 0 && n != reported {
+                    tracing::error!(
+                        unresolved = n,
+                        older_than = %humantime::format_duration(older_than),
+                        "Bids sent but never recorded: run `bidorch reconcile` to settle them"
+                    );
+                } else if n == 0 && reported > 0 {
+                    tracing::info!("No unresolved sends left");
+                }
+                reported = n;
+            }
+            Err(e) => {
+                tracing::debug!(error = %crate::error::Chain(&e), "Counting unresolved sends failed")
+            }
+        }
+        tokio::time::sleep(UNRESOLVED_EVERY).await;
     }
 }

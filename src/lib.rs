@@ -18,7 +18,9 @@
 //! - [`amqp`]: what every RabbitMQ user shares — connections, topology, headers, confirmed
 //!   publishing — used by [`source`], [`publish`] and [`dlq`].
 //! - [`publish`]: publishing posting events with confirms; [`dlq`]: inspecting and replaying
-//!   parked messages; [`demo`]: the one-command run on embedded (or real) backends.
+//!   parked messages; [`inspect`]: one posting's story; [`reconcile`]: settling sends never
+//!   recorded; [`demo`]: the one-command run on embedded (or real) backends.
+//! - [`flow`]: waiting is not failing — the worker's gate and the marketplace breakers.
 //! - [`http`], [`metrics`], [`telemetry`]: operations; [`error`]: showing an error with its
 //!   causes; [`tls`]: the one TLS provider; [`tally`]: exact counts for the demo and tests.
 //!
@@ -38,6 +40,7 @@ pub mod dlq;
 pub mod error;
 pub mod flow;
 pub mod http;
+pub mod inspect;
 pub mod ledger;
 pub mod lock;
 pub mod marketplace;
@@ -46,6 +49,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod posting;
 pub mod publish;
+pub mod reconcile;
 pub mod source;
 pub mod tally;
 pub mod telemetry;

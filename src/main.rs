@@ -49,6 +49,10 @@ enum Command {
         #[command(subcommand)]
         action: commands::DlqAction,
     },
+    /// Show one posting's story: ledger row, stored request, attempts, lease holder.
+    Inspect(commands::InspectArgs),
+    /// Settle postings whose bid was sent but never recorded.
+    Reconcile(commands::ReconcileArgs),
     /// Check the effective configuration.
     Config {
         #[command(subcommand)]
@@ -111,6 +115,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => commands::demo(&settings, args).await?,
         Command::Dlq { action } => commands::dlq(&settings, action).await?,
         Command::Config { action } => commands::config(&settings, action)?,
+        Command::Inspect(args) => commands::inspect(&settings, args).await?,
+        Command::Reconcile(args) => commands::reconcile(&settings, args).await?,
     }
     Ok(())
 }

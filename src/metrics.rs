@@ -25,6 +25,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub const IN_FLIGHT: &str = "bidorch_postings_in_flight";
 /// Gauge: leases held by this process (renewing, or being released).
 pub const LEASES_HELD: &str = "bidorch_leases_held";
+/// Gauge: postings whose bid request was sent longer ago than `reconcile.older_than` and never
+/// recorded (settle them with `bidorch reconcile`).
+pub const UNRESOLVED_SENDS: &str = "bidorch_ledger_unresolved_sends";
 /// Gauge: 1 while the worker is consuming (not paused, not stopped), else 0.
 pub const CONSUMING: &str = "bidorch_consuming";
 /// Gauge: 1 while `/readyz` would answer 200, else 0 (evaluated at each scrape).
@@ -72,6 +75,18 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         Kind::Gauge,
         &[],
         "Leases held by this process now.",
+    ),
+    (
+        UNRESOLVED_SENDS,
+        Kind::Gauge,
+        &[],
+        "Bids sent longer ago than reconcile.older_than and never recorded (run bidorch reconcile).",
+    ),
+    (
+        crate::pipeline::MISMATCHES,
+        Kind::Counter,
+        &["marketplace"],
+        "Our bid exists at the marketplace but the ledger row became final otherwise.",
     ),
     (
         CONSUMING,
@@ -172,6 +187,7 @@ pub fn install() -> PrometheusHandle {
             gauge!(IN_FLIGHT).increment(0.0);
             gauge!(LEASES_HELD).increment(0.0);
             gauge!(CONSUMING).increment(0.0);
+            gauge!(UNRESOLVED_SENDS).increment(0.0);
             gauge!(READY).increment(0.0);
             handle
         })

@@ -14,8 +14,6 @@ pub enum SkipReason {
     BelowMinBudget,
     /// Title, description or a skill contains a blocked keyword.
     BlockedKeyword(String),
-    /// `bidding.daily_bid_cap` bids were already placed today.
-    DailyCapReached,
 }
 
 impl SkipReason {
@@ -25,7 +23,6 @@ impl SkipReason {
             Self::NoBudget => "no_budget",
             Self::BelowMinBudget => "below_min_budget",
             Self::BlockedKeyword(_) => "blocked_keyword",
-            Self::DailyCapReached => "daily_cap",
         }
     }
 
@@ -77,14 +74,14 @@ impl Policy {
         }
     }
 
-    /// Whether decisions need today's placed-bid count (a cap is configured).
-    pub fn needs_daily_count(&self) -> bool {
-        self.daily_bid_cap > 0
+    /// Bids allowed per UTC day on `marketplace`, fleet-wide (reserved by the ledger's claim,
+    /// exactly); `None`: no cap.
+    pub fn daily_cap(&self, _marketplace: &str) -> Option<u64> {
+        (self.daily_bid_cap > 0).then_some(self.daily_bid_cap)
     }
 
-    /// Decides on one posting. `placed_today` is the number of bids placed since 00:00 UTC,
-    /// when [`needs_daily_count`](Self::needs_daily_count).
-    pub fn decide(&self, posting: &Posting, placed_today: Option<u64>) -> Decision {
+    /// Decides on one posting, at `now`.
+    pub fn decide(&self, posting: &Posting, _now: chrono::DateTime<chrono::Utc>) -> Decision {
         let mut reasons = Vec::new();
         let budget = posting.budget.as_ref();
         let amount = budget.and_then(|b| b.max.or(b.min));
@@ -105,9 +102,6 @@ impl Policy {
             }) {
                 reasons.push(SkipReason::BlockedKeyword(k.clone()));
             }
-        }
-        if self.daily_bid_cap > 0 && placed_today.is_some_and(|n| n >= self.daily_bid_cap) {
-            reasons.push(SkipReason::DailyCapReached);
         }
         if !reasons.is_empty() {
             return Decision::Skip(reasons);
@@ -135,6 +129,10 @@ mod tests {
         }
     }
 
+    fn now() -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+
     fn posting(title: &str, budget: Option<(i64, i64)>) -> Posting {
         Posting {
             event_id: "e".into(),
@@ -158,7 +156,7 @@ mod tests {
     fn bids_the_budget_max_in_its_currency() {
         let p = Policy::new(&settings(100, &[], 0));
         assert_eq!(
-            p.decide(&posting("Build it", Some((200, 900))), None),
+            p.decide(&posting("Build it", Some((200, 900))), now()),
             Decision::Bid {
                 amount: Decimal::from(900),
                 currency: "EUR".into(),
@@ -171,11 +169,11 @@ mod tests {
     fn below_min_budget_and_no_budget_are_skipped() {
         let p = Policy::new(&settings(1000, &[], 0));
         assert_eq!(
-            p.decide(&posting("x", Some((10, 999))), None),
+            p.decide(&posting("x", Some((10, 999))), now()),
             Decision::Skip(vec![SkipReason::BelowMinBudget])
         );
         assert_eq!(
-            p.decide(&posting("x", None), None),
+            p.decide(&posting("x", None), now()),
             Decision::Skip(vec![SkipReason::NoBudget])
         );
     }
@@ -183,12 +181,12 @@ mod tests {
     #[test]
     fn blocked_keywords_match_case_insensitively_in_title_and_skills() {
         let p = Policy::new(&settings(0, &["CRYPTO", "rust"], 0));
-        let d = p.decide(&posting("Crypto miner", Some((1, 2))), None);
+        let d = p.decide(&posting("Crypto miner", Some((1, 2))), now());
         assert_eq!(
             d,
             Decision::Skip(vec![SkipReason::BlockedKeyword("crypto".into())])
         );
-        let d = p.decide(&posting("Plain job", Some((1, 2))), None);
+        let d = p.decide(&posting("Plain job", Some((1, 2))), now());
         assert_eq!(
             d,
             Decision::Skip(vec![SkipReason::BlockedKeyword("rust".into())])
@@ -196,23 +194,18 @@ mod tests {
     }
 
     #[test]
-    fn daily_cap_stops_bids_once_reached() {
-        let p = Policy::new(&settings(0, &[], 3));
-        assert!(p.needs_daily_count());
-        assert!(matches!(
-            p.decide(&posting("x", Some((1, 2))), Some(2)),
-            Decision::Bid { .. }
-        ));
+    fn the_daily_cap_is_handed_to_the_ledger() {
         assert_eq!(
-            p.decide(&posting("x", Some((1, 2))), Some(3)),
-            Decision::Skip(vec![SkipReason::DailyCapReached])
+            Policy::new(&settings(0, &[], 3)).daily_cap("upwork"),
+            Some(3)
         );
+        assert_eq!(Policy::new(&settings(0, &[], 0)).daily_cap("upwork"), None);
     }
 
     #[test]
     fn several_reasons_are_all_reported() {
         let p = Policy::new(&settings(1000, &["desc"], 0));
-        match p.decide(&posting("x", Some((1, 2))), None) {
+        match p.decide(&posting("x", Some((1, 2))), now()) {
             Decision::Skip(r) => assert_eq!(r.len(), 2),
             other => panic!("expected skip, got {other:?}"),
         }

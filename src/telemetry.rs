@@ -263,3 +263,19 @@ pub fn consumer_span(
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     inject(span).remove("traceparent")
 }
+
+/// The trace id of `span` when OpenTelemetry is on, else that of the incoming `traceparent` (the
+/// publisher's trace): what the attempt history and the log lines carry, so a posting's story
+/// and its trace can be found from one another even with export off.
+pub fn trace_id(span: &tracing::Span, headers: &BTreeMap<String, String>) -> Option<String> {
+    let cx = span.context();
+    let own = cx.span().span_context().clone();
+    if own.is_valid() {
+        return Some(own.trace_id().to_string());
+    }
+    let incoming = headers.get("traceparent")?.split('-').nth(1)?;
+    let valid = incoming.len() == 32
+        && incoming.bytes().all(|b| b.is_ascii_hexdigit())
+        && incoming.bytes().any(|b| b != b'0');
+    valid.then(|| incoming.to_ascii_lowercase())
+}

@@ -4,16 +4,20 @@
 mod config;
 mod demo;
 mod dlq;
+mod inspect;
 mod marketplace;
 mod migrate;
 mod publish;
+mod reconcile;
 
 pub use self::config::{ConfigAction, config};
 pub use self::demo::{DemoArgs, demo};
 pub use self::dlq::{DlqAction, dlq};
+pub use self::inspect::{InspectArgs, inspect};
 pub use self::marketplace::{MarketplaceArgs, marketplace};
 pub use self::migrate::migrate;
 pub use self::publish::publish;
+pub use self::reconcile::{ReconcileArgs, reconcile};
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {

@@ -247,6 +247,16 @@ pub struct WorkerSettings {
     pub retry_transient: Duration,
 }
 
+/// `[reconcile]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// A send older than this without a recorded outcome counts as unresolved (the gauge, and
+    /// what `bidorch reconcile` settles by default).
+    #[serde(with = "humantime_serde")]
+    pub older_than: Duration,
+}
+
 /// `[telemetry]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +279,7 @@ pub struct Settings {
     pub marketplaces: BTreeMap<String, MarketplaceSettings>,
     pub bidding: BiddingSettings,
     pub worker: WorkerSettings,
+    pub reconcile: ReconcileSettings,
     pub telemetry: TelemetrySettings,
 }
 

@@ -10,7 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{BidLedger, Claim, Fenced, FinalOutcome, LedgerEntry, LedgerError, LedgerState};
+use super::{
+    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
+    LedgerState,
+};
 use crate::posting::PostingKey;
 
 /// A ledger whose every call answers within `after`, or fails as unavailable.
@@ -42,29 +45,38 @@ impl Deadline {
 
 #[async_trait]
 impl BidLedger for Deadline {
-    async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        self.bounded(self.inner.lookup(key)).await
-    }
-
-    async fn claim(&self, key: &PostingKey, event_id: &str) -> Result<Claim, LedgerError> {
-        self.bounded(self.inner.claim(key, event_id)).await
-    }
-
-    async fn mark_sending(&self, key: &PostingKey, epoch: i64) -> Result<Fenced, LedgerError> {
-        self.bounded(self.inner.mark_sending(key, epoch)).await
-    }
-
-    async fn record(
+    async fn lookup_many(
         &self,
-        key: &PostingKey,
-        epoch: i64,
-        outcome: &FinalOutcome,
-    ) -> Result<Fenced, LedgerError> {
-        self.bounded(self.inner.record(key, epoch, outcome)).await
+        keys: &[PostingKey],
+    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
+        self.bounded(self.inner.lookup_many(keys)).await
     }
 
-    async fn placed_since(&self, since: DateTime<Utc>) -> Result<u64, LedgerError> {
-        self.bounded(self.inner.placed_since(since)).await
+    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
+        self.bounded(self.inner.claim_many(claims)).await
+    }
+
+    async fn finish_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+    ) -> Result<Vec<Fenced>, LedgerError> {
+        self.bounded(self.inner.finish_many(finishes)).await
+    }
+
+    async fn unresolved(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
+        self.bounded(self.inner.unresolved(before, limit)).await
+    }
+
+    async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
+        self.bounded(self.inner.count_unresolved(before)).await
+    }
+
+    async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
+        self.bounded(self.inner.attempts(key)).await
     }
 
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
@@ -85,24 +97,32 @@ mod tests {
 
     #[async_trait]
     impl BidLedger for Silent {
-        async fn lookup(&self, _: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-            std::future::pending().await
-        }
-        async fn claim(&self, _: &PostingKey, _: &str) -> Result<Claim, LedgerError> {
-            std::future::pending().await
-        }
-        async fn mark_sending(&self, _: &PostingKey, _: i64) -> Result<Fenced, LedgerError> {
-            std::future::pending().await
-        }
-        async fn record(
+        async fn lookup_many(
             &self,
-            _: &PostingKey,
-            _: i64,
-            _: &FinalOutcome,
-        ) -> Result<Fenced, LedgerError> {
+            _: &[PostingKey],
+        ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
             std::future::pending().await
         }
-        async fn placed_since(&self, _: DateTime<Utc>) -> Result<u64, LedgerError> {
+        async fn claim_many(&self, _: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
+            std::future::pending().await
+        }
+        async fn finish_many(
+            &self,
+            _: &[(PostingKey, i64, Finish)],
+        ) -> Result<Vec<Fenced>, LedgerError> {
+            std::future::pending().await
+        }
+        async fn unresolved(
+            &self,
+            _: DateTime<Utc>,
+            _: u32,
+        ) -> Result<Vec<LedgerEntry>, LedgerError> {
+            std::future::pending().await
+        }
+        async fn count_unresolved(&self, _: DateTime<Utc>) -> Result<u64, LedgerError> {
+            std::future::pending().await
+        }
+        async fn attempts(&self, _: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
             std::future::pending().await
         }
         async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
@@ -117,7 +137,7 @@ mod tests {
     async fn a_call_without_an_answer_fails_as_unavailable_at_the_deadline() {
         let ledger = Deadline::new(Arc::new(Silent), Duration::from_secs(15));
         let key = PostingKey::new("upwork", "p").unwrap();
-        let err = ledger.claim(&key, "e").await.unwrap_err();
+        let err = ledger.lookup(&key).await.unwrap_err();
         assert!(err.is_retryable());
         assert!(crate::error::chain(&err).contains("did not answer within 15s"));
     }

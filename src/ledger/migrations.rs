@@ -14,12 +14,20 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 type Entry = (i64, &'static str, &'static str, &'static str);
 
 /// Every migration, in order.
-const MIGRATIONS: &[Entry] = &[(
-    1,
-    "create bid ledger",
-    include_str!("../../migrations/postgres/0001_create_bid_ledger.sql"),
-    include_str!("../../migrations/sqlite/0001_create_bid_ledger.sql"),
-)];
+const MIGRATIONS: &[Entry] = &[
+    (
+        1,
+        "create bid ledger",
+        include_str!("../../migrations/postgres/0001_create_bid_ledger.sql"),
+        include_str!("../../migrations/sqlite/0001_create_bid_ledger.sql"),
+    ),
+    (
+        2,
+        "sticky requests attempts and daily spend",
+        include_str!("../../migrations/postgres/0002_sticky_requests_attempts_and_daily_spend.sql"),
+        include_str!("../../migrations/sqlite/0002_sticky_requests_attempts_and_daily_spend.sql"),
+    ),
+];
 
 fn migrator(sql: fn(&'static Entry) -> &'static str) -> Migrator {
     Migrator::with_migrations(

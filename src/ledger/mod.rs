@@ -1,20 +1,27 @@
-//! The ledger port: the durable record of each posting's decision and bid.
+//! The ledger port: the durable record of each posting's decision, its bid request and its
+//! story.
 //!
-//! One row per `(marketplace, posting_id)`. A row starts `pending`; each claim bumps its `epoch`
-//! (the fence), and every later write of that attempt is conditional on the epoch it claimed, so a
-//! superseded holder can neither record nor reach the marketplace. Final states — `placed`,
-//! `skipped`, `rejected` — are never overwritten.
+//! One row per `(marketplace, posting_id)`. A row starts `pending`. A **claim** — one atomic step
+//! under the row's lock — bumps its `epoch` (the fence) and decides, in this order: a final row
+//! stays final; a request already sent is sent again, byte for byte (sticky: the policy is never
+//! re-run once money may have moved); otherwise the attempt's intent — skip (recorded `skipped`)
+//! or bid (a cap slot reserved if a daily cap is set, else `skipped`/`daily_cap`; the request
+//! stored and `sends` bumped). Every later write of that attempt ([`BidLedger::finish`]) is
+//! conditional on its epoch, so a superseded holder can neither record nor overwrite. Final
+//! states — `placed`, `skipped`, `rejected` — are never overwritten. Each claim starts a row of
+//! the attempt history (`bid_attempts`) that its finish closes.
 //!
-//! Backends: [`PgBidLedger`] (production, `migrations/postgres/`) and [`SqliteBidLedger`]
-//! (embedded mode, `migrations/sqlite/`, same version numbers), chosen by [`from_settings`].
-//! Both run the same statements — an atomic upsert for `claim`, `UPDATE .. WHERE epoch = $e AND
-//! state = 'pending'` for every later write — and pass the same contract suite (`tests/ledger.rs`).
+//! Backends: [`PgBidLedger`] (production, `migrations/postgres/`, the claim and finish as
+//! PL/pgSQL functions taking whole batches) and [`SqliteBidLedger`] (embedded mode,
+//! `migrations/sqlite/`, the same steps in one immediate transaction), chosen by
+//! [`from_settings`], held to one contract suite (`tests/it/ledger/`).
 
 mod deadline;
 mod migrations;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+mod types;
 
 use std::sync::Arc;
 
@@ -27,120 +34,10 @@ use crate::posting::PostingKey;
 pub use self::deadline::Deadline;
 pub use self::postgres::PgBidLedger;
 pub use self::sqlite::SqliteBidLedger;
-
-/// State of a ledger row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LedgerState {
-    Pending,
-    Placed,
-    Skipped,
-    Rejected,
-}
-
-impl LedgerState {
-    /// The text stored in the `state` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Placed => "placed",
-            Self::Skipped => "skipped",
-            Self::Rejected => "rejected",
-        }
-    }
-
-    /// Parses the `state` column.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => Self::Pending,
-            "placed" => Self::Placed,
-            "skipped" => Self::Skipped,
-            "rejected" => Self::Rejected,
-            _ => return None,
-        })
-    }
-
-    /// Whether this state is final (never overwritten).
-    pub fn is_final(self) -> bool {
-        !matches!(self, Self::Pending)
-    }
-}
-
-/// A ledger row as read back.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LedgerEntry {
-    pub key: PostingKey,
-    pub state: LedgerState,
-    pub epoch: i64,
-    /// Marketplace bid id, for `placed`.
-    pub bid_id: Option<String>,
-    /// Skip reasons (comma-separated) or the rejection's status and body excerpt.
-    pub detail: Option<String>,
-}
-
-/// Result of claiming a posting inside its lease.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Claim {
-    /// This attempt owns epoch `epoch`; all its writes must carry it.
-    Claimed { epoch: i64 },
-    /// The posting already has a final outcome; nothing was changed.
-    Final(LedgerEntry),
-}
-
-/// A final outcome to record for an attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FinalOutcome {
-    /// A bid exists: `bid_id` from a 201/200, or `None` after a 409 (placed under another key).
-    Placed {
-        bid_id: Option<String>,
-        detail: Option<String>,
-    },
-    /// The policy said no; the reasons are recorded.
-    Skipped { reasons: Vec<String> },
-    /// The marketplace refused the bid permanently.
-    Rejected { status: u16, body_excerpt: String },
-}
-
-impl FinalOutcome {
-    /// The state this outcome writes.
-    pub fn state(&self) -> LedgerState {
-        match self {
-            Self::Placed { .. } => LedgerState::Placed,
-            Self::Skipped { .. } => LedgerState::Skipped,
-            Self::Rejected { .. } => LedgerState::Rejected,
-        }
-    }
-
-    /// The `bid_id` column value.
-    pub fn bid_id(&self) -> Option<&str> {
-        match self {
-            Self::Placed { bid_id, .. } => bid_id.as_deref(),
-            _ => None,
-        }
-    }
-
-    /// The `detail` column value.
-    pub fn detail(&self) -> Option<String> {
-        match self {
-            Self::Placed { detail, .. } => detail.clone(),
-            Self::Skipped { reasons } => Some(reasons.join(",")),
-            Self::Rejected {
-                status,
-                body_excerpt,
-            } => Some(format!("{status}: {body_excerpt}")),
-        }
-    }
-}
-
-/// Result of an epoch-conditional write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Fenced {
-    /// The write happened: the epoch was still ours and the row still `pending`.
-    Written,
-    /// A newer claim superseded ours (row still pending under a higher epoch); nothing written.
-    Superseded { current_epoch: i64 },
-    /// The row is already final; nothing written.
-    Final(LedgerEntry),
-}
+pub use self::types::{
+    AttemptRecord, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerEntry,
+    LedgerState, StoredRequest, sha256_hex,
+};
 
 /// A ledger failure: the database could not answer or rejected the statement.
 #[derive(Debug, thiserror::Error)]
@@ -161,36 +58,77 @@ impl LedgerError {
 }
 
 /// The durable bid ledger (PostgreSQL in production, SQLite for the embedded mode).
+///
+/// The batch methods are the primitives (one round trip, one transaction for many postings);
+/// the single-posting ones are conveniences over them.
 #[async_trait]
 pub trait BidLedger: Send + Sync + 'static {
-    /// Reads a posting's row, if any.
-    async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError>;
-
-    /// Inserts the row as `pending` with epoch 1, or bumps the epoch of a `pending` row.
-    /// A final row is returned unchanged as [`Claim::Final`]. Concurrent claims get distinct epochs.
-    async fn claim(&self, key: &PostingKey, event_id: &str) -> Result<Claim, LedgerError>;
-
-    /// Marks that attempt `epoch` is about to call the marketplace, if the epoch is still current
-    /// and the row still pending. This is the fence right before the bid.
-    async fn mark_sending(&self, key: &PostingKey, epoch: i64) -> Result<Fenced, LedgerError>;
-
-    /// Records a final outcome for attempt `epoch`, if the epoch is still current and the row pending.
-    async fn record(
+    /// Reads postings' rows (`None` for a posting never claimed), in the order asked.
+    async fn lookup_many(
         &self,
-        key: &PostingKey,
-        epoch: i64,
-        outcome: &FinalOutcome,
-    ) -> Result<Fenced, LedgerError>;
+        keys: &[PostingKey],
+    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError>;
 
-    /// How many bids were placed since `since` (for `bidding.daily_bid_cap`).
-    async fn placed_since(&self, since: DateTime<Utc>) -> Result<u64, LedgerError>;
+    /// Claims postings (see the module docs), each under its row lock, all in one transaction.
+    /// Results come in the order asked; a failure fails every member (fail closed).
+    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError>;
 
-    /// How many rows are in each state: all four states, in declaration order, zero if none
-    /// (for the demo summary and the end-to-end checks).
+    /// Ends attempts: for each `(key, epoch, finish)`, writes it if `epoch` is still current
+    /// and the row pending, and closes the attempt's history row. A rejection releases the
+    /// posting's cap slot.
+    async fn finish_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+    ) -> Result<Vec<Fenced>, LedgerError>;
+
+    /// Pending postings whose request was sent (possibly) but never recorded, sent before
+    /// `before`, oldest first, at most `limit` (for `bidorch reconcile`).
+    async fn unresolved(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, LedgerError>;
+
+    /// How many postings [`unresolved`](Self::unresolved) would find (the gauge).
+    async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError>;
+
+    /// A posting's attempt history, oldest first.
+    async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError>;
+
+    /// How many rows are in each state: all four states, in declaration order, zero if none.
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError>;
 
     /// Checks the database answers (for `/readyz`).
     async fn health(&self) -> Result<(), LedgerError>;
+
+    /// Reads one posting's row.
+    async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
+        let found = self.lookup_many(std::slice::from_ref(key)).await?;
+        Ok(found.into_iter().next().flatten())
+    }
+
+    /// Claims one posting.
+    async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
+        let mut claimed = self.claim_many(std::slice::from_ref(claim)).await?;
+        claimed.pop().ok_or_else(|| LedgerError::Corrupt {
+            key: claim.key.to_string(),
+            problem: "the claim returned nothing".to_owned(),
+        })
+    }
+
+    /// Ends one attempt.
+    async fn finish(
+        &self,
+        key: &PostingKey,
+        epoch: i64,
+        finish: Finish,
+    ) -> Result<Fenced, LedgerError> {
+        let mut done = self.finish_many(&[(key.clone(), epoch, finish)]).await?;
+        done.pop().ok_or_else(|| LedgerError::Corrupt {
+            key: key.to_string(),
+            problem: "the finish returned nothing".to_owned(),
+        })
+    }
 }
 
 /// Opens the ledger `settings.kind` names and applies its migrations — what worker start,

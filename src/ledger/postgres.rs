@@ -1,9 +1,11 @@
-//! PostgreSQL ledger (production): the `bid_ledger` table, claims as one atomic upsert, and
-//! every later write of an attempt conditional on its epoch.
+//! PostgreSQL ledger (production): the claim and the finish are PL/pgSQL functions
+//! (`bidorch_claim`, `bidorch_finish`, in `migrations/postgres/0002_*.sql`) that take a whole
+//! batch as JSON: one round trip and one transaction for many postings.
 //!
-//! Concurrency rests on PostgreSQL's row locks: `INSERT .. ON CONFLICT DO UPDATE` and the
-//! conditional `UPDATE`s each lock the row and re-check their `WHERE` against its latest version
-//! (READ COMMITTED), so concurrent claims get distinct epochs and a superseded epoch matches nothing.
+//! Concurrency rests on PostgreSQL's row locks, taken in one global order (the day's cap rows by
+//! marketplace, then the postings by key), so concurrent claims get distinct epochs, a
+//! superseded epoch writes nothing, and batches never deadlock. A deadlock or serialization
+//! failure reported anyway is retried here, not surfaced as an outage.
 
 use std::str::FromStr;
 
@@ -11,8 +13,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, EntryRow};
-use super::{BidLedger, Claim, Fenced, FinalOutcome, LedgerEntry, LedgerError, LedgerState};
+use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS, Row};
+use super::{
+    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
+    LedgerState,
+};
 use crate::config::DatabaseSettings;
 use crate::posting::PostingKey;
 
@@ -112,17 +117,24 @@ impl PgBidLedger {
         self.pool.close().await;
     }
 
-    async fn fetch_entry(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        let row: Option<EntryRow> = sqlx::query_as(
-            "SELECT state, epoch, bid_id, detail FROM bid_ledger \
-             WHERE marketplace = $1 AND posting_id = $2",
-        )
-        .bind(key.marketplace())
-        .bind(key.posting_id())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| sql::query_error(Some(key), e))?;
-        row.map(|row| sql::entry(key, row)).transpose()
+    /// Runs `call` again (a few times) when PostgreSQL picked it as a deadlock or
+    /// serialization victim: a conflict of the moment, not an outage.
+    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, sqlx::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut tries = 0;
+        loop {
+            match call().await {
+                Err(sqlx::Error::Database(e))
+                    if tries < 3 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -131,95 +143,242 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// One returned row with its position in the batch and the step's verdict.
+struct Step {
+    o_idx: i32,
+    o_result: Option<String>,
+    o_written: Option<bool>,
+    row: RowOrNull,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Step {
+    fn from_row(r: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row as _;
+        Ok(Self {
+            o_idx: r.try_get("o_idx")?,
+            o_result: r.try_get("o_result")?,
+            o_written: r.try_get("o_written")?,
+            row: <RowOrNull as sqlx::FromRow<sqlx::postgres::PgRow>>::from_row(r)?,
+        })
+    }
+}
+
+/// The row part of a step, absent when the posting has no row (a finish for nothing).
+struct RowOrNull {
+    o_epoch: Option<i64>,
+    o_state: Option<String>,
+    o_sends: Option<i32>,
+    o_bid_id: Option<String>,
+    o_detail: Option<String>,
+    o_event_id: Option<String>,
+    o_created_at: Option<DateTime<Utc>>,
+    o_updated_at: Option<DateTime<Utc>>,
+    o_sent_at: Option<DateTime<Utc>>,
+    o_request_body: Option<String>,
+    o_request_sha256: Option<String>,
+    o_request_amount: Option<String>,
+    o_request_currency: Option<String>,
+}
+
+sql::from_row!(RowOrNull {
+    o_epoch,
+    o_state,
+    o_sends,
+    o_bid_id,
+    o_detail,
+    o_event_id,
+    o_created_at,
+    o_updated_at,
+    o_sent_at,
+    o_request_body,
+    o_request_sha256,
+    o_request_amount,
+    o_request_currency,
+});
+
+impl RowOrNull {
+    fn row(self) -> Option<Row> {
+        Some(Row {
+            o_epoch: self.o_epoch?,
+            o_state: self.o_state?,
+            o_sends: self.o_sends.unwrap_or(0),
+            o_bid_id: self.o_bid_id,
+            o_detail: self.o_detail,
+            o_event_id: self.o_event_id.unwrap_or_default(),
+            o_created_at: self.o_created_at?,
+            o_updated_at: self.o_updated_at?,
+            o_sent_at: self.o_sent_at,
+            o_request_body: self.o_request_body,
+            o_request_sha256: self.o_request_sha256,
+            o_request_amount: self.o_request_amount,
+            o_request_currency: self.o_request_currency,
+        })
+    }
+}
+
+/// Puts steps back in the order of the batch (the functions lock in key order).
+fn in_order(mut steps: Vec<Step>, n: usize) -> Result<Vec<Step>, LedgerError> {
+    steps.sort_by_key(|s| s.o_idx);
+    if steps.len() != n || steps.iter().enumerate().any(|(i, s)| s.o_idx as usize != i) {
+        return Err(LedgerError::Corrupt {
+            key: "(batch)".to_owned(),
+            problem: format!("{n} postings asked, {} answered", steps.len()),
+        });
+    }
+    Ok(steps)
+}
+
 #[async_trait]
 impl BidLedger for PgBidLedger {
-    async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        self.fetch_entry(key).await
-    }
-
-    async fn claim(&self, key: &PostingKey, event_id: &str) -> Result<Claim, LedgerError> {
-        // One statement: insert epoch 1, or bump a pending row's epoch under its row lock.
-        // A final row matches no update and returns nothing.
-        let epoch: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO bid_ledger AS l (marketplace, posting_id, state, epoch, event_id) \
-             VALUES ($1, $2, 'pending', 1, $3) \
-             ON CONFLICT (marketplace, posting_id) DO UPDATE \
-                SET epoch = l.epoch + 1, event_id = EXCLUDED.event_id, updated_at = now() \
-                WHERE l.state = 'pending' \
-             RETURNING epoch",
-        )
-        .bind(key.marketplace())
-        .bind(key.posting_id())
-        .bind(event_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| sql::query_error(Some(key), e))?;
-        if let Some(epoch) = epoch {
-            return Ok(Claim::Claimed { epoch });
-        }
-        // Final rows never change again, so this read sees the outcome that stopped the claim.
-        match self.fetch_entry(key).await? {
-            Some(entry) if entry.state.is_final() => Ok(Claim::Final(entry)),
-            other => Err(LedgerError::Corrupt {
-                key: key.to_string(),
-                problem: format!("claim matched no row, yet the row is {other:?}"),
-            }),
-        }
-    }
-
-    async fn mark_sending(&self, key: &PostingKey, epoch: i64) -> Result<Fenced, LedgerError> {
-        let done = sqlx::query(
-            "UPDATE bid_ledger \
-             SET sends = sends + 1, sent_at = now(), updated_at = now() \
-             WHERE marketplace = $1 AND posting_id = $2 AND epoch = $3 AND state = 'pending'",
-        )
-        .bind(key.marketplace())
-        .bind(key.posting_id())
-        .bind(epoch)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| sql::query_error(Some(key), e))?;
-        if done.rows_affected() == 1 {
-            return Ok(Fenced::Written);
-        }
-        sql::fenced_after_miss(key, epoch, self.fetch_entry(key).await?)
-    }
-
-    async fn record(
+    async fn lookup_many(
         &self,
-        key: &PostingKey,
-        epoch: i64,
-        outcome: &FinalOutcome,
-    ) -> Result<Fenced, LedgerError> {
-        let done = sqlx::query(
-            "UPDATE bid_ledger \
-             SET state = $4, bid_id = $5, detail = $6, updated_at = now() \
-             WHERE marketplace = $1 AND posting_id = $2 AND epoch = $3 AND state = 'pending'",
-        )
-        .bind(key.marketplace())
-        .bind(key.posting_id())
-        .bind(epoch)
-        .bind(outcome.state().as_str())
-        .bind(outcome.bid_id())
-        .bind(outcome.detail())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| sql::query_error(Some(key), e))?;
-        if done.rows_affected() == 1 {
-            return Ok(Fenced::Written);
+        keys: &[PostingKey],
+    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
+        let marketplaces: Vec<&str> = keys.iter().map(PostingKey::marketplace).collect();
+        let postings: Vec<&str> = keys.iter().map(PostingKey::posting_id).collect();
+        let sql = format!(
+            "SELECT k.i::int AS o_idx, {ROW_COLUMNS} FROM bid_ledger l \
+             JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(m, p, i) \
+               ON l.marketplace = k.m AND l.posting_id = k.p"
+        );
+        let rows: Vec<(i32, Row)> = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&marketplaces)
+            .bind(&postings)
+            .try_map(|r: sqlx::postgres::PgRow| {
+                use sqlx::{FromRow, Row as _};
+                Ok((r.try_get::<i32, _>("o_idx")?, Row::from_row(&r)?))
+            })
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql::query_error(None, e))?;
+        let mut out: Vec<Option<LedgerEntry>> = vec![None; keys.len()];
+        for (i, row) in rows {
+            let i = usize::try_from(i - 1).unwrap_or(usize::MAX);
+            if let Some(key) = keys.get(i) {
+                out[i] = Some(row.entry(key)?);
+            }
         }
-        sql::fenced_after_miss(key, epoch, self.fetch_entry(key).await?)
+        Ok(out)
     }
 
-    async fn placed_since(&self, since: DateTime<Utc>) -> Result<u64, LedgerError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM bid_ledger WHERE state = 'placed' AND updated_at >= $1",
+    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let json =
+            serde_json::Value::Array(claims.iter().map(sql::claim_json).collect()).to_string();
+        let day = claims[0].day;
+        let steps: Vec<Step> = self
+            .retrying(|| {
+                sqlx::query_as(
+                    "SELECT o_idx, o_result, NULL::boolean AS o_written, o_epoch, \
+                         o_state, o_sends, o_bid_id, o_detail, o_event_id, o_created_at, \
+                         o_updated_at, o_sent_at, o_request_body, o_request_sha256, \
+                         o_request_amount, o_request_currency \
+                         FROM bidorch_claim($1::jsonb, $2)",
+                )
+                .bind(&json)
+                .bind(day)
+                .fetch_all(&self.pool)
+            })
+            .await
+            .map_err(|e| sql::query_error(claims.first().map(|c| &c.key), e))?;
+        in_order(steps, claims.len())?
+            .into_iter()
+            .zip(claims)
+            .map(|(step, claim)| {
+                let row = step.row.row().ok_or_else(|| LedgerError::Corrupt {
+                    key: claim.key.to_string(),
+                    problem: "the claim returned no row".to_owned(),
+                })?;
+                sql::claim_of(
+                    &claim.key,
+                    step.o_result.as_deref().unwrap_or_default(),
+                    row,
+                )
+            })
+            .collect()
+    }
+
+    async fn finish_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+    ) -> Result<Vec<Fenced>, LedgerError> {
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let json = serde_json::Value::Array(
+            finishes
+                .iter()
+                .map(|(key, epoch, finish)| sql::finish_json(key, *epoch, finish))
+                .collect(),
         )
-        .bind(since)
+        .to_string();
+        let steps: Vec<Step> = self
+            .retrying(|| {
+                sqlx::query_as(
+                    "SELECT o_idx, NULL::text AS o_result, o_written, o_epoch, \
+                         o_state, o_sends, o_bid_id, o_detail, o_event_id, o_created_at, \
+                         o_updated_at, o_sent_at, o_request_body, o_request_sha256, \
+                         o_request_amount, o_request_currency \
+                         FROM bidorch_finish($1::jsonb)",
+                )
+                .bind(&json)
+                .fetch_all(&self.pool)
+            })
+            .await
+            .map_err(|e| sql::query_error(finishes.first().map(|f| &f.0), e))?;
+        in_order(steps, finishes.len())?
+            .into_iter()
+            .zip(finishes)
+            .map(|(step, (key, epoch, _))| {
+                sql::fenced_of(key, *epoch, step.o_written.unwrap_or(false), step.row.row())
+            })
+            .collect()
+    }
+
+    async fn unresolved(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let sql = format!(
+            "SELECT marketplace, posting_id, {ROW_COLUMNS} FROM bid_ledger \
+             WHERE state = 'pending' AND sends > 0 AND sent_at < $1 \
+             ORDER BY sent_at LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql::query_error(None, e))?;
+        rows.iter().map(sql::keyed_entry).collect()
+    }
+
+    async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM bid_ledger WHERE state = 'pending' AND sends > 0 AND sent_at < $1",
+        )
+        .bind(before)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| sql::query_error(None, e))?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
+        sqlx::query_as::<_, sql::AttemptRow>(
+            "SELECT epoch, instance, event_id, trace_id, claim, started_at, finished_at, result, \
+                    http_status, detail \
+             FROM bid_attempts WHERE marketplace = $1 AND posting_id = $2 ORDER BY epoch",
+        )
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.into_iter().map(sql::AttemptRow::record).collect())
+        .map_err(|e| sql::query_error(Some(key), e))
     }
 
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {

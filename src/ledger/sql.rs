@@ -1,7 +1,13 @@
-//! What both SQL backends share: error classification and turning a stored row into a
-//! [`LedgerEntry`]. The statements themselves live with each backend (their dialects differ).
+//! What both SQL backends share: error classification, the row they read back, the claim and
+//! finish inputs as JSON, and turning what a step returned into a [`Claim`] or a [`Fenced`].
+//! The statements themselves live with each backend (their dialects differ).
 
-use super::{LedgerEntry, LedgerError, LedgerState};
+use chrono::{DateTime, Utc};
+
+use super::{
+    Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerEntry, LedgerError,
+    LedgerState, StoredRequest,
+};
 use crate::posting::PostingKey;
 
 /// How long a caller waits for a pooled connection (and, at start, for the first connection)
@@ -9,8 +15,274 @@ use crate::posting::PostingKey;
 /// (retry with delay) instead of hanging the worker.
 pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The columns every read selects, in this order.
-pub type EntryRow = (String, i64, Option<String>, Option<String>);
+/// Implements `sqlx::FromRow` for a struct of named columns, for both backends' rows (the
+/// `derive` feature would bring sqlx's proc-macro crate, and with it every driver, back into
+/// the build).
+macro_rules! from_row {
+    ($ty:ident { $($field:ident),* $(,)? }) => {
+        impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for $ty {
+            fn from_row(r: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok(Self { $($field: r.try_get(stringify!($field))?),* })
+            }
+        }
+        impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for $ty {
+            fn from_row(r: &'r sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok(Self { $($field: r.try_get(stringify!($field))?),* })
+            }
+        }
+    };
+}
+pub(crate) use from_row;
+
+/// A row as both backends read it back (`o_*` columns of the PostgreSQL functions, the same
+/// names selected by SQLite).
+#[derive(Debug)]
+pub struct Row {
+    pub o_epoch: i64,
+    pub o_state: String,
+    pub o_sends: i32,
+    pub o_bid_id: Option<String>,
+    pub o_detail: Option<String>,
+    pub o_event_id: String,
+    pub o_created_at: DateTime<Utc>,
+    pub o_updated_at: DateTime<Utc>,
+    pub o_sent_at: Option<DateTime<Utc>>,
+    pub o_request_body: Option<String>,
+    pub o_request_sha256: Option<String>,
+    pub o_request_amount: Option<String>,
+    pub o_request_currency: Option<String>,
+}
+
+from_row!(Row {
+    o_epoch,
+    o_state,
+    o_sends,
+    o_bid_id,
+    o_detail,
+    o_event_id,
+    o_created_at,
+    o_updated_at,
+    o_sent_at,
+    o_request_body,
+    o_request_sha256,
+    o_request_amount,
+    o_request_currency,
+});
+
+/// The columns of [`Row`] as a select list over `bid_ledger`.
+pub const ROW_COLUMNS: &str = "epoch AS o_epoch, state AS o_state, sends AS o_sends, \
+     bid_id AS o_bid_id, detail AS o_detail, event_id AS o_event_id, \
+     created_at AS o_created_at, updated_at AS o_updated_at, sent_at AS o_sent_at, \
+     request_body AS o_request_body, request_sha256 AS o_request_sha256, \
+     request_amount AS o_request_amount, request_currency AS o_request_currency";
+
+impl Row {
+    /// The entry for `key`.
+    pub fn entry(self, key: &PostingKey) -> Result<LedgerEntry, LedgerError> {
+        let request = match (self.o_request_body, self.o_request_sha256) {
+            (Some(body), Some(sha256)) => Some(StoredRequest {
+                body,
+                sha256,
+                amount: self.o_request_amount.unwrap_or_default(),
+                currency: self.o_request_currency.unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        Ok(LedgerEntry {
+            key: key.clone(),
+            state: parse_state(&key.to_string(), &self.o_state)?,
+            epoch: self.o_epoch,
+            sends: u32::try_from(self.o_sends).unwrap_or(0),
+            bid_id: self.o_bid_id,
+            detail: self.o_detail,
+            request,
+            event_id: self.o_event_id,
+            created_at: self.o_created_at,
+            updated_at: self.o_updated_at,
+            sent_at: self.o_sent_at,
+        })
+    }
+}
+
+/// A row with its key columns (`marketplace`, `posting_id`) before the [`Row`] ones.
+pub fn keyed_entry<R>(r: &R) -> Result<LedgerEntry, LedgerError>
+where
+    R: sqlx::Row,
+    for<'a> Row: sqlx::FromRow<'a, R>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let marketplace: String = r.try_get("marketplace").map_err(|e| query_error(None, e))?;
+    let posting_id: String = r.try_get("posting_id").map_err(|e| query_error(None, e))?;
+    let key = PostingKey::new(&marketplace, &posting_id).map_err(|e| LedgerError::Corrupt {
+        key: format!("{marketplace}:{posting_id}"),
+        problem: e.to_string(),
+    })?;
+    <Row as sqlx::FromRow<R>>::from_row(r)
+        .map_err(|e| query_error(Some(&key), e))?
+        .entry(&key)
+}
+
+/// An attempt history row as both backends read it.
+#[derive(Debug)]
+pub struct AttemptRow {
+    pub epoch: i64,
+    pub instance: String,
+    pub event_id: String,
+    pub trace_id: Option<String>,
+    pub claim: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<String>,
+    pub http_status: Option<i32>,
+    pub detail: Option<String>,
+}
+
+from_row!(AttemptRow {
+    epoch,
+    instance,
+    event_id,
+    trace_id,
+    claim,
+    started_at,
+    finished_at,
+    result,
+    http_status,
+    detail,
+});
+
+impl AttemptRow {
+    /// The record.
+    pub fn record(self) -> super::AttemptRecord {
+        super::AttemptRecord {
+            epoch: self.epoch,
+            instance: self.instance,
+            event_id: self.event_id,
+            trace_id: self.trace_id,
+            claim: self.claim,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            result: self.result,
+            http_status: self.http_status.and_then(|s| u16::try_from(s).ok()),
+            detail: self.detail,
+        }
+    }
+}
+
+/// One claim as the claim step reads it (the JSON elements of `bidorch_claim`).
+pub fn claim_json(c: &ClaimRequest) -> serde_json::Value {
+    let (intent, request, reasons) = match &c.intent {
+        Intent::Bid(request) => ("bid", Some(request), None),
+        Intent::Skip(reasons) => ("skip", None, Some(reasons.join(","))),
+        Intent::Resend => ("resend", None, None),
+    };
+    serde_json::json!({
+        "marketplace": c.key.marketplace(),
+        "posting_id": c.key.posting_id(),
+        "event_id": c.event_id,
+        "intent": intent,
+        "body": request.map(|r| r.body.as_str()),
+        "sha256": request.map(|r| r.sha256.as_str()),
+        "amount": request.map(|r| r.amount.as_str()),
+        "currency": request.map(|r| r.currency.as_str()),
+        "reasons": reasons,
+        "instance": c.instance,
+        "trace_id": c.trace_id,
+        "cap": c.daily_cap,
+    })
+}
+
+/// One finish as the finish step reads it (the JSON elements of `bidorch_finish`).
+pub fn finish_json(key: &PostingKey, epoch: i64, finish: &Finish) -> serde_json::Value {
+    let (state, bid_id, detail, http_status, attempt_detail) = match finish {
+        Finish::Final(outcome) => (
+            Some(outcome.state().as_str()),
+            outcome.bid_id().map(str::to_owned),
+            outcome.detail(),
+            match outcome {
+                FinalOutcome::Rejected { status, .. } => Some(*status),
+                FinalOutcome::Placed { .. } => None,
+            },
+            None,
+        ),
+        Finish::Pending {
+            http_status,
+            detail,
+            ..
+        } => (None, None, None, *http_status, detail.clone()),
+    };
+    serde_json::json!({
+        "marketplace": key.marketplace(),
+        "posting_id": key.posting_id(),
+        "epoch": epoch,
+        "state": state,
+        "bid_id": bid_id,
+        "detail": detail,
+        "result": finish.result(),
+        "http_status": http_status,
+        "attempt_detail": attempt_detail,
+    })
+}
+
+/// What the claim step decided (`o_result`), with the row after it.
+pub fn claim_of(key: &PostingKey, result: &str, row: Row) -> Result<Claim, LedgerError> {
+    let entry = row.entry(key)?;
+    let corrupt = |problem: &str| LedgerError::Corrupt {
+        key: key.to_string(),
+        problem: problem.to_owned(),
+    };
+    Ok(match result {
+        "final" => Claim::Final(entry),
+        "nothing" => Claim::Nothing,
+        "send" | "resend" => Claim::Send {
+            epoch: entry.epoch,
+            request: entry
+                .request
+                .ok_or_else(|| corrupt("a send without a stored request"))?,
+            resend: result == "resend",
+        },
+        "skipped" | "capped" => Claim::Skipped {
+            reasons: entry
+                .detail
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            capped: result == "capped",
+        },
+        other => return Err(corrupt(&format!("unknown claim result {other:?}"))),
+    })
+}
+
+/// What a finish did: written, or why not (the row as it is now).
+pub fn fenced_of(
+    key: &PostingKey,
+    epoch: i64,
+    written: bool,
+    row: Option<Row>,
+) -> Result<Fenced, LedgerError> {
+    if written {
+        return Ok(Fenced::Written);
+    }
+    match row.map(|r| r.entry(key)).transpose()? {
+        Some(entry) if entry.state.is_final() => Ok(Fenced::Final(entry)),
+        Some(entry) if entry.epoch != epoch => Ok(Fenced::Superseded {
+            current_epoch: entry.epoch,
+        }),
+        Some(_) => Err(LedgerError::Corrupt {
+            key: key.to_string(),
+            problem: format!("epoch {epoch} is current and pending, yet the write matched no row"),
+        }),
+        None => Err(LedgerError::Corrupt {
+            key: key.to_string(),
+            problem: format!("write for epoch {epoch} of a posting that was never claimed"),
+        }),
+    }
+}
 
 /// Connecting failed; names the database by its redacted URL (never its password).
 #[derive(Debug, thiserror::Error)]
@@ -63,18 +335,6 @@ pub fn parse_state(key: &str, state: &str) -> Result<LedgerState, LedgerError> {
     })
 }
 
-/// Builds the entry read back for `key`.
-pub fn entry(key: &PostingKey, row: EntryRow) -> Result<LedgerEntry, LedgerError> {
-    let (state, epoch, bid_id, detail) = row;
-    Ok(LedgerEntry {
-        key: key.clone(),
-        state: parse_state(&key.to_string(), &state)?,
-        epoch,
-        bid_id,
-        detail,
-    })
-}
-
 /// Completes counts per state: every state appears once, in declaration order, zero if absent.
 pub fn counts(rows: Vec<(String, i64)>) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
     let mut out: Vec<(LedgerState, u64)> = [
@@ -93,27 +353,4 @@ pub fn counts(rows: Vec<(String, i64)>) -> Result<Vec<(LedgerState, u64)>, Ledge
         }
     }
     Ok(out)
-}
-
-/// Explains a failed epoch-conditional write from the row as it is now: a final row wins, a
-/// pending row under another epoch means ours was superseded.
-pub fn fenced_after_miss(
-    key: &PostingKey,
-    epoch: i64,
-    current: Option<LedgerEntry>,
-) -> Result<super::Fenced, LedgerError> {
-    match current {
-        Some(entry) if entry.state.is_final() => Ok(super::Fenced::Final(entry)),
-        Some(entry) if entry.epoch != epoch => Ok(super::Fenced::Superseded {
-            current_epoch: entry.epoch,
-        }),
-        Some(_) => Err(LedgerError::Corrupt {
-            key: key.to_string(),
-            problem: format!("epoch {epoch} is current and pending, yet the write matched no row"),
-        }),
-        None => Err(LedgerError::Corrupt {
-            key: key.to_string(),
-            problem: format!("write for epoch {epoch} of a posting that was never claimed"),
-        }),
-    }
 }

@@ -1,9 +1,10 @@
-//! SQLite ledger (embedded mode): the same table, statements and fencing as PostgreSQL.
+//! SQLite ledger (embedded mode): the same tables and the same claim and finish decisions as
+//! PostgreSQL's functions, made in Rust inside one `BEGIN IMMEDIATE` transaction per batch.
 //!
-//! SQLite admits one writer at a time and each write here is a single statement that takes the
-//! write lock before it reads, so a claim's upsert and the epoch-conditional updates are atomic;
-//! other connections wait on the busy timeout instead of failing. Timestamps are fixed-width UTC
-//! text (`2026-11-26T10:00:00.123Z`), which orders correctly as text.
+//! SQLite admits one writer at a time and an immediate transaction takes the write lock before
+//! it reads, so each claim and finish sees exactly the row it changes; other connections wait
+//! on the busy timeout instead of failing. Timestamps are fixed-width UTC text
+//! (`2026-11-26T10:00:00.123Z`), which orders correctly as text.
 
 use std::str::FromStr;
 
@@ -13,8 +14,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, EntryRow};
-use super::{BidLedger, Claim, Fenced, FinalOutcome, LedgerEntry, LedgerError, LedgerState};
+use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS, Row};
+use super::{
+    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent,
+    LedgerEntry, LedgerError, LedgerState,
+};
 use crate::config::SecretUrl;
 use crate::posting::PostingKey;
 
@@ -90,117 +94,331 @@ impl SqliteBidLedger {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-
-    async fn fetch_entry(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        let row: Option<EntryRow> = sqlx::query_as(
-            "SELECT state, epoch, bid_id, detail FROM bid_ledger \
-             WHERE marketplace = ?1 AND posting_id = ?2",
-        )
-        .bind(key.marketplace())
-        .bind(key.posting_id())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| sql::query_error(Some(key), e))?;
-        row.map(|row| sql::entry(key, row)).transpose()
-    }
 }
+
+/// SQLite's clock in the stored format (fixed-width UTC text, which orders as time).
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 /// `since` in the stored timestamp format, so text comparison is time comparison.
 fn timestamp(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
+
+/// The row of `key` inside `tx`, if any.
+async fn read(tx: &mut Tx<'_>, key: &PostingKey) -> Result<Option<Row>, LedgerError> {
+    let sql =
+        format!("SELECT {ROW_COLUMNS} FROM bid_ledger WHERE marketplace = ?1 AND posting_id = ?2");
+    sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql))
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))
+}
+
+/// `UPDATE bid_ledger SET {set}` on `key`, with `binds` (?3…), returning the row after it.
+async fn update(
+    tx: &mut Tx<'_>,
+    key: &PostingKey,
+    set: &str,
+    binds: &[Option<String>],
+) -> Result<Row, LedgerError> {
+    let sql = format!(
+        "UPDATE bid_ledger SET {set}, updated_at = {NOW} \
+         WHERE marketplace = ?1 AND posting_id = ?2 RETURNING {ROW_COLUMNS}"
+    );
+    let mut q = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql))
+        .bind(key.marketplace())
+        .bind(key.posting_id());
+    for b in binds {
+        q = q.bind(b.clone());
+    }
+    q.fetch_one(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))
+}
+
+/// One claim inside `tx`: the same decisions as PostgreSQL's `bidorch_claim`.
+async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim, LedgerError> {
+    let key = &c.key;
+    let inserted = sqlx::query(
+        "INSERT OR IGNORE INTO bid_ledger (marketplace, posting_id, event_id) VALUES (?1, ?2, ?3)",
+    )
+    .bind(key.marketplace())
+    .bind(key.posting_id())
+    .bind(&c.event_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| sql::query_error(Some(key), e))?
+    .rows_affected()
+        == 1;
+    let row = read(tx, key).await?.ok_or_else(|| LedgerError::Corrupt {
+        key: key.to_string(),
+        problem: "the row vanished inside its claim".to_owned(),
+    })?;
+    if row.o_state != "pending" {
+        return sql::claim_of(key, "final", row);
+    }
+    if row.o_sends == 0 && c.intent == Intent::Resend {
+        return Ok(Claim::Nothing);
+    }
+    let epoch = if inserted {
+        row.o_epoch
+    } else {
+        row.o_epoch + 1
+    };
+    let epoch_text = Some(epoch.to_string());
+    let event = Some(c.event_id.clone());
+    let (result, row) = if row.o_sends > 0 {
+        let set = format!("epoch = ?3, sends = sends + 1, event_id = ?4, sent_at = {NOW}");
+        ("resend", update(tx, key, &set, &[epoch_text, event]).await?)
+    } else {
+        match &c.intent {
+            Intent::Resend => unreachable!("handled above: nothing was sent"),
+            Intent::Skip(reasons) => {
+                let set = "epoch = ?3, state = 'skipped', detail = ?4, event_id = ?5";
+                let binds = [epoch_text, Some(reasons.join(",")), event];
+                ("skipped", update(tx, key, set, &binds).await?)
+            }
+            Intent::Bid(request) => {
+                let day = c.day.to_string();
+                let took = match c.daily_cap {
+                    None => true,
+                    Some(cap) => {
+                        sqlx::query(
+                            "INSERT OR IGNORE INTO bid_daily_spend (marketplace, day) VALUES (?1, ?2)",
+                        )
+                        .bind(key.marketplace())
+                        .bind(&day)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| sql::query_error(Some(key), e))?;
+                        sqlx::query(
+                            "UPDATE bid_daily_spend SET reserved = reserved + 1 \
+                             WHERE marketplace = ?1 AND day = ?2 AND reserved < ?3",
+                        )
+                        .bind(key.marketplace())
+                        .bind(&day)
+                        .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| sql::query_error(Some(key), e))?
+                        .rows_affected()
+                            == 1
+                    }
+                };
+                if took {
+                    let set = format!(
+                        "epoch = ?3, sends = 1, request_body = ?4, request_sha256 = ?5, \
+                         request_amount = ?6, request_currency = ?7, reserved_day = ?8, \
+                         event_id = ?9, sent_at = {NOW}"
+                    );
+                    let binds = [
+                        epoch_text,
+                        Some(request.body.clone()),
+                        Some(request.sha256.clone()),
+                        Some(request.amount.clone()),
+                        Some(request.currency.clone()),
+                        c.daily_cap.map(|_| day),
+                        event,
+                    ];
+                    ("send", update(tx, key, &set, &binds).await?)
+                } else {
+                    let set = "epoch = ?3, state = 'skipped', detail = 'daily_cap', event_id = ?4";
+                    ("capped", update(tx, key, set, &[epoch_text, event]).await?)
+                }
+            }
+        }
+    };
+    let finished = matches!(result, "skipped" | "capped");
+    let sql = format!(
+        "INSERT OR IGNORE INTO bid_attempts \
+         (marketplace, posting_id, epoch, instance, event_id, trace_id, claim, finished_at, \
+          result, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?8 THEN {NOW} END, \
+                 CASE WHEN ?8 THEN 'skipped' END, CASE WHEN ?8 THEN ?9 END)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .bind(row.o_epoch)
+        .bind(&c.instance)
+        .bind(&c.event_id)
+        .bind(&c.trace_id)
+        .bind(result)
+        .bind(finished)
+        .bind(&row.o_detail)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))?;
+    sql::claim_of(key, result, row)
+}
+
+/// One finish inside `tx`: the same as PostgreSQL's `bidorch_finish`.
+async fn finish_in(
+    tx: &mut Tx<'_>,
+    key: &PostingKey,
+    epoch: i64,
+    finish: &Finish,
+) -> Result<Fenced, LedgerError> {
+    let Some(row) = read(tx, key).await? else {
+        return sql::fenced_of(key, epoch, false, None);
+    };
+    if row.o_state != "pending" || row.o_epoch != epoch {
+        return sql::fenced_of(key, epoch, false, Some(row));
+    }
+    let (http_status, attempt_detail) = match finish {
+        Finish::Final(FinalOutcome::Rejected { status, .. }) => (Some(*status), None),
+        Finish::Final(FinalOutcome::Placed { .. }) => (None, None),
+        Finish::Pending {
+            http_status,
+            detail,
+            ..
+        } => (*http_status, detail.clone()),
+    };
+    if let Finish::Final(outcome) = finish {
+        if matches!(outcome, FinalOutcome::Rejected { .. }) {
+            // A rejection gives back the cap slot the posting held.
+            sqlx::query(
+                "UPDATE bid_daily_spend SET reserved = max(reserved - 1, 0) \
+                 WHERE marketplace = ?1 AND day = \
+                   (SELECT reserved_day FROM bid_ledger WHERE marketplace = ?1 AND posting_id = ?2)",
+            )
+            .bind(key.marketplace())
+            .bind(key.posting_id())
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| sql::query_error(Some(key), e))?;
+        }
+        let release = matches!(outcome, FinalOutcome::Rejected { .. });
+        let set = if release {
+            "state = ?3, bid_id = ?4, detail = ?5, reserved_day = NULL"
+        } else {
+            "state = ?3, bid_id = ?4, detail = ?5"
+        };
+        let binds = [
+            Some(outcome.state().as_str().to_owned()),
+            outcome.bid_id().map(str::to_owned),
+            outcome.detail(),
+        ];
+        update(tx, key, set, &binds).await?;
+    }
+    let sql = format!(
+        "UPDATE bid_attempts SET finished_at = {NOW}, result = ?4, http_status = ?5, detail = ?6 \
+         WHERE marketplace = ?1 AND posting_id = ?2 AND epoch = ?3"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .bind(epoch)
+        .bind(finish.result())
+        .bind(http_status.map(i32::from))
+        .bind(attempt_detail)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))?;
+    Ok(Fenced::Written)
+}
+
+impl SqliteBidLedger {
+    /// An immediate transaction: the write lock is taken at once, so the reads inside it see
+    /// what the writes act on (SQLite has one writer at a time; others wait on the busy timeout).
+    async fn immediate(&self) -> Result<Tx<'_>, LedgerError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| sql::query_error(None, e))
+    }
+}
+
 #[async_trait]
 impl BidLedger for SqliteBidLedger {
-    async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        self.fetch_entry(key).await
-    }
-
-    async fn claim(&self, key: &PostingKey, event_id: &str) -> Result<Claim, LedgerError> {
-        let epoch: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO bid_ledger (marketplace, posting_id, state, epoch, event_id) \
-             VALUES (?1, ?2, 'pending', 1, ?3) \
-             ON CONFLICT (marketplace, posting_id) DO UPDATE \
-                SET epoch = bid_ledger.epoch + 1, event_id = excluded.event_id, \
-                    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-                WHERE bid_ledger.state = 'pending' \
-             RETURNING epoch",
-        )
-        .bind(key.marketplace())
-        .bind(key.posting_id())
-        .bind(event_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| sql::query_error(Some(key), e))?;
-        if let Some(epoch) = epoch {
-            return Ok(Claim::Claimed { epoch });
-        }
-        // Final rows never change again, so this read sees the outcome that stopped the claim.
-        match self.fetch_entry(key).await? {
-            Some(entry) if entry.state.is_final() => Ok(Claim::Final(entry)),
-            other => Err(LedgerError::Corrupt {
-                key: key.to_string(),
-                problem: format!("claim matched no row, yet the row is {other:?}"),
-            }),
-        }
-    }
-
-    async fn mark_sending(&self, key: &PostingKey, epoch: i64) -> Result<Fenced, LedgerError> {
-        let done = sqlx::query(
-            "UPDATE bid_ledger \
-             SET sends = sends + 1, \
-                 sent_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
-                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-             WHERE marketplace = ?1 AND posting_id = ?2 AND epoch = ?3 AND state = 'pending'",
-        )
-        .bind(key.marketplace())
-        .bind(key.posting_id())
-        .bind(epoch)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| sql::query_error(Some(key), e))?;
-        if done.rows_affected() == 1 {
-            return Ok(Fenced::Written);
-        }
-        sql::fenced_after_miss(key, epoch, self.fetch_entry(key).await?)
-    }
-
-    async fn record(
+    async fn lookup_many(
         &self,
-        key: &PostingKey,
-        epoch: i64,
-        outcome: &FinalOutcome,
-    ) -> Result<Fenced, LedgerError> {
-        let done = sqlx::query(
-            "UPDATE bid_ledger \
-             SET state = ?4, bid_id = ?5, detail = ?6, \
-                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-             WHERE marketplace = ?1 AND posting_id = ?2 AND epoch = ?3 AND state = 'pending'",
-        )
-        .bind(key.marketplace())
-        .bind(key.posting_id())
-        .bind(epoch)
-        .bind(outcome.state().as_str())
-        .bind(outcome.bid_id())
-        .bind(outcome.detail())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| sql::query_error(Some(key), e))?;
-        if done.rows_affected() == 1 {
-            return Ok(Fenced::Written);
+        keys: &[PostingKey],
+    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
+        let sql = format!(
+            "SELECT {ROW_COLUMNS} FROM bid_ledger WHERE marketplace = ?1 AND posting_id = ?2"
+        );
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(key.marketplace())
+                .bind(key.posting_id())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| sql::query_error(Some(key), e))?;
+            out.push(row.map(|r| r.entry(key)).transpose()?);
         }
-        sql::fenced_after_miss(key, epoch, self.fetch_entry(key).await?)
+        Ok(out)
     }
 
-    async fn placed_since(&self, since: DateTime<Utc>) -> Result<u64, LedgerError> {
+    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
+        let mut tx = self.immediate().await?;
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            out.push(claim_in(&mut tx, c).await?);
+        }
+        tx.commit().await.map_err(|e| sql::query_error(None, e))?;
+        Ok(out)
+    }
+
+    async fn finish_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+    ) -> Result<Vec<Fenced>, LedgerError> {
+        let mut tx = self.immediate().await?;
+        let mut out = Vec::with_capacity(finishes.len());
+        for (key, epoch, finish) in finishes {
+            out.push(finish_in(&mut tx, key, *epoch, finish).await?);
+        }
+        tx.commit().await.map_err(|e| sql::query_error(None, e))?;
+        Ok(out)
+    }
+
+    async fn unresolved(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let sql = format!(
+            "SELECT marketplace, posting_id, {ROW_COLUMNS} FROM bid_ledger \
+             WHERE state = 'pending' AND sends > 0 AND sent_at < ?1 ORDER BY sent_at LIMIT ?2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(timestamp(before))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql::query_error(None, e))?;
+        rows.iter().map(sql::keyed_entry).collect()
+    }
+
+    async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM bid_ledger WHERE state = 'placed' AND updated_at >= ?1",
+            "SELECT count(*) FROM bid_ledger WHERE state = 'pending' AND sends > 0 AND sent_at < ?1",
         )
-        .bind(timestamp(since))
+        .bind(timestamp(before))
         .fetch_one(&self.pool)
         .await
         .map_err(|e| sql::query_error(None, e))?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
+        sqlx::query_as::<_, sql::AttemptRow>(
+            "SELECT epoch, instance, event_id, trace_id, claim, started_at, finished_at, result, \
+                    http_status, detail \
+             FROM bid_attempts WHERE marketplace = ?1 AND posting_id = ?2 ORDER BY epoch",
+        )
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.into_iter().map(sql::AttemptRow::record).collect())
+        .map_err(|e| sql::query_error(Some(key), e))
     }
 
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {

@@ -127,14 +127,6 @@ impl HttpMarketplace {
     /// Sends the request and classifies the answer; transport errors become `Transient`.
     async fn send(&self, endpoint: &Endpoint, bid: &BidRequest) -> BidResult {
         let url = bid_url(&endpoint.base_url, bid.key.posting_id());
-        let body = serde_json::json!({
-            "posting_id": bid.key.posting_id(),
-            "amount": {
-                "value": crate::posting::format_amount(bid.amount),
-                "currency": bid.currency,
-            },
-            "cover_letter": bid.cover_letter,
-        });
         let token = endpoint.token.expose_secret();
         let mut auth = HeaderValue::from_str(&format!("Bearer {token}"))
             .expect("the token was checked to be a valid header value at construction");
@@ -163,7 +155,8 @@ impl HttpMarketplace {
             .post(url)
             .timeout(endpoint.timeout)
             .headers(headers)
-            .json(&body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bid.body.clone())
             .send()
             .await;
         let mut response = match sent {

@@ -11,19 +11,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rust_decimal::Decimal;
 
 use crate::posting::PostingKey;
 
 pub use self::http::HttpMarketplace;
 
-/// One bid to place.
+/// One bid to place: the exact JSON body (built once and stored by the ledger, so every attempt
+/// sends the same bytes under the same idempotency key).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BidRequest {
     pub key: PostingKey,
-    pub amount: Decimal,
-    pub currency: String,
-    pub cover_letter: String,
+    /// `{"posting_id": …, "amount": {"value": "450.00", "currency": "USD"}, "cover_letter": …}`.
+    pub body: String,
     /// W3C trace context (`traceparent`, `tracestate`) to send along, if any.
     pub trace_headers: BTreeMap<String, String>,
 }

@@ -1,31 +1,46 @@
-//! One posting event through ledger → lease → claim → decide → fence → bid → record.
+//! One posting event through ledger → decide → lease → claim (the fence) → bid → finish.
 //!
 //! Plain logic over the ports; it returns an [`Outcome`], and [`Outcome::action`] (in
 //! `outcome.rs`) is the spec's outcome table, in one place.
 //!
+//! The steps, and why in this order:
+//! 1. `ledger.lookup`: most duplicates end here (final row), without touching Redis.
+//! 2. `policy.decide` — pure, before anything is claimed — unless a request was already sent:
+//!    then the stored request is the decision (sticky), whatever the policy says today.
+//! 3. A paused marketplace is not called: its postings wait, no lease taken, nothing claimed.
+//! 4. `lease.acquire`: held elsewhere → wait for the holder's lease.
+//! 5. `ledger.claim`: one atomic step that bumps the epoch, reserves the cap slot, stores the
+//!    request and counts the send — or records the skip. A request already sent comes back from
+//!    it to be sent again byte for byte.
+//! 6. The lease must still be ours, then `bid` (the marketplace call, `request.rs`/`call.rs`).
+//! 7. `ledger.finish` under the epoch: a superseded holder writes nothing.
+//!
 //! Tracing: the `pipeline` span (with `marketplace`, `posting_id`, `outcome`) has one child per
-//! step — `ledger.lookup`, `lease.acquire`, `ledger.claim`, `policy.decide`, `ledger.fence`,
-//! `bid` (the marketplace call; its context is the `traceparent` the marketplace receives),
-//! `ledger.record`, `lease.release` — each with a bounded `result`. Span names carry no ids.
+//! step — `ledger.lookup`, `policy.decide`, `lease.acquire`, `ledger.claim`, `bid`,
+//! `ledger.finish`, `lease.release` — each with a bounded `result`. Span names carry no ids.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
 use tracing::{Instrument, field::Empty, info_span};
 
-use crate::flow::{Breakers, Dependency, PauseReason, Permit, ProbeGuard, Signal};
-use crate::ledger::{BidLedger, Claim, Fenced, FinalOutcome, LedgerEntry, LedgerError};
+use crate::flow::{Breakers, Dependency, Permit, ProbeGuard};
+use crate::ledger::{
+    BidLedger, Claim, ClaimRequest, Fenced, Finish, Intent, LedgerEntry, LedgerError,
+};
 use crate::lock::{HeldLease, LockError, LockStore, Release};
-use crate::marketplace::{BidRequest, BidResult, Marketplace};
+use crate::marketplace::Marketplace;
 use crate::policy::{Decision, Policy};
 use crate::posting::{Posting, PostingKey};
-use crate::telemetry;
 
+mod call;
 mod outcome;
+mod request;
 
+pub use self::call::MISMATCHES;
 pub use self::outcome::{Action, Component, Envelope, Outcome, PlacedVia, RetryRules};
+pub use self::request::stored_request;
 
 /// Runs `$fut` inside an INFO span `$name` and records `result = $label(&output)` on it: every
 /// pipeline step's span, with a bounded `result`, made the same way.
@@ -52,13 +67,13 @@ fn lock_store_down(e: &LockError) -> Outcome {
     }
 }
 
-/// The outcome of a fenced write that did not happen.
-fn fenced_miss(fenced: Fenced, superseded: Outcome) -> Outcome {
-    match fenced {
-        Fenced::Written => unreachable!("only called for a write that did not happen"),
-        Fenced::Final(entry) => Outcome::Duplicate(entry.state),
-        Fenced::Superseded { .. } => superseded,
-    }
+/// Who runs the pipeline and in which trace: recorded with each attempt.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptContext {
+    /// The event that carried the posting.
+    pub event_id: String,
+    /// The trace this attempt runs in, if known.
+    pub trace_id: Option<String>,
 }
 
 /// The bid pipeline over its ports. Cheap to share: wrap in an `Arc`.
@@ -68,6 +83,8 @@ pub struct Pipeline {
     marketplace: Arc<dyn Marketplace>,
     policy: Policy,
     lease_ttl: Duration,
+    /// This worker's id, written with each attempt.
+    instance: String,
     /// Per-marketplace pauses; shared by every task of this pipeline.
     breakers: Breakers,
 }
@@ -87,8 +104,15 @@ impl Pipeline {
             marketplace,
             policy,
             lease_ttl,
+            instance: "bidorch".to_owned(),
             breakers: Breakers::new(crate::flow::BreakerSettings::default()),
         }
+    }
+
+    /// Names this worker in the attempt history.
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = instance.into();
+        self
     }
 
     /// Uses these marketplace breakers (their settings; the state starts closed).
@@ -100,6 +124,11 @@ impl Pipeline {
     /// The marketplace breakers (for `/readyz`).
     pub fn breakers(&self) -> &Breakers {
         &self.breakers
+    }
+
+    /// The ledger (for the unresolved-sends gauge).
+    pub fn ledger(&self) -> &Arc<dyn BidLedger> {
+        &self.ledger
     }
 
     /// Asks `dependency` whether it answers again (the worker's probe while paused).
@@ -128,31 +157,88 @@ impl Pipeline {
     pub async fn process(
         &self,
         posting: &Posting,
+        context: &AttemptContext,
         trace_headers: &BTreeMap<String, String>,
     ) -> Outcome {
-        let outcome = self.steps(posting, trace_headers).await;
+        let outcome = self.steps(posting, context, trace_headers).await;
         tracing::Span::current().record("outcome", outcome.label());
         outcome
     }
 
-    async fn steps(&self, posting: &Posting, trace_headers: &BTreeMap<String, String>) -> Outcome {
+    /// Settles a posting whose request was sent but never recorded (`bidorch reconcile`): the
+    /// same lease, claim and fence as a worker, re-sending only the stored request.
+    #[tracing::instrument(name = "reconcile", skip_all, fields(marketplace = key.marketplace(), posting_id = key.posting_id(), outcome = Empty))]
+    pub async fn reconcile(&self, key: &PostingKey, context: &AttemptContext) -> Outcome {
+        let outcome = self
+            .under_permit(key, Intent::Resend, context, &BTreeMap::new())
+            .await;
+        tracing::Span::current().record("outcome", outcome.label());
+        outcome
+    }
+
+    async fn steps(
+        &self,
+        posting: &Posting,
+        context: &AttemptContext,
+        trace_headers: &BTreeMap<String, String>,
+    ) -> Outcome {
         let key = &posting.key;
-        // Cheap first check: most duplicates end here without touching Redis.
         let found = step!("ledger.lookup", self.ledger.lookup(key), lookup_result);
-        match found {
+        let entry = match found {
             Err(e) => return ledger_down(&e),
             Ok(Some(entry)) if entry.state.is_final() => return Outcome::Duplicate(entry.state),
-            Ok(_) => {}
+            Ok(entry) => entry,
+        };
+        // Sticky: once a request may have reached the marketplace, it is the decision.
+        let intent = match entry {
+            Some(entry) if entry.sends > 0 => Intent::Resend,
+            _ => self.decide(posting),
+        };
+        self.under_permit(key, intent, context, trace_headers).await
+    }
+
+    /// The policy's decision as an intent, in its `policy.decide` span.
+    fn decide(&self, posting: &Posting) -> Intent {
+        let span = info_span!("policy.decide", decision = Empty);
+        let decision = span.in_scope(|| self.policy.decide(posting, chrono::Utc::now()));
+        match decision {
+            Decision::Skip(reasons) => {
+                span.record("decision", "skip");
+                Intent::Skip(reasons.iter().map(|r| r.describe()).collect())
+            }
+            Decision::Bid {
+                amount,
+                currency,
+                cover_letter,
+            } => {
+                span.record("decision", "bid");
+                Intent::Bid(stored_request(
+                    &posting.key,
+                    amount,
+                    &currency,
+                    &cover_letter,
+                ))
+            }
         }
-        // A paused marketplace is not called: its postings wait, no lease taken, no claim made.
-        let probe = match self
-            .breakers
-            .permit(key.marketplace(), std::time::Instant::now())
-        {
-            Permit::Go => None,
-            Permit::Probe(guard) => Some(guard),
-            Permit::Wait { retry_in, reason } => {
-                return Outcome::MarketplacePaused { reason, retry_in };
+    }
+
+    /// Checks the marketplace may be called (when the intent needs it), then takes the lease.
+    async fn under_permit(
+        &self,
+        key: &PostingKey,
+        intent: Intent,
+        context: &AttemptContext,
+        trace_headers: &BTreeMap<String, String>,
+    ) -> Outcome {
+        let probe = if matches!(intent, Intent::Skip(_)) {
+            None
+        } else {
+            match self.breakers.permit(key.marketplace(), Instant::now()) {
+                Permit::Go => None,
+                Permit::Probe(guard) => Some(guard),
+                Permit::Wait { retry_in, reason } => {
+                    return Outcome::MarketplacePaused { reason, retry_in };
+                }
             }
         };
         let acquired = step!(
@@ -169,7 +255,9 @@ impl Pipeline {
             Ok(None) => return self.lock_held(key).await,
             Ok(Some(lease)) => HeldLease::start(self.locks.clone(), lease),
         };
-        let outcome = self.under_lease(posting, &held, probe, trace_headers).await;
+        let outcome = self
+            .under_lease(key, intent, context, &held, probe, trace_headers)
+            .await;
         let released = step!(
             "lease.release",
             held.release(),
@@ -203,241 +291,114 @@ impl Pipeline {
         }
     }
 
-    /// Claim, decide, fence, bid and record, while `held` is ours. `probe` is the breaker's
-    /// probe slot when this call probes a paused marketplace (handed back if no call is made).
+    /// Claim, then (if the claim says send) the fence and the call, while `held` is ours.
     async fn under_lease(
         &self,
-        posting: &Posting,
+        key: &PostingKey,
+        intent: Intent,
+        context: &AttemptContext,
         held: &HeldLease,
-        probe: Option<ProbeGuard>,
+        mut probe: Option<ProbeGuard>,
         trace_headers: &BTreeMap<String, String>,
     ) -> Outcome {
-        let key = &posting.key;
-        let claimed = step!(
-            "ledger.claim",
-            self.ledger.claim(key, &posting.event_id),
-            |r: &Result<Claim, _>| match r {
-                Err(_) => "error",
-                Ok(Claim::Final(_)) => "final",
-                Ok(Claim::Claimed { .. }) => "claimed",
-            }
-        );
-        let epoch = match claimed {
+        let request = ClaimRequest {
+            key: key.clone(),
+            event_id: context.event_id.clone(),
+            intent,
+            instance: self.instance.clone(),
+            trace_id: context.trace_id.clone(),
+            daily_cap: self.policy.daily_cap(key.marketplace()),
+            day: chrono::Utc::now().date_naive(),
+        };
+        let claimed = step!("ledger.claim", self.ledger.claim(&request), |r: &Result<
+            Claim,
+            _,
+        >| match r {
+            Err(_) => "error",
+            Ok(Claim::Final(_)) => "final",
+            Ok(Claim::Send { resend: false, .. }) => "send",
+            Ok(Claim::Send { resend: true, .. }) => "resend",
+            Ok(Claim::Skipped { capped: false, .. }) => "skipped",
+            Ok(Claim::Skipped { capped: true, .. }) => "capped",
+            Ok(Claim::Nothing) => "nothing",
+        });
+        let (epoch, stored) = match claimed {
             Err(e) => return ledger_down(&e),
             Ok(Claim::Final(entry)) => return Outcome::Duplicate(entry.state),
-            Ok(Claim::Claimed { epoch }) => epoch,
+            Ok(Claim::Nothing) => return Outcome::Duplicate(crate::ledger::LedgerState::Pending),
+            Ok(Claim::Skipped { reasons, .. }) => return Outcome::Skipped { reasons },
+            Ok(Claim::Send { epoch, request, .. }) => (epoch, request),
         };
-        let (amount, currency, cover_letter) = match self.decide(posting).await {
-            Err(e) => return ledger_down(&e),
-            Ok(Decision::Skip(reasons)) => {
-                let reasons: Vec<String> = reasons.iter().map(|r| r.describe()).collect();
-                let outcome = FinalOutcome::Skipped {
-                    reasons: reasons.clone(),
-                };
-                return match self.record(key, epoch, &outcome).await {
-                    Err(e) => ledger_down(&e),
-                    Ok(Fenced::Written) => Outcome::Skipped { reasons },
-                    Ok(miss) => fenced_miss(miss, Outcome::LeaseLost),
-                };
+        // The claim may hand back a request sent by an earlier attempt although this one meant
+        // to skip: it is sent again, so the marketplace must be callable now.
+        if matches!(request.intent, Intent::Skip(_)) {
+            match self.breakers.permit(key.marketplace(), Instant::now()) {
+                Permit::Go => {}
+                Permit::Probe(guard) => probe = Some(guard),
+                Permit::Wait { retry_in, reason } => {
+                    let finish = pending("marketplace_paused", None);
+                    return self
+                        .finish_or(
+                            key,
+                            epoch,
+                            finish,
+                            Outcome::MarketplacePaused { reason, retry_in },
+                        )
+                        .await;
+                }
             }
-            Ok(Decision::Bid {
-                amount,
-                currency,
-                cover_letter,
-            }) => (amount, currency, cover_letter),
-        };
-        // The fence: both the lease and the ledger epoch must still be ours right before the call.
-        if held.is_lost() {
-            return Outcome::LeaseLost;
         }
-        let fenced = step!(
-            "ledger.fence",
-            self.ledger.mark_sending(key, epoch),
+        // The lease must still be ours right before the call (a holder paused past its TTL
+        // learns it here, from its own clock).
+        if held.is_lost() {
+            return self
+                .finish_or(key, epoch, pending("lease_lost", None), Outcome::LeaseLost)
+                .await;
+        }
+        let (finish, done) = self.call(key, &stored, probe, trace_headers).await;
+        let written = step!(
+            "ledger.finish",
+            self.ledger.finish(key, epoch, finish),
             fence_result
         );
-        match fenced {
-            Err(e) => return ledger_down(&e),
-            Ok(Fenced::Written) => {}
-            Ok(miss) => return fenced_miss(miss, Outcome::LeaseLost),
-        }
-        if held.is_lost() {
-            return Outcome::LeaseLost;
-        }
-        let (final_outcome, done) = match self
-            .bid(key, amount, currency, cover_letter, probe, trace_headers)
-            .await
-        {
-            Ok(recorded) => recorded,
-            Err(outcome) => return outcome,
-        };
-        match self.record(key, epoch, &final_outcome).await {
+        match written {
             Err(e) => ledger_down(&e),
             Ok(Fenced::Written) => done,
-            Ok(miss) => fenced_miss(miss, Outcome::Superseded),
+            Ok(Fenced::Final(entry)) => {
+                call::report_mismatch(key, &done, entry.state);
+                Outcome::Duplicate(entry.state)
+            }
+            Ok(Fenced::Superseded { .. }) => Outcome::Superseded,
         }
     }
 
-    /// The policy's decision, in its `policy.decide` span (with today's count when a cap is set).
-    async fn decide(&self, posting: &Posting) -> Result<Decision, LedgerError> {
-        let span = info_span!("policy.decide", decision = Empty);
-        let placed_today = if self.policy.needs_daily_count() {
-            let count = self
-                .ledger
-                .placed_since(start_of_day_utc())
-                .instrument(info_span!(parent: &span, "ledger.daily_count"))
-                .await?;
-            Some(count)
-        } else {
-            None
-        };
-        let decision = span.in_scope(|| self.policy.decide(posting, placed_today));
-        span.record(
-            "decision",
-            match &decision {
-                Decision::Skip(_) => "skip",
-                Decision::Bid { .. } => "bid",
-            },
-        );
-        Ok(decision)
-    }
-
-    /// The marketplace call, in its `bid` span: the final outcome to record and the pipeline's
-    /// outcome once recorded, or the outcome to return without recording (transient, unknown).
-    async fn bid(
-        &self,
-        key: &PostingKey,
-        amount: rust_decimal::Decimal,
-        currency: String,
-        cover_letter: String,
-        probe: Option<ProbeGuard>,
-        trace_headers: &BTreeMap<String, String>,
-    ) -> Result<(FinalOutcome, Outcome), Outcome> {
-        // The marketplace sees this step as the caller: its context is the `traceparent` sent
-        // (the incoming headers when tracing export is off, so the trace still connects).
-        let bid_span = info_span!("bid", result = Empty);
-        let bid = BidRequest {
-            key: key.clone(),
-            amount,
-            currency,
-            cover_letter,
-            trace_headers: telemetry::outgoing_trace_headers(&bid_span, trace_headers),
-        };
-        let placed = self
-            .marketplace
-            .place_bid(&bid)
-            .instrument(bid_span.clone())
-            .await;
-        bid_span.record(
-            "result",
-            match &placed {
-                Ok(result) => result.label(),
-                Err(_) => "error",
-            },
-        );
-        let result = placed.map_err(|e| Outcome::Unavailable {
-            component: Component::Marketplace,
-            error: crate::error::chain(&e),
-        })?;
-        let now = std::time::Instant::now();
-        let verdict = match probe {
-            Some(probe) => self.breakers.record_probe(probe, signal(&result), now),
-            None => self
-                .breakers
-                .record(key.marketplace(), signal(&result), now),
-        };
-        let paused = |reason: PauseReason| Outcome::MarketplacePaused {
-            reason,
-            retry_in: self.breakers.retry_in(key.marketplace(), now),
-        };
-        Ok(match result {
-            BidResult::Placed { bid_id, replay } => (
-                FinalOutcome::Placed {
-                    bid_id: Some(bid_id.clone()),
-                    detail: replay.then(|| "replay".to_owned()),
-                },
-                Outcome::Placed {
-                    bid_id: Some(bid_id),
-                    via: if replay {
-                        PlacedVia::Replay
-                    } else {
-                        PlacedVia::New
-                    },
-                },
-            ),
-            BidResult::AlreadyPlaced { detail } => (
-                FinalOutcome::Placed {
-                    bid_id: None,
-                    detail: Some(format!("409: {detail}")),
-                },
-                Outcome::Placed {
-                    bid_id: None,
-                    via: PlacedVia::Conflict,
-                },
-            ),
-            BidResult::Unauthorized { .. } => return Err(paused(PauseReason::Credentials)),
-            BidResult::RateLimited { retry_after } => {
-                return Err(Outcome::Transient {
-                    reason: "HTTP 429".to_owned(),
-                    retry_after: Some(
-                        retry_after
-                            .unwrap_or_else(|| self.breakers.retry_in(key.marketplace(), now)),
-                    ),
-                    counts: false,
-                });
-            }
-            // A 404 from a marketplace not yet known to answer is its base_url, not the posting.
-            BidResult::Rejected { status: 404, .. } if !verdict.not_found_is_final => {
-                return Err(paused(PauseReason::NotFound));
-            }
-            BidResult::Rejected {
-                status,
-                body_excerpt,
-            } => (
-                FinalOutcome::Rejected {
-                    status,
-                    body_excerpt,
-                },
-                Outcome::Rejected { status },
-            ),
-            BidResult::Transient {
-                reason,
-                retry_after,
-            } => {
-                return Err(Outcome::Transient {
-                    reason,
-                    retry_after,
-                    counts: verdict.counts,
-                });
-            }
-        })
-    }
-
-    /// Writes a final outcome under the epoch fence, in its `ledger.record` span.
-    async fn record(
+    /// Ends the attempt as `finish` without having called; `outcome` unless the ledger says
+    /// otherwise.
+    async fn finish_or(
         &self,
         key: &PostingKey,
         epoch: i64,
-        outcome: &FinalOutcome,
-    ) -> Result<Fenced, LedgerError> {
-        step!(
-            "ledger.record",
-            self.ledger.record(key, epoch, outcome),
+        finish: Finish,
+        outcome: Outcome,
+    ) -> Outcome {
+        match step!(
+            "ledger.finish",
+            self.ledger.finish(key, epoch, finish),
             fence_result
-        )
+        ) {
+            Err(e) => ledger_down(&e),
+            Ok(Fenced::Final(entry)) => Outcome::Duplicate(entry.state),
+            Ok(Fenced::Written | Fenced::Superseded { .. }) => outcome,
+        }
     }
 }
 
-/// What a marketplace answer says about the marketplace's own health.
-fn signal(result: &BidResult) -> Signal {
-    match result {
-        BidResult::Placed { .. } | BidResult::AlreadyPlaced { .. } => Signal::Answered,
-        BidResult::Unauthorized { .. } => Signal::Unauthorized,
-        BidResult::Rejected { status: 404, .. } => Signal::NotFound,
-        BidResult::Rejected { .. } => Signal::Answered,
-        BidResult::RateLimited { retry_after } => Signal::RateLimited {
-            retry_after: *retry_after,
-        },
-        BidResult::Transient { .. } => Signal::Transient,
+/// An attempt that ends with the row still pending.
+fn pending(result: &str, http_status: Option<u16>) -> Finish {
+    Finish::Pending {
+        result: result.to_owned(),
+        http_status,
+        detail: None,
     }
 }
 
@@ -457,11 +418,7 @@ fn lookup_result(found: &Result<Option<LedgerEntry>, LedgerError>) -> &'static s
         Err(_) => "error",
         Ok(None) => "absent",
         Ok(Some(entry)) if entry.state.is_final() => "final",
+        Ok(Some(entry)) if entry.sends > 0 => "sent",
         Ok(Some(_)) => "pending",
     }
-}
-
-fn start_of_day_utc() -> chrono::DateTime<Utc> {
-    let today = Utc::now().date_naive();
-    Utc.from_utc_datetime(&today.and_hms_opt(0, 0, 0).expect("midnight exists"))
 }

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::WorkerOptions;
 use crate::flow::{Dependency, Gate};
 use crate::metrics;
-use crate::pipeline::{Action, Envelope, Outcome, Pipeline};
+use crate::pipeline::{Action, AttemptContext, Envelope, Outcome, Pipeline};
 use crate::posting::Posting;
 use crate::source::Delivery;
 use crate::telemetry;
@@ -71,7 +71,13 @@ async fn process(
         Ok(posting) => match held_back(&delivery, options, gate) {
             Some(outcome) => (Some(posting), outcome),
             None => {
-                let outcome = pipeline.process(&posting, &delivery.headers).await;
+                let context = AttemptContext {
+                    event_id: posting.event_id.clone(),
+                    trace_id: telemetry::trace_id(&tracing::Span::current(), &delivery.headers),
+                };
+                let outcome = pipeline
+                    .process(&posting, &context, &delivery.headers)
+                    .await;
                 (Some(posting), outcome)
             }
         },

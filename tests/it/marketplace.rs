@@ -107,11 +107,16 @@ fn settings(entries: &[(&str, &str, Duration)]) -> BTreeMap<String, MarketplaceS
 }
 
 fn bid(marketplace: &str, posting_id: &str) -> BidRequest {
+    bid_of(marketplace, posting_id, Decimal::new(450, 0))
+}
+
+fn bid_of(marketplace: &str, posting_id: &str, amount: Decimal) -> BidRequest {
+    let key = PostingKey::new(marketplace, posting_id).unwrap();
+    let stored =
+        bidorch::pipeline::stored_request(&key, amount, "USD", "I have built this before.");
     BidRequest {
-        key: PostingKey::new(marketplace, posting_id).unwrap(),
-        amount: Decimal::new(450, 0),
-        currency: "USD".into(),
-        cover_letter: "I have built this before.".into(),
+        key,
+        body: stored.body,
         trace_headers: BTreeMap::new(),
     }
 }
@@ -170,6 +175,33 @@ async fn same_idempotency_key_again_is_a_replay_of_the_same_bid() {
     assert_eq!(placed(&again), (placed(&first).0, true));
     let stats = s.sandbox.stats();
     assert_eq!((stats.bids_created, stats.replays), (1, 1));
+}
+
+#[tokio::test]
+async fn a_replay_with_a_different_body_is_refused_as_stripe_does() {
+    let s = RunningSandbox::start(SandboxOptions::default()).await;
+    let client = s.client(TOKEN, PATIENT);
+    placed(&client.place_bid(&bid("upwork", "job_1")).await.unwrap());
+
+    // Same idempotency key, another amount: not a replay, a conflicting request.
+    let changed = bid_of("upwork", "job_1", Decimal::new(300, 0));
+    let result = client.place_bid(&changed).await.unwrap();
+
+    let BidResult::Rejected {
+        status,
+        body_excerpt,
+    } = &result
+    else {
+        panic!("expected a 422, got {result:?}");
+    };
+    assert_eq!(*status, 422);
+    assert!(
+        body_excerpt.contains("different request body"),
+        "{body_excerpt}"
+    );
+    assert_eq!(s.sandbox.stats().bids_created, 1);
+    // The same bytes again are still a replay.
+    assert!(placed(&client.place_bid(&bid("upwork", "job_1")).await.unwrap()).1);
 }
 
 #[tokio::test]
@@ -331,8 +363,7 @@ async fn refused_connection_is_transient() {
 #[tokio::test]
 async fn invalid_bid_is_rejected_with_the_body_excerpt() {
     let s = RunningSandbox::start(SandboxOptions::default()).await;
-    let mut request = bid("upwork", "job_1");
-    request.amount = Decimal::new(-5, 0);
+    let request = bid_of("upwork", "job_1", Decimal::new(-5, 0));
 
     let result = s.client(TOKEN, PATIENT).place_bid(&request).await.unwrap();
 

@@ -218,6 +218,13 @@ async fn poison_is_dead_lettered_at_once_with_its_reason() {
         header_text(&parked, REASON_HEADER).as_deref(),
         Some("missing_field")
     );
+    // The tally counts after the settlement returns: a moment after the copy is parked.
+    let tally = h.tally.clone();
+    eventually(WAIT, "the poison counted", || {
+        let t = tally.clone();
+        async move { t.snapshot().processed() >= 1 }
+    })
+    .await;
     let c = h.tally.snapshot();
     assert_eq!(c.processed(), 1, "processed once, never retried: {c:?}");
     assert!(c.retries.is_empty());

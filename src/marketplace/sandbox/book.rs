@@ -16,6 +16,8 @@ pub(super) enum Placement {
     Conflict { bid_id: String },
     /// The idempotency key was used for another posting (`422`).
     KeyReused,
+    /// The idempotency key was used with another request body (`422`, as Stripe answers).
+    BodyChanged,
 }
 
 /// All bids and counters of one sandbox.
@@ -61,6 +63,9 @@ impl Book {
                     return Placement::KeyReused;
                 }
                 let existing = self.bids[owner][*index].clone();
+                if existing.request_sha256 != bid.request_sha256 {
+                    return Placement::BodyChanged;
+                }
                 self.stats.replays += 1;
                 self.posting(&posting).replays += 1;
                 return Placement::Replayed(existing);
@@ -125,6 +130,7 @@ mod tests {
             cover_letter: String::new(),
             traceparent: None,
             tracestate: None,
+            request_sha256: format!("sha-of-{id}-body"),
         }
     }
 
@@ -134,8 +140,12 @@ mod tests {
         assert!(
             matches!(book.place(bid("p", "m:p", "b1"), true), Placement::Created(b) if b.bid_id == "b1")
         );
-        assert!(
-            matches!(book.place(bid("p", "m:p", "b2"), true), Placement::Replayed(b) if b.bid_id == "b1")
+        let mut replay = bid("p", "m:p", "b2");
+        replay.request_sha256 = "sha-of-b1-body".into();
+        assert!(matches!(book.place(replay, true), Placement::Replayed(b) if b.bid_id == "b1"));
+        assert_eq!(
+            book.place(bid("p", "m:p", "b9"), true),
+            Placement::BodyChanged
         );
         assert_eq!(
             book.place(bid("p", "other", "b3"), true),

@@ -105,6 +105,8 @@ pub struct Bid {
     /// The W3C trace context the creating request carried.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// SHA-256 of the creating request's body: a replay of the key must send the same bytes.
+    pub request_sha256: String,
 }
 
 /// Counters for one posting.
@@ -131,7 +133,7 @@ pub struct SandboxStats {
     pub replays: u64,
     /// `409`s: a bid exists under another key.
     pub conflicts: u64,
-    /// `4xx` refusals before placement (auth, missing key, bad body).
+    /// `4xx` refusals before placement (auth, missing key, bad body, a replay with another body).
     pub rejected: u64,
     /// Injected `429`/`503` answers.
     pub faults: u64,

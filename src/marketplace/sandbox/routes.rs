@@ -117,6 +117,7 @@ fn answer(
     let checked = check_auth(sandbox, headers)
         .and_then(|()| idempotency_key(headers))
         .and_then(|idempotency_key| {
+            let raw_body = body;
             let body = check_body(&key, headers, body)?;
             Ok(Bid {
                 bid_id: format!("bid_{}", uuid::Uuid::new_v4().simple()),
@@ -128,6 +129,7 @@ fn answer(
                 cover_letter: body.cover_letter,
                 traceparent: traceparent.map(str::to_owned),
                 tracestate: header_str(headers, "tracestate").map(str::to_owned),
+                request_sha256: crate::ledger::sha256_hex(raw_body),
             })
         });
     let mut state = sandbox.state();
@@ -160,6 +162,13 @@ fn answer(
             error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency key already used for another posting",
+            )
+        }
+        Placement::BodyChanged => {
+            state.book.count_rejected();
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency key already used with a different request body",
             )
         }
     }

@@ -5,326 +5,459 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bidorch::ledger::{BidLedger, Claim, Fenced, FinalOutcome, LedgerState};
+use bidorch::ledger::{
+    BidLedger, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerError, LedgerState,
+    StoredRequest,
+};
+use bidorch::pipeline::stored_request;
 use bidorch::posting::PostingKey;
-use chrono::{Duration, Utc};
+use chrono::{Duration, NaiveDate, Utc};
+use rust_decimal::Decimal;
 
-fn key(marketplace: &str, posting_id: &str) -> PostingKey {
+pub fn key(marketplace: &str, posting_id: &str) -> PostingKey {
     PostingKey::new(marketplace, posting_id).expect("valid test key")
 }
 
-async fn claimed(ledger: &Arc<dyn BidLedger>, key: &PostingKey, event_id: &str) -> i64 {
-    match ledger.claim(key, event_id).await.expect("claim") {
-        Claim::Claimed { epoch } => epoch,
-        other => panic!("expected a claim, got {other:?}"),
+/// A bid of `amount` USD on `key`.
+pub fn request(key: &PostingKey, amount: i64) -> StoredRequest {
+    stored_request(key, Decimal::from(amount), "USD", "Hello from the contract")
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+/// A claim of `key` with `intent` by instance `w1`.
+pub fn claim_of(key: &PostingKey, intent: Intent) -> ClaimRequest {
+    ClaimRequest {
+        key: key.clone(),
+        event_id: "evt-1".to_owned(),
+        intent,
+        instance: "w1".to_owned(),
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+        daily_cap: None,
+        day: today(),
     }
 }
 
-fn placed(bid_id: &str) -> FinalOutcome {
-    FinalOutcome::Placed {
+fn bid(key: &PostingKey, amount: i64) -> ClaimRequest {
+    claim_of(key, Intent::Bid(request(key, amount)))
+}
+
+async fn sent(ledger: &Arc<dyn BidLedger>, claim: &ClaimRequest) -> (i64, StoredRequest, bool) {
+    match ledger.claim(claim).await.expect("claim") {
+        Claim::Send {
+            epoch,
+            request,
+            resend,
+        } => (epoch, request, resend),
+        other => panic!("expected a send, got {other:?}"),
+    }
+}
+
+fn placed(bid_id: &str) -> Finish {
+    Finish::Final(FinalOutcome::Placed {
         bid_id: Some(bid_id.to_owned()),
         detail: None,
+    })
+}
+
+fn transient() -> Finish {
+    Finish::Pending {
+        result: "transient".to_owned(),
+        http_status: Some(503),
+        detail: Some("HTTP 503".to_owned()),
     }
 }
 
-/// The first claim inserts a pending row at epoch 1; each further claim bumps the epoch.
-pub async fn claims_bump_the_epoch(ledger: Arc<dyn BidLedger>) {
+/// The first claim of a bid inserts the row at epoch 1, stores the request and counts the send.
+pub async fn a_first_bid_claim_stores_the_request_and_counts_the_send(ledger: Arc<dyn BidLedger>) {
     let k = key("upwork", "job_1");
     assert_eq!(ledger.lookup(&k).await.expect("lookup"), None);
 
-    assert_eq!(claimed(&ledger, &k, "evt-1").await, 1);
-    assert_eq!(claimed(&ledger, &k, "evt-2").await, 2);
-    assert_eq!(claimed(&ledger, &k, "evt-2").await, 3);
+    let (epoch, stored, resend) = sent(&ledger, &bid(&k, 450)).await;
 
-    let entry = ledger
-        .lookup(&k)
-        .await
-        .expect("lookup")
-        .expect("row exists");
-    assert_eq!(entry.state, LedgerState::Pending);
-    assert_eq!(entry.epoch, 3);
-    assert_eq!(entry.key, k);
+    assert_eq!((epoch, resend), (1, false));
+    assert_eq!(stored, request(&k, 450));
+    let entry = ledger.lookup(&k).await.expect("lookup").expect("row");
+    assert_eq!(
+        (entry.state, entry.epoch, entry.sends),
+        (LedgerState::Pending, 1, 1)
+    );
+    assert_eq!(entry.request, Some(request(&k, 450)));
+    assert!(entry.sent_at.is_some());
 }
 
-/// A superseded epoch cannot pass the fence before the marketplace call.
-pub async fn stale_epoch_cannot_mark_sending(ledger: Arc<dyn BidLedger>) {
-    let k = key("upwork", "job_stale_send");
-    let old = claimed(&ledger, &k, "evt-1").await;
-    let new = claimed(&ledger, &k, "evt-2").await;
+/// Once a request was sent, every later claim sends that request again, whatever it asks.
+pub async fn a_sent_request_is_sticky_whatever_later_claims_ask(ledger: Arc<dyn BidLedger>) {
+    let k = key("upwork", "job_sticky");
+    let (first, original, _) = sent(&ledger, &bid(&k, 450)).await;
+    ledger.finish(&k, first, transient()).await.expect("finish");
 
+    // A lower budget, a policy that now says skip, a cap now full: the stored request wins.
+    let again = [
+        bid(&k, 300),
+        claim_of(&k, Intent::Skip(vec!["blocked_keyword:rust".into()])),
+        ClaimRequest {
+            daily_cap: Some(0),
+            ..bid(&k, 450)
+        },
+        claim_of(&k, Intent::Resend),
+    ];
+    for (n, claim) in again.iter().enumerate() {
+        let (epoch, stored, resend) = sent(&ledger, claim).await;
+        assert_eq!(epoch, first + 1 + n as i64);
+        assert!(resend);
+        assert_eq!(stored, original, "byte for byte");
+    }
+    let entry = ledger.lookup(&k).await.expect("lookup").expect("row");
+    assert_eq!((entry.state, entry.sends), (LedgerState::Pending, 5));
+}
+
+/// A skip is recorded final by the claim itself, with its reasons.
+pub async fn a_skip_is_recorded_final_by_the_claim(ledger: Arc<dyn BidLedger>) {
+    let k = key("upwork", "job_skip");
+    let claimed = ledger
+        .claim(&claim_of(
+            &k,
+            Intent::Skip(vec![
+                "below_min_budget".into(),
+                "blocked_keyword:crypto".into(),
+            ]),
+        ))
+        .await
+        .expect("claim");
     assert_eq!(
-        ledger.mark_sending(&k, old).await.expect("mark_sending"),
+        claimed,
+        Claim::Skipped {
+            reasons: vec!["below_min_budget".into(), "blocked_keyword:crypto".into()],
+            capped: false
+        }
+    );
+    let entry = ledger.lookup(&k).await.expect("lookup").expect("row");
+    assert_eq!(entry.state, LedgerState::Skipped);
+    assert_eq!(entry.sends, 0);
+    assert!(matches!(
+        ledger.claim(&bid(&k, 1)).await,
+        Ok(Claim::Final(_))
+    ));
+}
+
+/// A final outcome is never overwritten, by a finish or a claim.
+pub async fn a_final_outcome_is_never_overwritten(ledger: Arc<dyn BidLedger>) {
+    let k = key("upwork", "job_final");
+    let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
+    assert_eq!(
+        ledger
+            .finish(&k, epoch, placed("bid-1"))
+            .await
+            .expect("finish"),
+        Fenced::Written
+    );
+    let rejected = Finish::Final(FinalOutcome::Rejected {
+        status: 422,
+        body_excerpt: "no".into(),
+    });
+    match ledger.finish(&k, epoch, rejected).await.expect("finish") {
+        Fenced::Final(entry) => assert_eq!(entry.state, LedgerState::Placed),
+        other => panic!("expected final, got {other:?}"),
+    }
+    match ledger.claim(&bid(&k, 450)).await.expect("claim") {
+        Claim::Final(entry) => {
+            assert_eq!(entry.state, LedgerState::Placed);
+            assert_eq!(entry.bid_id.as_deref(), Some("bid-1"));
+        }
+        other => panic!("expected final, got {other:?}"),
+    }
+}
+
+/// A superseded epoch cannot finish; the current one can.
+pub async fn a_stale_epoch_cannot_finish(ledger: Arc<dyn BidLedger>) {
+    let k = key("upwork", "job_stale");
+    let (old, _, _) = sent(&ledger, &bid(&k, 450)).await;
+    let (new, _, _) = sent(&ledger, &bid(&k, 450)).await;
+    assert_eq!(
+        ledger
+            .finish(&k, old, placed("bid-old"))
+            .await
+            .expect("finish"),
         Fenced::Superseded { current_epoch: new }
     );
     assert_eq!(
-        ledger.mark_sending(&k, new).await.expect("mark_sending"),
+        ledger
+            .finish(&k, new, placed("bid-new"))
+            .await
+            .expect("finish"),
         Fenced::Written
     );
-}
-
-/// A superseded epoch cannot record an outcome, and the row stays pending under the new epoch.
-pub async fn stale_epoch_cannot_record(ledger: Arc<dyn BidLedger>) {
-    let k = key("upwork", "job_stale_record");
-    let old = claimed(&ledger, &k, "evt-1").await;
-    let new = claimed(&ledger, &k, "evt-2").await;
-
-    assert_eq!(
-        ledger
-            .record(&k, old, &placed("bid-old"))
-            .await
-            .expect("record"),
-        Fenced::Superseded { current_epoch: new }
-    );
-    let entry = ledger
-        .lookup(&k)
-        .await
-        .expect("lookup")
-        .expect("row exists");
-    assert_eq!(entry.state, LedgerState::Pending);
-    assert_eq!(entry.epoch, new);
-    assert_eq!(entry.bid_id, None);
-
-    assert_eq!(
-        ledger
-            .record(&k, new, &placed("bid-new"))
-            .await
-            .expect("record"),
-        Fenced::Written
-    );
-    let entry = ledger
-        .lookup(&k)
-        .await
-        .expect("lookup")
-        .expect("row exists");
-    assert_eq!(entry.state, LedgerState::Placed);
+    let entry = ledger.lookup(&k).await.expect("lookup").expect("row");
     assert_eq!(entry.bid_id.as_deref(), Some("bid-new"));
 }
 
-/// Once final, nothing — same epoch, stale epoch, mark_sending or a new outcome — changes the row.
-pub async fn final_outcome_is_never_overwritten(ledger: Arc<dyn BidLedger>) {
-    let k = key("freelancer", "job_final");
-    let stale = claimed(&ledger, &k, "evt-1").await;
-    let epoch = claimed(&ledger, &k, "evt-2").await;
-    let skipped = FinalOutcome::Skipped {
-        reasons: vec!["budget below minimum".into(), "blocked keyword".into()],
-    };
-    assert_eq!(
-        ledger.record(&k, epoch, &skipped).await.expect("record"),
-        Fenced::Written
-    );
-    let recorded = ledger
-        .lookup(&k)
-        .await
-        .expect("lookup")
-        .expect("row exists");
-
-    for (epoch, outcome) in [
-        (epoch, placed("bid-late")),
-        (stale, placed("bid-stale")),
-        (
-            epoch,
-            FinalOutcome::Rejected {
-                status: 422,
-                body_excerpt: "nope".into(),
-            },
-        ),
-    ] {
-        assert_eq!(
-            ledger.record(&k, epoch, &outcome).await.expect("record"),
-            Fenced::Final(recorded.clone())
-        );
-    }
-    assert_eq!(
-        ledger.mark_sending(&k, epoch).await.expect("mark_sending"),
-        Fenced::Final(recorded.clone())
-    );
-    assert_eq!(
-        ledger.lookup(&k).await.expect("lookup"),
-        Some(recorded.clone())
-    );
-    assert_eq!(
-        recorded.detail.as_deref(),
-        Some("budget below minimum,blocked keyword")
-    );
-}
-
-/// A claim on a final row changes nothing and returns the outcome.
-pub async fn claim_on_final_returns_final(ledger: Arc<dyn BidLedger>) {
-    let k = key("upwork", "job_claim_final");
-    let epoch = claimed(&ledger, &k, "evt-1").await;
-    ledger
-        .record(&k, epoch, &placed("bid-1"))
-        .await
-        .expect("record");
-
-    let claim = ledger.claim(&k, "evt-redelivered").await.expect("claim");
-    let Claim::Final(entry) = claim else {
-        panic!("expected Final, got {claim:?}");
-    };
-    assert_eq!(entry.state, LedgerState::Placed);
-    assert_eq!(
-        entry.epoch, epoch,
-        "a claim on a final row must not bump the epoch"
-    );
-    assert_eq!(entry.bid_id.as_deref(), Some("bid-1"));
-}
-
-/// 32 concurrent claims of one posting get 32 distinct epochs: exactly 1..=32.
+/// Concurrent claims of one posting get distinct epochs (each is a fence).
 pub async fn concurrent_claims_yield_distinct_epochs(ledger: Arc<dyn BidLedger>) {
-    const CLAIMS: i64 = 32;
-    let k = key("upwork", "job_contended");
-    let tasks: Vec<_> = (0..CLAIMS)
-        .map(|i| {
-            let ledger = ledger.clone();
-            let k = k.clone();
-            tokio::spawn(async move { claimed(&ledger, &k, &format!("evt-{i}")).await })
+    let k = key("upwork", "job_race");
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (ledger, claim) = (ledger.clone(), bid(&k, 450));
+            tokio::spawn(async move { sent(&ledger, &claim).await.0 })
         })
         .collect();
     let mut epochs = BTreeSet::new();
-    for task in tasks {
-        let epoch = task.await.expect("claim task");
-        assert!(epochs.insert(epoch), "epoch {epoch} handed out twice");
+    for t in tasks {
+        epochs.insert(t.await.expect("task"));
     }
-    assert_eq!(epochs, (1..=CLAIMS).collect::<BTreeSet<_>>());
-    let entry = ledger
-        .lookup(&k)
-        .await
-        .expect("lookup")
-        .expect("row exists");
-    assert_eq!(entry.epoch, CLAIMS);
+    assert_eq!(epochs, (1..=16).collect());
 }
 
-/// lookup reads back each final outcome's state, bid id and detail, per posting.
-pub async fn lookup_reads_back_recorded_outcomes(ledger: Arc<dyn BidLedger>) {
-    let cases = [
-        (key("upwork", "job_a"), placed("bid-a"), Some("bid-a"), None),
-        (
-            key("upwork", "job_b"),
-            FinalOutcome::Placed {
-                bid_id: None,
-                detail: Some("409: exists".into()),
-            },
-            None,
-            Some("409: exists"),
-        ),
-        (
-            key("freelancer", "job_a"),
-            FinalOutcome::Rejected {
-                status: 422,
-                body_excerpt: "amount too low".into(),
-            },
-            None,
-            Some("422: amount too low"),
-        ),
-    ];
-    for (k, outcome, _, _) in &cases {
-        let epoch = claimed(&ledger, k, "evt").await;
-        assert_eq!(
-            ledger.record(k, epoch, outcome).await.expect("record"),
-            Fenced::Written
-        );
-    }
-    for (k, outcome, bid_id, detail) in &cases {
-        let entry = ledger.lookup(k).await.expect("lookup").expect("row exists");
-        assert_eq!(&entry.key, k);
-        assert_eq!(entry.state, outcome.state());
-        assert_eq!(entry.epoch, 1);
-        assert_eq!(entry.bid_id.as_deref(), *bid_id);
-        assert_eq!(entry.detail.as_deref(), *detail);
-    }
-    assert_eq!(
-        ledger
-            .lookup(&key("upwork", "job_never_seen"))
-            .await
-            .expect("lookup"),
-        None
-    );
-}
-
-/// counts_by_state lists all four states, zeros included.
-pub async fn counts_by_state_counts_every_state(ledger: Arc<dyn BidLedger>) {
-    let empty = ledger.counts_by_state().await.expect("counts");
-    assert_eq!(
-        empty,
-        vec![
-            (LedgerState::Pending, 0),
-            (LedgerState::Placed, 0),
-            (LedgerState::Skipped, 0),
-            (LedgerState::Rejected, 0),
-        ]
-    );
-
-    let outcomes = [
-        None,
-        None,
-        Some(placed("b1")),
-        Some(placed("b2")),
-        Some(placed("b3")),
-        Some(FinalOutcome::Skipped {
-            reasons: vec!["r".into()],
-        }),
-    ];
-    for (i, outcome) in outcomes.iter().enumerate() {
-        let k = key("upwork", &format!("job_{i}"));
-        let epoch = claimed(&ledger, &k, "evt").await;
-        if let Some(outcome) = outcome {
-            ledger.record(&k, epoch, outcome).await.expect("record");
+/// The daily cap is exact under concurrency: no more sends than slots, the rest `daily_cap`.
+pub async fn the_daily_cap_is_exact_across_concurrent_claims(ledger: Arc<dyn BidLedger>) {
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let ledger = ledger.clone();
+            let claim = ClaimRequest {
+                daily_cap: Some(7),
+                ..bid(&key("capmk", &format!("job_{i}")), 100)
+            };
+            tokio::spawn(async move { ledger.claim(&claim).await.expect("claim") })
+        })
+        .collect();
+    let (mut sends, mut capped) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Claim::Send { .. } => sends += 1,
+            Claim::Skipped {
+                capped: true,
+                reasons,
+            } => {
+                assert_eq!(reasons, vec!["daily_cap".to_owned()]);
+                capped += 1;
+            }
+            other => panic!("unexpected {other:?}"),
         }
     }
+    assert_eq!((sends, capped), (7, 17));
+    // Another marketplace, or another day, has slots of its own.
+    assert!(matches!(
+        ledger
+            .claim(&ClaimRequest {
+                daily_cap: Some(7),
+                ..bid(&key("other", "job_0"), 100)
+            })
+            .await,
+        Ok(Claim::Send { .. })
+    ));
+    assert!(matches!(
+        ledger
+            .claim(&ClaimRequest {
+                daily_cap: Some(7),
+                day: today().succ_opt().unwrap(),
+                ..bid(&key("capmk", "job_tomorrow"), 100)
+            })
+            .await,
+        Ok(Claim::Send { .. })
+    ));
+}
+
+/// A rejection gives its cap slot back; a placed bid or a transient answer keeps it.
+pub async fn a_rejection_releases_its_cap_slot(ledger: Arc<dyn BidLedger>) {
+    let capped = |id: &str| ClaimRequest {
+        daily_cap: Some(2),
+        ..bid(&key("relmk", id), 100)
+    };
+    let (a, _, _) = sent(&ledger, &capped("a")).await;
+    let (b, _, _) = sent(&ledger, &capped("b")).await;
+    assert!(matches!(
+        ledger.claim(&capped("c")).await,
+        Ok(Claim::Skipped { capped: true, .. })
+    ));
+    ledger
+        .finish(&key("relmk", "a"), a, placed("bid-a"))
+        .await
+        .expect("finish");
+    ledger
+        .finish(&key("relmk", "b"), b, transient())
+        .await
+        .expect("finish");
+    assert!(matches!(
+        ledger.claim(&capped("d")).await,
+        Ok(Claim::Skipped { capped: true, .. })
+    ));
+    // b's retry re-sends under the slot it holds: no second slot taken.
+    let (b2, _, resend) = sent(&ledger, &capped("b")).await;
+    assert!(resend);
+    let rejected = Finish::Final(FinalOutcome::Rejected {
+        status: 422,
+        body_excerpt: "posting closed".into(),
+    });
+    ledger
+        .finish(&key("relmk", "b"), b2, rejected)
+        .await
+        .expect("finish");
+    // Its slot is free again.
+    assert!(matches!(
+        ledger.claim(&capped("e")).await,
+        Ok(Claim::Send { .. })
+    ));
+}
+
+/// `Resend` does nothing for a posting never sent, and re-sends one that was.
+pub async fn resend_only_resends(ledger: Arc<dyn BidLedger>) {
+    let fresh = key("upwork", "job_never");
     assert_eq!(
-        ledger.counts_by_state().await.expect("counts"),
+        ledger
+            .claim(&claim_of(&fresh, Intent::Resend))
+            .await
+            .expect("claim"),
+        Claim::Nothing
+    );
+    let k = key("upwork", "job_resend");
+    let (_, original, _) = sent(&ledger, &bid(&k, 450)).await;
+    let (_, stored, resend) = sent(&ledger, &claim_of(&k, Intent::Resend)).await;
+    assert!(resend);
+    assert_eq!(stored, original);
+}
+
+/// Each claim starts an attempt row, its finish closes it: the posting's story.
+pub async fn attempts_tell_the_story(ledger: Arc<dyn BidLedger>) {
+    let k = key("upwork", "job_story");
+    let (e1, _, _) = sent(&ledger, &bid(&k, 450)).await;
+    ledger.finish(&k, e1, transient()).await.expect("finish");
+    let (e2, _, _) = sent(
+        &ledger,
+        &ClaimRequest {
+            instance: "w2".into(),
+            trace_id: None,
+            ..claim_of(&k, Intent::Resend)
+        },
+    )
+    .await;
+    ledger
+        .finish(&k, e2, placed("bid-9"))
+        .await
+        .expect("finish");
+
+    let attempts = ledger.attempts(&k).await.expect("attempts");
+    assert_eq!(attempts.len(), 2);
+    let (first, second) = (&attempts[0], &attempts[1]);
+    assert_eq!((first.epoch, first.claim.as_str()), (1, "send"));
+    assert_eq!(first.instance, "w1");
+    assert_eq!(
+        first.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(first.result.as_deref(), Some("transient"));
+    assert_eq!(first.http_status, Some(503));
+    assert!(first.finished_at.is_some());
+    assert_eq!((second.epoch, second.claim.as_str()), (2, "resend"));
+    assert_eq!(second.instance, "w2");
+    assert_eq!(second.result.as_deref(), Some("placed"));
+    assert!(second.started_at >= first.started_at);
+}
+
+/// Sent, never recorded, older than the threshold: listed and counted until recorded.
+pub async fn unresolved_sends_are_found_until_recorded(ledger: Arc<dyn BidLedger>) {
+    let k = key("upwork", "job_lost");
+    let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
+    let skipped = key("upwork", "job_skipped");
+    ledger
+        .claim(&claim_of(
+            &skipped,
+            Intent::Skip(vec!["below_min_budget".into()]),
+        ))
+        .await
+        .expect("claim");
+    let later = Utc::now() + Duration::seconds(5);
+
+    assert!(
+        ledger
+            .unresolved(Utc::now() - Duration::hours(1), 10)
+            .await
+            .expect("unresolved")
+            .is_empty()
+    );
+    let found = ledger.unresolved(later, 10).await.expect("unresolved");
+    assert_eq!(
+        found.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+        vec![k.clone()]
+    );
+    assert_eq!(found[0].request, Some(request(&k, 450)));
+    assert_eq!(ledger.count_unresolved(later).await.expect("count"), 1);
+
+    ledger
+        .finish(&k, epoch, placed("bid-1"))
+        .await
+        .expect("finish");
+    assert_eq!(ledger.count_unresolved(later).await.expect("count"), 0);
+}
+
+/// One batch, one call: results in the order asked.
+pub async fn a_batch_claims_and_finishes_in_order(ledger: Arc<dyn BidLedger>) {
+    let keys: Vec<PostingKey> = ["z", "a", "m", "b"]
+        .iter()
+        .map(|p| key("upwork", p))
+        .collect();
+    let mut claims: Vec<ClaimRequest> = keys.iter().map(|k| bid(k, 100)).collect();
+    claims[2] = claim_of(&keys[2], Intent::Skip(vec!["below_min_budget".into()]));
+    let claimed = ledger.claim_many(&claims).await.expect("claim_many");
+    assert_eq!(claimed.len(), 4);
+    assert!(matches!(claimed[2], Claim::Skipped { .. }));
+    for (i, c) in claimed.iter().enumerate() {
+        if i != 2 {
+            let Claim::Send { request, .. } = c else {
+                panic!("expected a send at {i}: {c:?}");
+            };
+            assert_eq!(request, &super::contract::request(&keys[i], 100));
+        }
+    }
+    let finishes: Vec<_> = [0, 1, 3]
+        .iter()
+        .map(|&i| (keys[i].clone(), 1, placed(&format!("bid-{i}"))))
+        .collect();
+    assert_eq!(
+        ledger.finish_many(&finishes).await.expect("finish_many"),
+        vec![Fenced::Written; 3]
+    );
+    let found = ledger.lookup_many(&keys).await.expect("lookup_many");
+    assert_eq!(found[3].as_ref().unwrap().bid_id.as_deref(), Some("bid-3"));
+    assert_eq!(found[2].as_ref().unwrap().state, LedgerState::Skipped);
+}
+
+/// Counts cover every state, zero included.
+pub async fn counts_by_state_counts_every_state(ledger: Arc<dyn BidLedger>) {
+    let p = key("upwork", "job_p");
+    let (e, _, _) = sent(&ledger, &bid(&p, 1)).await;
+    ledger.finish(&p, e, placed("b")).await.expect("finish");
+    ledger
+        .claim(&claim_of(
+            &key("upwork", "job_s"),
+            Intent::Skip(vec!["x".into()]),
+        ))
+        .await
+        .expect("claim");
+    sent(&ledger, &bid(&key("upwork", "job_pending"), 1)).await;
+    let counts = ledger.counts_by_state().await.expect("counts");
+    assert_eq!(
+        counts,
         vec![
-            (LedgerState::Pending, 2),
-            (LedgerState::Placed, 3),
+            (LedgerState::Pending, 1),
+            (LedgerState::Placed, 1),
             (LedgerState::Skipped, 1),
             (LedgerState::Rejected, 0),
         ]
     );
 }
 
-/// placed_since counts placed rows recorded at or after the given time, and nothing else.
-pub async fn placed_since_counts_recent_placed_rows(ledger: Arc<dyn BidLedger>) {
-    let before = Utc::now() - Duration::hours(1);
-    for i in 0..3 {
-        let k = key("upwork", &format!("job_p{i}"));
-        let epoch = claimed(&ledger, &k, "evt").await;
-        ledger
-            .record(&k, epoch, &placed(&format!("bid-{i}")))
-            .await
-            .expect("record");
-    }
-    let k = key("upwork", "job_skip");
-    let epoch = claimed(&ledger, &k, "evt").await;
-    ledger
-        .record(
-            &k,
-            epoch,
-            &FinalOutcome::Skipped {
-                reasons: vec!["r".into()],
-            },
-        )
-        .await
-        .expect("record");
-    claimed(&ledger, &key("upwork", "job_pending"), "evt").await;
-
-    assert_eq!(ledger.placed_since(before).await.expect("placed_since"), 3);
-    let after = Utc::now() + Duration::hours(1);
-    assert_eq!(ledger.placed_since(after).await.expect("placed_since"), 0);
-}
-
-/// A write for a posting that was never claimed is an error, not a silent success.
-pub async fn write_without_claim_is_an_error(ledger: Arc<dyn BidLedger>) {
-    let k = key("upwork", "job_unclaimed");
+/// A finish for a posting never claimed is an error, not a silent success.
+pub async fn a_finish_without_a_claim_is_an_error(ledger: Arc<dyn BidLedger>) {
     let err = ledger
-        .record(&k, 1, &placed("bid"))
+        .finish(&key("upwork", "job_ghost"), 1, placed("b"))
         .await
-        .expect_err("no row to write");
-    assert!(!err.is_retryable(), "{err}");
-    assert!(ledger.mark_sending(&k, 1).await.is_err());
-    assert_eq!(ledger.lookup(&k).await.expect("lookup"), None);
+        .expect_err("never claimed");
+    assert!(matches!(err, LedgerError::Corrupt { .. }), "{err}");
 }
 
-/// health answers on a working database.
+/// The backend answers its health check.
 pub async fn health_answers(ledger: Arc<dyn BidLedger>) {
     ledger.health().await.expect("healthy");
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bidorch::config::{DatabaseSettings, LedgerKind, SecretUrl};
-use bidorch::ledger::{self, BidLedger, Claim, PgBidLedger, SqliteBidLedger};
+use bidorch::ledger::{self, BidLedger, Claim, Intent, PgBidLedger, SqliteBidLedger};
 use bidorch::posting::PostingKey;
 
 fn pg_settings(url: &str, schema: &str) -> DatabaseSettings {
@@ -140,16 +140,20 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(
-    claims_bump_the_epoch,
-    stale_epoch_cannot_mark_sending,
-    stale_epoch_cannot_record,
-    final_outcome_is_never_overwritten,
-    claim_on_final_returns_final,
+    a_first_bid_claim_stores_the_request_and_counts_the_send,
+    a_sent_request_is_sticky_whatever_later_claims_ask,
+    a_skip_is_recorded_final_by_the_claim,
+    a_final_outcome_is_never_overwritten,
+    a_stale_epoch_cannot_finish,
     concurrent_claims_yield_distinct_epochs,
-    lookup_reads_back_recorded_outcomes,
+    the_daily_cap_is_exact_across_concurrent_claims,
+    a_rejection_releases_its_cap_slot,
+    resend_only_resends,
+    attempts_tell_the_story,
+    unresolved_sends_are_found_until_recorded,
+    a_batch_claims_and_finishes_in_order,
     counts_by_state_counts_every_state,
-    placed_since_counts_recent_placed_rows,
-    write_without_claim_is_an_error,
+    a_finish_without_a_claim_is_an_error,
     health_answers,
 );
 
@@ -225,15 +229,16 @@ async fn postgres_schemas_isolate_ledgers_and_hold_their_tables() {
                 .expect("open schema b");
             let key = PostingKey::new("upwork", "job_1").expect("valid key");
 
-            assert_eq!(
-                in_a.claim(&key, "evt").await.expect("claim"),
-                Claim::Claimed { epoch: 1 }
-            );
+            let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
+            assert!(matches!(
+                in_a.claim(&bid).await.expect("claim"),
+                Claim::Send { epoch: 1, .. }
+            ));
             assert_eq!(in_b.lookup(&key).await.expect("lookup"), None);
-            assert_eq!(
-                in_b.claim(&key, "evt").await.expect("claim"),
-                Claim::Claimed { epoch: 1 }
-            );
+            assert!(matches!(
+                in_b.claim(&bid).await.expect("claim"),
+                Claim::Send { epoch: 1, .. }
+            ));
 
             let pool = sqlx::PgPool::connect(&url).await.expect("connect");
             for schema in [&a, &b] {
@@ -301,20 +306,21 @@ async fn sqlite_file_keeps_outcomes_across_reopen() {
             let first = SqliteBidLedger::connect_and_migrate(&url)
                 .await
                 .expect("open");
-            let Claim::Claimed { epoch } = first.claim(&key, "evt").await.expect("claim") else {
+            let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
+            let Claim::Send { epoch, .. } = first.claim(&bid).await.expect("claim") else {
                 panic!("fresh posting must be claimable");
             };
             first
-                .record(
+                .finish(
                     &key,
                     epoch,
-                    &ledger::FinalOutcome::Placed {
+                    ledger::Finish::Final(ledger::FinalOutcome::Placed {
                         bid_id: Some("bid-1".into()),
                         detail: None,
-                    },
+                    }),
                 )
                 .await
-                .expect("record");
+                .expect("finish");
             first.close().await;
 
             let reopened = SqliteBidLedger::connect_and_migrate(&url)
@@ -349,9 +355,10 @@ async fn from_settings_opens_a_migrated_sqlite_memory_ledger() {
     };
     let ledger = ledger::from_settings(&settings).await.expect("open");
     let key = PostingKey::new("upwork", "job_1").expect("valid key");
-    assert_eq!(
-        ledger.claim(&key, "evt").await.expect("claim"),
-        Claim::Claimed { epoch: 1 }
-    );
+    let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
+    assert!(matches!(
+        ledger.claim(&bid).await.expect("claim"),
+        Claim::Send { epoch: 1, .. }
+    ));
     ledger.health().await.expect("healthy");
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bidorch::config::{BiddingSettings, MarketplaceSettings};
 use bidorch::ledger::{
-    BidLedger, Claim, Fenced, FinalOutcome, LedgerEntry, LedgerError, LedgerState, SqliteBidLedger,
+    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
+    LedgerState, SqliteBidLedger,
 };
 use bidorch::lock::LockStore;
 use bidorch::marketplace::HttpMarketplace;
@@ -162,28 +163,36 @@ struct Detached(SqliteBidLedger);
 
 #[async_trait::async_trait]
 impl BidLedger for Detached {
-    async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        self.0.lookup(key).instrument(detached()).await
-    }
-    async fn claim(&self, key: &PostingKey, event_id: &str) -> Result<Claim, LedgerError> {
-        self.0.claim(key, event_id).instrument(detached()).await
-    }
-    async fn mark_sending(&self, key: &PostingKey, epoch: i64) -> Result<Fenced, LedgerError> {
-        self.0.mark_sending(key, epoch).instrument(detached()).await
-    }
-    async fn record(
+    async fn lookup_many(
         &self,
-        key: &PostingKey,
-        epoch: i64,
-        outcome: &FinalOutcome,
-    ) -> Result<Fenced, LedgerError> {
+        keys: &[PostingKey],
+    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
+        self.0.lookup_many(keys).instrument(detached()).await
+    }
+    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
+        self.0.claim_many(claims).instrument(detached()).await
+    }
+    async fn finish_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+    ) -> Result<Vec<Fenced>, LedgerError> {
+        self.0.finish_many(finishes).instrument(detached()).await
+    }
+    async fn unresolved(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
         self.0
-            .record(key, epoch, outcome)
+            .unresolved(before, limit)
             .instrument(detached())
             .await
     }
-    async fn placed_since(&self, since: DateTime<Utc>) -> Result<u64, LedgerError> {
-        self.0.placed_since(since).instrument(detached()).await
+    async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
+        self.0.count_unresolved(before).instrument(detached()).await
+    }
+    async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
+        self.0.attempts(key).instrument(detached()).await
     }
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
         self.0.counts_by_state().instrument(detached()).await

@@ -1,0 +1,228 @@
+//! What the ledger port speaks: rows, the request a claim stores, what a claim decides, how an
+//! attempt ends, and the attempt history.
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::posting::PostingKey;
+
+/// State of a ledger row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LedgerState {
+    Pending,
+    Placed,
+    Skipped,
+    Rejected,
+}
+
+impl LedgerState {
+    /// The text stored in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Placed => "placed",
+            Self::Skipped => "skipped",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    /// Parses the `state` column.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "placed" => Self::Placed,
+            "skipped" => Self::Skipped,
+            "rejected" => Self::Rejected,
+            _ => return None,
+        })
+    }
+
+    /// Whether this state is final (never overwritten).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending)
+    }
+}
+
+/// The exact bid request an attempt sent: stored when it passed the fence, re-sent byte for
+/// byte by every later attempt under the same idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRequest {
+    /// The JSON body, exactly as sent.
+    pub body: String,
+    /// SHA-256 of `body`, lower-case hex.
+    pub sha256: String,
+    /// The amount as sent (`"450.00"`) and its currency, for reports and spend caps.
+    pub amount: String,
+    pub currency: String,
+}
+
+/// A ledger row as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub key: PostingKey,
+    pub state: LedgerState,
+    pub epoch: i64,
+    /// How many attempts passed the fence towards the marketplace.
+    pub sends: u32,
+    /// Marketplace bid id, for `placed`.
+    pub bid_id: Option<String>,
+    /// Skip reasons (comma-separated) or the rejection's status and body excerpt.
+    pub detail: Option<String>,
+    /// The request sent, once one was.
+    pub request: Option<StoredRequest>,
+    /// The event of the latest claim.
+    pub event_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the latest send passed the fence.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// What the attempt wants to do with the posting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// Send this request (the policy said bid). A request already sent wins over it.
+    Bid(StoredRequest),
+    /// Record `skipped` with these reasons (the policy said no). A request already sent wins.
+    Skip(Vec<String>),
+    /// Only re-send a request already sent (`bidorch reconcile`); nothing otherwise.
+    Resend,
+}
+
+/// One claim to make: the posting, the attempt's intent and identity, and the daily cap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub key: PostingKey,
+    pub event_id: String,
+    pub intent: Intent,
+    /// Who claims (the worker's instance id), for the attempt history.
+    pub instance: String,
+    /// The trace this attempt runs in, if known.
+    pub trace_id: Option<String>,
+    /// Bids allowed per UTC day on this marketplace, fleet-wide; `None`: no cap.
+    pub daily_cap: Option<u64>,
+    /// The UTC day the cap counts in.
+    pub day: NaiveDate,
+}
+
+/// What a claim decided, atomically, under the posting's row lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This attempt owns epoch `epoch` and may call the marketplace with `request` (its own,
+    /// or — `resend` — the one an earlier attempt sent). `sends` was incremented: the fence.
+    Send {
+        epoch: i64,
+        request: StoredRequest,
+        resend: bool,
+    },
+    /// Recorded `skipped`: the policy's reasons, or `daily_cap` when no slot was left.
+    Skipped { reasons: Vec<String>, capped: bool },
+    /// The posting already has a final outcome; nothing was changed.
+    Final(LedgerEntry),
+    /// [`Intent::Resend`] and nothing was ever sent: nothing to do.
+    Nothing,
+}
+
+/// A final outcome to record for an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinalOutcome {
+    /// A bid exists: `bid_id` from a 201/200, or `None` after a 409 (placed under another key).
+    Placed {
+        bid_id: Option<String>,
+        detail: Option<String>,
+    },
+    /// The marketplace refused the bid permanently (its cap slot, if any, is released).
+    Rejected { status: u16, body_excerpt: String },
+}
+
+impl FinalOutcome {
+    /// The state this outcome writes.
+    pub fn state(&self) -> LedgerState {
+        match self {
+            Self::Placed { .. } => LedgerState::Placed,
+            Self::Rejected { .. } => LedgerState::Rejected,
+        }
+    }
+
+    /// The `bid_id` column value.
+    pub fn bid_id(&self) -> Option<&str> {
+        match self {
+            Self::Placed { bid_id, .. } => bid_id.as_deref(),
+            Self::Rejected { .. } => None,
+        }
+    }
+
+    /// The `detail` column value.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Self::Placed { detail, .. } => detail.clone(),
+            Self::Rejected {
+                status,
+                body_excerpt,
+            } => Some(format!("{status}: {body_excerpt}")),
+        }
+    }
+}
+
+/// How an attempt that claimed `epoch` ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// With a final outcome.
+    Final(FinalOutcome),
+    /// With the row still pending (transient answer, paused marketplace, lease lost): the
+    /// attempt's history row is closed with `result`.
+    Pending {
+        result: String,
+        http_status: Option<u16>,
+        detail: Option<String>,
+    },
+}
+
+impl Finish {
+    /// The attempt history's `result`.
+    pub fn result(&self) -> &str {
+        match self {
+            Self::Final(FinalOutcome::Placed { .. }) => "placed",
+            Self::Final(FinalOutcome::Rejected { .. }) => "rejected",
+            Self::Pending { result, .. } => result,
+        }
+    }
+}
+
+/// Result of an epoch-conditional write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// The write happened: the epoch was still ours and the row still `pending`.
+    Written,
+    /// A newer claim superseded ours (row still pending under a higher epoch); nothing written.
+    Superseded { current_epoch: i64 },
+    /// The row is already final; nothing written.
+    Final(LedgerEntry),
+}
+
+/// One attempt of a posting, as the history has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub epoch: i64,
+    pub instance: String,
+    pub event_id: String,
+    pub trace_id: Option<String>,
+    /// What the claim decided: `send`, `resend`, `skipped` or `capped`.
+    pub claim: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<String>,
+    pub http_status: Option<u16>,
+    pub detail: Option<String>,
+}
+
+/// Lower-case hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = String::with_capacity(64);
+    for b in digest.as_ref() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
