@@ -269,7 +269,7 @@ pub fn fenced_of(
         return Ok(Fenced::Written);
     }
     match row.map(|r| r.entry(key)).transpose()? {
-        Some(entry) if entry.state.is_final() => Ok(Fenced::Final(entry)),
+        Some(entry) if entry.state.is_final() => Ok(Fenced::Final(Box::new(entry))),
         Some(entry) if entry.epoch != epoch => Ok(Fenced::Superseded {
             current_epoch: entry.epoch,
         }),

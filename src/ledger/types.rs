@@ -196,7 +196,7 @@ pub enum Fenced {
     /// A newer claim superseded ours (row still pending under a higher epoch); nothing written.
     Superseded { current_epoch: i64 },
     /// The row is already final; nothing written.
-    Final(LedgerEntry),
+    Final(Box<LedgerEntry>),
 }
 
 /// One attempt of a posting, as the history has it.
