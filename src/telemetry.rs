@@ -34,6 +34,7 @@
 //! the publisher's context, so every attempt of a posting lands in the publisher's trace.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt as _;
@@ -71,7 +72,12 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_filter))
-        .map_err(|e| anyhow::anyhow!("configuration key `telemetry.log_filter`: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("configuration key `telemetry.log_filter`: {e}"))?
+        // sqlx warns about connect parameters it ignores with their values (`sslpassword=…`):
+        // a secret in a log line, whatever the filter says.
+        .add_directive(quiet("sqlx_postgres::options::parse=error"))
+        // "relation _sqlx_migrations already exists, skipping" on every start: noise.
+        .add_directive(quiet("sqlx::postgres::notice=warn"));
 
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
@@ -110,11 +116,18 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
                     .with_default(Level::WARN),
             )
     });
+    // Logs go to standard error, so a command's own output (`inspect --json`, `policy check`)
+    // stays clean on standard output; colours only for a terminal.
     let log_layer = match settings.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
+        LogFormat::Json => json_subscriber::layer()
+            .with_writer(std::io::stderr)
             .flatten_event(true)
+            .with_current_span(false)
+            .flatten_span_list_on_top_level(true)
             .boxed(),
     };
     tracing_subscriber::registry()
@@ -126,6 +139,12 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
         opentelemetry::global::set_tracer_provider(p.clone());
     }
     Ok(Telemetry { provider })
+}
+
+fn quiet(directive: &str) -> tracing_subscriber::filter::Directive {
+    directive
+        .parse()
+        .expect("a fixed, valid filter directive")
 }
 
 /// Header naming the previous attempt's `process` span (a W3C `traceparent` value).
@@ -234,7 +253,7 @@ pub fn consumer_span(
     message_id: Option<&str>,
     attempt: u32,
     headers: &BTreeMap<String, String>,
-) -> tracing::Span {
+) -> (tracing::Span, String) {
     let span = tracing::info_span!(
         "process",
         otel.name = %format_args!("process {destination}"),
@@ -250,13 +269,24 @@ pub fn consumer_span(
         posting_id = tracing::field::Empty,
         outcome = tracing::field::Empty,
         error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     if let Some(id) = message_id {
         span.record("messaging.message.id", id);
     }
     set_parent_from(&span, headers);
     link_previous_attempt(&span, headers);
-    span
+    // Every log line inside the span carries it (text: the span prefix; JSON: a top-level
+    // field), so logs, the attempt history and the trace join even with export off.
+    let id = trace_id(&span, headers).unwrap_or_else(new_trace_id);
+    span.record("trace_id", tracing::field::display(&id));
+    (span, id)
+}
+
+/// A random W3C trace id (32 lower-case hex digits, not all zero): a correlation id for a
+/// delivery that arrived without a trace while export is off.
+fn new_trace_id() -> String {
+    format!("{:032x}", fastrand::u128(1..))
 }
 
 /// The traceparent of `span` itself, to name it as the previous attempt of a retried message.

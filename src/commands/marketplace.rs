@@ -24,6 +24,10 @@ pub struct MarketplaceArgs {
     /// Delay before each answer, e.g. "50ms".
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     latency: Duration,
+    /// Share of placed bids (0.0–1.0) whose answer is lost (the bid exists; the client sees
+    /// 502), to exercise idempotent replays.
+    #[arg(long, default_value_t = 0.0)]
+    lose_rate: f64,
     /// Seed for the fault dice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -35,6 +39,12 @@ pub async fn marketplace(args: MarketplaceArgs) -> anyhow::Result<()> {
         bail!(
             "--fail-rate must be between 0.0 and 1.0, got {}",
             args.fail_rate
+        );
+    }
+    if !(0.0..=1.0).contains(&args.lose_rate) {
+        bail!(
+            "--lose-rate must be between 0.0 and 1.0, got {}",
+            args.lose_rate
         );
     }
     let token = match &args.token_env {
@@ -51,6 +61,7 @@ pub async fn marketplace(args: MarketplaceArgs) -> anyhow::Result<()> {
         fail_rate: args.fail_rate,
         latency: args.latency,
         seed: args.seed,
+        lose_rate: args.lose_rate,
         ..SandboxOptions::default()
     });
     let listener = tokio::net::TcpListener::bind(args.addr)

@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerEntry, LedgerError,
-    LedgerState, StoredRequest,
+    Claim, ClaimRequest, Fenced, Finish, Intent, LedgerEntry, LedgerError, LedgerState,
+    StoredRequest,
 };
 use crate::posting::PostingKey;
 
@@ -201,10 +201,7 @@ pub fn finish_json(key: &PostingKey, epoch: i64, finish: &Finish) -> serde_json:
             Some(outcome.state().as_str()),
             outcome.bid_id().map(str::to_owned),
             outcome.detail(),
-            match outcome {
-                FinalOutcome::Rejected { status, .. } => Some(*status),
-                FinalOutcome::Placed { .. } => None,
-            },
+            outcome.http_status(),
             None,
         ),
         Finish::Pending {

@@ -270,8 +270,7 @@ async fn finish_in(
         return sql::fenced_of(key, epoch, false, Some(row));
     }
     let (http_status, attempt_detail) = match finish {
-        Finish::Final(FinalOutcome::Rejected { status, .. }) => (Some(*status), None),
-        Finish::Final(FinalOutcome::Placed { .. }) => (None, None),
+        Finish::Final(outcome) => (outcome.http_status(), None),
         Finish::Pending {
             http_status,
             detail,

@@ -129,6 +129,8 @@ pub enum FinalOutcome {
     Placed {
         bid_id: Option<String>,
         detail: Option<String>,
+        /// The answer's status (201, 200 for a replay, 409), for the attempt history.
+        http_status: Option<u16>,
     },
     /// The marketplace refused the bid permanently (its cap slot, if any, is released).
     Rejected { status: u16, body_excerpt: String },
@@ -140,6 +142,14 @@ impl FinalOutcome {
         match self {
             Self::Placed { .. } => LedgerState::Placed,
             Self::Rejected { .. } => LedgerState::Rejected,
+        }
+    }
+
+    /// The answer's HTTP status, for the attempt history.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Self::Placed { http_status, .. } => *http_status,
+            Self::Rejected { status, .. } => Some(*status),
         }
     }
 

@@ -39,9 +39,11 @@ pub(crate) fn classify(answer: &Answer<'_>, secret: &str, now: DateTime<Utc>) ->
             None => BidResult::Transient {
                 reason: format!("HTTP {status} without a bid_id; outcome unknown"),
                 retry_after: None,
+                status: Some(status),
             },
         },
         409 => BidResult::AlreadyPlaced {
+            bid_id: bid_id(answer.body),
             detail: excerpt(answer.body, secret),
         },
         429 => BidResult::RateLimited {
@@ -55,6 +57,7 @@ pub(crate) fn classify(answer: &Answer<'_>, secret: &str, now: DateTime<Utc>) ->
             retry_after: answer
                 .retry_after
                 .and_then(|value| parse_retry_after(value, now)),
+            status: Some(status),
         },
         401 | 403 | 407 => BidResult::Unauthorized { status },
         400..=499 => BidResult::Rejected {
@@ -64,6 +67,7 @@ pub(crate) fn classify(answer: &Answer<'_>, secret: &str, now: DateTime<Utc>) ->
         _ => BidResult::Transient {
             reason: format!("unexpected HTTP {status}; outcome unknown"),
             retry_after: None,
+            status: Some(status),
         },
     }
 }
@@ -177,7 +181,15 @@ mod tests {
         assert_eq!(
             answer(409, None, "bid exists"),
             BidResult::AlreadyPlaced {
+                bid_id: None,
                 detail: "bid exists".into()
+            }
+        );
+        assert_eq!(
+            answer(409, None, r#"{"bid_id":"b_7"}"#),
+            BidResult::AlreadyPlaced {
+                bid_id: Some("b_7".into()),
+                detail: r#"{"bid_id":"b_7"}"#.into()
             }
         );
     }

@@ -217,6 +217,7 @@ fn transport_failure(e: &reqwest::Error) -> BidResult {
     BidResult::Transient {
         reason,
         retry_after: None,
+        status: None,
     }
 }
 
@@ -281,6 +282,7 @@ fn record(marketplace: &str, result: &BidResult, elapsed: Duration, span: &traci
         BidResult::Transient {
             reason,
             retry_after,
+            ..
         } => tracing::debug!(
             parent: span,
             marketplace,

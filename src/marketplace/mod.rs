@@ -33,13 +33,19 @@ pub enum BidResult {
     /// `201` (new bid) or `200` (replay of our idempotency key: `replay = true`).
     Placed { bid_id: String, replay: bool },
     /// `409`: a bid for this posting exists under another key. Treated as placed; never retried.
-    AlreadyPlaced { detail: String },
+    AlreadyPlaced {
+        /// The existing bid's id, when the marketplace names it (the contract does not promise it).
+        bid_id: Option<String>,
+        detail: String,
+    },
     /// `429`: slow down, for `retry_after` if the marketplace said.
     RateLimited { retry_after: Option<Duration> },
     /// `5xx`, `408`, timeout or connection failure: retry later, honouring `retry_after`.
     Transient {
         reason: String,
         retry_after: Option<Duration>,
+        /// The answer's status; `None` when no answer came (timeout, connection error).
+        status: Option<u16>,
     },
     /// `401`, `403` or `407`: our credentials are wrong or revoked — the marketplace is
     /// unavailable to us, the posting is fine. Never recorded as `rejected`.

@@ -76,6 +76,7 @@ impl Pipeline {
                 Finish::Final(FinalOutcome::Placed {
                     bid_id: Some(bid_id.clone()),
                     detail: replay.then(|| "replay".to_owned()),
+                    http_status: Some(if replay { 200 } else { 201 }),
                 }),
                 Outcome::Placed {
                     bid_id: Some(bid_id),
@@ -86,13 +87,14 @@ impl Pipeline {
                     },
                 },
             ),
-            BidResult::AlreadyPlaced { detail } => (
+            BidResult::AlreadyPlaced { bid_id, detail } => (
                 Finish::Final(FinalOutcome::Placed {
-                    bid_id: None,
+                    bid_id: bid_id.clone(),
                     detail: Some(format!("409: {detail}")),
+                    http_status: Some(409),
                 }),
                 Outcome::Placed {
-                    bid_id: None,
+                    bid_id,
                     via: PlacedVia::Conflict,
                 },
             ),
@@ -129,8 +131,9 @@ impl Pipeline {
             BidResult::Transient {
                 reason,
                 retry_after,
+                status,
             } => (
-                pending("transient", None, Some(reason.clone())),
+                pending("transient", status, Some(reason.clone())),
                 Outcome::Transient {
                     reason,
                     retry_after,

@@ -32,14 +32,14 @@ pub(super) async fn handle(
     options: &WorkerOptions,
     gate: &Gate,
 ) -> Handled {
-    let span = telemetry::consumer_span(
+    let (span, trace_id) = telemetry::consumer_span(
         options.messaging_system,
         &options.destination,
         delivery.message_id.as_deref(),
         delivery.attempt,
         &delivery.headers,
     );
-    process(delivery, pipeline, options, gate)
+    process(delivery, pipeline, options, gate, trace_id)
         .instrument(span)
         .await
 }
@@ -61,6 +61,7 @@ async fn process(
     pipeline: &Pipeline,
     options: &WorkerOptions,
     gate: &Gate,
+    trace_id: String,
 ) -> Handled {
     let _in_flight = metrics::InFlight::enter();
     let started = Instant::now();
@@ -73,7 +74,7 @@ async fn process(
             None => {
                 let context = AttemptContext {
                     event_id: posting.event_id.clone(),
-                    trace_id: telemetry::trace_id(&tracing::Span::current(), &delivery.headers),
+                    trace_id: Some(trace_id),
                 };
                 let outcome = pipeline
                     .process(&posting, &context, &delivery.headers)

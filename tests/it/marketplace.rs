@@ -226,7 +226,7 @@ async fn bid_under_another_key_is_already_placed() {
         .await
         .unwrap();
 
-    let BidResult::AlreadyPlaced { detail } = result else {
+    let BidResult::AlreadyPlaced { detail, .. } = result else {
         panic!("expected AlreadyPlaced, got {result:?}");
     };
     assert!(detail.contains("already exists"), "{detail}");
@@ -297,7 +297,8 @@ async fn service_unavailable_is_transient() {
         result,
         BidResult::Transient {
             reason: "HTTP 503".into(),
-            retry_after: None
+            retry_after: None,
+            status: Some(503),
         }
     );
 }

@@ -91,6 +91,10 @@ impl Book {
     }
 
     /// A snapshot of the counters, with `duplicates` filled in.
+    pub(super) fn count_lost(&mut self) {
+        self.stats.lost_responses += 1;
+    }
+
     pub(super) fn stats(&self) -> SandboxStats {
         let mut stats = self.stats.clone();
         stats.duplicates = stats

@@ -39,6 +39,9 @@ pub struct SandboxOptions {
     /// naive marketplace where every request creates a bid, so `duplicates` in the stats exposes
     /// any lapse of the layers in front of the idempotency key (ledger, lease, fencing).
     pub honour_idempotency: bool,
+    /// Share of placed bids (0.0–1.0) whose answer is lost: the bid is recorded, then the client
+    /// gets `502` (a proxy that dropped the upstream answer), so only a replay learns the bid id.
+    pub lose_rate: f64,
 }
 
 impl Default for SandboxOptions {
@@ -49,6 +52,7 @@ impl Default for SandboxOptions {
             latency: Duration::ZERO,
             seed: 0,
             honour_idempotency: true,
+            lose_rate: 0.0,
         }
     }
 }
@@ -61,6 +65,7 @@ impl fmt::Debug for SandboxOptions {
             .field("latency", &self.latency)
             .field("seed", &self.seed)
             .field("honour_idempotency", &self.honour_idempotency)
+            .field("lose_rate", &self.lose_rate)
             .finish()
     }
 }
@@ -137,6 +142,8 @@ pub struct SandboxStats {
     pub rejected: u64,
     /// Injected `429`/`503` answers.
     pub faults: u64,
+    /// Bids recorded whose answer was then lost (`502`).
+    pub lost_responses: u64,
     /// Per `"{marketplace}:{posting_id}"`.
     pub postings: BTreeMap<String, PostingStats>,
     /// Postings with more than one bid: must stay empty.
@@ -162,8 +169,21 @@ struct State {
     scripted: VecDeque<Fault>,
     /// Answers every bid request while set (an outage, for as long as a test wants).
     outage: Option<Fault>,
+    /// How many of the next placements have their answer lost.
+    lose_next: u32,
     /// The bearer token required now (starts as [`SandboxOptions::token`]; tests rotate it).
     token: Option<String>,
+}
+
+impl State {
+    /// Whether this placement's answer is lost: a scripted loss first, else the dice.
+    fn lose_answer(&mut self, rate: f64) -> bool {
+        if self.lose_next > 0 {
+            self.lose_next -= 1;
+            return true;
+        }
+        rate > 0.0 && self.dice.f64() < rate
+    }
 }
 
 impl Sandbox {
@@ -179,6 +199,7 @@ impl Sandbox {
                     dice,
                     scripted: VecDeque::new(),
                     outage: None,
+                    lose_next: 0,
                     token,
                 }),
             }),
@@ -209,6 +230,12 @@ impl Sandbox {
     /// outage that lasts as long as the caller wants; scripted faults still come first).
     pub fn set_outage(&self, fault: Option<Fault>) {
         self.state().outage = fault;
+    }
+
+    /// Records the next `n` placements (new bids and replays) but loses their answers: the
+    /// client sees `502` although the bid exists.
+    pub fn lose_next_responses(&self, n: u32) {
+        self.state().lose_next += n;
     }
 
     /// Requires `token` from now on (`None`: any non-empty bearer token): a revoked or rotated

@@ -140,7 +140,14 @@ fn answer(
             return refusal.into_response();
         }
     };
-    match state.book.place(bid, sandbox.options().honour_idempotency) {
+    let placement = state.book.place(bid, sandbox.options().honour_idempotency);
+    if matches!(placement, Placement::Created(_) | Placement::Replayed(_))
+        && state.lose_answer(sandbox.options().lose_rate)
+    {
+        state.book.count_lost();
+        return error(StatusCode::BAD_GATEWAY, "upstream answer lost");
+    }
+    match placement {
         Placement::Created(bid) => (
             StatusCode::CREATED,
             axum::Json(json!({"bid_id": bid.bid_id})),

@@ -59,6 +59,7 @@ fn placed(bid_id: &str) -> Finish {
     Finish::Final(FinalOutcome::Placed {
         bid_id: Some(bid_id.to_owned()),
         detail: None,
+        http_status: Some(201),
     })
 }
 

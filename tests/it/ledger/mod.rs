@@ -317,6 +317,7 @@ async fn sqlite_file_keeps_outcomes_across_reopen() {
                     ledger::Finish::Final(ledger::FinalOutcome::Placed {
                         bid_id: Some("bid-1".into()),
                         detail: None,
+                        http_status: Some(201),
                     }),
                 )
                 .await

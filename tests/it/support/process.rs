@@ -121,6 +121,11 @@ impl WorkerProcess {
         Some((status, serde_json::from_str(&body).ok()?))
     }
 
+    /// Everything the worker has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The JSON log records whose message is `message`.
     pub fn logged(&self, message: &str) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
