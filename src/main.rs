@@ -34,9 +34,13 @@ enum Command {
         /// File of JSON lines, or `-` for standard input.
         #[arg(default_value = "-")]
         input: String,
-        /// Hide the progress bar.
+        /// Hide the progress display.
         #[arg(long)]
         quiet: bool,
+        /// Validate every line before sending anything (nothing is sent if one is bad);
+        /// otherwise lines are published as they arrive and bad ones reported and skipped.
+        #[arg(long)]
+        all_or_nothing: bool,
     },
     /// Run the sandbox marketplace server.
     Marketplace(commands::MarketplaceArgs),
@@ -53,6 +57,8 @@ enum Command {
     Inspect(commands::InspectArgs),
     /// Settle postings whose bid was sent but never recorded.
     Reconcile(commands::ReconcileArgs),
+    /// Ask a running worker's /readyz: exit 0 when ready, 1 otherwise (container healthchecks).
+    Healthcheck(commands::HealthcheckArgs),
     /// Check the effective configuration.
     Config {
         #[command(subcommand)]
@@ -93,6 +99,15 @@ fn render(error: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Healthcheck(args) = cli.command {
+        // With --url nothing else is needed: a probe must not fail on unrelated configuration.
+        let addr = if args.needs_settings() {
+            Some(Settings::load(cli.config.as_deref())?.http.addr)
+        } else {
+            None
+        };
+        return commands::healthcheck(addr, args).await;
+    }
     let mut settings = Settings::load(cli.config.as_deref())?;
     if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
         // The demo prints its own summary; per-posting logs would drown it.
@@ -107,8 +122,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("worker")?;
         }
-        Command::Publish { input, quiet } => {
-            commands::publish(&settings, &input, !quiet).await?;
+        Command::Publish {
+            input,
+            quiet,
+            all_or_nothing,
+        } => {
+            let options = bidorch::publish::PublishOptions {
+                progress: !quiet,
+                all_or_nothing,
+            };
+            commands::publish(&settings, &input, options).await?;
         }
         Command::Marketplace(args) => commands::marketplace(args).await?,
         Command::Migrate => commands::migrate(&settings).await?,
@@ -117,6 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { action } => commands::config(&settings, action)?,
         Command::Inspect(args) => commands::inspect(&settings, args).await?,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await?,
+        // Answered above, before the settings are loaded.
+        Command::Healthcheck(_) => {}
     }
     Ok(())
 }

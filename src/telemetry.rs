@@ -142,9 +142,7 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
 }
 
 fn quiet(directive: &str) -> tracing_subscriber::filter::Directive {
-    directive
-        .parse()
-        .expect("a fixed, valid filter directive")
+    directive.parse().expect("a fixed, valid filter directive")
 }
 
 /// Header naming the previous attempt's `process` span (a W3C `traceparent` value).

@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod dlq;
+mod healthcheck;
 mod inspect;
 mod marketplace;
 mod migrate;
@@ -13,6 +14,7 @@ mod reconcile;
 pub use self::config::{ConfigAction, config};
 pub use self::demo::{DemoArgs, demo};
 pub use self::dlq::{DlqAction, dlq};
+pub use self::healthcheck::{HealthcheckArgs, healthcheck};
 pub use self::inspect::{InspectArgs, inspect};
 pub use self::marketplace::{MarketplaceArgs, marketplace};
 pub use self::migrate::migrate;

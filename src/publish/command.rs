@@ -1,13 +1,34 @@
-//! `bidorch publish [FILE|-]`: validate every line first, then publish with confirms, progress
-//! and a summary.
+//! `bidorch publish [FILE|-]`: JSON lines to the exchange with confirms, a progress display
+//! and a summary — streamed as the lines arrive (bounded memory, each bad line reported with its
+//! number and skipped), or, with `--all-or-nothing`, validated in full before anything is sent.
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::sync::mpsc;
 
 use super::{OutgoingEvent, PublishError, Publisher};
 use crate::config::AmqpSettings;
+use crate::posting::PostingError;
 
 /// Inputs at least this long get a progress bar (when asked for and stderr is a terminal).
 const PROGRESS_THRESHOLD: usize = 100;
+
+/// Streaming: at most this many parsed events wait for the broker (the memory bound), and at most
+/// this many go out in one confirmed round.
+const STREAM_BUFFER: usize = 1024;
+const STREAM_BATCH: usize = 256;
+
+/// Bad lines kept with their problem in the summary (all are counted and reported as read).
+const INVALID_KEPT: usize = 100;
+
+/// How `bidorch publish` reads its input.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PublishOptions {
+    /// Show a progress display.
+    pub progress: bool,
+    /// Validate every line before sending anything (a file, today's behaviour); otherwise publish
+    /// as lines arrive (a producer on a pipe).
+    pub all_or_nothing: bool,
+}
 
 /// One event that did not make it, with its input line.
 #[derive(Debug)]
@@ -25,18 +46,39 @@ pub struct PublishSummary {
     /// Events not confirmed (see `failures`); re-publishing them is safe.
     pub failed: usize,
     pub failures: Vec<PublishFailure>,
+    /// Lines that are not valid events (streaming mode; skipped, never sent).
+    pub invalid: usize,
+    /// The first of them with their problem.
+    pub invalid_lines: Vec<(usize, PostingError)>,
 }
 
 impl PublishSummary {
-    /// Whether every event was published.
+    /// Whether every line was published.
     pub fn is_complete(&self) -> bool {
-        self.failed == 0
+        self.failed == 0 && self.invalid == 0
+    }
+
+    fn record(&mut self, line: usize, event: &OutgoingEvent, result: Result<(), PublishError>) {
+        match result {
+            Ok(()) => self.published += 1,
+            Err(error) => {
+                self.failed += 1;
+                self.failures.push(PublishFailure {
+                    line,
+                    event_id: event.event_id.clone(),
+                    error,
+                });
+            }
+        }
     }
 }
 
 impl std::fmt::Display for PublishSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "published {}, failed {}", self.published, self.failed)?;
+        if self.invalid > 0 {
+            write!(f, ", invalid lines {}", self.invalid)?;
+        }
         for failure in &self.failures {
             write!(
                 f,
@@ -44,16 +86,130 @@ impl std::fmt::Display for PublishSummary {
                 failure.line, failure.event_id, failure.error
             )?;
         }
+        for (line, error) in &self.invalid_lines {
+            write!(f, "\n  line {line}: invalid: {error}")?;
+        }
+        if self.invalid > self.invalid_lines.len() {
+            write!(
+                f,
+                "\n  … and {} more invalid line(s)",
+                self.invalid - self.invalid_lines.len()
+            )?;
+        }
         Ok(())
     }
 }
 
-/// `bidorch publish [FILE|-]`: reads JSON lines (blank lines skipped), validates ALL of them
-/// before sending anything — a bad line is an error naming its line number and nothing is sent —
-/// then publishes with confirms, a progress bar on long inputs when `progress` is set, and
-/// returns the summary. Failures after validation (unroutable, refused, connection lost for good)
-/// are in the summary with their line numbers, never silent.
+/// Reads the next non-blank line: `Some((number, text))`, `None` at the end of the input.
+async fn next_line(
+    input: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+    line: &mut usize,
+) -> std::io::Result<Option<usize>> {
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', buf).await? == 0 {
+            return Ok(None);
+        }
+        *line += 1;
+        if !buf.trim_ascii().is_empty() {
+            return Ok(Some(*line));
+        }
+    }
+}
+
+/// `bidorch publish [FILE|-]`: see the module docs. `on_invalid` hears of each bad line as it is
+/// read (streaming), so a long-running producer learns of it at once. Failures after parsing
+/// (unroutable, refused, connection lost for good) are in the summary with their line numbers,
+/// never silent.
 pub async fn run_publish_command(
+    settings: &AmqpSettings,
+    input: impl AsyncBufRead + Unpin,
+    options: PublishOptions,
+    on_invalid: impl FnMut(usize, &PostingError),
+) -> Result<PublishSummary, PublishError> {
+    if options.all_or_nothing {
+        all_or_nothing(settings, input, options.progress).await
+    } else {
+        stream(settings, input, options.progress, on_invalid).await
+    }
+}
+
+async fn stream(
+    settings: &AmqpSettings,
+    mut input: impl AsyncBufRead + Unpin,
+    progress: bool,
+    mut on_invalid: impl FnMut(usize, &PostingError),
+) -> Result<PublishSummary, PublishError> {
+    // Connect first: a producer piping into a broker we cannot reach hears of it at once.
+    let publisher = Publisher::connect(settings).await?;
+    let bar = if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{spinner} {pos} confirmed {per_sec}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (tx, mut rx) = mpsc::channel::<(usize, OutgoingEvent)>(STREAM_BUFFER);
+    let mut invalid: Vec<(usize, PostingError)> = Vec::new();
+    let mut invalid_count = 0;
+    let read = async {
+        let (mut buf, mut line) = (Vec::new(), 0);
+        while let Some(number) = next_line(&mut input, &mut buf, &mut line).await? {
+            match OutgoingEvent::parse(buf.trim_ascii()) {
+                Ok(event) => {
+                    if tx.send((number, event)).await.is_err() {
+                        break; // the publishing side ended (it cannot, short of a panic)
+                    }
+                }
+                Err(e) => {
+                    on_invalid(number, &e);
+                    invalid_count += 1;
+                    if invalid.len() < INVALID_KEPT {
+                        invalid.push((number, e));
+                    }
+                }
+            }
+        }
+        drop(tx);
+        Ok::<(), PublishError>(())
+    };
+    let send = async {
+        let mut summary = PublishSummary::default();
+        let mut batch = Vec::with_capacity(STREAM_BATCH);
+        // Whatever has arrived goes out now; a slow producer's lines go one round each.
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < STREAM_BATCH {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let events: Vec<OutgoingEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
+            let results = publisher.publish_many_with(&events, |_| bar.inc(1)).await;
+            for (result, (line, event)) in results.into_iter().zip(batch.drain(..)) {
+                summary.record(line, &event, result);
+            }
+        }
+        summary
+    };
+    let (read, mut summary) = tokio::join!(read, send);
+    publisher.close().await;
+    bar.finish_and_clear();
+    read?;
+    summary.invalid = invalid_count;
+    summary.invalid_lines = invalid;
+    Ok(summary)
+}
+
+/// Validates ALL lines before sending anything — a bad line is an error naming its line number
+/// and nothing is sent — then publishes with confirms and a progress bar on long inputs.
+async fn all_or_nothing(
     settings: &AmqpSettings,
     mut input: impl AsyncBufRead + Unpin,
     progress: bool,
@@ -61,24 +217,14 @@ pub async fn run_publish_command(
     let mut events = Vec::new();
     let mut lines = Vec::new();
     let mut bad = Vec::new();
-    let mut buf = Vec::new();
-    let mut line = 0;
-    loop {
-        buf.clear();
-        if input.read_until(b'\n', &mut buf).await? == 0 {
-            break;
-        }
-        line += 1;
-        let text = buf.trim_ascii();
-        if text.is_empty() {
-            continue;
-        }
-        match OutgoingEvent::parse(text) {
+    let (mut buf, mut line) = (Vec::new(), 0);
+    while let Some(number) = next_line(&mut input, &mut buf, &mut line).await? {
+        match OutgoingEvent::parse(buf.trim_ascii()) {
             Ok(event) => {
                 events.push(event);
-                lines.push(line);
+                lines.push(number);
             }
-            Err(e) => bad.push((line, e)),
+            Err(e) => bad.push((number, e)),
         }
     }
     if let Some((first_line, first_error)) = bad.first().cloned() {
@@ -111,17 +257,7 @@ pub async fn run_publish_command(
 
     let mut summary = PublishSummary::default();
     for ((result, event), line) in results.into_iter().zip(&events).zip(lines) {
-        match result {
-            Ok(()) => summary.published += 1,
-            Err(error) => {
-                summary.failed += 1;
-                summary.failures.push(PublishFailure {
-                    line,
-                    event_id: event.event_id.clone(),
-                    error,
-                });
-            }
-        }
+        summary.record(line, event, result);
     }
     Ok(summary)
 }
@@ -144,7 +280,11 @@ mod tests {
             r#"{"event_id":"e2","marketplace":"upwork","posting_id":"p2"}"#,
             "\nnot json\n"
         );
-        let err = run_publish_command(&settings, input.as_bytes(), false)
+        let options = PublishOptions {
+            progress: false,
+            all_or_nothing: true,
+        };
+        let err = run_publish_command(&settings, input.as_bytes(), options, |_, _| {})
             .await
             .unwrap_err();
         match &err {

@@ -27,7 +27,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
 
 use self::batch::Round;
-pub use self::command::{PublishFailure, PublishSummary, run_publish_command};
+pub use self::command::{PublishFailure, PublishOptions, PublishSummary, run_publish_command};
 use crate::amqp::connection::{confirm_channel, open_connection};
 use crate::amqp::{AmqpError, topology};
 use crate::config::AmqpSettings;

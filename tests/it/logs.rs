@@ -17,8 +17,7 @@ fn is_trace_id(s: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_inside_a_postings_span_carries_its_trace_id_in_text_and_json() {
     let Some(mut scenario) = Scenario::start("logs", SandboxOptions::default(), &[]).await else {
-        support::skip("RabbitMQ, Redis or PostgreSQL is not reachable");
-        return;
+        return; // skipped, said by the check
     };
     let quiet_export = ("OTEL_EXPORTER_OTLP_ENDPOINT", String::new());
     scenario.spawn_worker_with("json", std::slice::from_ref(&quiet_export));

@@ -11,6 +11,7 @@ mod broker_chaos;
 mod cli;
 mod demo;
 mod e2e;
+mod healthcheck;
 mod interop;
 mod ledger;
 mod lock_contract;

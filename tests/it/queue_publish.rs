@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bidorch::amqp::topology;
-use bidorch::publish::{OutgoingEvent, PublishError, Publisher, run_publish_command};
+use bidorch::publish::{
+    OutgoingEvent, PublishError, PublishOptions, Publisher, run_publish_command,
+};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use support::queue::{Cleanup, Inspector, eventually, posting, settings};
@@ -181,6 +183,74 @@ async fn a_windowed_batch_reports_exactly_the_unroutable_events() {
     publisher.close().await;
 }
 
+fn streaming() -> PublishOptions {
+    PublishOptions {
+        progress: false,
+        all_or_nothing: false,
+    }
+}
+
+/// A producer that writes a line only once the previous one is in the queue: the command must
+/// publish as lines arrive (it used to read everything first), report a bad line with its
+/// number, skip it, and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_command_streams_lines_as_a_producer_writes_them() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let inspector = Inspector::connect().await;
+    topology::declare(&inspector.channel, &s).await.unwrap();
+
+    let (mut producer, pipe) = tokio::io::duplex(64 * 1024);
+    let command = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut reported = Vec::new();
+            let summary = run_publish_command(
+                &s,
+                tokio::io::BufReader::new(pipe),
+                streaming(),
+                |line, _| reported.push(line),
+            )
+            .await;
+            (summary, reported)
+        })
+    };
+    use tokio::io::AsyncWriteExt as _;
+    for i in 0..3 {
+        let mut line = posting(&format!("stream-{i}"), "upwork", &format!("s{i}"));
+        line.push(b'\n');
+        producer.write_all(&line).await.unwrap();
+        eventually(
+            WAIT,
+            &format!("event {i} published before the next line"),
+            || async { inspector.ready(&s.queue).await == i as u32 + 1 },
+        )
+        .await;
+        if i == 1 {
+            producer
+                .write_all(b"{\"not\": \"an event\"}\n")
+                .await
+                .unwrap();
+        }
+    }
+    drop(producer);
+    let (summary, reported) = command.await.unwrap();
+    let summary = summary.expect("the stream ends cleanly");
+    assert_eq!(summary.published, 3);
+    assert_eq!(summary.invalid, 1);
+    assert_eq!(
+        reported,
+        vec![3],
+        "the bad line is reported with its number"
+    );
+    assert_eq!(summary.invalid_lines[0].0, 3);
+    assert!(!summary.is_complete());
+    assert!(summary.to_string().contains("line 3: invalid"), "{summary}");
+}
+
 #[tokio::test]
 async fn the_publish_command_sends_every_line_and_summarises() {
     if !support::amqp_available().await {
@@ -201,7 +271,7 @@ async fn the_publish_command_sends_every_line_and_summarises() {
             input.push('\n'); // blank lines are skipped
         }
     }
-    let summary = run_publish_command(&s, input.as_bytes(), true)
+    let summary = run_publish_command(&s, input.as_bytes(), streaming(), |_, _| {})
         .await
         .expect("all lines valid");
     assert_eq!(summary.published, 150);
@@ -235,7 +305,11 @@ async fn the_publish_command_sends_nothing_when_a_line_is_bad() {
         input.push_str(&line);
         input.push('\n');
     }
-    let err = run_publish_command(&s, input.as_bytes(), false)
+    let options = PublishOptions {
+        progress: false,
+        all_or_nothing: true,
+    };
+    let err = run_publish_command(&s, input.as_bytes(), options, |_, _| {})
         .await
         .unwrap_err();
     assert!(
@@ -267,7 +341,7 @@ async fn the_publish_command_reports_unroutable_lines_in_the_summary() {
         String::from_utf8(posting("ev-a", "upwork", "a")).unwrap(),
         String::from_utf8(posting("ev-b", "upwork", "b")).unwrap()
     );
-    let summary = run_publish_command(&s, input.as_bytes(), false)
+    let summary = run_publish_command(&s, input.as_bytes(), streaming(), |_, _| {})
         .await
         .expect("valid input");
     assert_eq!(summary.published, 0);
