@@ -29,6 +29,7 @@ mod queue_amqp;
 mod queue_dlq;
 mod queue_publish;
 mod queue_reconnect;
+mod redis_cluster;
 mod schema;
 mod shutdown;
 mod source_contract;

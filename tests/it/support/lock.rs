@@ -191,6 +191,9 @@ pub struct PrivateRedis {
     child: Option<std::process::Child>,
     dir: std::path::PathBuf,
     cluster: bool,
+    /// A one-node cluster takes every slot itself; a node of a bigger cluster waits for
+    /// `redis-cli --cluster create`.
+    assign_slots: bool,
     /// Extra server arguments (TLS, password).
     args: Vec<String>,
     tls: bool,
@@ -226,9 +229,18 @@ impl PrivateRedis {
             child: None,
             dir,
             cluster,
+            assign_slots: cluster,
             args: Vec::new(),
             tls: false,
         })
+    }
+
+    /// A cluster-enabled server with no slots: one node of a cluster that the caller creates
+    /// with `redis-cli --cluster create`.
+    pub fn reserve_cluster_node() -> Option<Self> {
+        let mut node = Self::reserve(true)?;
+        node.assign_slots = false;
+        Some(node)
     }
 
     /// A TLS-only server (certificate for 127.0.0.1 from a fresh private CA) that requires
@@ -377,7 +389,7 @@ impl PrivateRedis {
         })
         .await;
         assert!(up, "private redis-server did not come up");
-        if self.cluster {
+        if self.cluster && self.assign_slots {
             let mut c = redis::Client::open(self.url())
                 .and_then(|c| c.get_connection())
                 .expect("connect");
