@@ -48,7 +48,7 @@ const WAIT: Duration = Duration::from_secs(180);
 // rabbitmqctl
 
 /// Runs `rabbitmqctl args…` (or `$BIDORCH_RABBITMQCTL args…`); `Err` if it cannot run or fails.
-async fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
+pub(crate) async fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
         let command = std::env::var("BIDORCH_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());

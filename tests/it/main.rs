@@ -8,6 +8,7 @@
 mod support;
 
 mod broker_chaos;
+mod chaos;
 mod cli;
 mod demo;
 mod e2e;
