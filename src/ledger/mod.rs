@@ -16,6 +16,7 @@
 //! `migrations/sqlite/`, the same steps in one immediate transaction), chosen by
 //! [`from_settings`], held to one contract suite (`tests/it/ledger/`).
 
+mod batch;
 mod deadline;
 mod migrations;
 pub mod postgres;
@@ -31,6 +32,7 @@ use chrono::{DateTime, Utc};
 use crate::config::{DatabaseSettings, LedgerKind};
 use crate::posting::PostingKey;
 
+pub use self::batch::Batching;
 pub use self::deadline::Deadline;
 pub use self::postgres::PgBidLedger;
 pub use self::sqlite::SqliteBidLedger;
@@ -134,7 +136,8 @@ pub trait BidLedger: Send + Sync + 'static {
 /// Opens the ledger `settings.kind` names and applies its migrations — what worker start,
 /// `bidorch migrate` and the demo need. PostgreSQL uses `url`, `schema` and `max_connections`;
 /// SQLite uses `url` (`sqlite://file.db` or `sqlite::memory:`) and `max_connections`.
-/// Every call of it is bounded by `database.call_timeout` ([`Deadline`]).
+/// Every call of it is bounded by `database.call_timeout` ([`Deadline`]), and concurrent
+/// single-posting calls share round trips ([`Batching`]).
 pub async fn from_settings(settings: &DatabaseSettings) -> Result<Arc<dyn BidLedger>, LedgerError> {
     let ledger: Arc<dyn BidLedger> = match settings.kind {
         LedgerKind::Postgres => Arc::new(PgBidLedger::connect_and_migrate(settings).await?),
@@ -146,5 +149,6 @@ pub async fn from_settings(settings: &DatabaseSettings) -> Result<Arc<dyn BidLed
             Arc::new(ledger)
         }
     };
-    Ok(Arc::new(Deadline::new(ledger, settings.call_timeout)))
+    let bounded: Arc<dyn BidLedger> = Arc::new(Deadline::new(ledger, settings.call_timeout));
+    Ok(Arc::new(Batching::new(bounded)))
 }
