@@ -7,6 +7,7 @@ mod dlq;
 mod inspect;
 mod marketplace;
 mod migrate;
+mod policy;
 mod publish;
 mod reconcile;
 
@@ -16,6 +17,7 @@ pub use self::dlq::{DlqAction, dlq};
 pub use self::inspect::{InspectArgs, inspect};
 pub use self::marketplace::{MarketplaceArgs, marketplace};
 pub use self::migrate::migrate;
+pub use self::policy::{PolicyArgs, policy};
 pub use self::publish::publish;
 pub use self::reconcile::{ReconcileArgs, reconcile};
 
