@@ -156,7 +156,7 @@ impl SystemBuilder {
                 ports.ledger.clone(),
                 ports.locks.clone(),
                 ports.marketplace.clone(),
-                Policy::new(&settings.bidding),
+                Policy::new(&settings.bidding).map_err(crate::config::ConfigError::from)?,
                 settings.lock.ttl,
             )
             .with_instance(instance.clone()),

@@ -8,7 +8,8 @@
 //!   validation naming the key (`validate`), secrets redacted (`secret`).
 //! - [`posting`]: the wire event (derived, [`posting::wire`]) converted with `TryFrom` into a
 //!   validated [`posting::Posting`].
-//! - [`policy`]: the pure should-bid decision.
+//! - [`policy`]: the pure should-bid decision — rules from `[bidding]` with per-kind and
+//!   per-marketplace layers, the bid amount, the cover letter, and the `policy check` report.
 //! - [`pipeline`]: one posting through ledger → lease → claim → decide → fence → bid → record;
 //!   `pipeline/outcome.rs` holds the spec's outcome table (one `match`, max attempts included).
 //! - Ports, each a narrow trait speaking domain types, with a production and an embedded backend:

@@ -64,6 +64,8 @@ enum Command {
         #[command(subcommand)]
         action: commands::ConfigAction,
     },
+    /// Try the should-bid policy on posting events (`policy check`).
+    Policy(commands::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,8 +111,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return commands::healthcheck(addr, args).await;
     }
     let mut settings = Settings::load(cli.config.as_deref())?;
-    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
-        // The demo prints its own summary; per-posting logs would drown it.
+    if matches!(cli.command, Command::Demo(_) | Command::Policy(_))
+        && std::env::var_os("RUST_LOG").is_none()
+    {
+        // These print their own report on stdout; logs (also on stdout) would drown or garble it.
         settings.telemetry.log_filter = "error".to_owned();
     }
     let _telemetry = bidorch::telemetry::init(&settings.telemetry, &settings.instance_id())?;
@@ -138,6 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => commands::demo(&settings, args).await?,
         Command::Dlq { action } => commands::dlq(&settings, action).await?,
         Command::Config { action } => commands::config(&settings, action)?,
+        Command::Policy(args) => commands::policy(&settings, args)?,
         Command::Inspect(args) => commands::inspect(&settings, args).await?,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await?,
         // Answered above, before the settings are loaded.

@@ -8,6 +8,7 @@ mod healthcheck;
 mod inspect;
 mod marketplace;
 mod migrate;
+mod policy;
 mod publish;
 mod reconcile;
 
@@ -18,6 +19,7 @@ pub use self::healthcheck::{HealthcheckArgs, healthcheck};
 pub use self::inspect::{InspectArgs, inspect};
 pub use self::marketplace::{MarketplaceArgs, marketplace};
 pub use self::migrate::migrate;
+pub use self::policy::{PolicyArgs, policy};
 pub use self::publish::publish;
 pub use self::reconcile::{ReconcileArgs, reconcile};
 

@@ -9,7 +9,14 @@ use std::path::{Path, PathBuf};
 use super::{ConfigError, DEFAULT_TOML, Settings, compat};
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["bidding.blocked_keywords", "amqp.retry_tiers"];
+const LIST_KEYS: &[&str] = &[
+    "amqp.retry_tiers",
+    "bidding.blocked_keywords",
+    "bidding.allowed_currencies",
+    "bidding.required_skills",
+    "bidding.allowed_client_countries",
+    "bidding.blocked_client_countries",
+];
 
 impl Settings {
     /// Loads settings from the process environment and an optional `--config` file.
@@ -144,7 +151,10 @@ mod tests {
             "http://mk.test:9/u"
         );
         assert_eq!(s.bidding.blocked_keywords, vec!["crypto", "unpaid"]);
-        assert_eq!(s.bidding.min_budget, Decimal::new(25050, 2));
+        assert_eq!(
+            s.bidding.min_budget,
+            crate::config::Money::Any(Decimal::new(25050, 2))
+        );
         assert_eq!(s.lock.ttl, Duration::from_secs(45));
         assert_eq!(s.amqp.url.expose(), "amqp://u:p@broker:5672/%2f");
     }

@@ -7,7 +7,10 @@
 //!   `REDIS_PASSWORD`, `USE_REDIS_LOCKS`, `ENV`).
 //! - [`validate`]: relations between keys that types alone cannot express.
 //! - [`secret`]: [`SecretUrl`], whose secrets never reach `Debug`, `Display` or logs.
+//! - `bidding`: the shapes of `[bidding]` ([`BiddingSettings`]); their meaning is
+//!   [`crate::policy`]'s, which checks them when the policy is built.
 
+mod bidding;
 mod compat;
 mod load;
 pub mod secret;
@@ -21,6 +24,9 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+pub use self::bidding::{
+    BiddingOverrides, BiddingSettings, Fraction, Money, PricingOverrides, SkillsMatch,
+};
 pub use self::secret::SecretUrl;
 
 /// The compiled-in defaults; the same file documents every key.
@@ -35,6 +41,9 @@ pub enum ConfigError {
     Invalid { key: String, problem: String },
     #[error("configuration file {path}: {problem}")]
     File { path: PathBuf, problem: String },
+    /// `[bidding]` does not make a policy (the error names the key).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -220,17 +229,6 @@ impl MarketplaceSettings {
     }
 }
 
-/// `[bidding]`
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BiddingSettings {
-    #[serde(deserialize_with = "de_amount", serialize_with = "ser_amount")]
-    pub min_budget: Decimal,
-    pub blocked_keywords: Vec<String>,
-    pub daily_bid_cap: u64,
-    pub cover_letter: String,
-}
-
 /// `[worker]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -302,10 +300,6 @@ fn de_amount<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error
 
 fn ser_durations<S: serde::Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
-}
-
-fn ser_amount<S: serde::Serializer>(v: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&v.to_string())
 }
 
 fn de_durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

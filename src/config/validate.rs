@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    AmqpSettings, BiddingSettings, ConfigError, DatabaseSettings, LockSettings,
-    MarketplaceSettings, Settings, invalid,
+    AmqpSettings, ConfigError, DatabaseSettings, LockSettings, MarketplaceSettings, Settings,
+    invalid,
 };
 
 impl Settings {
@@ -17,7 +17,7 @@ impl Settings {
         for (name, m) in &self.marketplaces {
             marketplace(name, m, &self.lock)?;
         }
-        bidding(&self.bidding)
+        bidding(self)
     }
 }
 
@@ -166,9 +166,21 @@ fn marketplace(
     Ok(())
 }
 
-fn bidding(b: &BiddingSettings) -> Result<(), ConfigError> {
-    if b.min_budget.is_sign_negative() {
-        return Err(invalid("bidding.min_budget", "must not be negative"));
+/// `[bidding]` must make a policy (the policy checks its own keys), and each marketplace override
+/// must name a configured marketplace: an override silently ignored because of a typo would bid
+/// on what it was written to skip.
+fn bidding(s: &Settings) -> Result<(), ConfigError> {
+    crate::policy::Policy::new(&s.bidding)?;
+    if let Some(name) = s
+        .bidding
+        .marketplaces
+        .keys()
+        .find(|name| !s.marketplaces.contains_key(*name))
+    {
+        return Err(invalid(
+            format!("bidding.marketplaces.{name}"),
+            format!("overrides a marketplace that is not configured (marketplaces.{name})"),
+        ));
     }
     Ok(())
 }

@@ -104,7 +104,8 @@ fn demo_settings(base: &Settings) -> Settings {
         min_budget: generate::MIN_BUDGET.into(),
         blocked_keywords: generate::BLOCKED.iter().map(|s| (*s).to_owned()).collect(),
         daily_bid_cap: 0,
-        cover_letter: "Hello! I would love to help with \"{title}\".".to_owned(),
+        cover_letter: "Hello! I would love to help with \"{{ title }}\".".to_owned(),
+        ..BiddingSettings::default()
     };
     s
 }

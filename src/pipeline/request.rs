@@ -4,7 +4,8 @@
 use rust_decimal::Decimal;
 
 use crate::ledger::{StoredRequest, sha256_hex};
-use crate::posting::{PostingKey, format_amount};
+use crate::policy::format_amount;
+use crate::posting::PostingKey;
 
 /// The request body for bidding `amount` `currency` on `key` with `cover_letter`, and its hash.
 pub fn stored_request(
@@ -13,7 +14,8 @@ pub fn stored_request(
     currency: &str,
     cover_letter: &str,
 ) -> StoredRequest {
-    let amount = format_amount(amount);
+    // In the currency's minor unit (`450.00` USD, `60000` JPY): the policy's amount already is.
+    let amount = format_amount(amount, currency);
     // serde_json's maps are sorted: the same decision always gives the same bytes.
     let body = serde_json::json!({
         "posting_id": key.posting_id(),

@@ -72,11 +72,13 @@ impl Embedded {
                 .unwrap(),
         ));
         let policy = Policy::new(&BiddingSettings {
-            min_budget: Decimal::new(100, 0),
+            min_budget: Decimal::new(100, 0).into(),
             blocked_keywords: vec!["crypto".to_owned()],
             daily_bid_cap: 0,
-            cover_letter: "Hello! About \"{title}\".".to_owned(),
-        });
+            cover_letter: "Hello! About \"{{ title }}\".".to_owned(),
+            ..BiddingSettings::default()
+        })
+        .expect("a valid policy");
         let pipeline = Arc::new(Pipeline::new(
             ledger.clone(),
             locks,
