@@ -35,6 +35,7 @@
 
 pub mod amqp;
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod dlq;

@@ -57,6 +57,8 @@ enum Command {
     Inspect(commands::InspectArgs),
     /// Settle postings whose bid was sent but never recorded.
     Reconcile(commands::ReconcileArgs),
+    /// Measure throughput and latency as ratios to the broker's own consume+ack rate.
+    Bench(commands::BenchArgs),
     /// Ask a running worker's /readyz: exit 0 when ready, 1 otherwise (container healthchecks).
     Healthcheck(commands::HealthcheckArgs),
     /// Check the effective configuration.
@@ -111,10 +113,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return commands::healthcheck(addr, args).await;
     }
     let mut settings = Settings::load(cli.config.as_deref())?;
-    if matches!(cli.command, Command::Demo(_) | Command::Policy(_))
-        && std::env::var_os("RUST_LOG").is_none()
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Policy(_) | Command::Bench(_)
+    ) && std::env::var_os("RUST_LOG").is_none()
     {
-        // These print their own report on stdout; logs (also on stdout) would drown or garble it.
+        // These print their own report; per-posting logs (on stderr) would drown it.
         settings.telemetry.log_filter = "error".to_owned();
     }
     let _telemetry = bidorch::telemetry::init(&settings.telemetry, &settings.instance_id())?;
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(args) => commands::policy(&settings, args)?,
         Command::Inspect(args) => commands::inspect(&settings, args).await?,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await?,
+        Command::Bench(args) => commands::bench(&settings, args).await?,
         // Answered above, before the settings are loaded.
         Command::Healthcheck(_) => {}
     }

@@ -1,6 +1,7 @@
 //! The subcommands: thin wrappers that turn library results into output and exit codes. This
 //! is the binary's edge, so errors are `anyhow` with context. One file per subcommand.
 
+mod bench;
 mod config;
 mod demo;
 mod dlq;
@@ -12,6 +13,7 @@ mod policy;
 mod publish;
 mod reconcile;
 
+pub use self::bench::{BenchArgs, bench};
 pub use self::config::{ConfigAction, config};
 pub use self::demo::{DemoArgs, demo};
 pub use self::dlq::{DlqAction, dlq};

@@ -51,6 +51,11 @@ pub struct DemoOptions {
     /// Run the sandbox without honouring idempotency keys, so any duplicate that got past the
     /// ledger and the lease shows up as a second bid (the strictest check of those layers).
     pub naive_marketplace: bool,
+    /// `--backend real`: publish at this many events per second (a steady load, for
+    /// publish→bid latency) instead of all at once.
+    pub rate: Option<u32>,
+    /// `--backend real`: a daily bid cap per marketplace (what the cap costs is benchmarked).
+    pub daily_cap: Option<u64>,
 }
 
 impl Default for DemoOptions {
@@ -64,6 +69,8 @@ impl Default for DemoOptions {
             backend: DemoBackend::Embedded,
             progress: true,
             naive_marketplace: false,
+            rate: None,
+            daily_cap: None,
         }
     }
 }
@@ -351,5 +358,6 @@ async fn report(
             .map(|(s, n)| (s.as_str(), n))
             .collect(),
         counts,
+        publish_to_bid_us: Vec::new(),
     })
 }

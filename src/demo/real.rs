@@ -2,7 +2,7 @@
 //! PostgreSQL, under names unique to this run (exchange, queues, Redis key prefix, PostgreSQL
 //! schema), all removed afterwards so a demo never touches production data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,8 @@ pub(super) async fn run(
         ));
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-    let s = run_settings(settings, &run_id);
+    let mut s = run_settings(settings, &run_id);
+    s.bidding.daily_bid_cap = options.daily_cap.unwrap_or(0);
     let input = generate(
         options.postings,
         options.duplication,
@@ -106,9 +107,7 @@ async fn run_on(
         .map(|body| OutgoingEvent::parse(body.clone()).map_err(|_| body))
         .partition(Result::is_ok);
     let events: Vec<OutgoingEvent> = events.into_iter().filter_map(Result::ok).collect();
-    for result in publisher.publish_many(&events).await {
-        result.map_err(|e| DemoError::Publish(e.to_string()))?;
-    }
+    let published_at = publish_paced(&publisher, &events, options.rate).await?;
     publisher.close().await;
     let conn = Connection::connect(s.amqp.url.expose(), ConnectionProperties::default())
         .await
@@ -158,20 +157,61 @@ async fn run_on(
     fleet.stop().await;
     let dead_letters = dead_letter_reasons(&channel, &s.amqp.dead_letter_queue()).await?;
     let _ = conn.close(200, "demo done".into()).await;
-    report(
+    let Some(sandbox) = system.sandbox() else {
+        return Err(DemoError::Publish(
+            "the demo runs with marketplace.kind = \"sandbox\"".to_owned(),
+        ));
+    };
+    let mut report = report(
         "real",
         options,
         input,
         elapsed,
-        &system
-            .sandbox()
-            .expect("marketplace.kind = sandbox")
-            .stats(),
+        &sandbox.stats(),
         dead_letters,
         ledger.as_ref(),
         tally.snapshot(),
     )
-    .await
+    .await?;
+    if options.rate.is_some() {
+        report.publish_to_bid_us = input
+            .eligible
+            .iter()
+            .filter_map(|key| {
+                let sent = published_at.get(key)?;
+                let (marketplace, posting_id) = key.split_once(':')?;
+                let key = crate::posting::PostingKey::new(marketplace, posting_id).ok()?;
+                let bid = sandbox.bids(&key).into_iter().next()?;
+                u64::try_from((bid.created_at - *sent).num_microseconds()?).ok()
+            })
+            .collect();
+    }
+    Ok(report)
+}
+
+/// Publishes `events` all at once, or at `rate` per second in 10 ms ticks; returns when each
+/// posting's first copy went out.
+async fn publish_paced(
+    publisher: &Publisher,
+    events: &[OutgoingEvent],
+    rate: Option<u32>,
+) -> Result<HashMap<String, chrono::DateTime<chrono::Utc>>, DemoError> {
+    let mut published_at = HashMap::new();
+    let per_tick = rate.map_or(events.len().max(1), |r| (r as usize / 100).max(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for chunk in events.chunks(per_tick) {
+        if rate.is_some() {
+            tick.tick().await;
+        }
+        let now = chrono::Utc::now();
+        for event in chunk {
+            published_at.entry(event.posting_key()).or_insert(now);
+        }
+        for result in publisher.publish_many(chunk).await {
+            result.map_err(|e| DemoError::Publish(e.to_string()))?;
+        }
+    }
+    Ok(published_at)
 }
 
 /// Reads the reasons of parked messages without consuming them (they are requeued; the queue is

@@ -18,6 +18,7 @@
 
 mod batch;
 mod deadline;
+mod loopback;
 mod migrations;
 pub mod postgres;
 mod sql;

@@ -91,6 +91,8 @@ pub struct OutgoingEvent {
     body: Vec<u8>,
     event_id: String,
     marketplace: String,
+    /// `marketplace:posting_id`.
+    key: String,
     headers: BTreeMap<String, String>,
 }
 
@@ -102,9 +104,15 @@ impl OutgoingEvent {
         Ok(Self {
             event_id: posting.event_id,
             marketplace: posting.key.marketplace().to_owned(),
+            key: posting.key.to_string(),
             body,
             headers: BTreeMap::new(),
         })
+    }
+
+    /// The posting's `marketplace:posting_id`.
+    pub fn posting_key(&self) -> String {
+        self.key.clone()
     }
 
     /// Adds an AMQP header, e.g. `traceparent`/`tracestate` from the caller's own span.

@@ -34,5 +34,6 @@ mod redis_cluster;
 mod schema;
 mod shutdown;
 mod source_contract;
+mod spend;
 mod telemetry;
 mod worker_queue;

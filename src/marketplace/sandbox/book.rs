@@ -135,6 +135,7 @@ mod tests {
             traceparent: None,
             tracestate: None,
             request_sha256: format!("sha-of-{id}-body"),
+            created_at: chrono::Utc::now(),
         }
     }
 

@@ -112,6 +112,8 @@ pub struct Bid {
     pub tracestate: Option<String>,
     /// SHA-256 of the creating request's body: a replay of the key must send the same bytes.
     pub request_sha256: String,
+    /// When the sandbox created the bid (its own clock): publish→bid latency, rate limits.
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Counters for one posting.

@@ -130,6 +130,7 @@ fn answer(
                 traceparent: traceparent.map(str::to_owned),
                 tracestate: header_str(headers, "tracestate").map(str::to_owned),
                 request_sha256: crate::ledger::sha256_hex(raw_body),
+                created_at: chrono::Utc::now(),
             })
         });
     let mut state = sandbox.state();

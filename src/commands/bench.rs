@@ -1,0 +1,54 @@
+//! `bidorch bench`: the pipeline's throughput and latency as ratios to the broker's own
+//! consume+ack rate, on the configured RabbitMQ, Redis and PostgreSQL (names of its own).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use bidorch::bench::BenchOptions;
+use bidorch::config::Settings;
+
+/// `bidorch bench` flags.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Postings per throughput run.
+    #[arg(long, default_value_t = 3000)]
+    postings: usize,
+    /// Worker counts to run the pipeline at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<usize>,
+    /// Messages for the bare consume+ack run.
+    #[arg(long, default_value_t = 20_000)]
+    bare_messages: usize,
+    /// Steady publish rate (postings/s) of the latency run.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Length of the latency run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    rate_seconds: u32,
+    /// Directory for report.json.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+/// Runs the bench and prints its report.
+pub async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
+    if args.postings == 0 || args.workers.contains(&0) || args.rate == 0 {
+        bail!("--postings, --workers and --rate must be at least 1");
+    }
+    let options = BenchOptions {
+        postings: args.postings,
+        workers: args.workers,
+        bare_messages: args.bare_messages.max(1),
+        rate: args.rate,
+        rate_seconds: args.rate_seconds.max(1),
+        out: args.out,
+    };
+    let report = bidorch::bench::run(settings, &options, |step| eprintln!("bench: {step}…"))
+        .await
+        .context("bench")?;
+    println!("{report}");
+    println!("report: {}", options.out.join("report.json").display());
+    Ok(())
+}
