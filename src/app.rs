@@ -159,7 +159,14 @@ impl SystemBuilder {
                 Policy::new(&settings.bidding).map_err(crate::config::ConfigError::from)?,
                 settings.lock.ttl,
             )
-            .with_instance(instance.clone()),
+            .with_instance(instance.clone())
+            .with_rates(
+                settings
+                    .marketplaces
+                    .iter()
+                    .filter_map(|(name, m)| Some((name.clone(), m.rate()?)))
+                    .collect(),
+            ),
         );
         let queue = match settings.source.kind {
             SourceKind::Memory => Some(

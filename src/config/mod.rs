@@ -202,6 +202,13 @@ pub struct MarketplaceSettings {
     /// Time to establish the connection.
     #[serde(default, with = "humantime_serde::option")]
     pub connect_timeout: Option<Duration>,
+    /// Bid requests per second to this marketplace across the whole fleet (shared in Redis);
+    /// unset: no limit. A posting over it waits (no attempt counted).
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    /// Requests the rate limit lets through at once (default 1).
+    #[serde(default)]
+    pub rate_burst: Option<u32>,
 }
 
 impl MarketplaceSettings {
@@ -212,7 +219,17 @@ impl MarketplaceSettings {
             token_env: token_env.into(),
             timeout: None,
             connect_timeout: None,
+            rate_limit: None,
+            rate_burst: None,
         }
+    }
+
+    /// The fleet-wide request rate, if one is set.
+    pub fn rate(&self) -> Option<crate::lock::Rate> {
+        self.rate_limit.map(|per_second| crate::lock::Rate {
+            per_second,
+            burst: self.rate_burst.unwrap_or(1).max(1),
+        })
     }
 
     /// The request and connect timeouts: as configured, else the defaults for `lock_ttl` —

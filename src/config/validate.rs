@@ -163,6 +163,20 @@ fn marketplace(
             ),
         ));
     }
+    if let Some(rate) = m.rate_limit
+        && !(rate.is_finite() && rate > 0.0 && rate <= 100_000.0)
+    {
+        return Err(invalid(
+            key("rate_limit"),
+            format!("must be a number of requests per second above 0 (at most 100000), got {rate}"),
+        ));
+    }
+    if m.rate_burst == Some(0) || (m.rate_burst.is_some() && m.rate_limit.is_none()) {
+        return Err(invalid(
+            key("rate_burst"),
+            "must be at least 1, and set only with rate_limit",
+        ));
+    }
     Ok(())
 }
 

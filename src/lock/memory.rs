@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{HolderInfo, Lease, LockError, LockStore, Release};
+use super::rate::gcra;
+use super::{Admission, HolderInfo, Lease, LockError, LockStore, Rate, Release};
 use crate::posting::PostingKey;
 
 /// Entries above which an insert sweeps out expired leases (amortised: the bar doubles).
@@ -28,6 +29,9 @@ struct Entry {
 struct Table {
     leases: HashMap<PostingKey, Entry>,
     sweep_at: usize,
+    /// Rate buckets: theoretical arrival time per marketplace, in ms since `epoch`.
+    buckets: HashMap<String, u64>,
+    epoch: Option<Instant>,
 }
 
 impl Table {
@@ -166,6 +170,20 @@ impl LockStore for MemoryLockStore {
 
     async fn health(&self) -> Result<(), LockError> {
         Ok(())
+    }
+
+    async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = *table.epoch.get_or_insert_with(Instant::now);
+        let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let tat = table.buckets.get(marketplace).copied().unwrap_or(0);
+        Ok(match gcra(tat, now, rate) {
+            Ok(next) => {
+                table.buckets.insert(marketplace.to_owned(), next);
+                Admission::Go
+            }
+            Err(wait) => Admission::Wait(Duration::from_millis(wait)),
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::metrics::{Attempt, LockMetrics, LockMetricsSnapshot};
-use super::{HolderInfo, Lease, LockError, LockStore, Release};
+use super::{Admission, HolderInfo, Lease, LockError, LockStore, Rate, Release};
 use crate::posting::PostingKey;
 
 /// A lock store with metrics. Share it as `Arc<MeteredLockStore>`.
@@ -88,6 +88,11 @@ impl LockStore for MeteredLockStore {
 
     async fn health(&self) -> Result<(), LockError> {
         let result = self.inner.health().await;
+        self.count(result)
+    }
+
+    async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
+        let result = self.inner.admit(marketplace, rate).await;
         self.count(result)
     }
 }

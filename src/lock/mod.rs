@@ -28,6 +28,7 @@
 pub mod memory;
 pub mod metered;
 pub mod metrics;
+pub mod rate;
 pub mod redis;
 pub mod redis_conn;
 pub mod watchdog;
@@ -43,6 +44,7 @@ use crate::posting::PostingKey;
 pub use self::memory::MemoryLockStore;
 pub use self::metered::MeteredLockStore;
 pub use self::metrics::{LatencySummary, LockMetricsSnapshot};
+pub use self::rate::{Admission, Rate};
 pub use self::redis::RedisLockStore;
 pub use self::redis_conn::RedisOptions;
 pub use self::watchdog::HeldLease;
@@ -118,6 +120,13 @@ pub trait LockStore: Send + Sync + 'static {
 
     /// Checks the store answers (for `/readyz`).
     async fn health(&self) -> Result<(), LockError>;
+
+    /// Takes one request slot of `marketplace`'s bucket at `rate` (shared by every worker on
+    /// this store; see `rate.rs`). A store without buckets admits everything.
+    async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
+        let _ = (marketplace, rate);
+        Ok(Admission::Go)
+    }
 }
 
 /// A unique holder token: instance id, process id and 128 random bits (32 hex digits).

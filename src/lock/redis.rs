@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use redis::{Script, Value};
 
 use super::redis_conn::{RedisConn, RedisOptions, redacted};
-use super::{HolderInfo, Lease, LockError, LockStore, Release};
+use super::{Admission, HolderInfo, Lease, LockError, LockStore, Rate, Release};
 use crate::config::{RedisSettings, SecretUrl};
 use crate::posting::PostingKey;
 
@@ -51,6 +51,7 @@ pub struct RedisLockStore {
     release: Script,
     extend: Script,
     holder: Script,
+    admit: Script,
 }
 
 impl std::fmt::Debug for RedisLockStore {
@@ -104,6 +105,7 @@ impl RedisLockStore {
             release: Script::new(RELEASE_LUA),
             extend: Script::new(EXTEND_LUA),
             holder: Script::new(HOLDER_LUA),
+            admit: Script::new(super::rate::ADMIT_LUA),
         })
     }
 
@@ -197,6 +199,19 @@ impl LockStore for RedisLockStore {
             // -1: a key without expiry, which bidorch never writes; report it as unbounded.
             ttl_left: u64::try_from(pttl).map_or(Duration::MAX, Duration::from_millis),
         }))
+    }
+
+    async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
+        // Its own hash tag: a marketplace's bucket lives in one slot of a cluster.
+        let key = format!("{}rate:{{{marketplace}}}", self.key_prefix);
+        let mut call = self.admit.key(key);
+        call.arg(rate.interval_ms()).arg(rate.tolerance_ms());
+        let wait: u64 = self.conn.invoke("admit", &call, self.deadline).await?;
+        Ok(if wait == 0 {
+            Admission::Go
+        } else {
+            Admission::Wait(Duration::from_millis(wait))
+        })
     }
 
     async fn health(&self) -> Result<(), LockError> {

@@ -8,7 +8,8 @@
 //! 2. `policy.decide` — pure, before anything is claimed — unless a request was already sent:
 //!    then the stored request is the decision (sticky), whatever the policy says today.
 //! 3. A paused marketplace is not called: its postings wait, no lease taken, nothing claimed.
-//! 4. `lease.acquire`: held elsewhere → wait for the holder's lease.
+//! 4. `rate.admit` (when the marketplace has a fleet-wide rate): over it → wait, no call.
+//!    Then `lease.acquire`: held elsewhere → wait for the holder's lease.
 //! 5. `ledger.claim`: one atomic step that bumps the epoch, reserves the cap slot, stores the
 //!    request and counts the send — or records the skip. A request already sent comes back from
 //!    it to be sent again byte for byte.
@@ -29,7 +30,7 @@ use crate::flow::{Breakers, Dependency, Permit, ProbeGuard};
 use crate::ledger::{
     BidLedger, Claim, ClaimRequest, Fenced, Finish, Intent, LedgerEntry, LedgerError,
 };
-use crate::lock::{HeldLease, LockError, LockStore, Release};
+use crate::lock::{Admission, HeldLease, LockError, LockStore, Rate, Release};
 use crate::marketplace::Marketplace;
 use crate::policy::{Decision, Policy};
 use crate::posting::{Posting, PostingKey};
@@ -87,6 +88,8 @@ pub struct Pipeline {
     instance: String,
     /// Per-marketplace pauses; shared by every task of this pipeline.
     breakers: Breakers,
+    /// Fleet-wide request rates, by marketplace (kept in the lock store).
+    rates: BTreeMap<String, Rate>,
 }
 
 impl Pipeline {
@@ -106,7 +109,14 @@ impl Pipeline {
             lease_ttl,
             instance: "bidorch".to_owned(),
             breakers: Breakers::new(crate::flow::BreakerSettings::default()),
+            rates: BTreeMap::new(),
         }
+    }
+
+    /// Limits the request rate of these marketplaces, fleet-wide.
+    pub fn with_rates(mut self, rates: BTreeMap<String, Rate>) -> Self {
+        self.rates = rates;
+        self
     }
 
     /// Names this worker in the attempt history.
@@ -241,6 +251,24 @@ impl Pipeline {
                 }
             }
         };
+        if !matches!(intent, Intent::Skip(_))
+            && let Some(rate) = self.rates.get(key.marketplace())
+        {
+            let admitted = step!(
+                "rate.admit",
+                self.locks.admit(key.marketplace(), rate),
+                |r: &Result<Admission, _>| match r {
+                    Err(_) => "error",
+                    Ok(Admission::Go) => "go",
+                    Ok(Admission::Wait(_)) => "wait",
+                }
+            );
+            match admitted {
+                Err(e) => return lock_store_down(&e),
+                Ok(Admission::Wait(retry_in)) => return Outcome::RateLimited { retry_in },
+                Ok(Admission::Go) => {}
+            }
+        }
         let acquired = step!(
             "lease.acquire",
             self.locks.try_acquire(key, self.lease_ttl),

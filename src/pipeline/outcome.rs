@@ -10,6 +10,7 @@
 //! | bid placed (2xx, replay, or 409)               | `placed` + bid id           | ack                              |
 //! | marketplace 429 / 5xx / timeout                | `pending` kept              | retry (honours `Retry-After`)    |
 //! | marketplace 401 / 403 / 407, or paused         | `pending` kept              | wait; the marketplace pauses     |
+//! | over the marketplace's fleet-wide rate         | unchanged                   | wait for the bucket, no call     |
 //! | marketplace other 4xx                          | `rejected` + status/excerpt | ack                              |
 //! | lease lost / claim superseded before the bid   | unchanged                   | wait, no call made               |
 //! | poison message                                 | none                        | dead-letter                      |
@@ -110,6 +111,8 @@ pub enum Outcome {
         reason: PauseReason,
         retry_in: Duration,
     },
+    /// Over the marketplace's fleet-wide request rate; not attempted, back after `retry_in`.
+    RateLimited { retry_in: Duration },
     /// The policy declined; recorded as `skipped`.
     Skipped { reasons: Vec<String> },
     /// A bid exists and is recorded as `placed`.
@@ -208,6 +211,7 @@ impl Outcome {
             ),
             Self::NotYet { remaining } => wait(*remaining, "not_yet"),
             Self::MarketplacePaused { retry_in, .. } => wait(*retry_in, "marketplace_paused"),
+            Self::RateLimited { retry_in } => wait(*retry_in, "rate_limited"),
             Self::Transient {
                 retry_after,
                 counts,
@@ -233,6 +237,7 @@ impl Outcome {
             Self::Deferred { .. } => "deferred",
             Self::NotYet { .. } => "not_yet",
             Self::MarketplacePaused { .. } => "marketplace_paused",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Skipped { .. } => "skipped",
             Self::Placed { .. } => "placed",
             Self::Transient { .. } => "transient",

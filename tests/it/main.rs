@@ -30,6 +30,7 @@ mod queue_amqp;
 mod queue_dlq;
 mod queue_publish;
 mod queue_reconnect;
+mod rate_limit;
 mod redis_cluster;
 mod schema;
 mod shutdown;

@@ -100,6 +100,8 @@ fn settings(entries: &[(&str, &str, Duration)]) -> BTreeMap<String, MarketplaceS
                     token_env: format!("BIDORCH_{}_TOKEN", name.to_uppercase()),
                     timeout: Some(*timeout),
                     connect_timeout: Some(Duration::from_secs(2)),
+                    rate_limit: None,
+                    rate_burst: None,
                 },
             )
         })
