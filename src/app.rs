@@ -151,23 +151,26 @@ impl SystemBuilder {
             locks,
             marketplace,
         };
-        let pipeline = Arc::new(
-            Pipeline::new(
-                ports.ledger.clone(),
-                ports.locks.clone(),
-                ports.marketplace.clone(),
-                Policy::new(&settings.bidding).map_err(crate::config::ConfigError::from)?,
-                settings.lock.ttl,
-            )
-            .with_instance(instance.clone())
-            .with_rates(
-                settings
-                    .marketplaces
-                    .iter()
-                    .filter_map(|(name, m)| Some((name.clone(), m.rate()?)))
-                    .collect(),
-            ),
+        let pipeline = Pipeline::new(
+            ports.ledger.clone(),
+            ports.locks.clone(),
+            ports.marketplace.clone(),
+            Policy::new(&settings.bidding).map_err(crate::config::ConfigError::from)?,
+            settings.lock.ttl,
+        )
+        .with_instance(instance.clone())
+        .with_rates(
+            settings
+                .marketplaces
+                .iter()
+                .filter_map(|(name, m)| Some((name.clone(), m.rate()?)))
+                .collect(),
         );
+        let pipeline = match scoring(&settings)? {
+            Some(scoring) => pipeline.with_scoring(scoring),
+            None => pipeline,
+        };
+        let pipeline = Arc::new(pipeline);
         let queue = match settings.source.kind {
             SourceKind::Memory => Some(
                 self.queue
@@ -184,6 +187,25 @@ impl SystemBuilder {
             tally: self.tally,
         })
     }
+}
+
+/// The scoring service `[scoring]` names, if any.
+fn scoring(settings: &Settings) -> Result<Option<crate::pipeline::Scoring>, StartError> {
+    if !settings.scoring.enabled() {
+        return Ok(None);
+    }
+    let scorer = crate::scoring::HttpScorer::new(&settings.scoring, |var| std::env::var(var).ok())
+        .map_err(|e| {
+            StartError::Config(crate::config::ConfigError::Invalid {
+                key: "scoring".to_owned(),
+                problem: e.to_string(),
+            })
+        })?;
+    Ok(Some(crate::pipeline::Scoring {
+        scorer: Arc::new(scorer),
+        threshold: settings.scoring.threshold,
+        on_failure: settings.scoring.on_failure,
+    }))
 }
 
 /// The safety refusals, in one place.

@@ -52,6 +52,7 @@ pub mod policy;
 pub mod posting;
 pub mod publish;
 pub mod reconcile;
+pub mod scoring;
 pub mod source;
 pub mod tally;
 pub mod telemetry;

@@ -13,6 +13,7 @@
 mod bidding;
 mod compat;
 mod load;
+mod scoring;
 pub mod secret;
 mod validate;
 
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use self::bidding::{
     BiddingOverrides, BiddingSettings, Fraction, Money, PricingOverrides, SkillsMatch,
 };
+pub use self::scoring::{OnScoringFailure, ScoringSettings};
 pub use self::secret::SecretUrl;
 
 /// The compiled-in defaults; the same file documents every key.
@@ -293,6 +295,8 @@ pub struct Settings {
     pub marketplace: MarketplaceClientSettings,
     pub marketplaces: BTreeMap<String, MarketplaceSettings>,
     pub bidding: BiddingSettings,
+    #[serde(default)]
+    pub scoring: ScoringSettings,
     pub worker: WorkerSettings,
     pub reconcile: ReconcileSettings,
     pub telemetry: TelemetrySettings,

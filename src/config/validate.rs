@@ -17,8 +17,39 @@ impl Settings {
         for (name, m) in &self.marketplaces {
             marketplace(name, m, &self.lock)?;
         }
+        scoring(&self.scoring)?;
         bidding(self)
     }
+}
+
+fn scoring(s: &crate::config::ScoringSettings) -> Result<(), ConfigError> {
+    if !s.enabled() {
+        return Ok(());
+    }
+    let url = url::Url::parse(s.url.trim())
+        .map_err(|e| invalid("scoring.url", format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() {
+        return Err(invalid(
+            "scoring.url",
+            "must be an http:// or https:// URL without credentials (use scoring.token_env)",
+        ));
+    }
+    if url.query().is_some() {
+        return Err(invalid(
+            "scoring.url",
+            "must not carry a query string (a secret there would reach logs); use scoring.token_env",
+        ));
+    }
+    if !(0.0..=1.0).contains(&s.threshold) {
+        return Err(invalid("scoring.threshold", "must be between 0.0 and 1.0"));
+    }
+    if s.timeout.is_zero() || s.timeout > std::time::Duration::from_secs(60) {
+        return Err(invalid(
+            "scoring.timeout",
+            "must be above 0 and at most 60s",
+        ));
+    }
+    Ok(())
 }
 
 /// `true` when `value` is at least 1.

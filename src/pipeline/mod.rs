@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{Instrument, field::Empty, info_span};
 
+use crate::config::OnScoringFailure;
 use crate::flow::{Breakers, Dependency, Permit, ProbeGuard};
 use crate::ledger::{
     BidLedger, Claim, ClaimRequest, Fenced, Finish, Intent, LedgerEntry, LedgerError,
@@ -34,6 +35,7 @@ use crate::lock::{Admission, HeldLease, LockError, LockStore, Rate, Release};
 use crate::marketplace::Marketplace;
 use crate::policy::{Decision, Policy};
 use crate::posting::{Posting, PostingKey};
+use crate::scoring::Scorer;
 
 mod call;
 mod outcome;
@@ -90,6 +92,15 @@ pub struct Pipeline {
     breakers: Breakers,
     /// Fleet-wide request rates, by marketplace (kept in the lock store).
     rates: BTreeMap<String, Rate>,
+    /// The remote scoring service, if configured.
+    scoring: Option<Scoring>,
+}
+
+/// The scoring service and what to make of its answers.
+pub struct Scoring {
+    pub scorer: Arc<dyn Scorer>,
+    pub threshold: f64,
+    pub on_failure: OnScoringFailure,
 }
 
 impl Pipeline {
@@ -110,7 +121,14 @@ impl Pipeline {
             instance: "bidorch".to_owned(),
             breakers: Breakers::new(crate::flow::BreakerSettings::default()),
             rates: BTreeMap::new(),
+            scoring: None,
         }
+    }
+
+    /// Asks `scoring` about every posting the rules would bid on.
+    pub fn with_scoring(mut self, scoring: Scoring) -> Self {
+        self.scoring = Some(scoring);
+        self
     }
 
     /// Limits the request rate of these marketplaces, fleet-wide.
@@ -204,6 +222,14 @@ impl Pipeline {
             Some(entry) if entry.sends > 0 => Intent::Resend,
             _ => self.decide(posting),
         };
+        let intent = match (intent, &self.scoring) {
+            (Intent::Bid(request), Some(scoring)) => match self.score(posting, scoring).await {
+                Ok(None) => Intent::Bid(request),
+                Ok(Some(reason)) => Intent::Skip(vec![reason]),
+                Err(outcome) => return outcome,
+            },
+            (intent, _) => intent,
+        };
         self.under_permit(key, intent, context, trace_headers).await
     }
 
@@ -230,6 +256,37 @@ impl Pipeline {
                 ))
             }
         }
+    }
+
+    /// The scoring service's verdict on a posting the rules would bid on: `None` to bid, a skip
+    /// reason, or (when it cannot answer and `on_failure = "wait"`) the outcome to wait with.
+    async fn score(&self, posting: &Posting, scoring: &Scoring) -> Result<Option<String>, Outcome> {
+        let span = info_span!("scoring", result = Empty);
+        let scored = scoring.scorer.score(posting).instrument(span.clone()).await;
+        let verdict = match scored {
+            Ok(score) if score >= scoring.threshold => Ok(None),
+            Ok(score) => Ok(Some(format!(
+                "score_below_threshold:{score:.3}<{}",
+                scoring.threshold
+            ))),
+            Err(e) => match scoring.on_failure {
+                OnScoringFailure::Rules => Ok(None),
+                OnScoringFailure::Skip => Ok(Some("scoring_unavailable".to_owned())),
+                OnScoringFailure::Wait => Err(Outcome::Unavailable {
+                    component: Component::Scoring,
+                    error: crate::error::chain(&e),
+                }),
+            },
+        };
+        span.record(
+            "result",
+            match &verdict {
+                Ok(None) => "bid",
+                Ok(Some(_)) => "skip",
+                Err(_) => "unavailable",
+            },
+        );
+        verdict
     }
 
     /// Checks the marketplace may be called (when the intent needs it), then takes the lease.

@@ -69,6 +69,8 @@ pub enum Component {
     LockStore,
     Ledger,
     Marketplace,
+    /// The remote scoring service (`[scoring]`, `on_failure = "wait"`).
+    Scoring,
 }
 
 impl Component {
@@ -78,6 +80,7 @@ impl Component {
             Self::LockStore => "lock_store",
             Self::Ledger => "ledger",
             Self::Marketplace => "marketplace",
+            Self::Scoring => "scoring",
         }
     }
 
@@ -86,7 +89,7 @@ impl Component {
         match self {
             Self::LockStore => Some(Dependency::LockStore),
             Self::Ledger => Some(Dependency::Ledger),
-            Self::Marketplace => None,
+            Self::Marketplace | Self::Scoring => None,
         }
     }
 }
@@ -200,6 +203,7 @@ impl Outcome {
                     Component::LockStore => "lock_store_unavailable",
                     Component::Ledger => "ledger_unavailable",
                     Component::Marketplace => "marketplace_unavailable",
+                    Component::Scoring => "scoring_unavailable",
                 },
             ),
             Self::Deferred { dependency } => wait(

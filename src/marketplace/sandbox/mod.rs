@@ -173,6 +173,10 @@ struct State {
     outage: Option<Fault>,
     /// How many of the next placements have their answer lost.
     lose_next: u32,
+    /// `/v1/score` answers 503 while set.
+    scoring_down: bool,
+    /// `/v1/score` answers given.
+    scored: u64,
     /// The bearer token required now (starts as [`SandboxOptions::token`]; tests rotate it).
     token: Option<String>,
 }
@@ -202,6 +206,8 @@ impl Sandbox {
                     scripted: VecDeque::new(),
                     outage: None,
                     lose_next: 0,
+                    scoring_down: false,
+                    scored: 0,
                     token,
                 }),
             }),
@@ -238,6 +244,16 @@ impl Sandbox {
     /// client sees `502` although the bid exists.
     pub fn lose_next_responses(&self, n: u32) {
         self.state().lose_next += n;
+    }
+
+    /// Makes the stand-in scoring service answer 503 (`true`) or score again (`false`).
+    pub fn set_scoring_down(&self, down: bool) {
+        self.state().scoring_down = down;
+    }
+
+    /// Postings the stand-in scoring service has scored.
+    pub fn scored(&self) -> u64 {
+        self.state().scored
     }
 
     /// Requires `token` from now on (`None`: any non-empty bearer token): a revoked or rotated

@@ -28,9 +28,29 @@ pub(super) fn router(sandbox: Sandbox) -> Router {
             post(place_bid),
         )
         .route("/v1/stats", get(stats))
+        .route("/v1/score", post(score))
         .route("/v1/bids/{marketplace}/{posting_id}", get(bids))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(sandbox)
+}
+
+/// A stand-in scoring service (`[scoring]`): 0.1 for a title with "low-score" in it, else 0.9;
+/// `503` while [`Sandbox::set_scoring_down`] says so.
+async fn score(State(sandbox): State<Sandbox>, body: axum::body::Bytes) -> Response {
+    if sandbox.state().scoring_down {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "scoring is down");
+    }
+    let title = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["title"].as_str().map(str::to_lowercase))
+        .unwrap_or_default();
+    let score = if title.contains("low-score") {
+        0.1
+    } else {
+        0.9
+    };
+    sandbox.state().scored += 1;
+    axum::Json(json!({ "score": score })).into_response()
 }
 
 async fn stats(State(sandbox): State<Sandbox>) -> Response {
