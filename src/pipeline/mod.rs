@@ -26,24 +26,26 @@ use std::time::{Duration, Instant};
 
 use tracing::{Instrument, field::Empty, info_span};
 
-use crate::config::OnScoringFailure;
-use crate::flow::{Breakers, Dependency, Permit, ProbeGuard};
-use crate::ledger::{
-    BidLedger, Claim, ClaimRequest, Fenced, Finish, Intent, LedgerEntry, LedgerError,
-};
-use crate::lock::{Admission, HeldLease, LockError, LockStore, Rate, Release};
+use crate::flow::{Breakers, Permit, ProbeGuard};
+use crate::ledger::{BidLedger, Claim, ClaimRequest, Fenced, Finish, Intent};
+use crate::lock::{Admission, HeldLease, LockStore, Rate, Release};
 use crate::marketplace::Marketplace;
 use crate::policy::{Decision, Policy};
 use crate::posting::{Posting, PostingKey};
-use crate::scoring::Scorer;
 
+mod assemble;
 mod call;
 mod outcome;
 mod request;
+mod scoring;
+mod steps;
+
+use self::steps::{fence_result, ledger_down, lock_store_down, lookup_result, pending};
 
 pub use self::call::MISMATCHES;
 pub use self::outcome::{Action, Component, Envelope, Outcome, PlacedVia, RetryRules};
 pub use self::request::stored_request;
+pub use self::scoring::Scoring;
 
 /// Runs `$fut` inside an INFO span `$name` and records `result = $label(&output)` on it: every
 /// pipeline step's span, with a bounded `result`, made the same way.
@@ -54,20 +56,6 @@ macro_rules! step {
         span.record("result", ($label)(&output));
         output
     }};
-}
-
-fn ledger_down(e: &LedgerError) -> Outcome {
-    Outcome::Unavailable {
-        component: Component::Ledger,
-        error: crate::error::chain(e),
-    }
-}
-
-fn lock_store_down(e: &LockError) -> Outcome {
-    Outcome::Unavailable {
-        component: Component::LockStore,
-        error: crate::error::chain(e),
-    }
 }
 
 /// Who runs the pipeline and in which trace: recorded with each attempt.
@@ -96,90 +84,7 @@ pub struct Pipeline {
     scoring: Option<Scoring>,
 }
 
-/// The scoring service and what to make of its answers.
-pub struct Scoring {
-    pub scorer: Arc<dyn Scorer>,
-    pub threshold: f64,
-    pub on_failure: OnScoringFailure,
-}
-
 impl Pipeline {
-    /// Assembles a pipeline.
-    pub fn new(
-        ledger: Arc<dyn BidLedger>,
-        locks: Arc<dyn LockStore>,
-        marketplace: Arc<dyn Marketplace>,
-        policy: Policy,
-        lease_ttl: Duration,
-    ) -> Self {
-        Self {
-            ledger,
-            locks,
-            marketplace,
-            policy,
-            lease_ttl,
-            instance: "bidorch".to_owned(),
-            breakers: Breakers::new(crate::flow::BreakerSettings::default()),
-            rates: BTreeMap::new(),
-            scoring: None,
-        }
-    }
-
-    /// Asks `scoring` about every posting the rules would bid on.
-    pub fn with_scoring(mut self, scoring: Scoring) -> Self {
-        self.scoring = Some(scoring);
-        self
-    }
-
-    /// Limits the request rate of these marketplaces, fleet-wide.
-    pub fn with_rates(mut self, rates: BTreeMap<String, Rate>) -> Self {
-        self.rates = rates;
-        self
-    }
-
-    /// Names this worker in the attempt history.
-    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
-        self.instance = instance.into();
-        self
-    }
-
-    /// Uses these marketplace breakers (their settings; the state starts closed).
-    pub fn with_breakers(mut self, breakers: Breakers) -> Self {
-        self.breakers = breakers;
-        self
-    }
-
-    /// The marketplace breakers (for `/readyz`).
-    pub fn breakers(&self) -> &Breakers {
-        &self.breakers
-    }
-
-    /// The ledger (for the unresolved-sends gauge).
-    pub fn ledger(&self) -> &Arc<dyn BidLedger> {
-        &self.ledger
-    }
-
-    /// Asks `dependency` whether it answers again (the worker's probe while paused).
-    pub async fn probe(&self, dependency: Dependency) -> Result<(), String> {
-        match dependency {
-            Dependency::LockStore => self
-                .locks
-                .health()
-                .await
-                .map_err(|e| crate::error::chain(&e)),
-            Dependency::Ledger => self
-                .ledger
-                .health()
-                .await
-                .map_err(|e| crate::error::chain(&e)),
-        }
-    }
-
-    /// Parses an event body: a posting of a marketplace this deployment bids on, or poison.
-    pub fn parse(&self, body: &[u8]) -> Result<Posting, crate::posting::PostingError> {
-        Posting::parse(body, |m| self.marketplace.knows(m))
-    }
-
     /// Runs one validated posting through the pipeline.
     #[tracing::instrument(name = "pipeline", skip_all, fields(marketplace = posting.key.marketplace(), posting_id = posting.key.posting_id(), outcome = Empty))]
     pub async fn process(
@@ -256,37 +161,6 @@ impl Pipeline {
                 ))
             }
         }
-    }
-
-    /// The scoring service's verdict on a posting the rules would bid on: `None` to bid, a skip
-    /// reason, or (when it cannot answer and `on_failure = "wait"`) the outcome to wait with.
-    async fn score(&self, posting: &Posting, scoring: &Scoring) -> Result<Option<String>, Outcome> {
-        let span = info_span!("scoring", result = Empty);
-        let scored = scoring.scorer.score(posting).instrument(span.clone()).await;
-        let verdict = match scored {
-            Ok(score) if score >= scoring.threshold => Ok(None),
-            Ok(score) => Ok(Some(format!(
-                "score_below_threshold:{score:.3}<{}",
-                scoring.threshold
-            ))),
-            Err(e) => match scoring.on_failure {
-                OnScoringFailure::Rules => Ok(None),
-                OnScoringFailure::Skip => Ok(Some("scoring_unavailable".to_owned())),
-                OnScoringFailure::Wait => Err(Outcome::Unavailable {
-                    component: Component::Scoring,
-                    error: crate::error::chain(&e),
-                }),
-            },
-        };
-        span.record(
-            "result",
-            match &verdict {
-                Ok(None) => "bid",
-                Ok(Some(_)) => "skip",
-                Err(_) => "unavailable",
-            },
-        );
-        verdict
     }
 
     /// Checks the marketplace may be called (when the intent needs it), then takes the lease.
@@ -475,35 +349,5 @@ impl Pipeline {
             Ok(Fenced::Final(entry)) => Outcome::Duplicate(entry.state),
             Ok(Fenced::Written | Fenced::Superseded { .. }) => outcome,
         }
-    }
-}
-
-/// An attempt that ends with the row still pending.
-fn pending(result: &str, http_status: Option<u16>) -> Finish {
-    Finish::Pending {
-        result: result.to_owned(),
-        http_status,
-        detail: None,
-    }
-}
-
-/// Bounded label of a fenced write, for the step spans.
-fn fence_result(result: &Result<Fenced, LedgerError>) -> &'static str {
-    match result {
-        Err(_) => "error",
-        Ok(Fenced::Written) => "written",
-        Ok(Fenced::Final(_)) => "final",
-        Ok(Fenced::Superseded { .. }) => "superseded",
-    }
-}
-
-/// Bounded label of the first ledger lookup.
-fn lookup_result(found: &Result<Option<LedgerEntry>, LedgerError>) -> &'static str {
-    match found {
-        Err(_) => "error",
-        Ok(None) => "absent",
-        Ok(Some(entry)) if entry.state.is_final() => "final",
-        Ok(Some(entry)) if entry.sends > 0 => "sent",
-        Ok(Some(_)) => "pending",
     }
 }

@@ -11,22 +11,22 @@
 //! [`SystemBuilder::locks`]) — tests wrap the real ports to inject faults — and everything else
 //! is built from the settings.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{LockKind, MarketplaceKind, Settings, SourceKind};
 use crate::ledger::{self, BidLedger, LedgerError};
 use crate::lock::{self, LockError, LockStore};
 use crate::marketplace::sandbox::{Sandbox, SandboxOptions, SandboxServer};
 use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
-use crate::pipeline::{Pipeline, RetryRules};
+use crate::pipeline::Pipeline;
 use crate::policy::Policy;
-use crate::source::{
-    AmqpPostingSource, ConsumerState, MemoryQueue, PostingSource, SourceError, SourceHealth,
-};
+use crate::source::{AmqpPostingSource, MemoryQueue, PostingSource, SourceError};
 use crate::tally::Tally;
-use crate::worker::{self, WorkerOptions, WorkerReport};
+use crate::worker::WorkerOptions;
+
+mod run;
+
+pub use self::run::{run_worker, worker_options};
 
 /// Why a system could not be built or run. Each names the part at fault.
 #[derive(Debug, thiserror::Error)]
@@ -313,176 +313,5 @@ impl System {
             Some(queue) => Box::new(queue.subscribe(usize::from(self.settings.amqp.prefetch))),
             None => Box::new(AmqpPostingSource::connect(&self.settings.amqp, tag).await?),
         })
-    }
-
-    /// Runs one worker until `shutdown` resolves: opens its consumer, serves `/healthz`,
-    /// `/readyz` and `/metrics` on `http.addr` when `serve_http` (off for several workers in one
-    /// test process), and consumes. A consumer that cannot be resumed is an error, so the
-    /// process exits non-zero and an orchestrator restarts it.
-    pub async fn run_worker(
-        &self,
-        serve_http: bool,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<WorkerReport, StartError> {
-        let instance = self.settings.instance_id();
-        let source = self.open_source(&instance).await?;
-        let status = worker::Status::default();
-        let consuming = status.consuming.clone();
-        let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let http_task = if serve_http {
-            let addr = self.settings.http.addr;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Http { addr, source })?;
-            let readiness = crate::http::Readiness {
-                locks: self.ports.locks.clone(),
-                ledger: self.ports.ledger.clone(),
-                consuming: consuming.clone(),
-                gate: status.gate.clone(),
-                breakers: self.pipeline.breakers().clone(),
-            };
-            tracing::info!(%addr, "Serving /healthz, /readyz and /metrics");
-            Some(tokio::spawn(crate::http::serve(
-                listener,
-                readiness,
-                async {
-                    let _ = http_stopped.await;
-                },
-            )))
-        } else {
-            None
-        };
-        // `/readyz` follows the consumer itself: it turns unready while reconnecting, not only
-        // when the loop ends ("process up, consumer dead" must be visible).
-        let mirror = tokio::spawn(mirror_health(source.health(), consuming.clone()));
-        let unresolved = tokio::spawn(watch_unresolved(
-            self.ports.ledger.clone(),
-            self.settings.reconcile.older_than,
-        ));
-        tracing::info!(
-            instance = %instance,
-            queue = %self.settings.amqp.queue,
-            prefetch = self.settings.amqp.prefetch,
-            "Worker consuming"
-        );
-        let report = worker::run(
-            source,
-            self.pipeline.clone(),
-            self.worker_options(),
-            status,
-            shutdown,
-        )
-        .await;
-        mirror.abort();
-        unresolved.abort();
-        let _ = http_stop.send(());
-        if let Some(task) = http_task {
-            let _ = task.await;
-        }
-        if report.source_ended {
-            return Err(StartError::Source(SourceError::Unavailable(
-                format!(
-                    "stopped consuming from `{}` and could not recover within \
-                     amqp.reconnect_timeout ({})",
-                    self.settings.amqp.queue,
-                    humantime::format_duration(self.settings.amqp.reconnect_timeout)
-                )
-                .into(),
-            )));
-        }
-        tracing::info!(
-            received = report.received,
-            settled = report.settled,
-            abandoned = report.abandoned,
-            "Worker stopped"
-        );
-        Ok(report)
-    }
-}
-
-/// `bidorch worker`: builds the system from `settings` and runs one worker until `shutdown`.
-pub async fn run_worker(
-    settings: &Settings,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<WorkerReport, StartError> {
-    // Before any port is built: metric handles bind to the recorder present at first use.
-    crate::metrics::install();
-    System::build(settings)
-        .await?
-        .run_worker(true, shutdown)
-        .await
-}
-
-/// Consume-loop options from settings.
-pub fn worker_options(settings: &Settings) -> WorkerOptions {
-    WorkerOptions {
-        retry: RetryRules {
-            lock_held: settings.worker.retry_lock_held,
-            unavailable: settings.worker.retry_unavailable,
-            transient: settings.worker.retry_transient,
-            max_attempts: settings.amqp.max_attempts,
-            retry_budget: settings.amqp.retry_budget,
-        },
-        smallest_tier: settings
-            .amqp
-            .retry_tiers
-            .first()
-            .copied()
-            .unwrap_or(std::time::Duration::from_secs(1)),
-        grace: settings.worker.shutdown_grace,
-        tally: None,
-        destination: settings.amqp.exchange.clone(),
-        messaging_system: match settings.source.kind {
-            SourceKind::Amqp => "rabbitmq",
-            SourceKind::Memory => "bidorch.memory",
-        },
-    }
-}
-
-/// Mirrors a source's health into the readiness flag until aborted.
-async fn mirror_health(mut health: SourceHealth, consuming: Arc<AtomicBool>) {
-    loop {
-        let now = health.is_consuming();
-        consuming.store(now, Ordering::SeqCst);
-        let status = health
-            .wait_for(|s| (s.state == ConsumerState::Consuming) != now)
-            .await;
-        if status.state == ConsumerState::Failed || status.state == ConsumerState::Stopped {
-            consuming.store(false, Ordering::SeqCst);
-            return;
-        }
-    }
-}
-
-/// How often the worker counts unresolved sends.
-const UNRESOLVED_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Keeps `bidorch_ledger_unresolved_sends` current — postings whose request was sent more than
-/// `older_than` ago and never recorded — with one indexed count every 30 s, and says so at ERROR
-/// (an operator must run `bidorch reconcile`) when the count stays above 0, once per change.
-async fn watch_unresolved(ledger: Arc<dyn BidLedger>, older_than: std::time::Duration) {
-    let mut reported = 0;
-    loop {
-        let before = chrono::Utc::now()
-            - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-        match ledger.count_unresolved(before).await {
-            Ok(n) => {
-                metrics::gauge!(crate::metrics::UNRESOLVED_SENDS).set(n as f64);
-                if n > 0 && n != reported {
-                    tracing::error!(
-                        unresolved = n,
-                        older_than = %humantime::format_duration(older_than),
-                        "Bids sent but never recorded: run `bidorch reconcile` to settle them"
-                    );
-                } else if n == 0 && reported > 0 {
-                    tracing::info!("No unresolved sends left");
-                }
-                reported = n;
-            }
-            Err(e) => {
-                tracing::debug!(error = %crate::error::Chain(&e), "Counting unresolved sends failed")
-            }
-        }
-        tokio::time::sleep(UNRESOLVED_EVERY).await;
     }
 }

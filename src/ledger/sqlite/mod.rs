@@ -1,0 +1,232 @@
+//! SQLite ledger (embedded mode): the same tables and the same claim and finish decisions as
+//! PostgreSQL's functions, made in Rust inside one `BEGIN IMMEDIATE` transaction per batch.
+//!
+//! SQLite admits one writer at a time and an immediate transaction takes the write lock before
+//! it reads, so each claim and finish sees exactly the row it changes; other connections wait
+//! on the busy timeout instead of failing. Timestamps are fixed-width UTC text
+//! (`2026-11-26T10:00:00.123Z`), which orders correctly as text.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS, Row};
+use super::{
+    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
+    LedgerState,
+};
+use crate::config::SecretUrl;
+use crate::posting::PostingKey;
+
+mod steps;
+
+use self::steps::{Tx, claim_in, finish_in, timestamp};
+
+/// Connections for a file database when the caller does not say.
+const DEFAULT_MAX_CONNECTIONS: u32 = 4;
+
+/// The ledger in SQLite. Cloning is shallow: clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct SqliteBidLedger {
+    pool: SqlitePool,
+}
+
+impl SqliteBidLedger {
+    /// Opens (creating if missing) the database at `url` — `sqlite://path/to/ledger.db` or
+    /// `sqlite::memory:` — with a small pool. Does not migrate: call [`migrate`](Self::migrate)
+    /// (or use [`connect_and_migrate`](Self::connect_and_migrate)).
+    pub async fn connect(url: &str) -> Result<Self, LedgerError> {
+        Self::connect_with(url, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// [`connect`](Self::connect) with at most `max_connections` pooled connections.
+    ///
+    /// A file database uses WAL (readers never block the writer) and a busy timeout. An
+    /// in-memory database lives only as long as a connection to it, so its pool holds exactly
+    /// one connection that never idles out or expires: every caller shares that one database.
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, LedgerError> {
+        let connect_error = |source| {
+            LedgerError::Unavailable(Box::new(ConnectError {
+                url: SecretUrl::new(url).redacted(),
+                source,
+            }))
+        };
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut options = SqliteConnectOptions::from_str(url)
+            .map_err(connect_error)?
+            .busy_timeout(ACQUIRE_TIMEOUT)
+            .foreign_keys(true);
+        let mut pool = SqlitePoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
+        if in_memory {
+            pool = pool
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        } else {
+            options = options
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // WAL + NORMAL survives a process crash; only an OS crash may lose the last commits.
+                .synchronous(SqliteSynchronous::Normal);
+            pool = pool.max_connections(max_connections.max(1));
+        }
+        let pool = pool.connect_with(options).await.map_err(connect_error)?;
+        Ok(Self { pool })
+    }
+
+    /// [`connect`](Self::connect), then [`migrate`](Self::migrate).
+    pub async fn connect_and_migrate(url: &str) -> Result<Self, LedgerError> {
+        let ledger = Self::connect(url).await?;
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    /// Applies the embedded migrations not yet applied (idempotent).
+    pub async fn migrate(&self) -> Result<(), LedgerError> {
+        super::migrations::sqlite()
+            .run(&self.pool)
+            .await
+            .map_err(sql::migrate_error)
+    }
+
+    /// Closes the pool (for an in-memory database this discards it).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// SQLite's clock in the stored format (fixed-width UTC text, which orders as time).
+impl SqliteBidLedger {
+    /// An immediate transaction: the write lock is taken at once, so the reads inside it see
+    /// what the writes act on (SQLite has one writer at a time; others wait on the busy timeout).
+    async fn immediate(&self) -> Result<Tx<'_>, LedgerError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| sql::query_error(None, e))
+    }
+}
+
+#[async_trait]
+impl BidLedger for SqliteBidLedger {
+    async fn lookup_many(
+        &self,
+        keys: &[PostingKey],
+    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
+        let sql = format!(
+            "SELECT {ROW_COLUMNS} FROM bid_ledger WHERE marketplace = ?1 AND posting_id = ?2"
+        );
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(key.marketplace())
+                .bind(key.posting_id())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| sql::query_error(Some(key), e))?;
+            out.push(row.map(|r| r.entry(key)).transpose()?);
+        }
+        Ok(out)
+    }
+
+    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
+        let mut tx = self.immediate().await?;
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            out.push(claim_in(&mut tx, c).await?);
+        }
+        tx.commit().await.map_err(|e| sql::query_error(None, e))?;
+        Ok(out)
+    }
+
+    async fn finish_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+    ) -> Result<Vec<Fenced>, LedgerError> {
+        let mut tx = self.immediate().await?;
+        let mut out = Vec::with_capacity(finishes.len());
+        for (key, epoch, finish) in finishes {
+            out.push(finish_in(&mut tx, key, *epoch, finish).await?);
+        }
+        tx.commit().await.map_err(|e| sql::query_error(None, e))?;
+        Ok(out)
+    }
+
+    async fn unresolved(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let sql = format!(
+            "SELECT marketplace, posting_id, {ROW_COLUMNS} FROM bid_ledger \
+             WHERE state = 'pending' AND sends > 0 AND sent_at < ?1 ORDER BY sent_at LIMIT ?2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(timestamp(before))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql::query_error(None, e))?;
+        rows.iter().map(sql::keyed_entry).collect()
+    }
+
+    async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM bid_ledger WHERE state = 'pending' AND sends > 0 AND sent_at < ?1",
+        )
+        .bind(timestamp(before))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| sql::query_error(None, e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
+        sqlx::query_as::<_, sql::AttemptRow>(
+            "SELECT epoch, instance, event_id, trace_id, claim, started_at, finished_at, result, \
+                    http_status, detail \
+             FROM bid_attempts WHERE marketplace = ?1 AND posting_id = ?2 ORDER BY epoch",
+        )
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.into_iter().map(sql::AttemptRow::record).collect())
+        .map_err(|e| sql::query_error(Some(key), e))
+    }
+
+    async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM bid_ledger GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| sql::query_error(None, e))?;
+        sql::counts(rows)
+    }
+
+    async fn health(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| sql::query_error(None, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_the_stored_fixed_width_format() {
+        let at = DateTime::parse_from_rfc3339("2026-11-26T10:00:00.5Z")
+            .expect("valid RFC 3339")
+            .with_timezone(&Utc);
+        assert_eq!(timestamp(at), "2026-11-26T10:00:00.500Z");
+    }
+}

@@ -1,0 +1,232 @@
+//! The claim and finish decisions for SQLite, each inside the caller's immediate transaction:
+//! the same as PostgreSQL's `bidorch_claim`/`bidorch_finish`, in Rust.
+
+use chrono::{DateTime, Utc};
+
+use super::super::sql::{self, ROW_COLUMNS, Row};
+use super::super::{Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerError};
+use crate::posting::PostingKey;
+
+pub(super) const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// `since` in the stored timestamp format, so text comparison is time comparison.
+pub(super) fn timestamp(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+pub(super) type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
+
+/// The row of `key` inside `tx`, if any.
+async fn read(tx: &mut Tx<'_>, key: &PostingKey) -> Result<Option<Row>, LedgerError> {
+    let sql =
+        format!("SELECT {ROW_COLUMNS} FROM bid_ledger WHERE marketplace = ?1 AND posting_id = ?2");
+    sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql))
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))
+}
+
+/// `UPDATE bid_ledger SET {set}` on `key`, with `binds` (?3…), returning the row after it.
+async fn update(
+    tx: &mut Tx<'_>,
+    key: &PostingKey,
+    set: &str,
+    binds: &[Option<String>],
+) -> Result<Row, LedgerError> {
+    let sql = format!(
+        "UPDATE bid_ledger SET {set}, updated_at = {NOW} \
+         WHERE marketplace = ?1 AND posting_id = ?2 RETURNING {ROW_COLUMNS}"
+    );
+    let mut q = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql))
+        .bind(key.marketplace())
+        .bind(key.posting_id());
+    for b in binds {
+        q = q.bind(b.clone());
+    }
+    q.fetch_one(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))
+}
+
+/// One claim inside `tx`: the same decisions as PostgreSQL's `bidorch_claim`.
+pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim, LedgerError> {
+    let key = &c.key;
+    let inserted = sqlx::query(
+        "INSERT OR IGNORE INTO bid_ledger (marketplace, posting_id, event_id) VALUES (?1, ?2, ?3)",
+    )
+    .bind(key.marketplace())
+    .bind(key.posting_id())
+    .bind(&c.event_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| sql::query_error(Some(key), e))?
+    .rows_affected()
+        == 1;
+    let row = read(tx, key).await?.ok_or_else(|| LedgerError::Corrupt {
+        key: key.to_string(),
+        problem: "the row vanished inside its claim".to_owned(),
+    })?;
+    if row.o_state != "pending" {
+        return sql::claim_of(key, "final", row);
+    }
+    if row.o_sends == 0 && c.intent == Intent::Resend {
+        return Ok(Claim::Nothing);
+    }
+    let epoch = if inserted {
+        row.o_epoch
+    } else {
+        row.o_epoch + 1
+    };
+    let epoch_text = Some(epoch.to_string());
+    let event = Some(c.event_id.clone());
+    let (result, row) = if row.o_sends > 0 {
+        let set = format!("epoch = ?3, sends = sends + 1, event_id = ?4, sent_at = {NOW}");
+        ("resend", update(tx, key, &set, &[epoch_text, event]).await?)
+    } else {
+        match &c.intent {
+            Intent::Resend => unreachable!("handled above: nothing was sent"),
+            Intent::Skip(reasons) => {
+                let set = "epoch = ?3, state = 'skipped', detail = ?4, event_id = ?5";
+                let binds = [epoch_text, Some(reasons.join(",")), event];
+                ("skipped", update(tx, key, set, &binds).await?)
+            }
+            Intent::Bid(request) => {
+                let day = c.day.to_string();
+                let took = match c.daily_cap {
+                    None => true,
+                    Some(cap) => {
+                        sqlx::query(
+                            "INSERT OR IGNORE INTO bid_daily_spend (marketplace, day) VALUES (?1, ?2)",
+                        )
+                        .bind(key.marketplace())
+                        .bind(&day)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| sql::query_error(Some(key), e))?;
+                        sqlx::query(
+                            "UPDATE bid_daily_spend SET reserved = reserved + 1 \
+                             WHERE marketplace = ?1 AND day = ?2 AND reserved < ?3",
+                        )
+                        .bind(key.marketplace())
+                        .bind(&day)
+                        .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| sql::query_error(Some(key), e))?
+                        .rows_affected()
+                            == 1
+                    }
+                };
+                if took {
+                    let set = format!(
+                        "epoch = ?3, sends = 1, request_body = ?4, request_sha256 = ?5, \
+                         request_amount = ?6, request_currency = ?7, reserved_day = ?8, \
+                         event_id = ?9, sent_at = {NOW}"
+                    );
+                    let binds = [
+                        epoch_text,
+                        Some(request.body.clone()),
+                        Some(request.sha256.clone()),
+                        Some(request.amount.clone()),
+                        Some(request.currency.clone()),
+                        c.daily_cap.map(|_| day),
+                        event,
+                    ];
+                    ("send", update(tx, key, &set, &binds).await?)
+                } else {
+                    let set = "epoch = ?3, state = 'skipped', detail = 'daily_cap', event_id = ?4";
+                    ("capped", update(tx, key, set, &[epoch_text, event]).await?)
+                }
+            }
+        }
+    };
+    let finished = matches!(result, "skipped" | "capped");
+    let sql = format!(
+        "INSERT OR IGNORE INTO bid_attempts \
+         (marketplace, posting_id, epoch, instance, event_id, trace_id, claim, finished_at, \
+          result, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?8 THEN {NOW} END, \
+                 CASE WHEN ?8 THEN 'skipped' END, CASE WHEN ?8 THEN ?9 END)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .bind(row.o_epoch)
+        .bind(&c.instance)
+        .bind(&c.event_id)
+        .bind(&c.trace_id)
+        .bind(result)
+        .bind(finished)
+        .bind(&row.o_detail)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))?;
+    sql::claim_of(key, result, row)
+}
+
+/// One finish inside `tx`: the same as PostgreSQL's `bidorch_finish`.
+pub(super) async fn finish_in(
+    tx: &mut Tx<'_>,
+    key: &PostingKey,
+    epoch: i64,
+    finish: &Finish,
+) -> Result<Fenced, LedgerError> {
+    let Some(row) = read(tx, key).await? else {
+        return sql::fenced_of(key, epoch, false, None);
+    };
+    if row.o_state != "pending" || row.o_epoch != epoch {
+        return sql::fenced_of(key, epoch, false, Some(row));
+    }
+    let (http_status, attempt_detail) = match finish {
+        Finish::Final(outcome) => (outcome.http_status(), None),
+        Finish::Pending {
+            http_status,
+            detail,
+            ..
+        } => (*http_status, detail.clone()),
+    };
+    if let Finish::Final(outcome) = finish {
+        if matches!(outcome, FinalOutcome::Rejected { .. }) {
+            // A rejection gives back the cap slot the posting held.
+            sqlx::query(
+                "UPDATE bid_daily_spend SET reserved = max(reserved - 1, 0) \
+                 WHERE marketplace = ?1 AND day = \
+                   (SELECT reserved_day FROM bid_ledger WHERE marketplace = ?1 AND posting_id = ?2)",
+            )
+            .bind(key.marketplace())
+            .bind(key.posting_id())
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| sql::query_error(Some(key), e))?;
+        }
+        let release = matches!(outcome, FinalOutcome::Rejected { .. });
+        let set = if release {
+            "state = ?3, bid_id = ?4, detail = ?5, reserved_day = NULL"
+        } else {
+            "state = ?3, bid_id = ?4, detail = ?5"
+        };
+        let binds = [
+            Some(outcome.state().as_str().to_owned()),
+            outcome.bid_id().map(str::to_owned),
+            outcome.detail(),
+        ];
+        update(tx, key, set, &binds).await?;
+    }
+    let sql = format!(
+        "UPDATE bid_attempts SET finished_at = {NOW}, result = ?4, http_status = ?5, detail = ?6 \
+         WHERE marketplace = ?1 AND posting_id = ?2 AND epoch = ?3"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .bind(epoch)
+        .bind(finish.result())
+        .bind(http_status.map(i32::from))
+        .bind(attempt_detail)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))?;
+    Ok(Fenced::Written)
+}
