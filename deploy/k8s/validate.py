@@ -22,7 +22,7 @@ from kubernetes_validate import utils as kv
 
 SHUTDOWN_GRACE_DEFAULT = "20s"  # worker.shutdown_grace default (config/default.toml)
 GRACE_MARGIN_S = 15  # time after the drain for releasing leases, closing, exiting
-PREFETCH_DEFAULT = 32  # amqp.prefetch default
+PREFETCH_DEFAULT = 100  # amqp.prefetch default
 QUEUE_DEFAULT = "bidorch.postings"  # amqp.queue default
 RUN_AS = 10001  # the image's numeric user and group (Dockerfile)
 SECRET_VARS = ("AMQP_URL", "REDIS_URL", "DATABASE_URL")

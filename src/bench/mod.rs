@@ -1,7 +1,7 @@
 //! `bidorch bench`: what the pipeline costs, measured in one run on one machine and reported as
 //! ratios to the limit — the broker's own consume+ack rate on a fresh quorum queue.
 //!
-//! The runs, in order: the bare consume+ack rate; the full pipeline (the `--backend real` demo:
+//! The runs, in order: the bare consume+ack rate; a warm-up; the full pipeline (the `--backend real` demo:
 //! RabbitMQ, Redis, PostgreSQL and the in-process sandbox, each posting once) at each worker
 //! count, and once more with a daily cap set; then publish→bid latency at a steady rate with the
 //! cap set. Every pipeline run also checks the promise (one bid per eligible posting). The report
@@ -152,6 +152,10 @@ pub async fn run(
     let prefetch = settings.amqp.prefetch;
     let bare =
         bare::consume_ack_rate(&settings.amqp, &queue, options.bare_messages, prefetch).await?;
+    // A short run first: the schema, the prepared statements and the broker's queues warm up
+    // here, so the first measured run is not penalised against the later ones.
+    progress("warm-up");
+    pipeline(settings, 1, options.postings.min(1000), None, None).await?;
     let mut runs = Vec::new();
     let plan: Vec<(usize, bool)> = options
         .workers

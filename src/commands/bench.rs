@@ -12,8 +12,8 @@ use bidorch::config::Settings;
 /// `bidorch bench` flags.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Postings per throughput run.
-    #[arg(long, default_value_t = 3000)]
+    /// Postings per throughput run (runs of a few seconds at least, or the figures are noise).
+    #[arg(long, default_value_t = 10_000)]
     postings: usize,
     /// Worker counts to run the pipeline at, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
