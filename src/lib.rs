@@ -3,24 +3,29 @@
 //! # Layout
 //! - [`app`]: the composition root — [`Settings`](config::Settings) in, a running
 //!   [`System`](app::System) out. Every backend is chosen there by configuration, and the safety
-//!   refusals (no in-process locks with a shared queue) live there once.
+//!   refusals (no in-process locks with a shared queue) live there once; `app/run.rs` runs a
+//!   worker.
 //! - [`config`]: layered settings (`load`), the original system's variables (`compat`),
 //!   validation naming the key (`validate`), secrets redacted (`secret`).
 //! - [`posting`]: the wire event (derived, [`posting::wire`]) converted with `TryFrom` into a
 //!   validated [`posting::Posting`].
 //! - [`policy`]: the pure should-bid decision — rules from `[bidding]` with per-kind and
 //!   per-marketplace layers, the bid amount, the cover letter, and the `policy check` report.
-//! - [`pipeline`]: one posting through ledger → lease → claim → decide → fence → bid → record;
-//!   `pipeline/outcome.rs` holds the spec's outcome table (one `match`, max attempts included).
+//! - [`pipeline`]: one posting through lookup → decide (→ [`scoring`]) → rate → lease → claim →
+//!   bid → finish; `pipeline/outcome/` holds the spec's outcome table (one `match`, max attempts
+//!   included).
 //! - Ports, each a narrow trait speaking domain types, with a production and an embedded backend:
 //!   [`source`] (RabbitMQ / in-process queue), [`lock`] (Redis / memory), [`ledger`]
-//!   (PostgreSQL / SQLite), [`marketplace`] (HTTP client; the sandbox server).
+//!   (PostgreSQL / SQLite; batching of concurrent calls), [`marketplace`] (HTTP client; the
+//!   sandbox server), [`scoring`] (the optional remote scoring service). The lock store also
+//!   keeps the fleet-wide request rate of each marketplace (`lock/rate.rs`).
 //! - [`worker`]: the consume loop, concurrency and graceful shutdown.
 //! - [`amqp`]: what every RabbitMQ user shares — connections, topology, headers, confirmed
 //!   publishing — used by [`source`], [`publish`] and [`dlq`].
 //! - [`publish`]: publishing posting events with confirms; [`dlq`]: inspecting and replaying
 //!   parked messages; [`inspect`]: one posting's story; [`reconcile`]: settling sends never
-//!   recorded; [`demo`]: the one-command run on embedded (or real) backends.
+//!   recorded; [`demo`]: the one-command run on embedded (or real) backends; [`bench`]: the
+//!   pipeline's rate as a ratio to the broker's own.
 //! - [`flow`]: waiting is not failing — the worker's gate and the marketplace breakers.
 //! - [`http`], [`metrics`], [`telemetry`]: operations; [`error`]: showing an error with its
 //!   causes; [`tls`]: the one TLS provider; [`tally`]: exact counts for the demo and tests.

@@ -140,11 +140,14 @@ impl Pipeline {
 
     /// The policy's decision as an intent, in its `policy.decide` span.
     fn decide(&self, posting: &Posting) -> Intent {
-        let span = info_span!("policy.decide", decision = Empty);
+        let span = info_span!("policy.decide", decision = Empty, reasons = Empty);
         let decision = span.in_scope(|| self.policy.decide(posting, chrono::Utc::now()));
         match decision {
             Decision::Skip(reasons) => {
                 span.record("decision", "skip");
+                // The bounded codes (the ledger keeps the details).
+                let codes: Vec<&str> = reasons.iter().map(|r| r.code()).collect();
+                span.record("reasons", codes.join(",").as_str());
                 Intent::Skip(reasons.iter().map(|r| r.describe()).collect())
             }
             Decision::Bid {

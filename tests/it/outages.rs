@@ -140,15 +140,19 @@ async fn redis_down_longer_than_every_retry_window_loses_nothing() {
     else {
         return;
     };
-    let load = load("redis", 200, 2);
+    // Half before the fault, half once it has begun: postings meet the fault however fast the
+    // machine is.
+    let (before, after) = (load("redis_a", 100, 2), load("redis_b", 100, 2));
     scenario.spawn_worker("a");
     scenario.spawn_worker("b");
     scenario.wait_ready().await;
-    scenario.publish(&load.events).await;
+    scenario.publish(&before.events).await;
 
     bids_reach(&scenario, 30).await;
     redis.kill();
     let down = Instant::now();
+    scenario.publish(&after.events).await;
+    let load = before.join(after);
     seen_paused(&scenario, "lock_store", "unavailable").await;
     tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
     redis.start().await;
@@ -185,15 +189,19 @@ async fn postgres_unreachable_longer_than_every_retry_window_loses_nothing() {
     else {
         return;
     };
-    let load = load("ledger", 200, 2);
+    // Half before the fault, half once it has begun: postings meet the fault however fast the
+    // machine is.
+    let (before, after) = (load("ledger_a", 100, 2), load("ledger_b", 100, 2));
     scenario.spawn_worker("a");
     scenario.spawn_worker("b");
     scenario.wait_ready().await;
-    scenario.publish(&load.events).await;
+    scenario.publish(&before.events).await;
 
     bids_reach(&scenario, 30).await;
     proxy.cut().await;
     let down = Instant::now();
+    scenario.publish(&after.events).await;
+    let load = before.join(after);
     seen_paused(&scenario, "ledger", "unavailable").await;
     tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
     proxy.restore().await;
@@ -217,15 +225,19 @@ async fn a_marketplace_answering_503_for_longer_than_every_retry_window_loses_no
     else {
         return;
     };
-    let load = load("m503", 200, 2);
+    // Half before the fault, half once it has begun: postings meet the fault however fast the
+    // machine is.
+    let (before, after) = (load("m503_a", 100, 2), load("m503_b", 100, 2));
     scenario.spawn_worker("a");
     scenario.spawn_worker("b");
     scenario.wait_ready().await;
-    scenario.publish(&load.events).await;
+    scenario.publish(&before.events).await;
 
     bids_reach(&scenario, 30).await;
     scenario.sandbox.set_outage(Some(Fault::unavailable()));
     let down = Instant::now();
+    scenario.publish(&after.events).await;
+    let load = before.join(after);
     // Both marketplaces are served by the sandbox: whichever trips first.
     eventually(SETTLE, "a marketplace paused", || async {
         for w in &scenario.workers {

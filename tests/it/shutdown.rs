@@ -229,7 +229,11 @@ async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing
         "every posting final and the queues drained",
         || async {
             let inspector = Inspector::connect().await;
+            // Nothing in flight either: a duplicate that met a lease still held goes back to
+            // wait after every row is final.
             let done = support::final_rows(&*ledger).await == POSTINGS as u64
+                && waiting(&inspector, &settings).await == 0
+                && b.metric("bidorch_postings_in_flight").await == Some(0.0)
                 && waiting(&inspector, &settings).await == 0;
             let _ = inspector.connection.close(200, "OK".into()).await;
             done

@@ -27,6 +27,18 @@ pub struct Load {
     pub poison: usize,
 }
 
+impl Load {
+    /// Both loads as one (their postings are disjoint when their prefixes are).
+    pub fn join(self, other: Load) -> Load {
+        Load {
+            events: [self.events, other.events].concat(),
+            eligible: [self.eligible, other.eligible].concat(),
+            ineligible: [self.ineligible, other.ineligible].concat(),
+            poison: self.poison + other.poison,
+        }
+    }
+}
+
 /// `n` postings over two marketplaces, every fifth under the minimum budget, each published
 /// `copies` times, the copies interleaved far apart.
 pub fn load(prefix: &str, n: usize, copies: usize) -> Load {
