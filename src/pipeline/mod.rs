@@ -8,12 +8,12 @@
 //! 2. `policy.decide` — pure, before anything is claimed — unless a request was already sent:
 //!    then the stored request is the decision (sticky), whatever the policy says today.
 //! 3. A paused marketplace is not called: its postings wait, no lease taken, nothing claimed.
-//! 4. `rate.admit` (when the marketplace has a fleet-wide rate): over it → wait, no call.
-//!    Then `lease.acquire`: held elsewhere → wait for the holder's lease.
+//! 4. `lease.acquire`: held elsewhere → wait for the holder's lease.
 //! 5. `ledger.claim`: one atomic step that bumps the epoch, reserves the cap slot, stores the
 //!    request and counts the send — or records the skip. A request already sent comes back from
 //!    it to be sent again byte for byte.
-//! 6. The lease must still be ours, then `bid` (the marketplace call, `request.rs`/`call.rs`).
+//! 6. The lease must still be ours, the marketplace's fleet-wide rate must admit the call
+//!    (`rate.admit`; over it → wait, the row stays pending), then `bid` (`request.rs`/`call.rs`).
 //! 7. `ledger.finish` under the epoch: a superseded holder writes nothing.
 //!
 //! Tracing: the `pipeline` span (with `marketplace`, `posting_id`, `outcome`) has one child per
@@ -185,24 +185,6 @@ impl Pipeline {
                 }
             }
         };
-        if !matches!(intent, Intent::Skip(_))
-            && let Some(rate) = self.rates.get(key.marketplace())
-        {
-            let admitted = step!(
-                "rate.admit",
-                self.locks.admit(key.marketplace(), rate),
-                |r: &Result<Admission, _>| match r {
-                    Err(_) => "error",
-                    Ok(Admission::Go) => "go",
-                    Ok(Admission::Wait(_)) => "wait",
-                }
-            );
-            match admitted {
-                Err(e) => return lock_store_down(&e),
-                Ok(Admission::Wait(retry_in)) => return Outcome::RateLimited { retry_in },
-                Ok(Admission::Go) => {}
-            }
-        }
         let acquired = step!(
             "lease.acquire",
             self.locks.try_acquire(key, self.lease_ttl),
@@ -316,6 +298,34 @@ impl Pipeline {
             return self
                 .finish_or(key, epoch, pending("lease_lost", None), Outcome::LeaseLost)
                 .await;
+        }
+        // Admitted right before the call, so the marketplace sees the bucket's spacing (an
+        // earlier admission would let ledger stalls bunch the calls up).
+        if let Some(rate) = self.rates.get(key.marketplace()) {
+            let admitted = step!(
+                "rate.admit",
+                self.locks.admit(key.marketplace(), rate),
+                |r: &Result<Admission, _>| match r {
+                    Err(_) => "error",
+                    Ok(Admission::Go) => "go",
+                    Ok(Admission::Wait(_)) => "wait",
+                }
+            );
+            match admitted {
+                Err(e) => {
+                    let finish = pending("lock_store_unavailable", None);
+                    return self
+                        .finish_or(key, epoch, finish, lock_store_down(&e))
+                        .await;
+                }
+                Ok(Admission::Wait(retry_in)) => {
+                    let finish = pending("rate_limited", None);
+                    return self
+                        .finish_or(key, epoch, finish, Outcome::RateLimited { retry_in })
+                        .await;
+                }
+                Ok(Admission::Go) => {}
+            }
         }
         let (finish, done) = self.call(key, &stored, probe, trace_headers).await;
         let written = step!(
