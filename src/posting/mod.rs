@@ -189,14 +189,6 @@ impl Posting {
     }
 }
 
-/// Formats an amount with two decimals, as the marketplace contract expects (`"450.00"`).
-pub fn format_amount(value: Decimal) -> String {
-    let mut v =
-        value.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
-    v.rescale(2);
-    v.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,11 +315,5 @@ mod tests {
         let k = PostingKey::new("upwork", "job_1").unwrap();
         assert_eq!(k.idempotency_key(), "upwork:job_1");
         assert_eq!(k.hash_tag(), "{upwork:job_1}");
-    }
-
-    #[test]
-    fn amounts_format_with_two_decimals() {
-        assert_eq!(format_amount(Decimal::new(450, 0)), "450.00");
-        assert_eq!(format_amount(Decimal::new(12345, 3)), "12.35");
     }
 }
