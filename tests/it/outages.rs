@@ -274,11 +274,13 @@ async fn a_revoked_token_never_records_a_posting_rejected() {
     else {
         return;
     };
-    let load = load("m401", 200, 2);
+    // Half before the fault, half once it has begun: postings meet the fault however fast the
+    // machine is.
+    let (before, after) = (load("m401_a", 100, 2), load("m401_b", 100, 2));
     scenario.spawn_worker("a");
     scenario.spawn_worker("b");
     scenario.wait_ready().await;
-    scenario.publish(&load.events).await;
+    scenario.publish(&before.events).await;
 
     bids_reach(&scenario, 30).await;
     // The marketplace stops accepting our token: every call is answered 401.
@@ -286,6 +288,8 @@ async fn a_revoked_token_never_records_a_posting_rejected() {
         .sandbox
         .set_token(Some("rotated-elsewhere".to_owned()));
     let revoked = Instant::now();
+    scenario.publish(&after.events).await;
+    let load = before.join(after);
     seen_paused(&scenario, "marketplace:upwork", "credentials").await;
     tokio::time::sleep(OUTAGE.saturating_sub(revoked.elapsed())).await;
     scenario.sandbox.set_token(Some(TOKEN.to_owned()));
