@@ -26,6 +26,8 @@
 //!   parked messages; [`inspect`]: one posting's story; [`reconcile`]: settling sends never
 //!   recorded; [`demo`]: the one-command run on embedded (or real) backends; [`bench`]: the
 //!   pipeline's rate as a ratio to the broker's own.
+//! - [`lane`]: batching of single calls from concurrent postings into one round trip (the
+//!   ledger's and the lock store's).
 //! - [`flow`]: waiting is not failing — the worker's gate and the marketplace breakers.
 //! - [`http`], [`metrics`], [`telemetry`]: operations; [`error`]: showing an error with its
 //!   causes; [`tls`]: the one TLS provider; [`tally`]: exact counts for the demo and tests.
@@ -48,6 +50,7 @@ pub mod error;
 pub mod flow;
 pub mod http;
 pub mod inspect;
+pub mod lane;
 pub mod ledger;
 pub mod lock;
 pub mod marketplace;

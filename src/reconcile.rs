@@ -61,6 +61,7 @@ pub async fn settle(
         let context = AttemptContext {
             event_id: entry.event_id.clone(),
             trace_id: None,
+            seen_before: true,
         };
         let outcome = pipeline.reconcile(&entry.key, &context).await;
         *report.outcomes.entry(outcome.label()).or_default() += 1;

@@ -1,44 +1,52 @@
-//! Batching of ledger calls across the postings in flight: the single-posting `lookup`, `claim`
-//! and `finish` of concurrent pipeline tasks are gathered into one `*_many` call each — one round
-//! trip and one transaction for all of them — instead of one per posting.
+//! Batching of ledger calls across the postings in flight (a [`Lane`] each): the
+//! single-posting `claim` and `finish` of concurrent pipeline tasks are gathered into one
+//! [`BidLedger::steps_many`] — one round trip and one transaction for the claims and finishes
+//! ready at the same moment — and concurrent `lookup`s into one `lookup_many`.
 //!
-//! No timer: a batch is whatever has queued by the time a slot is free (at most
-//! [`MAX_BATCH`] calls, [`BATCHES_IN_FLIGHT`] batches at once per kind), so a lone posting goes
-//! at once and a busy worker's postings share round trips. The guarantees of the `*_many` calls
-//! are kept: every member gets its own answer, in its own order; a batch that fails fails each
-//! member (fail closed), so nothing is acked on a write that did not happen. Claims and finishes
-//! go to the database in key order, so two batches never wait on each other's row locks in
-//! opposite orders.
+//! The guarantees of the batch calls are kept: every member gets its own answer, in its own
+//! order; a batch that fails fails each member (fail closed), so nothing is acked on a write that
+//! did not happen. Claims and finishes go to the database in key order.
 
-use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
     LedgerState,
 };
+use crate::lane::{Lane, LaneConfig, LaneError};
 use crate::posting::PostingKey;
 
-/// The most calls one batch carries (PostgreSQL's sweet spot was 32 postings per statement;
-/// larger batches still help when the database is the bottleneck).
-pub const MAX_BATCH: usize = 64;
-/// Batches of one kind running at once (each holds one pooled connection).
-pub const BATCHES_IN_FLIGHT: usize = 4;
+/// How the ledger's lanes batch: a worker's whole prefetch fits in one batch; one batch is
+/// written while the next fills; a lone posting waits at most a millisecond for company.
+pub const LANE: LaneConfig = LaneConfig {
+    name: "ledger",
+    max_batch: 128,
+    in_flight: 2,
+    linger: Duration::from_millis(1),
+};
 
-type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
-type Lane<Req, Resp> = mpsc::Sender<(Req, Reply<Resp>)>;
+/// A write the steps lane carries.
+enum Step {
+    Finish(PostingKey, i64, Finish),
+    Claim(ClaimRequest),
+}
 
-/// A ledger whose single-posting calls are batched (see the module docs); the `*_many` calls
-/// and the rest go straight through.
+/// The answer to a [`Step`] (a claim's answer boxed: it carries the stored request).
+enum Answer {
+    Finished(Fenced),
+    Claimed(Box<Claim>),
+}
+
+/// A ledger whose single-posting calls are batched (see the module docs); the batch calls and
+/// the rest go straight through.
 pub struct Batching {
     inner: Arc<dyn BidLedger>,
-    lookups: Lane<PostingKey, Option<LedgerEntry>>,
-    claims: Lane<ClaimRequest, Claim>,
-    finishes: Lane<(PostingKey, i64, Finish), Fenced>,
+    lookups: Lane<PostingKey, Option<LedgerEntry>, LedgerError>,
+    steps: Lane<Step, Answer, LedgerError>,
 }
 
 impl Batching {
@@ -47,148 +55,131 @@ impl Batching {
     pub fn new(inner: Arc<dyn BidLedger>) -> Self {
         let lookups = {
             let inner = inner.clone();
-            lane(move |keys: Vec<PostingKey>| {
+            Lane::start(LANE, move |keys: Vec<PostingKey>| {
                 let inner = inner.clone();
                 async move { inner.lookup_many(&keys).await }
             })
         };
-        let claims = {
+        let steps = {
             let inner = inner.clone();
-            lane(move |claims: Vec<ClaimRequest>| {
+            Lane::start(LANE, move |steps: Vec<Step>| {
                 let inner = inner.clone();
-                async move {
-                    in_key_order(
-                        claims,
-                        |c| &c.key,
-                        |sorted| async move { inner.claim_many(&sorted).await },
-                    )
-                    .await
-                }
-            })
-        };
-        let finishes = {
-            let inner = inner.clone();
-            lane(move |finishes: Vec<(PostingKey, i64, Finish)>| {
-                let inner = inner.clone();
-                async move {
-                    in_key_order(
-                        finishes,
-                        |f| &f.0,
-                        |sorted| async move { inner.finish_many(&sorted).await },
-                    )
-                    .await
-                }
+                async move { run_steps(inner.as_ref(), steps).await }
             })
         };
         Self {
             inner,
             lookups,
-            claims,
-            finishes,
+            steps,
         }
     }
 }
 
-/// Starts a batching task for one kind of call and returns its queue.
-fn lane<Req, Resp, F, Fut>(run: F) -> Lane<Req, Resp>
-where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Vec<Resp>, LedgerError>> + Send + 'static,
-{
-    let (tx, mut rx) = mpsc::channel::<(Req, Reply<Resp>)>(MAX_BATCH * BATCHES_IN_FLIGHT * 4);
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    let run = Arc::new(run);
-    tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            // Whatever queued while every slot was busy rides along.
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+impl LaneError for LedgerError {
+    /// The same kind, so retryability is kept, and the same text (the error itself cannot be
+    /// cloned).
+    fn for_member(&self) -> Self {
+        match self {
+            Self::Corrupt { key, problem } => Self::Corrupt {
+                key: key.clone(),
+                problem: problem.clone(),
+            },
+            Self::Unavailable(_) | Self::Migration(_) => {
+                Self::Unavailable(crate::error::chain(self).into())
             }
-            let run = run.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let (requests, replies): (Vec<Req>, Vec<Reply<Resp>>) = batch.into_iter().unzip();
-                let asked = requests.len();
-                match run(requests).await {
-                    Ok(answers) if answers.len() == asked => {
-                        for (answer, reply) in answers.into_iter().zip(replies) {
-                            let _ = reply.send(Ok(answer));
-                        }
-                    }
-                    Ok(answers) => {
-                        let problem = format!("a batch of {asked} got {} answers", answers.len());
-                        for reply in replies {
-                            let _ = reply.send(Err(LedgerError::Corrupt {
-                                key: "*".to_owned(),
-                                problem: problem.clone(),
-                            }));
-                        }
-                    }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(shared(&e)));
-                        }
-                    }
-                }
-            });
         }
-    });
-    tx
+    }
+
+    fn lane_stopped() -> Self {
+        Self::Unavailable("the ledger's batching task has stopped".into())
+    }
+
+    fn miscounted(asked: usize, answered: usize) -> Self {
+        Self::Corrupt {
+            key: "*".to_owned(),
+            problem: format!("a batch of {asked} got {answered} answers"),
+        }
+    }
 }
 
-/// Calls `call` with `items` sorted by key and hands the answers back in the original order.
-async fn in_key_order<T, R, Fut>(
-    items: Vec<T>,
-    key: impl Fn(&T) -> &PostingKey,
-    call: impl FnOnce(Vec<T>) -> Fut,
-) -> Result<Vec<R>, LedgerError>
-where
-    Fut: Future<Output = Result<Vec<R>, LedgerError>>,
-{
+/// Splits a batch into its finishes and claims, each in key order, makes them in one
+/// `steps_many`, and hands the answers back in the order of the batch.
+async fn run_steps(ledger: &dyn BidLedger, steps: Vec<Step>) -> Result<Vec<Answer>, LedgerError> {
+    let mut finishes = Vec::new();
+    let mut claims = Vec::new();
+    // Where each member went: (is a claim, its position in that list).
+    let mut place = Vec::with_capacity(steps.len());
+    for step in steps {
+        match step {
+            Step::Finish(key, epoch, finish) => {
+                place.push((false, finishes.len()));
+                finishes.push((key, epoch, finish));
+            }
+            Step::Claim(claim) => {
+                place.push((true, claims.len()));
+                claims.push(claim);
+            }
+        }
+    }
+    let finish_order = key_order(&finishes, |f| &f.0);
+    let claim_order = key_order(&claims, |c| &c.key);
+    let finishes = permute(finishes, &finish_order);
+    let claims = permute(claims, &claim_order);
+    let (fenced, claimed) = ledger.steps_many(&finishes, &claims).await?;
+    if fenced.len() != finishes.len() || claimed.len() != claims.len() {
+        return Err(LedgerError::Corrupt {
+            key: "*".to_owned(),
+            problem: format!(
+                "a batch of {} finishes and {} claims got {} and {} answers",
+                finishes.len(),
+                claims.len(),
+                fenced.len(),
+                claimed.len()
+            ),
+        });
+    }
+    let mut fenced = unpermute(fenced, &finish_order);
+    let mut claimed = unpermute(claimed, &claim_order);
+    Ok(place
+        .into_iter()
+        .filter_map(|(is_claim, i)| {
+            if is_claim {
+                claimed[i].take().map(|c| Answer::Claimed(Box::new(c)))
+            } else {
+                fenced[i].take().map(Answer::Finished)
+            }
+        })
+        .collect())
+}
+
+/// The positions of `items` sorted by key.
+fn key_order<T>(items: &[T], key: impl Fn(&T) -> &PostingKey) -> Vec<usize> {
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by(|&a, &b| key(&items[a]).cmp(key(&items[b])));
+    order
+}
+
+/// `items` rearranged so that element `k` is `items[order[k]]`.
+fn permute<T>(items: Vec<T>, order: &[usize]) -> Vec<T> {
     let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
-    let sorted: Vec<T> = order.iter().filter_map(|&i| slots[i].take()).collect();
-    let answers = call(sorted).await?;
-    if answers.len() != order.len() {
-        return Ok(answers); // the lane reports the mismatch
-    }
+    order.iter().filter_map(|&i| slots[i].take()).collect()
+}
+
+/// Answers to a permuted list, put back at their original positions.
+fn unpermute<R>(answers: Vec<R>, order: &[usize]) -> Vec<Option<R>> {
     let mut back: Vec<Option<R>> = std::iter::repeat_with(|| None).take(order.len()).collect();
-    for (answer, &i) in answers.into_iter().zip(&order) {
+    for (answer, &i) in answers.into_iter().zip(order) {
         back[i] = Some(answer);
     }
-    Ok(back.into_iter().flatten().collect())
+    back
 }
 
-/// One batch error as each member's own (the error itself cannot be cloned): the same kind, so
-/// retryability is kept, and the same text.
-fn shared(e: &LedgerError) -> LedgerError {
-    match e {
-        LedgerError::Corrupt { key, problem } => LedgerError::Corrupt {
-            key: key.clone(),
-            problem: problem.clone(),
-        },
-        LedgerError::Unavailable(_) | LedgerError::Migration(_) => {
-            LedgerError::Unavailable(crate::error::chain(e).into())
-        }
+/// The answer of the wrong kind for a step: a bug in this module, reported, never unwrapped.
+fn mismatched(key: &PostingKey) -> LedgerError {
+    LedgerError::Corrupt {
+        key: key.to_string(),
+        problem: "the batch answered a claim with a finish or the reverse".to_owned(),
     }
-}
-
-/// Queues `request` on `lane` and waits for its answer.
-async fn ask<Req, Resp>(lane: &Lane<Req, Resp>, request: Req) -> Result<Resp, LedgerError> {
-    let (reply, answer) = oneshot::channel();
-    let gone = || LedgerError::Unavailable("the ledger's batching task has stopped".into());
-    lane.send((request, reply)).await.map_err(|_| gone())?;
-    answer.await.map_err(|_| gone())?
 }
 
 #[async_trait]
@@ -209,6 +200,14 @@ impl BidLedger for Batching {
         finishes: &[(PostingKey, i64, Finish)],
     ) -> Result<Vec<Fenced>, LedgerError> {
         self.inner.finish_many(finishes).await
+    }
+
+    async fn steps_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+        claims: &[ClaimRequest],
+    ) -> Result<(Vec<Fenced>, Vec<Claim>), LedgerError> {
+        self.inner.steps_many(finishes, claims).await
     }
 
     async fn unresolved(
@@ -236,11 +235,14 @@ impl BidLedger for Batching {
     }
 
     async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        ask(&self.lookups, key.clone()).await
+        self.lookups.ask(key.clone()).await
     }
 
     async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
-        ask(&self.claims, claim.clone()).await
+        match self.steps.ask(Step::Claim(claim.clone())).await? {
+            Answer::Claimed(claimed) => Ok(*claimed),
+            Answer::Finished(_) => Err(mismatched(&claim.key)),
+        }
     }
 
     async fn finish(
@@ -249,7 +251,14 @@ impl BidLedger for Batching {
         epoch: i64,
         finish: Finish,
     ) -> Result<Fenced, LedgerError> {
-        ask(&self.finishes, (key.clone(), epoch, finish)).await
+        match self
+            .steps
+            .ask(Step::Finish(key.clone(), epoch, finish))
+            .await?
+        {
+            Answer::Finished(fenced) => Ok(fenced),
+            Answer::Claimed(_) => Err(mismatched(key)),
+        }
     }
 }
 
@@ -257,39 +266,29 @@ impl BidLedger for Batching {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn answers_go_back_in_the_order_asked_after_a_key_ordered_call() {
+    #[test]
+    fn a_permutation_by_key_is_undone_for_the_answers() {
         let keys: Vec<PostingKey> = ["c", "a", "b"]
             .iter()
             .map(|p| PostingKey::new("upwork", p).unwrap())
             .collect();
-        let seen = std::sync::Mutex::new(Vec::new());
-        let answers = in_key_order(
-            keys.clone(),
-            |k| k,
-            |sorted| {
-                seen.lock()
-                    .unwrap()
-                    .extend(sorted.iter().map(|k| k.posting_id().to_owned()));
-                async move {
-                    Ok::<_, LedgerError>(sorted.iter().map(|k| k.posting_id().to_owned()).collect())
-                }
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(*seen.lock().unwrap(), ["a", "b", "c"]);
-        assert_eq!(answers, ["c", "a", "b"]);
+        let order = key_order(&keys, |k| k);
+        let sorted = permute(keys.clone(), &order);
+        let ids: Vec<&str> = sorted.iter().map(PostingKey::posting_id).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let answers: Vec<String> = sorted.iter().map(|k| k.posting_id().to_owned()).collect();
+        let back: Vec<String> = unpermute(answers, &order).into_iter().flatten().collect();
+        assert_eq!(back, ["c", "a", "b"]);
     }
 
     #[test]
     fn a_shared_error_keeps_its_retryability() {
         let down = LedgerError::Unavailable("connection refused".into());
-        assert!(shared(&down).is_retryable());
+        assert!(down.for_member().is_retryable());
         let corrupt = LedgerError::Corrupt {
             key: "upwork:a".into(),
             problem: "bad state".into(),
         };
-        assert!(!shared(&corrupt).is_retryable());
+        assert!(!corrupt.for_member().is_retryable());
     }
 }

@@ -63,6 +63,14 @@ impl BidLedger for Deadline {
         self.bounded(self.inner.finish_many(finishes)).await
     }
 
+    async fn steps_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+        claims: &[ClaimRequest],
+    ) -> Result<(Vec<Fenced>, Vec<Claim>), LedgerError> {
+        self.bounded(self.inner.steps_many(finishes, claims)).await
+    }
+
     async fn unresolved(
         &self,
         before: DateTime<Utc>,

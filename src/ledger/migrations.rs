@@ -27,6 +27,12 @@ const MIGRATIONS: &[Entry] = &[
         include_str!("../../migrations/postgres/0002_sticky_requests_attempts_and_daily_spend.sql"),
         include_str!("../../migrations/sqlite/0002_sticky_requests_attempts_and_daily_spend.sql"),
     ),
+    (
+        3,
+        "set based claim and finish",
+        include_str!("../../migrations/postgres/0003_set_based_claim_and_finish.sql"),
+        include_str!("../../migrations/sqlite/0003_set_based_claim_and_finish.sql"),
+    ),
 ];
 
 fn migrator(sql: fn(&'static Entry) -> &'static str) -> Migrator {

@@ -16,7 +16,7 @@
 //! `migrations/sqlite/`, the same steps in one immediate transaction), chosen by
 //! [`from_settings`], held to one contract suite (`tests/it/ledger/`).
 
-mod batch;
+pub(crate) mod batch;
 mod deadline;
 mod loopback;
 mod migrations;
@@ -83,6 +83,27 @@ pub trait BidLedger: Send + Sync + 'static {
         &self,
         finishes: &[(PostingKey, i64, Finish)],
     ) -> Result<Vec<Fenced>, LedgerError>;
+
+    /// Ends `finishes`, then makes `claims` — in one transaction where the backend can (one
+    /// round trip for the lot on PostgreSQL). Answers come in the order asked; a failure fails
+    /// every member. The default makes the two calls one after the other.
+    async fn steps_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+        claims: &[ClaimRequest],
+    ) -> Result<(Vec<Fenced>, Vec<Claim>), LedgerError> {
+        let fenced = if finishes.is_empty() {
+            Vec::new()
+        } else {
+            self.finish_many(finishes).await?
+        };
+        let claimed = if claims.is_empty() {
+            Vec::new()
+        } else {
+            self.claim_many(claims).await?
+        };
+        Ok((fenced, claimed))
+    }
 
     /// Pending postings whose request was sent (possibly) but never recorded, sent before
     /// `before`, oldest first, at most `limit` (for `bidorch reconcile`).

@@ -1,13 +1,10 @@
-//! What both SQL backends share: error classification, the row they read back, the claim and
-//! finish inputs as JSON, and turning what a step returned into a [`Claim`] or a [`Fenced`].
+//! What both SQL backends share: error classification, the row they read back, and turning
+//! what a step returned into a [`Claim`] or a [`Fenced`].
 //! The statements themselves live with each backend (their dialects differ).
 
 use chrono::{DateTime, Utc};
 
-use super::{
-    Claim, ClaimRequest, Fenced, Finish, Intent, LedgerEntry, LedgerError, LedgerState,
-    StoredRequest,
-};
+use super::{Claim, Fenced, LedgerEntry, LedgerError, LedgerState, StoredRequest};
 use crate::posting::PostingKey;
 
 /// How long a caller waits for a pooled connection (and, at start, for the first connection)
@@ -169,58 +166,6 @@ impl AttemptRow {
             detail: self.detail,
         }
     }
-}
-
-/// One claim as the claim step reads it (the JSON elements of `bidorch_claim`).
-pub fn claim_json(c: &ClaimRequest) -> serde_json::Value {
-    let (intent, request, reasons) = match &c.intent {
-        Intent::Bid(request) => ("bid", Some(request), None),
-        Intent::Skip(reasons) => ("skip", None, Some(reasons.join(","))),
-        Intent::Resend => ("resend", None, None),
-    };
-    serde_json::json!({
-        "marketplace": c.key.marketplace(),
-        "posting_id": c.key.posting_id(),
-        "event_id": c.event_id,
-        "intent": intent,
-        "body": request.map(|r| r.body.as_str()),
-        "sha256": request.map(|r| r.sha256.as_str()),
-        "amount": request.map(|r| r.amount.as_str()),
-        "currency": request.map(|r| r.currency.as_str()),
-        "reasons": reasons,
-        "instance": c.instance,
-        "trace_id": c.trace_id,
-        "cap": c.daily_cap,
-    })
-}
-
-/// One finish as the finish step reads it (the JSON elements of `bidorch_finish`).
-pub fn finish_json(key: &PostingKey, epoch: i64, finish: &Finish) -> serde_json::Value {
-    let (state, bid_id, detail, http_status, attempt_detail) = match finish {
-        Finish::Final(outcome) => (
-            Some(outcome.state().as_str()),
-            outcome.bid_id().map(str::to_owned),
-            outcome.detail(),
-            outcome.http_status(),
-            None,
-        ),
-        Finish::Pending {
-            http_status,
-            detail,
-            ..
-        } => (None, None, None, *http_status, detail.clone()),
-    };
-    serde_json::json!({
-        "marketplace": key.marketplace(),
-        "posting_id": key.posting_id(),
-        "epoch": epoch,
-        "state": state,
-        "bid_id": bid_id,
-        "detail": detail,
-        "result": finish.result(),
-        "http_status": http_status,
-        "attempt_detail": attempt_detail,
-    })
 }
 
 /// What the claim step decided (`o_result`), with the row after it.

@@ -13,6 +13,8 @@
 //! - [`memory`]: [`MemoryLockStore`], the same semantics in process (embedded mode only).
 //! - [`watchdog`]: [`HeldLease`], renewal every TTL/3 and the lost-lease signal.
 //! - [`metered`]: [`MeteredLockStore`], a backend with the original system's counters.
+//! - `batch`: [`BatchingLocks`], concurrent acquisitions and releases in one pipeline each (a
+//!   single Redis node).
 //! - [`from_settings`]: the backend `lock.kind` names.
 //!
 //! # Operations
@@ -25,6 +27,7 @@
 //!   the marketplace `timeout + connect_timeout` to fit in half of it — and short enough that a
 //!   crashed worker's postings are retried soon (it only delays them, never loses them).
 
+mod batch;
 pub mod memory;
 pub mod metered;
 pub mod metrics;
@@ -41,6 +44,7 @@ use async_trait::async_trait;
 use crate::config::{LockKind, RedisSettings};
 use crate::posting::PostingKey;
 
+pub use self::batch::BatchingLocks;
 pub use self::memory::MemoryLockStore;
 pub use self::metered::MeteredLockStore;
 pub use self::metrics::{LatencySummary, LockMetricsSnapshot};
@@ -109,6 +113,30 @@ pub trait LockStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Option<Lease>, LockError>;
 
+    /// Takes the leases of `keys` (each as [`try_acquire`](Self::try_acquire) would), in one
+    /// round trip where the backend can; answers in the order asked, a failure fails them all.
+    async fn try_acquire_many(
+        &self,
+        keys: &[PostingKey],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Lease>>, LockError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.try_acquire(key, ttl).await?);
+        }
+        Ok(out)
+    }
+
+    /// Releases `leases` (each as [`release`](Self::release) would), in one round trip where
+    /// the backend can; answers in the order asked, a failure fails them all.
+    async fn release_many(&self, leases: &[Lease]) -> Result<Vec<Release>, LockError> {
+        let mut out = Vec::with_capacity(leases.len());
+        for lease in leases {
+            out.push(self.release(lease).await?);
+        }
+        Ok(out)
+    }
+
     /// Resets the TTL of a lease we still hold; `Ok(false)` if it is no longer ours.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError>;
 
@@ -163,7 +191,14 @@ pub fn from_settings(
     let (inner, backend): (Arc<dyn LockStore>, &'static str) = match kind {
         LockKind::Redis => {
             let store = RedisLockStore::new(redis)?.with_instance(instance);
-            (Arc::new(store), "redis")
+            // A single node answers a pipeline of lease commands in one round trip; a cluster
+            // spreads the keys over its nodes, so there each call goes on its own.
+            let store: Arc<dyn LockStore> = if store.is_cluster() {
+                Arc::new(store)
+            } else {
+                Arc::new(BatchingLocks::new(Arc::new(store)))
+            };
+            (store, "redis")
         }
         LockKind::Memory => (
             Arc::new(MemoryLockStore::new().with_instance(instance)),

@@ -172,6 +172,103 @@ impl LockStore for RedisLockStore {
         })
     }
 
+    /// One pipeline of `SET NX PX` on a single node (one round trip for the lot); a cluster's
+    /// keys live on several nodes, so there each key is its own command.
+    async fn try_acquire_many(
+        &self,
+        keys: &[PostingKey],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Lease>>, LockError> {
+        if self.conn.is_cluster() {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                out.push(self.try_acquire(key, ttl).await?);
+            }
+            return Ok(out);
+        }
+        let ms = ttl_millis(ttl)?;
+        let tokens: Vec<String> = keys
+            .iter()
+            .map(|_| super::new_token(&self.instance))
+            .collect();
+        let mut pipe = redis::pipe();
+        for (key, token) in keys.iter().zip(&tokens) {
+            pipe.cmd("SET")
+                .arg(self.key(key))
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms);
+        }
+        // Before the pipeline is sent, as for a single SET: our idea of each expiry is never
+        // later than Redis's.
+        let acquired_at = std::time::Instant::now();
+        let replies = self.conn.pipeline("SET NX", &pipe, self.deadline).await?;
+        if replies.len() != keys.len() {
+            return Err(LockError::Unavailable(
+                format!("redis answered {} of {} SETs", replies.len(), keys.len()).into(),
+            ));
+        }
+        replies
+            .into_iter()
+            .zip(keys.iter().zip(tokens))
+            .map(|(reply, (key, token))| match reply {
+                Value::Nil => Ok(None),
+                Value::Okay | Value::SimpleString(_) => Ok(Some(Lease {
+                    key: key.clone(),
+                    token,
+                    ttl,
+                    acquired_at,
+                })),
+                other => Err(LockError::Unavailable(
+                    format!("redis answered SET NX with {other:?}").into(),
+                )),
+            })
+            .collect()
+    }
+
+    /// One pipeline of compare-and-delete scripts on a single node; on a cluster, one call per
+    /// lease.
+    async fn release_many(&self, leases: &[Lease]) -> Result<Vec<Release>, LockError> {
+        if self.conn.is_cluster() {
+            let mut out = Vec::with_capacity(leases.len());
+            for lease in leases {
+                out.push(self.release(lease).await?);
+            }
+            return Ok(out);
+        }
+        let mut pipe = redis::pipe();
+        for lease in leases {
+            // EVAL, not EVALSHA: a pipeline cannot load a script a restarted Redis forgot.
+            pipe.cmd("EVAL")
+                .arg(RELEASE_LUA)
+                .arg(1)
+                .arg(self.key(&lease.key))
+                .arg(&lease.token);
+        }
+        let replies = self.conn.pipeline("release", &pipe, self.deadline).await?;
+        if replies.len() != leases.len() {
+            return Err(LockError::Unavailable(
+                format!(
+                    "redis answered {} of {} releases",
+                    replies.len(),
+                    leases.len()
+                )
+                .into(),
+            ));
+        }
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                Value::Int(1) => Ok(Release::Released),
+                Value::Int(0) => Ok(Release::NotOwned),
+                other => Err(LockError::Unavailable(
+                    format!("redis answered a release with {other:?}").into(),
+                )),
+            })
+            .collect()
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError> {
         let ms = ttl_millis(ttl)?;
         let mut call = self.extend.key(self.key(&lease.key));

@@ -213,6 +213,26 @@ impl RedisConn {
         Self::bounded(op, deadline, call).await
     }
 
+    /// Runs a pipeline (single node only: a cluster's keys live on several nodes), bounded by
+    /// `deadline`; one answer per command.
+    pub(super) async fn pipeline(
+        &self,
+        op: &'static str,
+        pipe: &redis::Pipeline,
+        deadline: Duration,
+    ) -> Result<Vec<redis::Value>, LockError> {
+        let call = async {
+            match self {
+                Self::Single(m) => pipe.query_async(&mut m.clone()).await,
+                Self::Cluster(_) => Err(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "pipelines of lease commands are for a single Redis node",
+                ))),
+            }
+        };
+        Self::bounded(op, deadline, call).await
+    }
+
     /// Runs a Lua script (EVALSHA, loading it on NOSCRIPT), bounded by `deadline`.
     pub(super) async fn invoke<T: FromRedisValue>(
         &self,

@@ -243,7 +243,8 @@ impl Marketplace for HttpMarketplace {
             .endpoints
             .get(marketplace)
             .ok_or_else(|| MarketplaceError::Unknown(marketplace.to_owned()))?;
-        let span = tracing::info_span!(
+        // DEBUG like the pipeline's steps: traces take it, INFO logs do not.
+        let span = tracing::debug_span!(
             "marketplace.place_bid",
             otel.name = "POST",
             otel.kind = "client",

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use tracing::{Instrument, field::Empty, info_span};
+use tracing::{Instrument, debug_span, field::Empty};
 
 use super::{Component, Outcome, Pipeline, PlacedVia};
 use crate::flow::{PauseReason, ProbeGuard, Signal};
@@ -29,7 +29,7 @@ impl Pipeline {
     ) -> (Finish, Outcome) {
         // The marketplace sees this step as the caller: its context is the `traceparent` sent
         // (the incoming headers when tracing export is off, so the trace still connects).
-        let span = info_span!("bid", result = Empty);
+        let span = debug_span!("bid", result = Empty);
         let bid = BidRequest {
             key: key.clone(),
             body: stored.body.clone(),

@@ -1,12 +1,17 @@
-//! One posting event through ledger → decide → lease → claim (the fence) → bid → finish.
+//! One posting event through decide → lease → claim (the fence) → bid → finish.
 //!
 //! Plain logic over the ports; it returns an [`Outcome`], and [`Outcome::action`] (in
 //! `outcome.rs`) is the spec's outcome table, in one place.
 //!
 //! The steps, and why in this order:
-//! 1. `ledger.lookup`: most duplicates end here (final row), without touching Redis.
+//! 1. `ledger.lookup`, only for a posting this worker may have seen before (a redelivery, a
+//!    retry, a wait): those mostly end here (final row) without touching Redis, or are sticky.
+//!    A first sight skips it: the claim answers the same questions (a final row, a request
+//!    already sent) in the same round trip that claims, so a lookup would be a round trip of its
+//!    own for nothing in the common case.
 //! 2. `policy.decide` — pure, before anything is claimed — unless a request was already sent:
-//!    then the stored request is the decision (sticky), whatever the policy says today.
+//!    then the stored request is the decision (sticky), whatever the policy says today (the
+//!    claim hands it back even when this attempt decided otherwise).
 //! 3. A paused marketplace is not called: its postings wait, no lease taken, nothing claimed.
 //! 4. `lease.acquire`: held elsewhere → wait for the holder's lease.
 //! 5. `ledger.claim`: one atomic step that bumps the epoch, reserves the cap slot, stores the
@@ -24,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{Instrument, field::Empty, info_span};
+use tracing::{Instrument, debug_span, field::Empty};
 
 use crate::flow::{Breakers, Permit, ProbeGuard};
 use crate::ledger::{BidLedger, Claim, ClaimRequest, Fenced, Finish, Intent};
@@ -47,11 +52,13 @@ pub use self::outcome::{Action, Component, Envelope, Outcome, PlacedVia, RetryRu
 pub use self::request::stored_request;
 pub use self::scoring::Scoring;
 
-/// Runs `$fut` inside an INFO span `$name` and records `result = $label(&output)` on it: every
-/// pipeline step's span, with a bounded `result`, made the same way.
+/// Runs `$fut` inside a span `$name` and records `result = $label(&output)` on it: every
+/// pipeline step's span, with a bounded `result`, made the same way. Step spans are DEBUG: traces
+/// take them (see [`crate::telemetry`]), INFO logs do not, so without tracing export they cost
+/// nothing.
 macro_rules! step {
     ($name:literal, $fut:expr, $label:expr) => {{
-        let span = info_span!($name, result = Empty);
+        let span = debug_span!($name, result = Empty);
         let output = $fut.instrument(span.clone()).await;
         span.record("result", ($label)(&output));
         output
@@ -65,6 +72,9 @@ pub struct AttemptContext {
     pub event_id: String,
     /// The trace this attempt runs in, if known.
     pub trace_id: Option<String>,
+    /// Whether the posting may have been worked on before (a redelivery, a retry, a wait): the
+    /// ledger is then read before the lease is taken.
+    pub seen_before: bool,
 }
 
 /// The bid pipeline over its ports. Cheap to share: wrap in an `Arc`.
@@ -85,27 +95,41 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Runs one validated posting through the pipeline.
-    #[tracing::instrument(name = "pipeline", skip_all, fields(marketplace = posting.key.marketplace(), posting_id = posting.key.posting_id(), outcome = Empty))]
+    /// Runs one validated posting through the pipeline, in its `pipeline` span.
     pub async fn process(
         &self,
         posting: &Posting,
         context: &AttemptContext,
         trace_headers: &BTreeMap<String, String>,
     ) -> Outcome {
-        let outcome = self.steps(posting, context, trace_headers).await;
-        tracing::Span::current().record("outcome", outcome.label());
+        let span = debug_span!(
+            "pipeline",
+            marketplace = posting.key.marketplace(),
+            posting_id = posting.key.posting_id(),
+            outcome = Empty
+        );
+        let outcome = self
+            .steps(posting, context, trace_headers)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome.label());
         outcome
     }
 
     /// Settles a posting whose request was sent but never recorded (`bidorch reconcile`): the
     /// same lease, claim and fence as a worker, re-sending only the stored request.
-    #[tracing::instrument(name = "reconcile", skip_all, fields(marketplace = key.marketplace(), posting_id = key.posting_id(), outcome = Empty))]
     pub async fn reconcile(&self, key: &PostingKey, context: &AttemptContext) -> Outcome {
+        let span = debug_span!(
+            "reconcile",
+            marketplace = key.marketplace(),
+            posting_id = key.posting_id(),
+            outcome = Empty
+        );
         let outcome = self
             .under_permit(key, Intent::Resend, context, &BTreeMap::new())
+            .instrument(span.clone())
             .await;
-        tracing::Span::current().record("outcome", outcome.label());
+        span.record("outcome", outcome.label());
         outcome
     }
 
@@ -116,11 +140,16 @@ impl Pipeline {
         trace_headers: &BTreeMap<String, String>,
     ) -> Outcome {
         let key = &posting.key;
-        let found = step!("ledger.lookup", self.ledger.lookup(key), lookup_result);
-        let entry = match found {
-            Err(e) => return ledger_down(&e),
-            Ok(Some(entry)) if entry.state.is_final() => return Outcome::Duplicate(entry.state),
-            Ok(entry) => entry,
+        let entry = if context.seen_before {
+            match step!("ledger.lookup", self.ledger.lookup(key), lookup_result) {
+                Err(e) => return ledger_down(&e),
+                Ok(Some(entry)) if entry.state.is_final() => {
+                    return Outcome::Duplicate(entry.state);
+                }
+                Ok(entry) => entry,
+            }
+        } else {
+            None
         };
         // Sticky: once a request may have reached the marketplace, it is the decision.
         let intent = match entry {
@@ -140,7 +169,7 @@ impl Pipeline {
 
     /// The policy's decision as an intent, in its `policy.decide` span.
     fn decide(&self, posting: &Posting) -> Intent {
-        let span = info_span!("policy.decide", decision = Empty, reasons = Empty);
+        let span = debug_span!("policy.decide", decision = Empty, reasons = Empty);
         let decision = span.in_scope(|| self.policy.decide(posting, chrono::Utc::now()));
         match decision {
             Decision::Skip(reasons) => {

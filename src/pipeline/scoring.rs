@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tracing::{Instrument, field::Empty, info_span};
+use tracing::{Instrument, debug_span, field::Empty};
 
 use super::{Component, Outcome, Pipeline};
 use crate::config::OnScoringFailure;
@@ -25,7 +25,7 @@ impl Pipeline {
         posting: &Posting,
         scoring: &Scoring,
     ) -> Result<Option<String>, Outcome> {
-        let span = info_span!("scoring", result = Empty);
+        let span = debug_span!("scoring", result = Empty);
         let scored = scoring.scorer.score(posting).instrument(span.clone()).await;
         let verdict = match scored {
             Ok(score) if score >= scoring.threshold => Ok(None),

@@ -13,7 +13,6 @@ use super::WorkerOptions;
 use crate::flow::{Dependency, Gate};
 use crate::metrics;
 use crate::pipeline::{Action, AttemptContext, Envelope, Outcome, Pipeline};
-use crate::posting::Posting;
 use crate::source::Delivery;
 use crate::telemetry;
 
@@ -56,6 +55,14 @@ fn held_back(delivery: &Delivery, options: &WorkerOptions, gate: &Gate) -> Optio
     (remaining > options.smallest_tier / 2).then_some(Outcome::NotYet { remaining })
 }
 
+/// Whether this message may have been worked on before: the broker redelivered it, or it came
+/// back through our wait queues (only then does it carry a trusted reason or attempt).
+fn seen_before(delivery: &Delivery) -> bool {
+    delivery.redelivered
+        || delivery.attempt > 1
+        || delivery.headers.contains_key(crate::source::REASON_HEADER)
+}
+
 async fn process(
     mut delivery: Delivery,
     pipeline: &Pipeline,
@@ -66,6 +73,12 @@ async fn process(
     let _in_flight = metrics::InFlight::enter();
     let started = Instant::now();
     let parsed = pipeline.parse(&delivery.body);
+    let span = tracing::Span::current();
+    if let Ok(posting) = &parsed {
+        // As soon as known: every line logged while the posting is worked on names it.
+        span.record("marketplace", posting.key.marketplace());
+        span.record("posting_id", posting.key.posting_id());
+    }
     let (posting, outcome) = match parsed {
         // Poison never waits: it is parked at once.
         Err(e) => (None, Outcome::Poison(e)),
@@ -75,6 +88,7 @@ async fn process(
                 let context = AttemptContext {
                     event_id: posting.event_id.clone(),
                     trace_id: Some(trace_id),
+                    seen_before: seen_before(&delivery),
                 };
                 let outcome = pipeline
                     .process(&posting, &context, &delivery.headers)
@@ -90,8 +104,7 @@ async fn process(
             .unwrap_or_default(),
     };
     let action = outcome.action(&envelope, &options.retry);
-    let span = tracing::Span::current();
-    record_on_span(&span, posting.as_ref(), &outcome, &action);
+    record_on_span(&span, &outcome, &action);
     if matches!(action, Action::Retry { .. })
         && let Some(traceparent) = telemetry::traceparent_of(&span)
     {
@@ -136,16 +149,7 @@ async fn process(
     }
 }
 
-fn record_on_span(
-    span: &tracing::Span,
-    posting: Option<&Posting>,
-    outcome: &Outcome,
-    action: &Action,
-) {
-    if let Some(posting) = posting {
-        span.record("marketplace", posting.key.marketplace());
-        span.record("posting_id", posting.key.posting_id());
-    }
+fn record_on_span(span: &tracing::Span, outcome: &Outcome, action: &Action) {
     span.record("outcome", outcome.label());
     match action {
         Action::DeadLetter { reason, .. } => {
@@ -170,7 +174,7 @@ async fn settle(
         Action::Retry { .. } => "retry",
         Action::DeadLetter { .. } => "dead_letter",
     };
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "settle",
         otel.name = %format_args!("{operation} {}", options.destination),
         otel.kind = "client",

@@ -159,6 +159,7 @@ async fn process(system: &System, body: &[u8]) -> Outcome {
     let context = AttemptContext {
         event_id: posting.event_id.clone(),
         trace_id: None,
+        seen_before: false,
     };
     pipeline
         .process(&posting, &context, &Default::default())

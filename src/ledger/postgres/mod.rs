@@ -1,6 +1,7 @@
 //! PostgreSQL ledger (production): the claim and the finish are PL/pgSQL functions
-//! (`bidorch_claim`, `bidorch_finish`, in `migrations/postgres/0002_*.sql`) that take a whole
-//! batch as JSON: one round trip and one transaction for many postings.
+//! (`bidorch_claim`, `bidorch_finish`, in `migrations/postgres/0003_*.sql`) that take a whole
+//! batch as arrays ([`steps`]); a batch of finishes and claims together is one statement, one
+//! round trip and one transaction.
 //!
 //! Concurrency rests on PostgreSQL's row locks, taken in one global order (the day's cap rows by
 //! marketplace, then the postings by key), so concurrent claims get distinct epochs, a
@@ -13,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS, Row};
+use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS};
 use super::{
     AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
     LedgerState,
@@ -22,6 +23,7 @@ use crate::config::DatabaseSettings;
 use crate::posting::PostingKey;
 
 mod rows;
+mod steps;
 
 use self::rows::{Step, in_order};
 
@@ -158,27 +160,26 @@ impl BidLedger for PgBidLedger {
         &self,
         keys: &[PostingKey],
     ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let marketplaces: Vec<&str> = keys.iter().map(PostingKey::marketplace).collect();
         let postings: Vec<&str> = keys.iter().map(PostingKey::posting_id).collect();
-        let sql = format!(
-            "SELECT k.i::int AS o_idx, {ROW_COLUMNS} FROM bid_ledger l \
-             JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(m, p, i) \
-               ON l.marketplace = k.m AND l.posting_id = k.p"
-        );
-        let rows: Vec<(i32, Row)> = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&marketplaces)
-            .bind(&postings)
-            .try_map(|r: sqlx::postgres::PgRow| {
-                use sqlx::{FromRow, Row as _};
-                Ok((r.try_get::<i32, _>("o_idx")?, Row::from_row(&r)?))
-            })
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| sql::query_error(None, e))?;
+        let found: Vec<Step> = sqlx::query_as(
+            "SELECT 'l'::text AS o_kind, o_idx, o_result, o_written, o_epoch, o_state, o_sends, \
+                 o_bid_id, o_detail, o_event_id, o_created_at, o_updated_at, o_sent_at, \
+                 o_request_body, o_request_sha256, o_request_amount, o_request_currency \
+             FROM bidorch_lookup($1, $2)",
+        )
+        .bind(&marketplaces)
+        .bind(&postings)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| sql::query_error(None, e))?;
         let mut out: Vec<Option<LedgerEntry>> = vec![None; keys.len()];
-        for (i, row) in rows {
-            let i = usize::try_from(i - 1).unwrap_or(usize::MAX);
-            if let Some(key) = keys.get(i) {
+        for step in found {
+            let i = usize::try_from(step.o_idx).unwrap_or(usize::MAX);
+            if let (Some(key), Some(row)) = (keys.get(i), step.row.row()) {
                 out[i] = Some(row.entry(key)?);
             }
         }
@@ -186,28 +187,52 @@ impl BidLedger for PgBidLedger {
     }
 
     async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
-        if claims.is_empty() {
-            return Ok(Vec::new());
+        Ok(self.steps_many(&[], claims).await?.1)
+    }
+
+    async fn finish_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+    ) -> Result<Vec<Fenced>, LedgerError> {
+        Ok(self.steps_many(finishes, &[]).await?.0)
+    }
+
+    async fn steps_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+        claims: &[ClaimRequest],
+    ) -> Result<(Vec<Fenced>, Vec<Claim>), LedgerError> {
+        if finishes.is_empty() && claims.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
-        let json =
-            serde_json::Value::Array(claims.iter().map(sql::claim_json).collect()).to_string();
-        let day = claims[0].day;
-        let steps: Vec<Step> = self
+        let first_key = finishes
+            .first()
+            .map(|f| &f.0)
+            .or_else(|| claims.first().map(|c| &c.key));
+        let sql = steps::statement(!finishes.is_empty(), !claims.is_empty());
+        let answers: Vec<Step> = self
             .retrying(|| {
-                sqlx::query_as(
-                    "SELECT o_idx, o_result, NULL::boolean AS o_written, o_epoch, \
-                         o_state, o_sends, o_bid_id, o_detail, o_event_id, o_created_at, \
-                         o_updated_at, o_sent_at, o_request_body, o_request_sha256, \
-                         o_request_amount, o_request_currency \
-                         FROM bidorch_claim($1::jsonb, $2)",
-                )
-                .bind(&json)
-                .bind(day)
-                .fetch_all(&self.pool)
+                let mut query = sqlx::query_as(sql);
+                if !finishes.is_empty() {
+                    query = steps::bind_finishes(query, finishes);
+                }
+                if !claims.is_empty() {
+                    query = steps::bind_claims(query, claims);
+                }
+                query.fetch_all(&self.pool)
             })
             .await
-            .map_err(|e| sql::query_error(claims.first().map(|c| &c.key), e))?;
-        in_order(steps, claims.len())?
+            .map_err(|e| sql::query_error(first_key, e))?;
+        let (finished, claimed): (Vec<Step>, Vec<Step>) =
+            answers.into_iter().partition(|s| s.o_kind == "f");
+        let fenced = in_order(finished, finishes.len())?
+            .into_iter()
+            .zip(finishes)
+            .map(|(step, (key, epoch, _))| {
+                sql::fenced_of(key, *epoch, step.o_written.unwrap_or(false), step.row.row())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let claims = in_order(claimed, claims.len())?
             .into_iter()
             .zip(claims)
             .map(|(step, claim)| {
@@ -221,44 +246,8 @@ impl BidLedger for PgBidLedger {
                     row,
                 )
             })
-            .collect()
-    }
-
-    async fn finish_many(
-        &self,
-        finishes: &[(PostingKey, i64, Finish)],
-    ) -> Result<Vec<Fenced>, LedgerError> {
-        if finishes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let json = serde_json::Value::Array(
-            finishes
-                .iter()
-                .map(|(key, epoch, finish)| sql::finish_json(key, *epoch, finish))
-                .collect(),
-        )
-        .to_string();
-        let steps: Vec<Step> = self
-            .retrying(|| {
-                sqlx::query_as(
-                    "SELECT o_idx, NULL::text AS o_result, o_written, o_epoch, \
-                         o_state, o_sends, o_bid_id, o_detail, o_event_id, o_created_at, \
-                         o_updated_at, o_sent_at, o_request_body, o_request_sha256, \
-                         o_request_amount, o_request_currency \
-                         FROM bidorch_finish($1::jsonb)",
-                )
-                .bind(&json)
-                .fetch_all(&self.pool)
-            })
-            .await
-            .map_err(|e| sql::query_error(finishes.first().map(|f| &f.0), e))?;
-        in_order(steps, finishes.len())?
-            .into_iter()
-            .zip(finishes)
-            .map(|(step, (key, epoch, _))| {
-                sql::fenced_of(key, *epoch, step.o_written.unwrap_or(false), step.row.row())
-            })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((fenced, claims))
     }
 
     async fn unresolved(

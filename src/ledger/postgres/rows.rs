@@ -1,4 +1,5 @@
-//! What `bidorch_claim`/`bidorch_finish` return, read back into ledger rows in batch order.
+//! What `bidorch_claim`/`bidorch_finish`/`bidorch_lookup` return, read back into ledger rows in
+//! batch order.
 
 use super::super::LedgerError;
 use chrono::{DateTime, Utc};
@@ -7,6 +8,8 @@ use super::super::sql::{self, Row};
 
 /// One returned row with its position in the batch and the step's verdict.
 pub(super) struct Step {
+    /// Which call answered: `c` claim, `f` finish, `l` lookup.
+    pub(super) o_kind: String,
     pub(super) o_idx: i32,
     pub(super) o_result: Option<String>,
     pub(super) o_written: Option<bool>,
@@ -17,6 +20,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Step {
     fn from_row(r: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
         use sqlx::Row as _;
         Ok(Self {
+            o_kind: r.try_get("o_kind")?,
             o_idx: r.try_get("o_idx")?,
             o_result: r.try_get("o_result")?,
             o_written: r.try_get("o_written")?,

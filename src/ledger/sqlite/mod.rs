@@ -157,6 +157,24 @@ impl BidLedger for SqliteBidLedger {
         Ok(out)
     }
 
+    async fn steps_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+        claims: &[ClaimRequest],
+    ) -> Result<(Vec<Fenced>, Vec<Claim>), LedgerError> {
+        let mut tx = self.immediate().await?;
+        let mut fenced = Vec::with_capacity(finishes.len());
+        for (key, epoch, finish) in finishes {
+            fenced.push(finish_in(&mut tx, key, *epoch, finish).await?);
+        }
+        let mut claimed = Vec::with_capacity(claims.len());
+        for c in claims {
+            claimed.push(claim_in(&mut tx, c).await?);
+        }
+        tx.commit().await.map_err(|e| sql::query_error(None, e))?;
+        Ok((fenced, claimed))
+    }
+
     async fn unresolved(
         &self,
         before: DateTime<Utc>,

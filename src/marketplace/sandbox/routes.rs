@@ -75,7 +75,8 @@ async fn place_bid(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let span = tracing::info_span!(
+    // DEBUG: traces take it (see crate::telemetry), the sandbox's INFO log does not.
+    let span = tracing::debug_span!(
         "sandbox.place_bid",
         otel.name = "POST /{marketplace}/v1/postings/{posting_id}/bids",
         otel.kind = "server",

@@ -148,9 +148,10 @@ impl Drop for Embedded {
     }
 }
 
-/// A root span to run SQLite calls in (a disabled span would leave the caller's span current).
+/// A root span to run SQLite calls in (a disabled span would leave the caller's span current,
+/// so it has a target that [`bidorch::telemetry::trace_filter`] takes).
 fn detached() -> Span {
-    tracing::info_span!(parent: None, "test.sqlite")
+    tracing::info_span!(target: "bidorch::test", parent: None, "test.sqlite")
 }
 
 /// The SQLite ledger, called outside the caller's span.
@@ -246,7 +247,8 @@ impl CollectSpans {
     }
 }
 
-/// A subscriber exporting every span to a fresh [`CollectSpans`] through the OTel layer.
+/// A subscriber exporting spans to a fresh [`CollectSpans`] through the OTel layer, filtered as
+/// a worker with export on filters them ([`bidorch::telemetry::trace_filter`]).
 pub fn otel_subscriber() -> (impl tracing::Subscriber + Send + Sync, CollectSpans) {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -255,8 +257,9 @@ pub fn otel_subscriber() -> (impl tracing::Subscriber + Send + Sync, CollectSpan
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_simple_exporter(spans.clone())
         .build();
+    // The OTel layer is the only one here, so its filter is the whole subscriber's.
     let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(bidorch::telemetry::trace_filter())
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bidorch-test")));
     (subscriber, spans)
 }

@@ -45,11 +45,12 @@ use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, TelemetrySettings};
+
+mod log_fields;
 
 /// Keeps the exporter alive; flushes spans when dropped (at shutdown).
 pub struct Telemetry {
@@ -105,21 +106,17 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
         _ => None,
     };
     // Traces are filtered apart from logs: quieting logs (`RUST_LOG=warn`, or the demo's
-    // `error`) must not empty the traces. They take bidorch's own spans at INFO (the `process`
-    // span and its steps) and other crates' spans at WARN.
+    // `error`) must not empty the traces.
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("bidorch"))
-            .with_filter(
-                Targets::new()
-                    .with_target("bidorch", Level::INFO)
-                    .with_default(Level::WARN),
-            )
+            .with_filter(trace_filter())
     });
     // Logs go to standard error, so a command's own output (`inspect --json`, `policy check`)
     // stays clean on standard output; colours only for a terminal.
     let log_layer = match settings.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .fmt_fields(log_fields::LogFields)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
@@ -139,6 +136,22 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
         opentelemetry::global::set_tracer_provider(p.clone());
     }
     Ok(Telemetry { provider })
+}
+
+/// What traces take: bidorch's spans down to DEBUG — the `process` span is INFO, its steps
+/// (lease, claim, decision, the marketplace call, the settlement) are DEBUG so that INFO logs never
+/// pay for them, and without export they are not even created — bidorch's events at INFO, and
+/// other crates' spans and events at WARN.
+pub fn trace_filter()
+-> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        let floor = match (meta.target().starts_with("bidorch"), meta.is_span()) {
+            (true, true) => Level::DEBUG,
+            (true, false) => Level::INFO,
+            (false, _) => Level::WARN,
+        };
+        *meta.level() <= floor
+    })
 }
 
 fn quiet(directive: &str) -> tracing_subscriber::filter::Directive {

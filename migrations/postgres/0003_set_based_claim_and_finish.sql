@@ -1,0 +1,388 @@
+-- Throughput: the claim and the finish of a whole batch as a few set-based statements over
+-- arrays (not a loop of statements over JSON). Kept in step with
+-- migrations/sqlite/0003_set_based_claim_and_finish.sql (same version).
+--
+-- What a batch costs is mostly per statement (planning, executor start, constraint checks), so
+-- the common cases — a fresh posting claimed to bid or skip, an attempt that ends `placed` — are
+-- one statement for the whole batch; every other case (a row that exists, a rejection, an
+-- attempt that ends pending, a bid the cap may refuse) takes the exact per-posting step it took
+-- before, `bidorch_claim_one` / `bidorch_finish_one`, in key order.
+--
+-- Every function here pins the planner to index lookups (no sequential scans, hash or merge
+-- joins): their plans are cached per connection, and a plan made while the table was nearly
+-- empty (a new deployment) would otherwise scan the whole ledger on every batch for as long as
+-- the connection lives.
+
+-- Nothing reads it since the daily cap is kept in bid_daily_spend; every placed row paid for it.
+DROP INDEX bid_ledger_placed_updated_at;
+
+DROP FUNCTION bidorch_claim(jsonb, date);
+DROP FUNCTION bidorch_finish(jsonb);
+
+-- One answer of a claim or a finish: the posting's position in the batch, the verdict, and the
+-- row after the step (left NULL where the caller needs nothing back: a finish written).
+CREATE TYPE bidorch_step AS (
+    o_idx int, o_result text, o_written boolean, o_epoch bigint, o_state text, o_sends int,
+    o_bid_id text, o_detail text, o_event_id text, o_created_at timestamptz,
+    o_updated_at timestamptz, o_sent_at timestamptz, o_request_body text,
+    o_request_sha256 text, o_request_amount text, o_request_currency text
+);
+
+-- One posting's claim, under its row lock. The caller holds the day's cap row of `m` when `cap`
+-- is set (cap rows are always locked before postings). A fresh row starts at epoch 1; every
+-- further claim bumps it. Decisions, in order: final stays final (read without a lock: a final
+-- row never changes); a request already sent is sent again (sticky); `resend` does nothing else;
+-- `skip` records `skipped`; `bid` takes a cap slot (none left: `skipped` / `daily_cap`) and
+-- stores the request.
+CREATE FUNCTION bidorch_claim_one(
+    idx int, mk text, pid text, ev text, want text, req_body text, req_sha text,
+    req_amount text, req_currency text, skip_reasons text, who text, trace text, cap bigint,
+    today date)
+RETURNS bidorch_step
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $fn$
+DECLARE
+    r bid_ledger%ROWTYPE;
+    fresh boolean := false;
+    next_epoch bigint;
+    took_slot boolean;
+    verdict text;
+BEGIN
+    SELECT * INTO r FROM bid_ledger l WHERE l.marketplace = mk AND l.posting_id = pid;
+    IF FOUND AND r.state <> 'pending' THEN
+        verdict := 'final';
+    ELSE
+        IF NOT FOUND THEN
+            INSERT INTO bid_ledger (marketplace, posting_id, event_id)
+            VALUES (mk, pid, ev) ON CONFLICT DO NOTHING;
+            fresh := FOUND;
+        END IF;
+        SELECT * INTO r FROM bid_ledger l
+        WHERE l.marketplace = mk AND l.posting_id = pid FOR UPDATE;
+        IF r.state <> 'pending' THEN
+            verdict := 'final';
+        ELSIF r.sends = 0 AND want = 'resend' THEN
+            verdict := 'nothing';
+        ELSE
+            next_epoch := CASE WHEN fresh THEN r.epoch ELSE r.epoch + 1 END;
+            IF r.sends > 0 THEN
+                UPDATE bid_ledger l SET epoch = next_epoch, sends = l.sends + 1,
+                       event_id = ev, sent_at = now(), updated_at = now()
+                WHERE l.marketplace = mk AND l.posting_id = pid
+                RETURNING * INTO r;
+                verdict := 'resend';
+            ELSIF want = 'skip' THEN
+                UPDATE bid_ledger l SET epoch = next_epoch, state = 'skipped',
+                       detail = skip_reasons, event_id = ev, updated_at = now()
+                WHERE l.marketplace = mk AND l.posting_id = pid
+                RETURNING * INTO r;
+                verdict := 'skipped';
+            ELSE
+                took_slot := true;
+                IF cap IS NOT NULL THEN
+                    UPDATE bid_daily_spend d SET reserved = d.reserved + 1
+                    WHERE d.marketplace = mk AND d.day = today AND d.reserved < cap;
+                    took_slot := FOUND;
+                END IF;
+                IF took_slot THEN
+                    UPDATE bid_ledger l SET epoch = next_epoch, sends = 1,
+                           request_body = req_body, request_sha256 = req_sha,
+                           request_amount = req_amount, request_currency = req_currency,
+                           reserved_day = CASE WHEN cap IS NOT NULL THEN today END,
+                           event_id = ev, sent_at = now(), updated_at = now()
+                    WHERE l.marketplace = mk AND l.posting_id = pid
+                    RETURNING * INTO r;
+                    verdict := 'send';
+                ELSE
+                    UPDATE bid_ledger l SET epoch = next_epoch, state = 'skipped',
+                           detail = 'daily_cap', event_id = ev, updated_at = now()
+                    WHERE l.marketplace = mk AND l.posting_id = pid
+                    RETURNING * INTO r;
+                    verdict := 'capped';
+                END IF;
+            END IF;
+            INSERT INTO bid_attempts (marketplace, posting_id, epoch, instance, event_id,
+                                      trace_id, claim, finished_at, result, detail)
+            VALUES (mk, pid, r.epoch, who, ev, trace, verdict,
+                    CASE WHEN verdict IN ('skipped', 'capped') THEN now() END,
+                    CASE WHEN verdict IN ('skipped', 'capped') THEN 'skipped' END,
+                    CASE WHEN verdict IN ('skipped', 'capped') THEN r.detail END)
+            ON CONFLICT DO NOTHING;
+        END IF;
+    END IF;
+    RETURN ROW(idx, verdict, NULL::boolean, r.epoch, r.state, r.sends, r.bid_id, r.detail,
+               r.event_id, r.created_at, r.updated_at, r.sent_at, r.request_body,
+               r.request_sha256, r.request_amount, r.request_currency)::bidorch_step;
+END
+$fn$;
+
+-- The claim of a batch: element k of every array is posting k (0-based `o_idx` k - 1). Locks are
+-- taken in one global order — the day's cap rows first (by marketplace), then the postings (by
+-- key) — so concurrent batches never deadlock.
+--
+-- 1. For each capped marketplace, as many slots as the batch's bids ask for (or as are left) are
+--    reserved at once.
+-- 2. Fresh postings are inserted already decided, in one statement: a skip as `skipped`, a bid as
+--    sent (its request stored) when it is within the slots reserved. A row that exists (or
+--    appeared meanwhile) is left to step 4.
+-- 3. Slots reserved for bids step 2 did not insert are given back.
+-- 4. Everything else — existing rows, resends, a second copy of a posting in the batch, bids
+--    beyond the reserved slots — goes through bidorch_claim_one, in key order, which takes a slot
+--    per bid exactly as it always did.
+CREATE FUNCTION bidorch_claim(
+    ms text[], ps text[], evs text[], intents text[], bodies text[], shas text[],
+    amounts text[], currencies text[], reasons text[], instances text[], traces text[],
+    caps bigint[], today date)
+RETURNS SETOF bidorch_step
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $fn$
+DECLARE
+    c record;
+    k int;
+    reserved_now bigint;
+    granted bigint;
+    used bigint;
+    cap_ms text[] := '{}';
+    cap_grants bigint[] := '{}';
+    fast bidorch_step[];
+    done int[];
+BEGIN
+    FOR c IN
+        SELECT u.m, min(u.cap) AS cap, count(*) AS want
+        FROM unnest(ms, intents, caps) AS u(m, intent, cap)
+        WHERE u.intent = 'bid' AND u.cap IS NOT NULL
+        GROUP BY u.m ORDER BY u.m
+    LOOP
+        INSERT INTO bid_daily_spend (marketplace, day) VALUES (c.m, today) ON CONFLICT DO NOTHING;
+        SELECT d.reserved INTO reserved_now FROM bid_daily_spend d
+        WHERE d.marketplace = c.m AND d.day = today FOR UPDATE;
+        granted := greatest(least(c.want, c.cap - reserved_now), 0);
+        IF granted > 0 THEN
+            UPDATE bid_daily_spend d SET reserved = d.reserved + granted
+            WHERE d.marketplace = c.m AND d.day = today;
+        END IF;
+        cap_ms := cap_ms || c.m;
+        cap_grants := cap_grants || granted;
+    END LOOP;
+
+    WITH input AS (
+        SELECT (u.o - 1)::int AS i, u.m, u.p, u.ev, u.intent, u.body, u.sha, u.amount,
+               u.currency, u.reasons, u.instance, u.trace, u.cap,
+               row_number() OVER (PARTITION BY u.m, u.p ORDER BY u.o) AS copy,
+               row_number() OVER (PARTITION BY u.m, (u.intent = 'bid' AND u.cap IS NOT NULL)
+                                  ORDER BY u.p, u.o) AS slot
+        FROM unnest(ms, ps, evs, intents, bodies, shas, amounts, currencies, reasons,
+                    instances, traces, caps)
+             WITH ORDINALITY AS u(m, p, ev, intent, body, sha, amount, currency, reasons,
+                                  instance, trace, cap, o)
+    ),
+    fresh AS (
+        SELECT * FROM input f
+        WHERE f.copy = 1
+          AND (f.intent = 'skip'
+               OR (f.intent = 'bid'
+                   AND (f.cap IS NULL
+                        OR f.slot <= coalesce(cap_grants[array_position(cap_ms, f.m)], 0))))
+    ),
+    ins AS (
+        INSERT INTO bid_ledger AS l (marketplace, posting_id, state, epoch, sends, detail,
+                                     event_id, request_body, request_sha256, request_amount,
+                                     request_currency, reserved_day, sent_at)
+        SELECT f.m, f.p, CASE WHEN f.intent = 'skip' THEN 'skipped' ELSE 'pending' END, 1,
+               CASE WHEN f.intent = 'bid' THEN 1 ELSE 0 END,
+               CASE WHEN f.intent = 'skip' THEN f.reasons END, f.ev,
+               CASE WHEN f.intent = 'bid' THEN f.body END,
+               CASE WHEN f.intent = 'bid' THEN f.sha END,
+               CASE WHEN f.intent = 'bid' THEN f.amount END,
+               CASE WHEN f.intent = 'bid' THEN f.currency END,
+               CASE WHEN f.intent = 'bid' AND f.cap IS NOT NULL THEN today END,
+               CASE WHEN f.intent = 'bid' THEN now() END
+        FROM fresh f ORDER BY f.m, f.p
+        ON CONFLICT DO NOTHING
+        RETURNING l.*
+    ),
+    decided AS (
+        SELECT f.i, f.instance, f.trace, ins.*,
+               CASE WHEN ins.state = 'skipped' THEN 'skipped' ELSE 'send' END AS result
+        FROM ins JOIN fresh f ON f.m = ins.marketplace AND f.p = ins.posting_id
+    ),
+    history AS (
+        INSERT INTO bid_attempts (marketplace, posting_id, epoch, instance, event_id, trace_id,
+                                  claim, finished_at, result, detail)
+        SELECT d.marketplace, d.posting_id, d.epoch, d.instance, d.event_id, d.trace, d.result,
+               CASE WHEN d.result = 'skipped' THEN now() END,
+               CASE WHEN d.result = 'skipped' THEN 'skipped' END,
+               CASE WHEN d.result = 'skipped' THEN d.detail END
+        FROM decided d
+    )
+    SELECT coalesce(array_agg(ROW(d.i, d.result, NULL::boolean, d.epoch, d.state, d.sends,
+                                  d.bid_id, d.detail, d.event_id, d.created_at, d.updated_at,
+                                  d.sent_at, d.request_body, d.request_sha256,
+                                  d.request_amount, d.request_currency)::bidorch_step),
+                    '{}')
+    INTO fast
+    FROM decided d;
+
+    RETURN QUERY SELECT * FROM unnest(fast);
+    done := ARRAY(SELECT f.o_idx FROM unnest(fast) AS f);
+
+    FOR k IN 1 .. coalesce(array_length(cap_ms, 1), 0) LOOP
+        SELECT count(*) INTO used FROM unnest(fast) AS f
+        WHERE f.o_result = 'send' AND ms[f.o_idx + 1] = cap_ms[k] AND caps[f.o_idx + 1] IS NOT NULL;
+        IF used < cap_grants[k] THEN
+            UPDATE bid_daily_spend d SET reserved = d.reserved - (cap_grants[k] - used)
+            WHERE d.marketplace = cap_ms[k] AND d.day = today;
+        END IF;
+    END LOOP;
+
+    FOR c IN
+        SELECT (u.o - 1)::int AS i, u.*
+        FROM unnest(ms, ps, evs, intents, bodies, shas, amounts, currencies, reasons,
+                    instances, traces, caps)
+             WITH ORDINALITY AS u(m, p, ev, intent, body, sha, amount, currency, reasons,
+                                  instance, trace, cap, o)
+        WHERE NOT ((u.o - 1)::int = ANY (done))
+        ORDER BY u.m, u.p, u.o
+    LOOP
+        RETURN NEXT bidorch_claim_one(c.i, c.m, c.p, c.ev, c.intent, c.body, c.sha, c.amount,
+                                      c.currency, c.reasons, c.instance, c.trace, c.cap, today);
+    END LOOP;
+END
+$fn$;
+
+-- One attempt's end, under its row lock: written if its epoch is still current and the row
+-- pending; the attempt's history row closed; for a rejection, the cap slot the posting held
+-- given back (the caller holds that cap row: cap rows are locked before postings).
+CREATE FUNCTION bidorch_finish_one(
+    idx int, mk text, pid text, at_epoch bigint, new_state text, new_bid_id text,
+    new_detail text, outcome text, status int, attempt_detail text)
+RETURNS bidorch_step
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $fn$
+DECLARE
+    r bid_ledger%ROWTYPE;
+    written boolean;
+BEGIN
+    SELECT * INTO r FROM bid_ledger l
+    WHERE l.marketplace = mk AND l.posting_id = pid FOR UPDATE;
+    written := FOUND AND r.state = 'pending' AND r.epoch = at_epoch;
+    IF written THEN
+        IF new_state = 'rejected' AND r.reserved_day IS NOT NULL THEN
+            UPDATE bid_daily_spend d SET reserved = greatest(d.reserved - 1, 0)
+            WHERE d.marketplace = mk AND d.day = r.reserved_day;
+        END IF;
+        IF new_state IS NOT NULL THEN
+            UPDATE bid_ledger l SET state = new_state, bid_id = new_bid_id, detail = new_detail,
+                   reserved_day = CASE WHEN new_state = 'rejected' THEN NULL
+                                       ELSE l.reserved_day END,
+                   updated_at = now()
+            WHERE l.marketplace = mk AND l.posting_id = pid
+            RETURNING * INTO r;
+        END IF;
+        UPDATE bid_attempts a SET finished_at = now(), result = outcome, http_status = status,
+               detail = attempt_detail
+        WHERE a.marketplace = mk AND a.posting_id = pid AND a.epoch = at_epoch;
+    END IF;
+    IF r.marketplace IS NULL THEN
+        RETURN ROW(idx, NULL::text, written, NULL::bigint, NULL::text, NULL::int, NULL::text,
+                   NULL::text, NULL::text, NULL::timestamptz, NULL::timestamptz,
+                   NULL::timestamptz, NULL::text, NULL::text, NULL::text, NULL::text)::bidorch_step;
+    END IF;
+    RETURN ROW(idx, NULL::text, written, r.epoch, r.state, r.sends, r.bid_id, r.detail,
+               r.event_id, r.created_at, r.updated_at, r.sent_at, r.request_body,
+               r.request_sha256, r.request_amount, r.request_currency)::bidorch_step;
+END
+$fn$;
+
+-- The finish of a batch (element k of every array is attempt k; `states` NULL: the row stays
+-- pending). An attempt that ends `placed` — nearly all of them — is written by one statement for
+-- the whole batch; the rest go through bidorch_finish_one in key order. When the batch holds a
+-- rejection, the cap rows it may give a slot back to are locked first, as in the claim.
+CREATE FUNCTION bidorch_finish(
+    ms text[], ps text[], epochs bigint[], states text[], bid_ids text[], details text[],
+    results text[], statuses int[], attempt_details text[])
+RETURNS SETOF bidorch_step
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $fn$
+DECLARE
+    c record;
+    done int[];
+BEGIN
+    IF 'rejected' = ANY (states) THEN
+        FOR c IN
+            SELECT DISTINCT l.marketplace AS m, l.reserved_day AS day
+            FROM unnest(ms, ps, states) AS u(m, p, state)
+            JOIN bid_ledger l ON l.marketplace = u.m AND l.posting_id = u.p
+            WHERE u.state = 'rejected' AND l.reserved_day IS NOT NULL
+            ORDER BY 1, 2
+        LOOP
+            PERFORM 1 FROM bid_daily_spend d WHERE d.marketplace = c.m AND d.day = c.day FOR UPDATE;
+        END LOOP;
+    END IF;
+
+    WITH input AS (
+        SELECT (u.o - 1)::int AS i, u.m, u.p, u.epoch, u.state, u.bid_id, u.detail, u.result,
+               u.http_status, u.attempt_detail,
+               row_number() OVER (PARTITION BY u.m, u.p ORDER BY u.o) AS copy
+        FROM unnest(ms, ps, epochs, states, bid_ids, details, results, statuses,
+                    attempt_details)
+             WITH ORDINALITY AS u(m, p, epoch, state, bid_id, detail, result, http_status,
+                                  attempt_detail, o)
+    ),
+    placed AS (
+        SELECT * FROM input f WHERE f.state = 'placed' AND f.copy = 1 ORDER BY f.m, f.p
+    ),
+    written AS (
+        UPDATE bid_ledger l SET state = f.state, bid_id = f.bid_id, detail = f.detail,
+               updated_at = now()
+        FROM placed f
+        WHERE l.marketplace = f.m AND l.posting_id = f.p AND l.epoch = f.epoch
+          AND l.state = 'pending'
+        RETURNING f.i, f.m, f.p, f.epoch, f.result, f.http_status, f.attempt_detail
+    ),
+    history AS (
+        UPDATE bid_attempts a SET finished_at = now(), result = w.result,
+               http_status = w.http_status, detail = w.attempt_detail
+        FROM written w
+        WHERE a.marketplace = w.m AND a.posting_id = w.p AND a.epoch = w.epoch
+    )
+    SELECT coalesce(array_agg(w.i), '{}') INTO done FROM written w;
+
+    RETURN QUERY
+        SELECT d, NULL::text, true, NULL::bigint, NULL::text, NULL::int, NULL::text,
+               NULL::text, NULL::text, NULL::timestamptz, NULL::timestamptz,
+               NULL::timestamptz, NULL::text, NULL::text, NULL::text, NULL::text
+        FROM unnest(done) AS d;
+
+    FOR c IN
+        SELECT (u.o - 1)::int AS i, u.*
+        FROM unnest(ms, ps, epochs, states, bid_ids, details, results, statuses,
+                    attempt_details)
+             WITH ORDINALITY AS u(m, p, epoch, state, bid_id, detail, result, http_status,
+                                  attempt_detail, o)
+        WHERE NOT ((u.o - 1)::int = ANY (done))
+        ORDER BY u.m, u.p, u.o
+    LOOP
+        RETURN NEXT bidorch_finish_one(c.i, c.m, c.p, c.epoch, c.state, c.bid_id, c.detail,
+                                       c.result, c.http_status, c.attempt_detail);
+    END LOOP;
+END
+$fn$;
+
+-- Rows by key, for a batch of lookups (element k of both arrays is posting k): index lookups
+-- whatever the table's statistics say, like the functions above.
+CREATE FUNCTION bidorch_lookup(ms text[], ps text[])
+RETURNS SETOF bidorch_step
+LANGUAGE sql STABLE
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $fn$
+    SELECT (k.o - 1)::int, NULL::text, NULL::boolean, l.epoch, l.state, l.sends, l.bid_id,
+           l.detail, l.event_id, l.created_at, l.updated_at, l.sent_at, l.request_body,
+           l.request_sha256, l.request_amount, l.request_currency
+    FROM unnest(ms, ps) WITH ORDINALITY AS k(m, p, o)
+    JOIN bid_ledger l ON l.marketplace = k.m AND l.posting_id = k.p
+$fn$;

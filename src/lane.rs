@@ -1,0 +1,218 @@
+//! A batching lane: single calls from concurrent tasks gathered into one call for many — one
+//! round trip instead of one per posting. The ledger ([`crate::ledger::Batching`]) and the lock
+//! store ([`crate::lock::BatchingLocks`]) each run theirs.
+//!
+//! A batch is what has queued by the time one of `in_flight` slots is free, topped up for at most
+//! `linger` after its oldest member arrived (at most `max_batch` members). So a busy worker's
+//! calls share round trips — their oldest member has already waited longer than the linger, and
+//! the batch goes at once — while a lone call waits at most `linger`. Every member gets its own
+//! answer; a batch that fails fails each member with a copy of the error (fail closed).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+/// How a lane batches.
+#[derive(Clone, Copy, Debug)]
+pub struct LaneConfig {
+    /// What the lane carries (`ledger.steps`, `lease.acquire`, …), for its DEBUG log lines.
+    pub name: &'static str,
+    /// The most calls one batch carries.
+    pub max_batch: usize,
+    /// Batches running at once.
+    pub in_flight: usize,
+    /// How long a batch that is not full may wait for more members, from its oldest member's
+    /// arrival.
+    pub linger: Duration,
+}
+
+/// What a lane needs of its error type: a copy for each member of a failed batch, and the error
+/// for a lane whose task has stopped.
+pub trait LaneError: Send + 'static {
+    /// This error again, for another member of the same batch (same kind, same text).
+    fn for_member(&self) -> Self;
+    /// The batching task is gone (the runtime is shutting down).
+    fn lane_stopped() -> Self;
+    /// A batch answered with the wrong number of answers (a bug, reported, never unwrapped).
+    fn miscounted(asked: usize, answered: usize) -> Self;
+}
+
+type Reply<T, E> = oneshot::Sender<Result<T, E>>;
+
+/// One call waiting in a lane.
+struct Job<Req, Resp, E> {
+    request: Req,
+    reply: Reply<Resp, E>,
+    arrived: Instant,
+}
+
+/// The sending end of a lane; its task ends when every clone is dropped.
+pub struct Lane<Req, Resp, E> {
+    tx: mpsc::Sender<Job<Req, Resp, E>>,
+}
+
+impl<Req, Resp, E> Clone for Lane<Req, Resp, E> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<Req, Resp, E> Lane<Req, Resp, E>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    E: LaneError,
+{
+    /// Starts the lane's task, which calls `run` with each batch (answers in the order asked).
+    /// Must be called inside a tokio runtime.
+    pub fn start<F, Fut>(config: LaneConfig, run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Resp>, E>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::channel::<Job<Req, Resp, E>>(config.max_batch * 4);
+        let slots = Arc::new(Semaphore::new(config.in_flight.max(1)));
+        let run = Arc::new(run);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let linger_until = first.arrived + config.linger;
+                let mut batch = vec![first];
+                // Whatever queued while every slot was busy rides along; then, if there is room,
+                // whatever arrives before the oldest member has waited `linger`.
+                while batch.len() < config.max_batch {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                                Ok(Some(job)) => batch.push(job),
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                let run = run.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let (requests, replies): (Vec<Req>, Vec<Reply<Resp, E>>) =
+                        batch.into_iter().map(|j| (j.request, j.reply)).unzip();
+                    let asked = requests.len();
+                    let started = Instant::now();
+                    let ran = run(requests).await;
+                    tracing::debug!(
+                        lane = config.name,
+                        size = asked,
+                        elapsed_us =
+                            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        "Batch done"
+                    );
+                    match ran {
+                        Ok(answers) if answers.len() == asked => {
+                            for (answer, reply) in answers.into_iter().zip(replies) {
+                                let _ = reply.send(Ok(answer));
+                            }
+                        }
+                        Ok(answers) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(E::miscounted(asked, answers.len())));
+                            }
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(e.for_member()));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    /// Queues `request` and waits for its answer.
+    pub async fn ask(&self, request: Req) -> Result<Resp, E> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            request,
+            reply,
+            arrived: Instant::now(),
+        };
+        self.tx.send(job).await.map_err(|_| E::lane_stopped())?;
+        answer.await.map_err(|_| E::lane_stopped())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Oops(String);
+
+    impl LaneError for Oops {
+        fn for_member(&self) -> Self {
+            Oops(self.0.clone())
+        }
+        fn lane_stopped() -> Self {
+            Oops("stopped".into())
+        }
+        fn miscounted(asked: usize, answered: usize) -> Self {
+            Oops(format!("{asked} asked, {answered} answered"))
+        }
+    }
+
+    fn config(linger_ms: u64) -> LaneConfig {
+        LaneConfig {
+            name: "test",
+            max_batch: 8,
+            in_flight: 1,
+            linger: Duration::from_millis(linger_ms),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_calls_share_a_batch_and_each_gets_its_own_answer() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let lane = Lane::start(config(1), move |batch: Vec<u32>| {
+            seen.lock().unwrap().push(batch.len());
+            async move { Ok::<_, Oops>(batch.into_iter().map(|n| n * 10).collect()) }
+        });
+        let asks: Vec<_> = (1..=5)
+            .map(|n| {
+                let lane = lane.clone();
+                tokio::spawn(async move { lane.ask(n).await })
+            })
+            .collect();
+        for (n, ask) in (1..=5).zip(asks) {
+            assert_eq!(ask.await.unwrap(), Ok(n * 10));
+        }
+        assert_eq!(*sizes.lock().unwrap(), [5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_batch_fails_every_member() {
+        let lane = Lane::start(config(1), |_batch: Vec<u32>| async {
+            Err::<Vec<u32>, _>(Oops("down".into()))
+        });
+        let (a, b) = tokio::join!(lane.ask(1), lane.ask(2));
+        assert_eq!(a, Err(Oops("down".into())));
+        assert_eq!(b, Err(Oops("down".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wrong_number_of_answers_is_an_error_not_a_panic() {
+        let lane = Lane::start(config(0), |_batch: Vec<u32>| async {
+            Ok::<Vec<u32>, Oops>(vec![])
+        });
+        assert_eq!(lane.ask(1).await, Err(Oops("1 asked, 0 answered".into())));
+    }
+}
