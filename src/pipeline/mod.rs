@@ -20,6 +20,8 @@
 //! 6. The lease must still be ours, the marketplace's fleet-wide rate must admit the call
 //!    (`rate.admit`; over it → wait, the row stays pending), then `bid` (`request.rs`/`call.rs`).
 //! 7. `ledger.finish` under the epoch: a superseded holder writes nothing.
+//! 8. The lease goes back to the caller ([`Processed`]), which releases it once the message is
+//!    settled: the ledger has the outcome by then, so the lease only keeps duplicates waiting.
 //!
 //! Tracing: the `pipeline` span (with `marketplace`, `posting_id`, `outcome`) has one child per
 //! step — `ledger.lookup`, `policy.decide`, `lease.acquire`, `ledger.claim`, `bid`,
@@ -65,6 +67,47 @@ macro_rules! step {
     }};
 }
 
+/// What running a posting left: its outcome, and the lease still to be released.
+///
+/// The worker settles the message first and releases the lease after: once the ledger has the
+/// outcome the lease protects nothing (any later claim finds the row), it only keeps duplicate
+/// copies waiting, so the posting's delivery need not wait for Redis to answer the release.
+pub struct Processed {
+    /// The outcome (the ledger already has it).
+    pub outcome: Outcome,
+    lease: Option<HeldLease>,
+}
+
+impl Processed {
+    /// An outcome reached without taking a lease.
+    pub fn without_lease(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            lease: None,
+        }
+    }
+
+    /// Releases the lease, if one is held, in its `lease.release` span; the outcome stands
+    /// whatever Redis answers (the TTL frees a lease whose release failed).
+    pub async fn release(self) -> Outcome {
+        if let Some(held) = self.lease {
+            let released = step!(
+                "lease.release",
+                held.release(),
+                |r: &Result<_, _>| match r {
+                    Ok(Release::Released) => "released",
+                    Ok(Release::NotOwned) => "not_owned",
+                    Err(_) => "error",
+                }
+            );
+            if let Err(e) = released {
+                tracing::warn!(error = %crate::error::Chain(&e), "Lease release failed; it will expire by TTL");
+            }
+        }
+        self.outcome
+    }
+}
+
 /// Who runs the pipeline and in which trace: recorded with each attempt.
 #[derive(Clone, Debug, Default)]
 pub struct AttemptContext {
@@ -95,25 +138,39 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Runs one validated posting through the pipeline, in its `pipeline` span.
+    /// Runs one validated posting through the pipeline, lease released before it returns.
     pub async fn process(
         &self,
         posting: &Posting,
         context: &AttemptContext,
         trace_headers: &BTreeMap<String, String>,
     ) -> Outcome {
+        self.run(posting, context, trace_headers)
+            .await
+            .release()
+            .await
+    }
+
+    /// Runs one validated posting through the pipeline, in its `pipeline` span, and hands back
+    /// the lease for the caller to release once it has settled the message.
+    pub async fn run(
+        &self,
+        posting: &Posting,
+        context: &AttemptContext,
+        trace_headers: &BTreeMap<String, String>,
+    ) -> Processed {
         let span = debug_span!(
             "pipeline",
             marketplace = posting.key.marketplace(),
             posting_id = posting.key.posting_id(),
             outcome = Empty
         );
-        let outcome = self
+        let processed = self
             .steps(posting, context, trace_headers)
             .instrument(span.clone())
             .await;
-        span.record("outcome", outcome.label());
-        outcome
+        span.record("outcome", processed.outcome.label());
+        processed
     }
 
     /// Settles a posting whose request was sent but never recorded (`bidorch reconcile`): the
@@ -128,6 +185,8 @@ impl Pipeline {
         let outcome = self
             .under_permit(key, Intent::Resend, context, &BTreeMap::new())
             .instrument(span.clone())
+            .await
+            .release()
             .await;
         span.record("outcome", outcome.label());
         outcome
@@ -138,13 +197,13 @@ impl Pipeline {
         posting: &Posting,
         context: &AttemptContext,
         trace_headers: &BTreeMap<String, String>,
-    ) -> Outcome {
+    ) -> Processed {
         let key = &posting.key;
         let entry = if context.seen_before {
             match step!("ledger.lookup", self.ledger.lookup(key), lookup_result) {
-                Err(e) => return ledger_down(&e),
+                Err(e) => return Processed::without_lease(ledger_down(&e)),
                 Ok(Some(entry)) if entry.state.is_final() => {
-                    return Outcome::Duplicate(entry.state);
+                    return Processed::without_lease(Outcome::Duplicate(entry.state));
                 }
                 Ok(entry) => entry,
             }
@@ -160,7 +219,7 @@ impl Pipeline {
             (Intent::Bid(request), Some(scoring)) => match self.score(posting, scoring).await {
                 Ok(None) => Intent::Bid(request),
                 Ok(Some(reason)) => Intent::Skip(vec![reason]),
-                Err(outcome) => return outcome,
+                Err(outcome) => return Processed::without_lease(outcome),
             },
             (intent, _) => intent,
         };
@@ -195,14 +254,15 @@ impl Pipeline {
         }
     }
 
-    /// Checks the marketplace may be called (when the intent needs it), then takes the lease.
+    /// Checks the marketplace may be called (when the intent needs it), then takes the lease
+    /// (handed back held, for the caller to release).
     async fn under_permit(
         &self,
         key: &PostingKey,
         intent: Intent,
         context: &AttemptContext,
         trace_headers: &BTreeMap<String, String>,
-    ) -> Outcome {
+    ) -> Processed {
         let probe = if matches!(intent, Intent::Skip(_)) {
             None
         } else {
@@ -210,7 +270,10 @@ impl Pipeline {
                 Permit::Go => None,
                 Permit::Probe(guard) => Some(guard),
                 Permit::Wait { retry_in, reason } => {
-                    return Outcome::MarketplacePaused { reason, retry_in };
+                    return Processed::without_lease(Outcome::MarketplacePaused {
+                        reason,
+                        retry_in,
+                    });
                 }
             }
         };
@@ -224,27 +287,17 @@ impl Pipeline {
             }
         );
         let held = match acquired {
-            Err(e) => return lock_store_down(&e),
-            Ok(None) => return self.lock_held(key).await,
+            Err(e) => return Processed::without_lease(lock_store_down(&e)),
+            Ok(None) => return Processed::without_lease(self.lock_held(key).await),
             Ok(Some(lease)) => HeldLease::start(self.locks.clone(), lease),
         };
         let outcome = self
             .under_lease(key, intent, context, &held, probe, trace_headers)
             .await;
-        let released = step!(
-            "lease.release",
-            held.release(),
-            |r: &Result<_, _>| match r {
-                Ok(Release::Released) => "released",
-                Ok(Release::NotOwned) => "not_owned",
-                Err(_) => "error",
-            }
-        );
-        if let Err(e) = released {
-            // The TTL frees it; the outcome stands because the ledger has it.
-            tracing::warn!(error = %crate::error::Chain(&e), "Lease release failed; it will expire by TTL");
+        Processed {
+            outcome,
+            lease: Some(held),
         }
-        outcome
     }
 
     /// Another worker holds the lease: wait for what is left of it, plus jitter so that the

@@ -1,4 +1,5 @@
-//! One delivery: parse, decide whether it may be worked on now, run the pipeline, settle.
+//! One delivery: parse, decide whether it may be worked on now, run the pipeline, settle, and
+//! only then release the posting's lease (the ledger already has the outcome).
 //!
 //! A delivery is not worked on — and counts no attempt — while the worker's gate is closed (a
 //! dependency is down) or before its `not-before`: it goes straight back to the wait queue. The
@@ -12,7 +13,7 @@ use tracing::Instrument;
 use super::WorkerOptions;
 use crate::flow::{Dependency, Gate};
 use crate::metrics;
-use crate::pipeline::{Action, AttemptContext, Envelope, Outcome, Pipeline};
+use crate::pipeline::{Action, AttemptContext, Envelope, Outcome, Pipeline, Processed};
 use crate::source::Delivery;
 use crate::telemetry;
 
@@ -79,24 +80,23 @@ async fn process(
         span.record("marketplace", posting.key.marketplace());
         span.record("posting_id", posting.key.posting_id());
     }
-    let (posting, outcome) = match parsed {
+    let (posting, processed) = match parsed {
         // Poison never waits: it is parked at once.
-        Err(e) => (None, Outcome::Poison(e)),
+        Err(e) => (None, Processed::without_lease(Outcome::Poison(e))),
         Ok(posting) => match held_back(&delivery, options, gate) {
-            Some(outcome) => (Some(posting), outcome),
+            Some(outcome) => (Some(posting), Processed::without_lease(outcome)),
             None => {
                 let context = AttemptContext {
                     event_id: posting.event_id.clone(),
                     trace_id: Some(trace_id),
                     seen_before: seen_before(&delivery),
                 };
-                let outcome = pipeline
-                    .process(&posting, &context, &delivery.headers)
-                    .await;
-                (Some(posting), outcome)
+                let processed = pipeline.run(&posting, &context, &delivery.headers).await;
+                (Some(posting), processed)
             }
         },
     };
+    let outcome = &processed.outcome;
     let envelope = Envelope {
         attempt: delivery.attempt,
         age: SystemTime::now()
@@ -114,6 +114,8 @@ async fn process(
             .insert(telemetry::PREV_TRACEPARENT_HEADER.to_owned(), traceparent);
     }
     let settled = settle(delivery, &action, options).await;
+    // Settled first: the ledger has the outcome, the lease only keeps duplicates waiting.
+    let outcome = processed.release().await;
     let unreachable = match &outcome {
         Outcome::Unavailable { component, error } => {
             component.dependency().map(|d| (d, error.clone()))
