@@ -104,7 +104,7 @@ async fn process(
             .unwrap_or_default(),
     };
     let action = outcome.action(&envelope, &options.retry);
-    record_on_span(&span, &outcome, &action);
+    record_on_span(&span, outcome, &action);
     if matches!(action, Action::Retry { .. })
         && let Some(traceparent) = telemetry::traceparent_of(&span)
     {
