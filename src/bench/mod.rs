@@ -1,35 +1,65 @@
 //! `bidorch bench`: what the pipeline costs, measured in one run on one machine and reported as
 //! ratios to the limit — the broker's own consume+ack rate on a fresh quorum queue.
 //!
-//! The runs, in order: the bare consume+ack rate; a warm-up; the full pipeline (the `--backend real` demo:
-//! RabbitMQ, Redis, PostgreSQL and the in-process sandbox, each posting once) at each worker
-//! count, and once more with a daily cap set; then publish→bid latency at a steady rate with the
-//! cap set. Every pipeline run also checks the promise (one bid per eligible posting). The report
-//! goes to standard output and, as JSON, to `{out}/report.json`.
+//! The product is measured as it is run: separate `bidorch worker` processes with the default
+//! configuration (INFO logs, to files), the configured RabbitMQ, Redis and PostgreSQL under names
+//! of the run's own, and the sandbox marketplace served over HTTP by the bench itself. The runs,
+//! in order:
+//!
+//! 1. the bare consume+ack rate, acks one at a time and acks pipelined ([`bare`]);
+//! 2. a short warm-up run (not reported);
+//! 3. throughput at each worker count, then at one worker with a daily cap set: the postings are
+//!    published first, then the workers start, and the rate is taken over the middle 80% of the
+//!    run by the ledger's own clock ([`steady_rate`]), as the bare rate is over its acks;
+//! 4. publish→bid latency at a steady rate, with a cap set, at each worker count: from the
+//!    publish to the sandbox's own creation time of the bid.
+//!
+//! Every run also checks the promise (one bid per eligible posting, none twice, none for an
+//! ineligible one, nothing parked), so a fast wrong answer fails the bench; and says where the
+//! CPU went ([`cpu`]). The report goes to standard output, `{out}/report.json` and
+//! `{out}/report.svg`; worker logs to `{out}/logs/`.
 
 mod bare;
+mod cpu;
+mod fleet;
+mod plot;
+mod report;
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use self::bare::Acks;
+use self::cpu::{CpuSplit, Snapshot};
+use self::fleet::{Space, Workers};
 use crate::config::Settings;
-use crate::demo::{DemoBackend, DemoOptions, DemoReport};
+use crate::demo::{DemoInput, generate};
+use crate::marketplace::sandbox::{SandboxOptions, SandboxServer};
+use crate::publish::{OutgoingEvent, Publisher};
 
 /// Why the bench could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("broker: {0}")]
     Broker(String),
-    #[error("pipeline run with {workers} worker(s)")]
-    Run {
-        workers: usize,
-        #[source]
-        source: crate::demo::DemoError,
+    #[error("ledger: {0}")]
+    Ledger(String),
+    #[error("starting the sandbox marketplace or a worker process")]
+    Spawn(#[source] std::io::Error),
+    #[error("{0}")]
+    Worker(String),
+    #[error("publishing: {0}")]
+    Publish(String),
+    #[error("run `{run}` did not finish within {limit:?}: {state}")]
+    Stalled {
+        run: String,
+        limit: Duration,
+        state: String,
     },
-    #[error("run with {workers} worker(s) broke the promise: {problem}")]
-    Incorrect { workers: usize, problem: String },
+    #[error("run `{run}` broke the promise: {problem}")]
+    Incorrect { run: String, problem: String },
     #[error("writing {path}")]
     Write {
         path: String,
@@ -45,13 +75,26 @@ pub struct BenchOptions {
     pub postings: usize,
     /// Worker counts to run the pipeline at.
     pub workers: Vec<usize>,
-    /// Messages for the bare consume+ack run.
+    /// Messages for each bare consume+ack run.
     pub bare_messages: usize,
-    /// Steady publish rate of the latency run (postings per second), and for how long.
+    /// Steady publish rate of the latency runs (postings per second), and for how long.
     pub rate: u32,
     pub rate_seconds: u32,
-    /// Where `report.json` goes.
+    /// Where `report.json`, `report.svg` and `logs/` go.
     pub out: PathBuf,
+    /// The `bidorch` executable the workers run.
+    pub exe: PathBuf,
+}
+
+/// The broker's own consume+ack rates (messages per second).
+#[derive(Clone, Debug, Serialize)]
+pub struct Bare {
+    pub prefetch: u16,
+    pub messages: usize,
+    /// Each ack awaited before the next delivery is taken.
+    pub one_at_a_time_per_s: f64,
+    /// Each ack sent from a task of its own, as a worker settles.
+    pub pipelined_per_s: f64,
 }
 
 /// One throughput run.
@@ -60,17 +103,22 @@ pub struct Run {
     pub workers: usize,
     pub daily_cap: bool,
     pub postings: usize,
-    pub seconds: f64,
+    /// Postings per second over the middle 80% of the run.
     pub postings_per_s: f64,
-    /// `postings_per_s` ÷ the bare consume+ack rate.
-    pub ratio: f64,
-    pub pipeline_p50_ms: f64,
-    pub pipeline_p99_ms: f64,
+    /// `postings_per_s` ÷ the bare rate with acks one at a time.
+    pub ratio_one_at_a_time: f64,
+    /// `postings_per_s` ÷ the bare rate with acks pipelined.
+    pub ratio_pipelined: f64,
+    /// From the workers' start until every posting was final and every queue empty.
+    pub seconds: f64,
+    /// Where the CPU went, per posting.
+    pub cpu: CpuSplit,
 }
 
 /// Publish→bid latency at a steady rate.
 #[derive(Clone, Debug, Serialize)]
 pub struct Latency {
+    pub workers: usize,
     pub rate: u32,
     pub postings: usize,
     pub daily_cap: bool,
@@ -83,186 +131,395 @@ pub struct Latency {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub cores: usize,
-    pub bare_consume_ack_per_s: f64,
+    pub bare: Bare,
     pub runs: Vec<Run>,
-    pub latency: Latency,
+    pub latency: Vec<Latency>,
     /// Throughput with the cap ÷ without, at one worker.
     pub cap_ratio: f64,
 }
 
-fn quantile(sorted: &[u64], q: f64) -> f64 {
+/// Large enough never to bind: the capped runs measure what reserving a slot costs.
+const CAP: u64 = 10_000_000;
+/// The longest one run may take before the bench gives up on it.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
+
+/// The rate of events at the given times (any order): over the middle 80% — from the 10th to the
+/// 90th percentile — so that starting and draining do not count. Falls back to first-to-last for
+/// runs too short to have a middle.
+pub fn steady_rate(times: &mut [Duration]) -> f64 {
+    times.sort_unstable();
+    let n = times.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let at = |q: f64| times[((n - 1) as f64 * q).round() as usize].as_secs_f64();
+    let (from, to, q) = match at(0.9) - at(0.1) {
+        span if span > 0.0 => (at(0.1), at(0.9), 0.8),
+        _ => (at(0.0), at(1.0), 1.0),
+    };
+    let span = (to - from).max(f64::EPSILON);
+    q * (n - 1) as f64 / span
+}
+
+fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let idx = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[idx] as f64 / 1000.0
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-async fn pipeline(
-    settings: &Settings,
-    workers: usize,
-    postings: usize,
-    rate: Option<u32>,
-    daily_cap: Option<u64>,
-) -> Result<DemoReport, BenchError> {
-    let options = DemoOptions {
-        workers,
-        postings,
-        duplication: 1,
-        poison: 0,
-        seed: 7,
-        backend: DemoBackend::Real,
-        progress: false,
-        naive_marketplace: false,
-        rate,
-        daily_cap,
-    };
-    let report = crate::demo::run(settings, &options)
-        .await
-        .map_err(|source| BenchError::Run { workers, source })?;
-    if !report.is_correct() {
-        return Err(BenchError::Incorrect {
-            workers,
-            problem: format!(
-                "{} double, {} missing, {} wrong bids",
-                report.double_bids, report.missing_bids, report.wrong_bids
-            ),
-        });
-    }
-    Ok(report)
-}
-
-/// Runs every measurement; `progress` hears what is being measured.
+/// Runs every measurement; `progress` hears what is being measured and each result.
 pub async fn run(
     settings: &Settings,
     options: &BenchOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, BenchError> {
-    // Big enough never to bind: the runs measure what reserving a slot costs, not skipping.
-    const CAP: u64 = 10_000_000;
-    let queue = format!(
-        "bidorch.bench.{}.bare",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
-    progress("bare consume+ack on a fresh quorum queue");
     let prefetch = settings.amqp.prefetch;
-    let bare =
-        bare::consume_ack_rate(&settings.amqp, &queue, options.bare_messages, prefetch).await?;
-    // A short run first: the schema, the prepared statements and the broker's queues warm up
-    // here, so the first measured run is not penalised against the later ones.
+    let bare_queue = |mode: &str| {
+        format!(
+            "bidorch.bench.bare.{mode}.{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    };
+    progress("bare consume+ack on a fresh quorum queue, acks one at a time");
+    let one = bare::consume_ack_rate(
+        &settings.amqp,
+        &bare_queue("one"),
+        options.bare_messages,
+        prefetch,
+        Acks::OneAtATime,
+    )
+    .await?;
+    progress(&format!("  {one:.0} msg/s"));
+    progress("bare consume+ack on a fresh quorum queue, acks pipelined");
+    let pipelined = bare::consume_ack_rate(
+        &settings.amqp,
+        &bare_queue("pipelined"),
+        options.bare_messages,
+        prefetch,
+        Acks::Pipelined,
+    )
+    .await?;
+    progress(&format!("  {pipelined:.0} msg/s"));
+    let bare = Bare {
+        prefetch,
+        messages: options.bare_messages,
+        one_at_a_time_per_s: one,
+        pipelined_per_s: pipelined,
+    };
+
     progress("warm-up");
-    pipeline(settings, 1, options.postings.min(1000), None, None).await?;
+    throughput(
+        settings,
+        options,
+        "warmup",
+        1,
+        options.postings.min(2000),
+        None,
+    )
+    .await?;
     let mut runs = Vec::new();
-    let plan: Vec<(usize, bool)> = options
+    let plan = options
         .workers
         .iter()
         .map(|w| (*w, false))
-        .chain(std::iter::once((1, true)))
-        .collect();
+        .chain(std::iter::once((1, true)));
     for (workers, cap) in plan {
+        let label = format!("t{workers}{}", if cap { "c" } else { "" });
         progress(&format!(
-            "pipeline, {workers} worker(s){}",
-            if cap { ", daily cap set" } else { "" }
+            "throughput, {workers} worker(s){}, {} postings",
+            if cap { ", daily cap set" } else { "" },
+            options.postings
         ));
-        let report = pipeline(
+        let (rate, seconds, cpu) = throughput(
             settings,
+            options,
+            &label,
             workers,
             options.postings,
-            None,
             cap.then_some(CAP),
         )
         .await?;
-        let seconds = report.elapsed.as_secs_f64().max(f64::EPSILON);
-        let rate = report.postings as f64 / seconds;
+        progress(&format!(
+            "  {rate:.0} postings/s ({:.3} of one-at-a-time, {:.3} of pipelined); machine {:.0}% busy",
+            rate / one,
+            rate / pipelined,
+            cpu.machine_busy * 100.0
+        ));
         runs.push(Run {
             workers,
             daily_cap: cap,
-            postings: report.postings,
-            seconds,
+            postings: options.postings,
             postings_per_s: rate,
-            ratio: rate / bare,
-            pipeline_p50_ms: ms(report.counts.latency_quantile(0.5)),
-            pipeline_p99_ms: ms(report.counts.latency_quantile(0.99)),
+            ratio_one_at_a_time: rate / one.max(f64::EPSILON),
+            ratio_pipelined: rate / pipelined.max(f64::EPSILON),
+            seconds,
+            cpu,
         });
     }
-    progress(&format!("publish→bid at a steady {}/s", options.rate));
-    let steady = (options.rate * options.rate_seconds) as usize;
-    let report = pipeline(settings, 1, steady, Some(options.rate), Some(CAP)).await?;
-    let mut lat = report.publish_to_bid_us.clone();
-    lat.sort_unstable();
-    let latency = Latency {
-        rate: options.rate,
-        postings: steady,
-        daily_cap: true,
-        p50_ms: quantile(&lat, 0.5),
-        p99_ms: quantile(&lat, 0.99),
-        max_ms: lat.last().map_or(0.0, |m| *m as f64 / 1000.0),
-    };
-    let one = |cap: bool| {
+    let mut latency = Vec::new();
+    for &workers in &options.workers {
+        progress(&format!(
+            "publish→bid at a steady {}/s for {} s, {workers} worker(s), daily cap set",
+            options.rate, options.rate_seconds
+        ));
+        let measured = steady(settings, options, workers).await?;
+        progress(&format!(
+            "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            measured.p50_ms, measured.p99_ms, measured.max_ms
+        ));
+        latency.push(measured);
+    }
+    let one_worker = |cap: bool| {
         runs.iter()
             .find(|r| r.workers == 1 && r.daily_cap == cap)
             .map_or(0.0, |r| r.postings_per_s)
     };
-    let cap_ratio = one(true) / one(false).max(f64::EPSILON);
+    let cap_ratio = one_worker(true) / one_worker(false).max(f64::EPSILON);
     let report = BenchReport {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        bare_consume_ack_per_s: bare,
+        bare,
         runs,
         latency,
         cap_ratio,
     };
-    write(&options.out, &report)?;
+    report::write(&options.out, &report)?;
     Ok(report)
 }
 
-fn write(dir: &std::path::Path, report: &BenchReport) -> Result<(), BenchError> {
-    let path = dir.join("report.json");
-    let failed = |source| BenchError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(failed)?;
-    let json = serde_json::to_vec_pretty(report).map_err(|e| failed(std::io::Error::other(e)))?;
-    std::fs::write(&path, json).map_err(failed)
+/// A run's sandbox, checked against what the input says must have happened.
+fn check(
+    run: &str,
+    sandbox: &SandboxServer,
+    input: &DemoInput,
+    dead: u32,
+) -> Result<(), BenchError> {
+    let stats = sandbox.sandbox().stats();
+    let bids = |key: &String| stats.postings.get(key).map_or(0, |p| p.bids);
+    let eligible: BTreeSet<&String> = input.eligible.iter().collect();
+    let double = stats.postings.values().filter(|p| p.bids > 1).count();
+    let missing = eligible.iter().filter(|k| bids(k) == 0).count();
+    let wrong = input.ineligible.iter().filter(|k| bids(k) > 0).count();
+    if double + missing + wrong > 0 || dead > 0 {
+        return Err(BenchError::Incorrect {
+            run: run.to_owned(),
+            problem: format!(
+                "{double} postings bid twice, {missing} eligible without a bid, {wrong} ineligible with one, {dead} messages parked"
+            ),
+        });
+    }
+    Ok(())
 }
 
-impl std::fmt::Display for BenchReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "bidorch bench — {} cores", self.cores)?;
-        writeln!(
-            f,
-            "  bare consume+ack (quorum queue)   {:>8.0} msg/s   1.000",
-            self.bare_consume_ack_per_s
-        )?;
-        for r in &self.runs {
-            writeln!(
-                f,
-                "  pipeline, {} worker(s){:<12} {:>8.0} postings/s  {:.3}   (pipeline p50 {:.1} ms, p99 {:.1} ms)",
-                r.workers,
-                if r.daily_cap { ", cap set" } else { "" },
-                r.postings_per_s,
-                r.ratio,
-                r.pipeline_p50_ms,
-                r.pipeline_p99_ms
-            )?;
+async fn publisher(space: &Space) -> Result<Publisher, BenchError> {
+    Publisher::connect(&space.settings.amqp)
+        .await
+        .map_err(|e| BenchError::Publish(crate::error::chain(&e)))
+}
+
+fn events(input: &DemoInput) -> Result<Vec<OutgoingEvent>, BenchError> {
+    input
+        .messages
+        .iter()
+        .map(|body| {
+            OutgoingEvent::parse(body.clone()).map_err(|e| BenchError::Publish(e.to_string()))
+        })
+        .collect()
+}
+
+/// Waits until `postings` rows are final and nothing waits in the run's queues.
+async fn drained(space: &Space, run: &str, postings: usize) -> Result<u32, BenchError> {
+    let conn = lapin::Connection::connect(
+        space.settings.amqp.url.expose(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .map_err(|e| BenchError::Broker(e.to_string()))?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|e| BenchError::Broker(e.to_string()))?;
+    let mut ledger = space.ledger().await?;
+    let deadline = Instant::now() + RUN_LIMIT;
+    loop {
+        let (finished, _) = space.finished(&mut ledger).await?;
+        let waiting = space.waiting(&channel).await?;
+        if finished as usize >= postings && waiting == 0 {
+            let dead = fleet_dead(&channel, space).await?;
+            let _ = conn.close(200, "bench drained".into()).await;
+            return Ok(dead);
         }
-        writeln!(
-            f,
-            "  with a daily cap ÷ without (1 worker): {:.3}",
-            self.cap_ratio
-        )?;
-        write!(
-            f,
-            "  publish→bid at a steady {}/s ({} postings, cap set): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            self.latency.rate,
-            self.latency.postings,
-            self.latency.p50_ms,
-            self.latency.p99_ms,
-            self.latency.max_ms
+        if Instant::now() > deadline {
+            return Err(BenchError::Stalled {
+                run: run.to_owned(),
+                limit: RUN_LIMIT,
+                state: format!("{finished} of {postings} final, {waiting} messages waiting"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn fleet_dead(channel: &lapin::Channel, space: &Space) -> Result<u32, BenchError> {
+    let q = channel
+        .queue_declare(
+            space.settings.amqp.dead_letter_queue().as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..lapin::options::QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
         )
+        .await
+        .map_err(|e| BenchError::Broker(e.to_string()))?;
+    Ok(q.message_count())
+}
+
+/// One throughput run: `postings` published, then `workers` started; returns the steady rate,
+/// the seconds from the workers' start to drained, and the CPU split.
+async fn throughput(
+    settings: &Settings,
+    options: &BenchOptions,
+    label: &str,
+    workers: usize,
+    postings: usize,
+    daily_cap: Option<u64>,
+) -> Result<(f64, f64, CpuSplit), BenchError> {
+    let space = Space::new(settings, label);
+    let result = async {
+        space.prepare().await?;
+        let sandbox = SandboxServer::start(SandboxOptions::default())
+            .await
+            .map_err(BenchError::Spawn)?;
+        let input = generate(postings, 1, 0, fastrand::u64(..));
+        let publisher = publisher(&space).await?;
+        for result in publisher.publish_many(&events(&input)?).await {
+            result.map_err(|e| BenchError::Publish(crate::error::chain(&e)))?;
+        }
+        publisher.close().await;
+        let started = Instant::now();
+        let fleet = Workers::spawn(
+            &options.exe,
+            &space.worker_env(sandbox.url(), daily_cap),
+            workers,
+            &options.out.join("logs"),
+            label,
+        )?;
+        let before = Snapshot::take(&fleet.pids());
+        let dead = drained(&space, label, postings).await?;
+        let after = Snapshot::take(&fleet.pids());
+        let seconds = started.elapsed().as_secs_f64();
+        fleet.stop().await;
+        check(label, &sandbox, &input, dead)?;
+        let mut ledger = space.ledger().await?;
+        let (n, window) = space.finished(&mut ledger).await?;
+        let rate = match window {
+            Some((p10, p90)) if p90 > p10 => 0.8 * n as f64 / (p90 - p10),
+            _ => n as f64 / seconds.max(f64::EPSILON),
+        };
+        Ok((rate, seconds, before.split(&after, postings)))
+    }
+    .await;
+    space.remove().await;
+    result
+}
+
+/// One latency run: `workers` started and ready, then postings published at a steady rate with
+/// a daily cap set; returns publish→bid over the eligible postings.
+async fn steady(
+    settings: &Settings,
+    options: &BenchOptions,
+    workers: usize,
+) -> Result<Latency, BenchError> {
+    let label = format!("l{workers}");
+    let space = Space::new(settings, &label);
+    let postings = (options.rate * options.rate_seconds) as usize;
+    let result = async {
+        space.prepare().await?;
+        let sandbox = SandboxServer::start(SandboxOptions::default())
+            .await
+            .map_err(BenchError::Spawn)?;
+        let input = generate(postings, 1, 0, fastrand::u64(..));
+        let mut fleet = Workers::spawn(
+            &options.exe,
+            &space.worker_env(sandbox.url(), Some(CAP)),
+            workers,
+            &options.out.join("logs"),
+            &label,
+        )?;
+        fleet.wait_ready(Duration::from_secs(60)).await?;
+        let publisher = publisher(&space).await?;
+        let published_at = paced(&publisher, &events(&input)?, options.rate).await?;
+        publisher.close().await;
+        let dead = drained(&space, &label, postings).await?;
+        fleet.stop().await;
+        check(&label, &sandbox, &input, dead)?;
+        let mut waits: Vec<u64> = input
+            .eligible
+            .iter()
+            .filter_map(|key| {
+                let sent = published_at.get(key)?;
+                let (m, p) = key.split_once(':')?;
+                let key = crate::posting::PostingKey::new(m, p).ok()?;
+                let bid = sandbox.sandbox().bids(&key).into_iter().next()?;
+                u64::try_from((bid.created_at - *sent).num_microseconds()?).ok()
+            })
+            .collect();
+        waits.sort_unstable();
+        Ok(Latency {
+            workers,
+            rate: options.rate,
+            postings,
+            daily_cap: true,
+            p50_ms: quantile_ms(&waits, 0.5),
+            p99_ms: quantile_ms(&waits, 0.99),
+            max_ms: waits.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        })
+    }
+    .await;
+    space.remove().await;
+    result
+}
+
+/// Publishes `events` at `rate` per second in 10 ms ticks; returns when each posting went out.
+async fn paced(
+    publisher: &Publisher,
+    events: &[OutgoingEvent],
+    rate: u32,
+) -> Result<HashMap<String, chrono::DateTime<chrono::Utc>>, BenchError> {
+    let mut published_at = HashMap::with_capacity(events.len());
+    let per_tick = (rate as usize / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for chunk in events.chunks(per_tick) {
+        tick.tick().await;
+        let now = chrono::Utc::now();
+        for event in chunk {
+            published_at.entry(event.posting_key()).or_insert(now);
+        }
+        for result in publisher.publish_many(chunk).await {
+            result.map_err(|e| BenchError::Publish(crate::error::chain(&e)))?;
+        }
+    }
+    Ok(published_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_steady_rate_leaves_out_the_start_and_the_tail() {
+        // 100 events one millisecond apart, then a straggler a second later.
+        let mut times: Vec<Duration> = (0..100).map(Duration::from_millis).collect();
+        times.push(Duration::from_secs(2));
+        let rate = steady_rate(&mut times);
+        assert!((rate - 1000.0).abs() < 20.0, "{rate}");
+    }
+
+    #[test]
+    fn a_run_too_short_for_a_middle_uses_first_to_last() {
+        let mut times = vec![Duration::from_millis(5), Duration::from_millis(5)];
+        assert!(steady_rate(&mut times) > 0.0);
+        assert_eq!(steady_rate(&mut []), 0.0);
     }
 }

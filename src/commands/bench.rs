@@ -13,7 +13,7 @@ use bidorch::config::Settings;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Postings per throughput run (runs of a few seconds at least, or the figures are noise).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 20_000)]
     postings: usize,
     /// Worker counts to run the pipeline at, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// Length of the latency run, in seconds.
     #[arg(long, default_value_t = 10)]
     rate_seconds: u32,
-    /// Directory for report.json.
+    /// Directory for report.json, report.svg and the workers' logs.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
 }
@@ -44,11 +44,23 @@ pub async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
         rate: args.rate,
         rate_seconds: args.rate_seconds.max(1),
         out: args.out,
+        exe: std::env::current_exe().context("finding the bidorch executable to run workers")?,
     };
-    let report = bidorch::bench::run(settings, &options, |step| eprintln!("bench: {step}…"))
-        .await
-        .context("bench")?;
+    let report = bidorch::bench::run(settings, &options, |step| {
+        if step.starts_with(' ') {
+            eprintln!("bench: {step}");
+        } else {
+            eprintln!("bench: {step}…");
+        }
+    })
+    .await
+    .context("bench")?;
     println!("{report}");
-    println!("report: {}", options.out.join("report.json").display());
+    println!(
+        "report: {} and {}; worker logs in {}",
+        options.out.join("report.json").display(),
+        options.out.join("report.svg").display(),
+        options.out.join("logs").display()
+    );
     Ok(())
 }

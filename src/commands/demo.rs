@@ -62,8 +62,6 @@ pub async fn demo(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
         },
         progress: !args.quiet,
         naive_marketplace: args.naive_marketplace,
-        rate: None,
-        daily_cap: None,
     };
     let report = bidorch::demo::run(settings, &options).await?;
     println!("{report}");

@@ -25,7 +25,8 @@ use crate::source::SourceError;
 use crate::tally::Tally;
 use crate::worker;
 
-pub use self::generate::{DemoInput, generate};
+pub use self::generate::{BLOCKED, DemoInput, MARKETPLACES, MIN_BUDGET, generate};
+pub(crate) use self::real::remove_run;
 pub use self::report::DemoReport;
 
 /// Which backends the demo runs on.
@@ -51,11 +52,6 @@ pub struct DemoOptions {
     /// Run the sandbox without honouring idempotency keys, so any duplicate that got past the
     /// ledger and the lease shows up as a second bid (the strictest check of those layers).
     pub naive_marketplace: bool,
-    /// `--backend real`: publish at this many events per second (a steady load, for
-    /// publish→bid latency) instead of all at once.
-    pub rate: Option<u32>,
-    /// `--backend real`: a daily bid cap per marketplace (what the cap costs is benchmarked).
-    pub daily_cap: Option<u64>,
 }
 
 impl Default for DemoOptions {
@@ -69,8 +65,6 @@ impl Default for DemoOptions {
             backend: DemoBackend::Embedded,
             progress: true,
             naive_marketplace: false,
-            rate: None,
-            daily_cap: None,
         }
     }
 }
@@ -358,6 +352,5 @@ async fn report(
             .map(|(s, n)| (s.as_str(), n))
             .collect(),
         counts,
-        publish_to_bid_us: Vec::new(),
     })
 }

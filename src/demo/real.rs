@@ -2,7 +2,7 @@
 //! PostgreSQL, under names unique to this run (exchange, queues, Redis key prefix, PostgreSQL
 //! schema), all removed afterwards so a demo never touches production data.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,8 +66,7 @@ pub(super) async fn run(
         ));
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-    let mut s = run_settings(settings, &run_id);
-    s.bidding.daily_bid_cap = options.daily_cap.unwrap_or(0);
+    let s = run_settings(settings, &run_id);
     let input = generate(
         options.postings,
         options.duplication,
@@ -75,7 +74,7 @@ pub(super) async fn run(
         options.seed,
     );
     let result = run_on(&s, options, &input).await;
-    cleanup(&s).await;
+    remove_run(&s).await;
     result
 }
 
@@ -107,7 +106,9 @@ async fn run_on(
         .map(|body| OutgoingEvent::parse(body.clone()).map_err(|_| body))
         .partition(Result::is_ok);
     let events: Vec<OutgoingEvent> = events.into_iter().filter_map(Result::ok).collect();
-    let published_at = publish_paced(&publisher, &events, options.rate).await?;
+    for result in publisher.publish_many(&events).await {
+        result.map_err(|e| DemoError::Publish(e.to_string()))?;
+    }
     publisher.close().await;
     let conn = Connection::connect(s.amqp.url.expose(), ConnectionProperties::default())
         .await
@@ -162,7 +163,7 @@ async fn run_on(
             "the demo runs with marketplace.kind = \"sandbox\"".to_owned(),
         ));
     };
-    let mut report = report(
+    let report = report(
         "real",
         options,
         input,
@@ -173,45 +174,7 @@ async fn run_on(
         tally.snapshot(),
     )
     .await?;
-    if options.rate.is_some() {
-        report.publish_to_bid_us = input
-            .eligible
-            .iter()
-            .filter_map(|key| {
-                let sent = published_at.get(key)?;
-                let (marketplace, posting_id) = key.split_once(':')?;
-                let key = crate::posting::PostingKey::new(marketplace, posting_id).ok()?;
-                let bid = sandbox.bids(&key).into_iter().next()?;
-                u64::try_from((bid.created_at - *sent).num_microseconds()?).ok()
-            })
-            .collect();
-    }
     Ok(report)
-}
-
-/// Publishes `events` all at once, or at `rate` per second in 10 ms ticks; returns when each
-/// posting's first copy went out.
-async fn publish_paced(
-    publisher: &Publisher,
-    events: &[OutgoingEvent],
-    rate: Option<u32>,
-) -> Result<HashMap<String, chrono::DateTime<chrono::Utc>>, DemoError> {
-    let mut published_at = HashMap::new();
-    let per_tick = rate.map_or(events.len().max(1), |r| (r as usize / 100).max(1));
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    for chunk in events.chunks(per_tick) {
-        if rate.is_some() {
-            tick.tick().await;
-        }
-        let now = chrono::Utc::now();
-        for event in chunk {
-            published_at.entry(event.posting_key()).or_insert(now);
-        }
-        for result in publisher.publish_many(chunk).await {
-            result.map_err(|e| DemoError::Publish(e.to_string()))?;
-        }
-    }
-    Ok(published_at)
 }
 
 /// Reads the reasons of parked messages without consuming them (they are requeued; the queue is
@@ -257,8 +220,9 @@ async fn dead_letter_reasons(
     Ok(reasons)
 }
 
-/// Removes everything this run created (best effort; failures are logged).
-async fn cleanup(s: &Settings) {
+/// Removes everything a run under `s`'s names created — its queues and exchange, its ledger
+/// schema, its Redis keys (best effort; failures are logged). The bench's runs use it too.
+pub(crate) async fn remove_run(s: &Settings) {
     if let Ok(conn) =
         Connection::connect(s.amqp.url.expose(), ConnectionProperties::default()).await
         && let Ok(channel) = conn.create_channel().await

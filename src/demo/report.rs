@@ -34,9 +34,6 @@ pub struct DemoReport {
     pub ledger: BTreeMap<&'static str, u64>,
     /// What the workers did.
     pub counts: Counts,
-    /// `--backend real` with a publish rate: publish → bid created at the sandbox, per eligible
-    /// posting (microseconds).
-    pub publish_to_bid_us: Vec<u64>,
 }
 
 impl DemoReport {

@@ -19,8 +19,6 @@ fn options(backend: DemoBackend) -> DemoOptions {
         progress: false,
         // Every request creates a bid: duplicates must be stopped before the marketplace.
         naive_marketplace: true,
-        rate: None,
-        daily_cap: None,
     }
 }
 

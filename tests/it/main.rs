@@ -7,6 +7,7 @@
 
 mod support;
 
+mod bench;
 mod broker_chaos;
 mod chaos;
 mod cli;
