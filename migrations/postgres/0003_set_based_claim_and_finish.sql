@@ -28,8 +28,8 @@ CREATE TYPE bidorch_step AS (
     o_request_sha256 text, o_request_amount text, o_request_currency text
 );
 
--- One posting's claim, under its row lock. The caller holds the day's cap row of `m` when `cap`
--- is set (cap rows are always locked before postings). A fresh row starts at epoch 1; every
+-- One posting's claim, under its row lock. The caller holds the day's cap row of `mk` when
+-- `cap` is set (taken before any existing posting's row). A fresh row starts at epoch 1; every
 -- further claim bumps it. Decisions, in order: final stays final (read without a lock: a final
 -- row never changes); a request already sent is sent again (sticky); `resend` does nothing else;
 -- `skip` records `skipped`; `bid` takes a cap slot (none left: `skipped` / `daily_cap`) and
@@ -117,19 +117,24 @@ BEGIN
 END
 $fn$;
 
--- The claim of a batch: element k of every array is posting k (0-based `o_idx` k - 1). Locks are
--- taken in one global order — the day's cap rows first (by marketplace), then the postings (by
--- key) — so concurrent batches never deadlock.
+-- The claim of a batch: element k of every array is posting k (0-based `o_idx` k - 1).
 --
--- 1. For each capped marketplace, as many slots as the batch's bids ask for (or as are left) are
---    reserved at once.
--- 2. Fresh postings are inserted already decided, in one statement: a skip as `skipped`, a bid as
---    sent (its request stored) when it is within the slots reserved. A row that exists (or
---    appeared meanwhile) is left to step 4.
--- 3. Slots reserved for bids step 2 did not insert are given back.
--- 4. Everything else — existing rows, resends, a second copy of a posting in the batch, bids
---    beyond the reserved slots — goes through bidorch_claim_one, in key order, which takes a slot
---    per bid exactly as it always did.
+-- 1. Fresh postings are inserted already decided, in one statement and in key order: a skip as
+--    `skipped`, a bid as sent (its request stored). A row that exists (or appeared meanwhile) is
+--    left to step 3.
+-- 2. The day's cap rows, by marketplace: each is locked, and the bids step 1 inserted get as many
+--    slots as are left, in key order; those beyond become `skipped` / `daily_cap`. The cap rows
+--    are taken after the inserts, so a batch holds them (until it commits) only briefly: batches
+--    of a fleet with a cap set queue for those rows, and the shorter the wait the more of them
+--    run at once.
+-- 3. Everything else — existing rows, resends, a second copy of a posting in the batch — goes
+--    through bidorch_claim_one, in key order, which takes a slot per bid as it always did.
+--
+-- Lock order: a batch's new rows, then cap rows, then existing postings. New rows conflict only
+-- with another insert of the same posting, which waits for this batch to end; cap rows are taken
+-- by marketplace. Two batches can wait on each other only through a posting both hold, which
+-- takes two workers holding the same posting's lease at once (a lease lost in a pause); then
+-- PostgreSQL picks one to fail and the caller retries it.
 CREATE FUNCTION bidorch_claim(
     ms text[], ps text[], evs text[], intents text[], bodies text[], shas text[],
     amounts text[], currencies text[], reasons text[], instances text[], traces text[],
@@ -140,51 +145,24 @@ SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $fn$
 DECLARE
     c record;
-    k int;
     reserved_now bigint;
     granted bigint;
-    used bigint;
-    cap_ms text[] := '{}';
-    cap_grants bigint[] := '{}';
     fast bidorch_step[];
+    over int[];
+    capped int[] := '{}';
     done int[];
 BEGIN
-    FOR c IN
-        SELECT u.m, min(u.cap) AS cap, count(*) AS want
-        FROM unnest(ms, intents, caps) AS u(m, intent, cap)
-        WHERE u.intent = 'bid' AND u.cap IS NOT NULL
-        GROUP BY u.m ORDER BY u.m
-    LOOP
-        INSERT INTO bid_daily_spend (marketplace, day) VALUES (c.m, today) ON CONFLICT DO NOTHING;
-        SELECT d.reserved INTO reserved_now FROM bid_daily_spend d
-        WHERE d.marketplace = c.m AND d.day = today FOR UPDATE;
-        granted := greatest(least(c.want, c.cap - reserved_now), 0);
-        IF granted > 0 THEN
-            UPDATE bid_daily_spend d SET reserved = d.reserved + granted
-            WHERE d.marketplace = c.m AND d.day = today;
-        END IF;
-        cap_ms := cap_ms || c.m;
-        cap_grants := cap_grants || granted;
-    END LOOP;
-
     WITH input AS (
         SELECT (u.o - 1)::int AS i, u.m, u.p, u.ev, u.intent, u.body, u.sha, u.amount,
                u.currency, u.reasons, u.instance, u.trace, u.cap,
-               row_number() OVER (PARTITION BY u.m, u.p ORDER BY u.o) AS copy,
-               row_number() OVER (PARTITION BY u.m, (u.intent = 'bid' AND u.cap IS NOT NULL)
-                                  ORDER BY u.p, u.o) AS slot
+               row_number() OVER (PARTITION BY u.m, u.p ORDER BY u.o) AS copy
         FROM unnest(ms, ps, evs, intents, bodies, shas, amounts, currencies, reasons,
                     instances, traces, caps)
              WITH ORDINALITY AS u(m, p, ev, intent, body, sha, amount, currency, reasons,
                                   instance, trace, cap, o)
     ),
     fresh AS (
-        SELECT * FROM input f
-        WHERE f.copy = 1
-          AND (f.intent = 'skip'
-               OR (f.intent = 'bid'
-                   AND (f.cap IS NULL
-                        OR f.slot <= coalesce(cap_grants[array_position(cap_ms, f.m)], 0))))
+        SELECT * FROM input f WHERE f.copy = 1 AND f.intent IN ('skip', 'bid')
     ),
     ins AS (
         INSERT INTO bid_ledger AS l (marketplace, posting_id, state, epoch, sends, detail,
@@ -225,17 +203,57 @@ BEGIN
     INTO fast
     FROM decided d;
 
+    -- Every capped marketplace of the batch, also those only step 3 bids on: claim_one expects
+    -- the day's row to exist and be held.
+    FOR c IN
+        SELECT u.m, min(u.cap) AS cap
+        FROM unnest(ms, intents, caps) AS u(m, intent, cap)
+        WHERE u.intent = 'bid' AND u.cap IS NOT NULL
+        GROUP BY u.m ORDER BY u.m
+    LOOP
+        SELECT d.reserved INTO reserved_now FROM bid_daily_spend d
+        WHERE d.marketplace = c.m AND d.day = today FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO bid_daily_spend (marketplace, day) VALUES (c.m, today)
+            ON CONFLICT DO NOTHING;
+            SELECT d.reserved INTO reserved_now FROM bid_daily_spend d
+            WHERE d.marketplace = c.m AND d.day = today FOR UPDATE;
+        END IF;
+        -- The bids inserted above for this marketplace, in key order.
+        over := ARRAY(
+            SELECT f.o_idx FROM unnest(fast) AS f
+            WHERE f.o_result = 'send' AND ms[f.o_idx + 1] = c.m AND caps[f.o_idx + 1] IS NOT NULL
+            ORDER BY ps[f.o_idx + 1]);
+        granted := least(cardinality(over), greatest(c.cap - reserved_now, 0));
+        IF granted > 0 THEN
+            UPDATE bid_daily_spend d SET reserved = d.reserved + granted
+            WHERE d.marketplace = c.m AND d.day = today;
+        END IF;
+        capped := capped || over[granted + 1:];
+    END LOOP;
+
+    IF cardinality(capped) > 0 THEN
+        UPDATE bid_ledger l SET state = 'skipped', detail = 'daily_cap', sends = 0,
+               request_body = NULL, request_sha256 = NULL, request_amount = NULL,
+               request_currency = NULL, reserved_day = NULL, sent_at = NULL, updated_at = now()
+        FROM unnest(capped) AS x(i)
+        WHERE l.marketplace = ms[x.i + 1] AND l.posting_id = ps[x.i + 1];
+        UPDATE bid_attempts a SET claim = 'capped', finished_at = now(), result = 'skipped',
+               detail = 'daily_cap'
+        FROM unnest(capped) AS x(i)
+        WHERE a.marketplace = ms[x.i + 1] AND a.posting_id = ps[x.i + 1] AND a.epoch = 1;
+        fast := ARRAY(
+            SELECT CASE WHEN f.o_idx = ANY (capped)
+                        THEN ROW(f.o_idx, 'capped', NULL::boolean, f.o_epoch, 'skipped', 0,
+                                 NULL::text, 'daily_cap', f.o_event_id, f.o_created_at,
+                                 now(), NULL::timestamptz, NULL::text, NULL::text, NULL::text,
+                                 NULL::text)::bidorch_step
+                        ELSE f END
+            FROM unnest(fast) AS f);
+    END IF;
+
     RETURN QUERY SELECT * FROM unnest(fast);
     done := ARRAY(SELECT f.o_idx FROM unnest(fast) AS f);
-
-    FOR k IN 1 .. coalesce(array_length(cap_ms, 1), 0) LOOP
-        SELECT count(*) INTO used FROM unnest(fast) AS f
-        WHERE f.o_result = 'send' AND ms[f.o_idx + 1] = cap_ms[k] AND caps[f.o_idx + 1] IS NOT NULL;
-        IF used < cap_grants[k] THEN
-            UPDATE bid_daily_spend d SET reserved = d.reserved - (cap_grants[k] - used)
-            WHERE d.marketplace = cap_ms[k] AND d.day = today;
-        END IF;
-    END LOOP;
 
     FOR c IN
         SELECT (u.o - 1)::int AS i, u.*

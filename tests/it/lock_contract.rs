@@ -133,6 +133,37 @@ async fn zero_ttl_is_rejected(b: &Backend) {
     assert!(matches!(err, Err(LockError::Config(_))), "{err:?}");
 }
 
+/// Many calls through one store at once (a worker's postings in flight, which a batching store
+/// sends as one pipeline): each gets its own answer — one winner per key, and only the winner's
+/// token releases it.
+async fn concurrent_calls_through_one_store_each_get_their_own_answer(b: &Backend) {
+    let store = b.instance("a");
+    let tries: Vec<_> = (0..24)
+        .map(|i| {
+            let (store, k) = (store.clone(), key("upwork", &format!("many_{}", i % 8)));
+            tokio::spawn(async move { (k.clone(), store.try_acquire(&k, TTL).await.unwrap()) })
+        })
+        .collect();
+    let mut won = std::collections::BTreeMap::new();
+    for t in tries {
+        let (k, lease) = t.await.unwrap();
+        if let Some(lease) = lease {
+            assert!(won.insert(k, lease).is_none(), "two winners for one key");
+        }
+    }
+    assert_eq!(won.len(), 8, "one winner per key");
+    let releases: Vec<_> = won
+        .into_values()
+        .map(|lease| {
+            let store = store.clone();
+            tokio::spawn(async move { store.release(&lease).await.unwrap() })
+        })
+        .collect();
+    for r in releases {
+        assert_eq!(r.await.unwrap(), Release::Released);
+    }
+}
+
 /// `health` succeeds on a reachable store.
 async fn health_is_ok(b: &Backend) {
     b.instance("a").health().await.unwrap();
@@ -157,6 +188,15 @@ macro_rules! contract {
                 }
             )*
         }
+        mod redis_batched {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(backend) = super::Backend::redis_batched().await else { return };
+                    super::$case(&backend).await;
+                }
+            )*
+        }
     };
 }
 
@@ -170,5 +210,6 @@ contract!(
     postings_and_marketplaces_are_independent,
     tokens_are_unique_per_acquisition,
     zero_ttl_is_rejected,
+    concurrent_calls_through_one_store_each_get_their_own_answer,
     health_is_ok,
 );

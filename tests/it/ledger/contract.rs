@@ -424,6 +424,98 @@ pub async fn a_batch_claims_and_finishes_in_order(ledger: Arc<dyn BidLedger>) {
     assert_eq!(found[2].as_ref().unwrap().state, LedgerState::Skipped);
 }
 
+/// A batch at the cap boundary mixes new and known postings: the slots left go to its new bids
+/// and the rest are capped, a posting already sent is re-sent without a slot, a second copy of a
+/// new posting in the same batch is a re-send of the first, and a skip takes no slot. Exactly the
+/// cap is spent. (The batch is in key order, as the batching layer sends it: which new bids get
+/// the last slots is the backend's choice, and both choose by key.)
+pub async fn a_batch_at_the_cap_spends_exactly_the_slots_left(ledger: Arc<dyn BidLedger>) {
+    let capped = |k: &PostingKey| ClaimRequest {
+        daily_cap: Some(3),
+        ..bid(k, 100)
+    };
+    let (a, b, c, d, s) = (
+        key("capbatch", "a"),
+        key("capbatch", "b"),
+        key("capbatch", "c"),
+        key("capbatch", "d"),
+        key("capbatch", "s"),
+    );
+    // One slot of three already spent on `a`.
+    assert!(matches!(
+        ledger.claim(&capped(&a)).await.expect("claim a"),
+        Claim::Send { resend: false, .. }
+    ));
+    let batch = vec![
+        capped(&a),
+        capped(&b),
+        capped(&c),
+        capped(&c),
+        capped(&d),
+        claim_of(&s, Intent::Skip(vec!["below_min_budget".into()])),
+    ];
+    let claimed = ledger.claim_many(&batch).await.expect("claim_many");
+    let verdicts: Vec<&str> = claimed
+        .iter()
+        .map(|c| match c {
+            Claim::Send { resend: false, .. } => "send",
+            Claim::Send { resend: true, .. } => "resend",
+            Claim::Skipped { capped: true, .. } => "capped",
+            Claim::Skipped { capped: false, .. } => "skipped",
+            Claim::Final(_) => "final",
+            Claim::Nothing => "nothing",
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["resend", "send", "send", "resend", "capped", "skipped"]
+    );
+    let found = ledger
+        .lookup(&d)
+        .await
+        .expect("lookup d")
+        .expect("d has a row");
+    assert_eq!(found.state, LedgerState::Skipped);
+    assert_eq!(found.detail.as_deref(), Some("daily_cap"));
+    assert!(
+        found.request.is_none(),
+        "a capped posting stores no request"
+    );
+    // All three slots are spent: the next new bid is capped.
+    assert!(matches!(
+        ledger
+            .claim(&capped(&key("capbatch", "e")))
+            .await
+            .expect("claim e"),
+        Claim::Skipped { capped: true, .. }
+    ));
+}
+
+/// Finishes and claims made together: the finishes come first, so a claim of a posting that
+/// ends in the same call sees it final; each member gets its own answer.
+pub async fn finishes_and_claims_of_one_call_read_as_made_in_that_order(
+    ledger: Arc<dyn BidLedger>,
+) {
+    let (old, new) = (key("steps", "old"), key("steps", "new"));
+    let (epoch, _, _) = sent(&ledger, &bid(&old, 100)).await;
+    let (fenced, claimed) = ledger
+        .steps_many(
+            &[(old.clone(), epoch, placed("bid-old"))],
+            &[bid(&new, 100), bid(&old, 100)],
+        )
+        .await
+        .expect("steps_many");
+    assert_eq!(fenced, vec![Fenced::Written]);
+    assert!(matches!(claimed[0], Claim::Send { resend: false, .. }));
+    let Claim::Final(entry) = &claimed[1] else {
+        panic!(
+            "expected the just-placed posting to be final: {:?}",
+            claimed[1]
+        );
+    };
+    assert_eq!(entry.bid_id.as_deref(), Some("bid-old"));
+}
+
 /// Counts cover every state, zero included.
 pub async fn counts_by_state_counts_every_state(ledger: Arc<dyn BidLedger>) {
     let p = key("upwork", "job_p");

@@ -152,6 +152,8 @@ contract_suite!(
     attempts_tell_the_story,
     unresolved_sends_are_found_until_recorded,
     a_batch_claims_and_finishes_in_order,
+    a_batch_at_the_cap_spends_exactly_the_slots_left,
+    finishes_and_claims_of_one_call_read_as_made_in_that_order,
     counts_by_state_counts_every_state,
     a_finish_without_a_claim_is_an_error,
     health_answers,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bidorch::config::{RedisSettings, SecretUrl};
-use bidorch::lock::{Lease, LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore};
+use bidorch::lock::{
+    BatchingLocks, Lease, LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore,
+};
 use bidorch::posting::PostingKey;
 
 use crate::support;
@@ -84,10 +86,12 @@ impl Drop for RedisPrefix {
     }
 }
 
-/// Where a test's "instances" get their stores from: separate Redis clients under one prefix,
-/// or handles on one shared in-process store (the only way memory instances can contend).
+/// Where a test's "instances" get their stores from: separate Redis clients under one prefix
+/// (each as a worker has it: its calls batched into pipelines, or plain), or handles on one
+/// shared in-process store (the only way memory instances can contend).
 pub enum Backend {
     Redis(RedisPrefix),
+    RedisBatched(RedisPrefix),
     Memory(Arc<MemoryLockStore>),
 }
 
@@ -100,10 +104,15 @@ impl Backend {
         RedisPrefix::new().await.map(Self::Redis)
     }
 
+    pub async fn redis_batched() -> Option<Self> {
+        RedisPrefix::new().await.map(Self::RedisBatched)
+    }
+
     /// A store for one instance.
     pub fn instance(&self, name: &str) -> Arc<dyn LockStore> {
         match self {
             Self::Redis(p) => p.store(name),
+            Self::RedisBatched(p) => Arc::new(BatchingLocks::new(p.store(name))),
             Self::Memory(m) => m.clone(),
         }
     }
@@ -111,7 +120,7 @@ impl Backend {
     /// The backend's metrics label.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::Redis(_) => "redis",
+            Self::Redis(_) | Self::RedisBatched(_) => "redis",
             Self::Memory(_) => "memory",
         }
     }
