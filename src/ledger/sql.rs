@@ -31,7 +31,6 @@ macro_rules! from_row {
         }
     };
 }
-pub(crate) use from_row;
 
 /// A row as both backends read it back (`o_*` columns of the PostgreSQL functions, the same
 /// names selected by SQLite).
@@ -186,18 +185,21 @@ pub fn claim_of(key: &PostingKey, result: &str, row: Row) -> Result<Claim, Ledge
             resend: result == "resend",
         },
         "skipped" | "capped" => Claim::Skipped {
-            reasons: entry
-                .detail
-                .as_deref()
-                .unwrap_or_default()
-                .split(',')
-                .filter(|r| !r.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            reasons: skip_reasons(entry.detail.as_deref()),
             capped: result == "capped",
         },
         other => return Err(corrupt(&format!("unknown claim result {other:?}"))),
     })
+}
+
+/// The reasons of a skipped row, stored comma-separated in its `detail`.
+pub fn skip_reasons(detail: Option<&str>) -> Vec<String> {
+    detail
+        .unwrap_or_default()
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// What a finish did: written, or why not (the row as it is now).

@@ -165,21 +165,19 @@ impl BidLedger for PgBidLedger {
         }
         let marketplaces: Vec<&str> = keys.iter().map(PostingKey::marketplace).collect();
         let postings: Vec<&str> = keys.iter().map(PostingKey::posting_id).collect();
-        let found: Vec<Step> = sqlx::query_as(
-            "SELECT 'l'::text AS o_kind, o_idx, o_result, o_written, o_epoch, o_state, o_sends, \
-                 o_bid_id, o_detail, o_event_id, o_created_at, o_updated_at, o_sent_at, \
-                 o_request_body, o_request_sha256, o_request_amount, o_request_currency \
-             FROM bidorch_lookup($1, $2)",
-        )
-        .bind(&marketplaces)
-        .bind(&postings)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| sql::query_error(None, e))?;
+        let found = sqlx::query(steps::lookup_statement())
+            .bind(&marketplaces)
+            .bind(&postings)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql::query_error(None, e))?;
         let mut out: Vec<Option<LedgerEntry>> = vec![None; keys.len()];
-        for step in found {
-            let i = usize::try_from(step.o_idx).unwrap_or(usize::MAX);
-            if let (Some(key), Some(row)) = (keys.get(i), step.row.row()) {
+        for row in found {
+            let step = Step::read(row)?;
+            let i = usize::try_from(step.idx).unwrap_or(usize::MAX);
+            if let Some(key) = keys.get(i)
+                && let Some(row) = step.entry_row(key)?
+            {
                 out[i] = Some(row.entry(key)?);
             }
         }
@@ -210,9 +208,9 @@ impl BidLedger for PgBidLedger {
             .map(|f| &f.0)
             .or_else(|| claims.first().map(|c| &c.key));
         let sql = steps::statement(!finishes.is_empty(), !claims.is_empty());
-        let answers: Vec<Step> = self
+        let rows = self
             .retrying(|| {
-                let mut query = sqlx::query_as(sql);
+                let mut query = sqlx::query(sql);
                 if !finishes.is_empty() {
                     query = steps::bind_finishes(query, finishes);
                 }
@@ -223,29 +221,21 @@ impl BidLedger for PgBidLedger {
             })
             .await
             .map_err(|e| sql::query_error(first_key, e))?;
-        let (finished, claimed): (Vec<Step>, Vec<Step>) =
-            answers.into_iter().partition(|s| s.o_kind == "f");
-        let fenced = in_order(finished, finishes.len())?
+        let answers = rows
             .into_iter()
+            .map(Step::read)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (finished, claimed): (Vec<Step>, Vec<Step>) =
+            answers.into_iter().partition(|s| s.kind == "f");
+        let fenced = in_order(finished, finishes.len())?
+            .iter()
             .zip(finishes)
-            .map(|(step, (key, epoch, _))| {
-                sql::fenced_of(key, *epoch, step.o_written.unwrap_or(false), step.row.row())
-            })
+            .map(|(step, (key, epoch, _))| step.fenced(key, *epoch))
             .collect::<Result<Vec<_>, _>>()?;
         let claims = in_order(claimed, claims.len())?
-            .into_iter()
+            .iter()
             .zip(claims)
-            .map(|(step, claim)| {
-                let row = step.row.row().ok_or_else(|| LedgerError::Corrupt {
-                    key: claim.key.to_string(),
-                    problem: "the claim returned no row".to_owned(),
-                })?;
-                sql::claim_of(
-                    &claim.key,
-                    step.o_result.as_deref().unwrap_or_default(),
-                    row,
-                )
-            })
+            .map(|(step, claim)| step.claim(&claim.key))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((fenced, claims))
     }

@@ -1,11 +1,11 @@
 //! The claim and finish of a batch as PostgreSQL sees them: one array per column (posting k is
 //! element k of each), bound to `bidorch_claim` / `bidorch_finish` (migration 0003), and the
-//! statements that call them — alone, or both in one round trip and one transaction.
+//! statements that call them — alone, or both in one round trip and one transaction — and
+//! `bidorch_lookup`. Every statement returns the same columns in the same order (see `rows`).
 
 use sqlx::postgres::{PgArguments, Postgres};
-use sqlx::query::QueryAs;
+use sqlx::query::Query as SqlxQuery;
 
-use super::rows::Step;
 use crate::ledger::{ClaimRequest, Finish, Intent};
 use crate::posting::PostingKey;
 
@@ -48,7 +48,16 @@ pub(super) fn statement(finishes: bool, claims: bool) -> &'static str {
     }
 }
 
-type Query<'q> = QueryAs<'q, Postgres, Step, PgArguments>;
+type Query<'q> = SqlxQuery<'q, Postgres, PgArguments>;
+
+/// `bidorch_lookup` of a batch of keys, its columns in the order the others return them.
+pub(super) fn lookup_statement() -> &'static str {
+    use std::sync::OnceLock;
+    static LOOKUP: OnceLock<String> = OnceLock::new();
+    LOOKUP.get_or_init(|| {
+        format!("SELECT 'l'::text AS o_kind, {COLUMNS} FROM bidorch_lookup($1, $2)")
+    })
+}
 
 /// Binds a batch of finishes as `bidorch_finish`'s nine arrays.
 pub(super) fn bind_finishes<'q>(
