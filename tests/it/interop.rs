@@ -296,12 +296,13 @@ async fn pika_postings_are_bid_once_each_in_the_publishers_trace_with_otel() {
         return;
     }
     // An OTel layer whose provider exports nowhere: spans get real contexts, nothing is sent.
+    // Filtered as a worker with export on filters it (the pipeline's steps are DEBUG spans).
     // Thread-local default on this current-thread runtime, so worker and sandbox tasks use it.
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(bidorch::telemetry::trace_filter())
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bidorch-interop")));
     let _default = tracing::subscriber::set_default(subscriber);
 

@@ -80,7 +80,9 @@ async fn a_sigkilled_workers_postings_are_bid_after_its_default_lease_expires() 
     else {
         return;
     };
-    let load = load("kill", 200, 2);
+    // Enough that a worker is still taking deliveries when it is killed: each takes up to
+    // amqp.prefetch (256) at once, and with a 30 ms marketplace a batch that size is done fast.
+    let load = load("kill", 1000, 2);
     for name in ["a", "b", "c"] {
         scenario.spawn_worker(name);
     }
