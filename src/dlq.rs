@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 
-use lapin::options::QueueDeclareOptions;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection};
@@ -87,24 +86,15 @@ impl Session {
     async fn open(settings: &AmqpSettings) -> Result<(Self, u32), AmqpError> {
         let connection = open_connection(settings, "bidorch-dlq").await?;
         let channel = connection.create_channel().await.map_err(classify)?;
-        let total = channel
-            .queue_declare(
-                short(&settings.dead_letter_queue())?,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let total = crate::amqp::topology::message_count(&channel, &settings.dead_letter_queue())
             .await
-            .map_err(|e| match classify(e) {
+            .map_err(|e| match e {
                 AmqpError::Topology(_) => AmqpError::Topology(format!(
                     "no dead-letter queue `{}` (has a worker declared the topology?)",
                     settings.dead_letter_queue()
                 )),
                 other => other,
-            })?
-            .message_count();
+            })?;
         Ok((
             Self {
                 connection,

@@ -179,6 +179,23 @@ pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<(), A
         .map_err(|e| refine(classify(e), &format!("binding of `{}`", settings.queue)))
 }
 
+/// How many messages wait in `queue` (ready, not unacked), read with a passive declare: a queue
+/// that does not exist is a [`AmqpError::Topology`] error (and closes the channel).
+pub async fn message_count(channel: &Channel, queue: &str) -> Result<u32, AmqpError> {
+    let declared = channel
+        .queue_declare(
+            short(queue)?,
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(classify)?;
+    Ok(declared.message_count())
+}
+
 /// Names the entity in a topology refusal; other errors pass through.
 fn refine(err: AmqpError, what: &str) -> AmqpError {
     match err {

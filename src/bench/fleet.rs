@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use sqlx::{Connection as _, PgConnection};
 
@@ -30,6 +28,12 @@ fn db(e: sqlx::Error) -> BenchError {
 
 fn broker(e: lapin::Error) -> BenchError {
     BenchError::Broker(e.to_string())
+}
+
+async fn depth(channel: &Channel, queue: &str) -> Result<u32, BenchError> {
+    crate::amqp::topology::message_count(channel, queue)
+        .await
+        .map_err(|e| BenchError::Broker(crate::error::chain(&e)))
 }
 
 impl Space {
@@ -130,20 +134,14 @@ impl Space {
         for q in
             std::iter::once(s.queue.clone()).chain(s.retry_tiers.iter().map(|t| s.retry_queue(*t)))
         {
-            let declared = channel
-                .queue_declare(
-                    q.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(broker)?;
-            waiting += declared.message_count();
+            waiting += depth(channel, &q).await?;
         }
         Ok(waiting)
+    }
+
+    /// Messages parked in the run's dead-letter queue.
+    pub async fn parked(&self, channel: &Channel) -> Result<u32, BenchError> {
+        depth(channel, &self.settings.amqp.dead_letter_queue()).await
     }
 
     /// A connection to the run's ledger, for the bench's own reads.

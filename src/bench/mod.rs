@@ -181,26 +181,26 @@ pub async fn run(
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         )
     };
-    progress("bare consume+ack on a fresh quorum queue, acks one at a time");
-    let one = bare::consume_ack_rate(
-        &settings.amqp,
-        &bare_queue("one"),
-        options.bare_messages,
-        prefetch,
-        Acks::OneAtATime,
-    )
-    .await?;
-    progress(&format!("  {one:.0} msg/s"));
-    progress("bare consume+ack on a fresh quorum queue, acks pipelined");
-    let pipelined = bare::consume_ack_rate(
-        &settings.amqp,
-        &bare_queue("pipelined"),
-        options.bare_messages,
-        prefetch,
-        Acks::Pipelined,
-    )
-    .await?;
-    progress(&format!("  {pipelined:.0} msg/s"));
+    let mut rates = Vec::with_capacity(2);
+    for (acks, mode, label) in [
+        (Acks::OneAtATime, "one", "acks one at a time"),
+        (Acks::Pipelined, "pipelined", "acks pipelined"),
+    ] {
+        progress(&format!(
+            "bare consume+ack on a fresh quorum queue, {label}"
+        ));
+        let rate = bare::consume_ack_rate(
+            &settings.amqp,
+            &bare_queue(mode),
+            options.bare_messages,
+            prefetch,
+            acks,
+        )
+        .await?;
+        progress(&format!("  {rate:.0} msg/s"));
+        rates.push(rate);
+    }
+    let (one, pipelined) = (rates[0], rates[1]);
     let bare = Bare {
         prefetch,
         messages: options.bare_messages,
@@ -345,7 +345,7 @@ async fn drained(space: &Space, run: &str, postings: usize) -> Result<u32, Bench
         let (finished, _) = space.finished(&mut ledger).await?;
         let waiting = space.waiting(&channel).await?;
         if finished as usize >= postings && waiting == 0 {
-            let dead = fleet_dead(&channel, space).await?;
+            let dead = space.parked(&channel).await?;
             let _ = conn.close(200, "bench drained".into()).await;
             return Ok(dead);
         }
@@ -360,19 +360,14 @@ async fn drained(space: &Space, run: &str, postings: usize) -> Result<u32, Bench
     }
 }
 
-async fn fleet_dead(channel: &lapin::Channel, space: &Space) -> Result<u32, BenchError> {
-    let q = channel
-        .queue_declare(
-            space.settings.amqp.dead_letter_queue().as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..lapin::options::QueueDeclareOptions::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
+/// A run's world made ready: its names prepared on the servers, a sandbox serving, `postings`
+/// generated (fresh ids: a sandbox or ledger of an earlier run never sees them).
+async fn setup(space: &Space, postings: usize) -> Result<(SandboxServer, DemoInput), BenchError> {
+    space.prepare().await?;
+    let sandbox = SandboxServer::start(SandboxOptions::default())
         .await
-        .map_err(|e| BenchError::Broker(e.to_string()))?;
-    Ok(q.message_count())
+        .map_err(BenchError::Spawn)?;
+    Ok((sandbox, generate(postings, 1, 0, fastrand::u64(..))))
 }
 
 /// One throughput run: `postings` published, then `workers` started; returns the steady rate,
@@ -387,11 +382,7 @@ async fn throughput(
 ) -> Result<(f64, f64, CpuSplit), BenchError> {
     let space = Space::new(settings, label);
     let result = async {
-        space.prepare().await?;
-        let sandbox = SandboxServer::start(SandboxOptions::default())
-            .await
-            .map_err(BenchError::Spawn)?;
-        let input = generate(postings, 1, 0, fastrand::u64(..));
+        let (sandbox, input) = setup(&space, postings).await?;
         let publisher = publisher(&space).await?;
         for result in publisher.publish_many(&events(&input)?).await {
             result.map_err(|e| BenchError::Publish(crate::error::chain(&e)))?;
@@ -435,11 +426,7 @@ async fn steady(
     let space = Space::new(settings, &label);
     let postings = (options.rate * options.rate_seconds) as usize;
     let result = async {
-        space.prepare().await?;
-        let sandbox = SandboxServer::start(SandboxOptions::default())
-            .await
-            .map_err(BenchError::Spawn)?;
-        let input = generate(postings, 1, 0, fastrand::u64(..));
+        let (sandbox, input) = setup(&space, postings).await?;
         let mut fleet = Workers::spawn(
             &options.exe,
             &space.worker_env(sandbox.url(), Some(CAP)),

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{
     BasicGetOptions, BasicNackOptions, BasicPublishOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sqlx::Connection as _;
 
@@ -42,18 +42,9 @@ fn run_settings(settings: &Settings, run_id: &str) -> Settings {
 }
 
 async fn depth(channel: &Channel, queue: &str) -> Result<u32, DemoError> {
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    crate::amqp::topology::message_count(channel, queue)
         .await
-        .map_err(amqp_error)?;
-    Ok(q.message_count())
+        .map_err(|e| DemoError::Source(e.into()))
 }
 
 pub(super) async fn run(
