@@ -11,8 +11,9 @@
 //!   validated [`posting::Posting`].
 //! - [`policy`]: the pure should-bid decision — rules from `[bidding]` with per-kind and
 //!   per-marketplace layers, the bid amount, the cover letter, and the `policy check` report.
-//! - [`pipeline`]: one posting through lookup → decide (→ [`scoring`]) → rate → lease → claim →
-//!   bid → finish; `pipeline/outcome/` holds the spec's outcome table (one `match`, max attempts
+//! - [`pipeline`]: one posting through (a lookup, if seen before) → decide (→ [`scoring`]) →
+//!   lease → claim → rate → bid → finish, the lease handed back to be released once the message
+//!   is settled; `pipeline/outcome/` holds the spec's outcome table (one `match`, max attempts
 //!   included).
 //! - Ports, each a narrow trait speaking domain types, with a production and an embedded backend:
 //!   [`source`] (RabbitMQ / in-process queue), [`lock`] (Redis / memory), [`ledger`]
