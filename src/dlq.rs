@@ -77,6 +77,9 @@ pub struct ReplaySummary {
     pub kept: usize,
 }
 
+/// How long closing the channel and the connection may take before the command moves on.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Session {
     connection: Connection,
     channel: Channel,
@@ -113,9 +116,11 @@ impl Session {
         Ok(got.map(|m| m.delivery))
     }
 
-    /// Hands back every message taken and not acked, then closes.
-    async fn finish(self, last_tag: Option<u64>) {
-        if let Some(tag) = last_tag {
+    /// Hands back every message taken and not acked (up to and including `handed_back`, which
+    /// must still be outstanding), then closes. Closing is bounded: a broker that never answers
+    /// the close must not hang the command, and an unanswered close requeues all the same.
+    async fn finish(self, handed_back: Option<u64>) {
+        if let Some(tag) = handed_back {
             let requeue = BasicNackOptions {
                 multiple: true,
                 requeue: true,
@@ -125,8 +130,8 @@ impl Session {
                 tracing::debug!(error = %crate::error::Chain(&e), "Requeueing nack failed");
             }
         }
-        let _ = self.channel.close(200, "OK".into()).await;
-        let _ = self.connection.close(200, "OK".into()).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.channel.close(200, "OK".into())).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.connection.close(200, "OK".into())).await;
     }
 }
 
@@ -217,7 +222,9 @@ pub async fn replay(
     };
     let queue = settings.dead_letter_queue();
     let mut summary = ReplaySummary::default();
-    let mut last_tag = None;
+    // The latest delivery taken and neither acked nor lost with the channel: the requeueing nack
+    // must name one still outstanding, or the broker closes the channel with "unknown delivery tag".
+    let mut handed_back = None;
     let mut failure = None;
     for _ in 0..total {
         let message = match session.get(&queue).await {
@@ -228,7 +235,6 @@ pub async fn replay(
                 break;
             }
         };
-        last_tag = Some(message.delivery_tag);
         let view = parked(&message);
         let id = event_id_of(&view);
         let wanted = match filter {
@@ -236,10 +242,12 @@ pub async fn replay(
             ReplayFilter::EventId(wanted) => id.as_deref() == Some(wanted.as_str()),
         };
         if !wanted {
+            handed_back = Some(message.delivery_tag);
             summary.kept += 1;
             continue;
         }
         if let Err(e) = republish(settings, &publish, &message, &view).await {
+            handed_back = Some(message.delivery_tag);
             failure = Some(e);
             break;
         }
@@ -255,7 +263,7 @@ pub async fn replay(
             }
         }
     }
-    session.finish(last_tag).await;
+    session.finish(handed_back).await;
     match failure {
         None => Ok(summary),
         Some(source) => Err(DlqError::Replay {

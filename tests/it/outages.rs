@@ -70,8 +70,11 @@ async fn a_sigkilled_workers_postings_are_bid_after_its_default_lease_expires() 
     // The default configuration (lock.ttl 30s, the default tiers and attempts): only names.
     let Some(mut scenario) = Scenario::start(
         "kill",
+        // A marketplace slow enough (well inside the default 5 s request timeout) that each
+        // worker holds a full prefetch of postings for a second at a time: the load cannot
+        // drain between two looks at the victim's in-flight gauge, however fast the machine.
         SandboxOptions {
-            latency: Duration::from_millis(30),
+            latency: Duration::from_secs(1),
             ..SandboxOptions::default()
         },
         &[],
@@ -80,8 +83,7 @@ async fn a_sigkilled_workers_postings_are_bid_after_its_default_lease_expires() 
     else {
         return;
     };
-    // Enough that a worker is still taking deliveries when it is killed: each takes up to
-    // amqp.prefetch (256) at once, and with a 30 ms marketplace a batch that size is done fast.
+    // Several prefetch windows (amqp.prefetch 256 x 3 workers) of work.
     let load = load("kill", 1000, 2);
     for name in ["a", "b", "c"] {
         scenario.spawn_worker(name);
@@ -89,8 +91,8 @@ async fn a_sigkilled_workers_postings_are_bid_after_its_default_lease_expires() 
     scenario.wait_ready().await;
     scenario.publish(&load.events).await;
 
-    // Kill a worker in the middle of its work: it holds leases and unacked deliveries.
-    bids_reach(&scenario, 40).await;
+    // Kill a worker in the middle of its work: it holds leases and unacked deliveries, some of
+    // them with the marketplace call already sent.
     eventually(SETTLE, "the victim has postings in flight", || async {
         scenario.workers[0]
             .metric("bidorch_postings_in_flight")
