@@ -186,6 +186,14 @@ async fn a_message_that_keeps_failing_is_parked_after_max_attempts_with_its_reas
         Some("max_attempts")
     );
     assert_eq!(header_text(&parked, ATTEMPT_HEADER).as_deref(), Some("3"));
+    // The tally counts the dead letter once the worker has settled the delivery, which can be
+    // after the parked copy reaches the queue.
+    let tally = h.tally.clone();
+    eventually(WAIT, "the dead letter counted", || {
+        let t = tally.clone();
+        async move { t.snapshot().dead_letters.contains_key("max_attempts") }
+    })
+    .await;
     let c = h.tally.snapshot();
     assert_eq!(c.retries.get("marketplace_transient"), Some(&2), "{c:?}");
     assert_eq!(c.dead_letters.get("max_attempts"), Some(&1), "{c:?}");
