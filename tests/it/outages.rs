@@ -70,9 +70,8 @@ async fn a_sigkilled_workers_postings_are_bid_after_its_default_lease_expires() 
     // The default configuration (lock.ttl 30s, the default tiers and attempts): only names.
     let Some(mut scenario) = Scenario::start(
         "kill",
-        // A marketplace slow enough (well inside the default 5 s request timeout) that each
-        // worker holds a full prefetch of postings for a second at a time: the load cannot
-        // drain between two looks at the victim's in-flight gauge, however fast the machine.
+        // A marketplace slow enough (well inside the default 5 s request timeout) that a
+        // worker holds a full prefetch of postings for a second at a time.
         SandboxOptions {
             latency: Duration::from_secs(1),
             ..SandboxOptions::default()
@@ -83,16 +82,20 @@ async fn a_sigkilled_workers_postings_are_bid_after_its_default_lease_expires() 
     else {
         return;
     };
-    // Several prefetch windows (amqp.prefetch 256 x 3 workers) of work.
+    // The victim starts alone and the whole load is published to it, so it builds a backlog
+    // (a prefetch of 256 a second) however fast the publisher is; the others join while it
+    // still works through it.
     let load = load("kill", 1000, 2);
-    for name in ["a", "b", "c"] {
+    scenario.spawn_worker("a");
+    scenario.wait_ready().await;
+    scenario.publish(&load.events).await;
+    for name in ["b", "c"] {
         scenario.spawn_worker(name);
     }
     scenario.wait_ready().await;
-    scenario.publish(&load.events).await;
 
-    // Kill a worker in the middle of its work: it holds leases and unacked deliveries, some of
-    // them with the marketplace call already sent.
+    // Kill it in the middle of its work: it holds leases and unacked deliveries, some of them
+    // with the marketplace call already sent.
     eventually(SETTLE, "the victim has postings in flight", || async {
         scenario.workers[0]
             .metric("bidorch_postings_in_flight")
