@@ -118,14 +118,20 @@ async fn metrics_expose_the_documented_names_with_exact_counts_after_a_small_run
         ),
         1.0
     );
-    // Leases: job_3 twice, job_1 once (its copy stops at the ledger), job_2 once.
+    // Leases: job_3 twice, job_2 once, job_1 once — or twice when its copy is taken while the
+    // first is still settling (the lease is released after the ack; the copy then stops at the
+    // claim instead of the ledger lookup). Every attempt succeeds either way.
     let memory = [("backend", "memory")];
-    assert_eq!(d("bidorch_lock_attempts_total", &memory), 4.0);
-    assert_eq!(d("bidorch_lock_successes_total", &memory), 4.0);
+    let attempts = d("bidorch_lock_attempts_total", &memory);
+    assert!(
+        attempts == 4.0 || attempts == 5.0,
+        "{attempts} lease attempts"
+    );
+    assert_eq!(d("bidorch_lock_successes_total", &memory), attempts);
     assert_eq!(d("bidorch_lock_conflicts_total", &memory), 0.0);
     assert_eq!(d("bidorch_lock_timeouts_total", &memory), 0.0);
     assert_eq!(d("bidorch_redis_errors_total", &memory), 0.0);
-    assert_eq!(d("bidorch_lock_acquire_seconds_count", &memory), 4.0);
+    assert_eq!(d("bidorch_lock_acquire_seconds_count", &memory), attempts);
     assert_eq!(after.get(IN_FLIGHT, &[]), 0.0);
     assert_eq!(after.get(LEASES_HELD, &[]), 0.0);
     // Every documented name that this run exercised is exported with its documented type.
