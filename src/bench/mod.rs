@@ -10,9 +10,10 @@
 //! 2. a short warm-up run (not reported);
 //! 3. throughput at each worker count, then at one worker with a daily cap set: the postings are
 //!    published first, then the workers start, and the rate is taken over the middle 80% of the
-//!    run by the ledger's own clock ([`steady_rate`]), as the bare rate is over its acks;
+//!    run by the ledger's own clock ([`steady_rate`]), as the bare rate is over its acks
+//!    ([`throughput`]);
 //! 4. publish→bid latency at a steady rate, with a cap set, at each worker count: from the
-//!    publish to the sandbox's own creation time of the bid.
+//!    publish to the sandbox's own creation time of the bid ([`latency`]).
 //!
 //! Every run also checks the promise (one bid per eligible posting, none twice, none for an
 //! ineligible one, nothing parked), so a fast wrong answer fails the bench; and says where the
@@ -22,18 +23,20 @@
 mod bare;
 mod cpu;
 mod fleet;
+mod latency;
 mod plot;
 mod report;
+mod throughput;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use self::bare::Acks;
-use self::cpu::{CpuSplit, Snapshot};
-use self::fleet::{Space, Workers};
+use self::cpu::CpuSplit;
+use self::fleet::Space;
 use crate::config::Settings;
 use crate::demo::{DemoInput, generate};
 use crate::marketplace::sandbox::{SandboxOptions, SandboxServer};
@@ -161,13 +164,6 @@ pub fn steady_rate(times: &mut [Duration]) -> f64 {
     q * (n - 1) as f64 / span
 }
 
-fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
-}
-
 /// Runs every measurement; `progress` hears what is being measured and each result.
 pub async fn run(
     settings: &Settings,
@@ -209,7 +205,7 @@ pub async fn run(
     };
 
     progress("warm-up");
-    throughput(
+    throughput::throughput(
         settings,
         options,
         "warmup",
@@ -231,7 +227,7 @@ pub async fn run(
             if cap { ", daily cap set" } else { "" },
             options.postings
         ));
-        let (rate, seconds, cpu) = throughput(
+        let (rate, seconds, cpu) = throughput::throughput(
             settings,
             options,
             &label,
@@ -263,7 +259,7 @@ pub async fn run(
             "publish→bid at a steady {}/s for {} s, {workers} worker(s), daily cap set",
             options.rate, options.rate_seconds
         ));
-        let measured = steady(settings, options, workers).await?;
+        let measured = latency::steady(settings, options, workers).await?;
         progress(&format!(
             "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             measured.p50_ms, measured.p99_ms, measured.max_ms
@@ -368,126 +364,6 @@ async fn setup(space: &Space, postings: usize) -> Result<(SandboxServer, DemoInp
         .await
         .map_err(BenchError::Spawn)?;
     Ok((sandbox, generate(postings, 1, 0, fastrand::u64(..))))
-}
-
-/// One throughput run: `postings` published, then `workers` started; returns the steady rate,
-/// the seconds from the workers' start to drained, and the CPU split.
-async fn throughput(
-    settings: &Settings,
-    options: &BenchOptions,
-    label: &str,
-    workers: usize,
-    postings: usize,
-    daily_cap: Option<u64>,
-) -> Result<(f64, f64, CpuSplit), BenchError> {
-    let space = Space::new(settings, label);
-    let result = async {
-        let (sandbox, input) = setup(&space, postings).await?;
-        let publisher = publisher(&space).await?;
-        for result in publisher.publish_many(&events(&input)?).await {
-            result.map_err(|e| BenchError::Publish(crate::error::chain(&e)))?;
-        }
-        publisher.close().await;
-        let started = Instant::now();
-        let fleet = Workers::spawn(
-            &options.exe,
-            &space.worker_env(sandbox.url(), daily_cap),
-            workers,
-            &options.out.join("logs"),
-            label,
-        )?;
-        let before = Snapshot::take(&fleet.pids());
-        let dead = drained(&space, label, postings).await?;
-        let after = Snapshot::take(&fleet.pids());
-        let seconds = started.elapsed().as_secs_f64();
-        fleet.stop().await;
-        check(label, &sandbox, &input, dead)?;
-        let mut ledger = space.ledger().await?;
-        let (n, window) = space.finished(&mut ledger).await?;
-        let rate = match window {
-            Some((p10, p90)) if p90 > p10 => 0.8 * n as f64 / (p90 - p10),
-            _ => n as f64 / seconds.max(f64::EPSILON),
-        };
-        Ok((rate, seconds, before.split(&after, postings)))
-    }
-    .await;
-    space.remove().await;
-    result
-}
-
-/// One latency run: `workers` started and ready, then postings published at a steady rate with
-/// a daily cap set; returns publish→bid over the eligible postings.
-async fn steady(
-    settings: &Settings,
-    options: &BenchOptions,
-    workers: usize,
-) -> Result<Latency, BenchError> {
-    let label = format!("l{workers}");
-    let space = Space::new(settings, &label);
-    let postings = (options.rate * options.rate_seconds) as usize;
-    let result = async {
-        let (sandbox, input) = setup(&space, postings).await?;
-        let mut fleet = Workers::spawn(
-            &options.exe,
-            &space.worker_env(sandbox.url(), Some(CAP)),
-            workers,
-            &options.out.join("logs"),
-            &label,
-        )?;
-        fleet.wait_ready(Duration::from_secs(60)).await?;
-        let publisher = publisher(&space).await?;
-        let published_at = paced(&publisher, &events(&input)?, options.rate).await?;
-        publisher.close().await;
-        let dead = drained(&space, &label, postings).await?;
-        fleet.stop().await;
-        check(&label, &sandbox, &input, dead)?;
-        let mut waits: Vec<u64> = input
-            .eligible
-            .iter()
-            .filter_map(|key| {
-                let sent = published_at.get(key)?;
-                let (m, p) = key.split_once(':')?;
-                let key = crate::posting::PostingKey::new(m, p).ok()?;
-                let bid = sandbox.sandbox().bids(&key).into_iter().next()?;
-                u64::try_from((bid.created_at - *sent).num_microseconds()?).ok()
-            })
-            .collect();
-        waits.sort_unstable();
-        Ok(Latency {
-            workers,
-            rate: options.rate,
-            postings,
-            daily_cap: true,
-            p50_ms: quantile_ms(&waits, 0.5),
-            p99_ms: quantile_ms(&waits, 0.99),
-            max_ms: waits.last().map_or(0.0, |m| *m as f64 / 1000.0),
-        })
-    }
-    .await;
-    space.remove().await;
-    result
-}
-
-/// Publishes `events` at `rate` per second in 10 ms ticks; returns when each posting went out.
-async fn paced(
-    publisher: &Publisher,
-    events: &[OutgoingEvent],
-    rate: u32,
-) -> Result<HashMap<String, chrono::DateTime<chrono::Utc>>, BenchError> {
-    let mut published_at = HashMap::with_capacity(events.len());
-    let per_tick = (rate as usize / 100).max(1);
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    for chunk in events.chunks(per_tick) {
-        tick.tick().await;
-        let now = chrono::Utc::now();
-        for event in chunk {
-            published_at.entry(event.posting_key()).or_insert(now);
-        }
-        for result in publisher.publish_many(chunk).await {
-            result.map_err(|e| BenchError::Publish(crate::error::chain(&e)))?;
-        }
-    }
-    Ok(published_at)
 }
 
 #[cfg(test)]
