@@ -51,6 +51,11 @@ impl WorkerProcess {
         }
     }
 
+    /// Whether the process is still ours to signal (not yet seen to exit or killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The process id (while running).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

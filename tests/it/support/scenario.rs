@@ -188,9 +188,9 @@ impl Scenario {
         self.workers.len() - 1
     }
 
-    /// Waits until every worker's `/readyz` answers 200 (they are up and consuming).
+    /// Waits until every running worker's `/readyz` answers 200 (they are up and consuming).
     pub async fn wait_ready(&self) {
-        for w in &self.workers {
+        for w in self.workers.iter().filter(|w| w.is_running()) {
             eventually(
                 Duration::from_secs(60),
                 &format!("worker {} ready", w.name),
@@ -318,12 +318,12 @@ impl Scenario {
         stats.requests
     }
 
-    /// Stops every worker with SIGTERM and checks each exits 0.
+    /// Stops every running worker with SIGTERM and checks each exits 0.
     pub async fn stop(&mut self) {
-        for w in &self.workers {
+        for w in self.workers.iter().filter(|w| w.is_running()) {
             w.terminate();
         }
-        for w in &mut self.workers {
+        for w in self.workers.iter_mut().filter(|w| w.is_running()) {
             let status = w.exit_status(Duration::from_secs(30)).await;
             assert!(status.success(), "worker {} exited {status}", w.name);
         }
