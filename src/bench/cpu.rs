@@ -39,6 +39,16 @@ pub struct CpuSplit {
     pub machine_busy: f64,
 }
 
+impl CpuSplit {
+    /// Postings/s `cores` could give if the workers cost nothing: what bounds a run on a
+    /// machine that also runs the servers. `None` when nothing else was seen using CPU.
+    pub fn ceiling_without_workers(&self, cores: usize) -> Option<f64> {
+        let others_us =
+            self.bench_and_sandbox_us + self.postgresql_us + self.redis_us + self.rabbitmq_us;
+        (others_us > 0.0).then(|| cores as f64 * 1e6 / others_us)
+    }
+}
+
 fn process_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces: fields are counted after its closing parenthesis.
@@ -138,5 +148,26 @@ mod tests {
             let (b, t) = machine().expect("/proc/stat");
             assert!(t >= b && t > 0.0);
         }
+    }
+
+    #[test]
+    fn the_ceiling_is_the_cores_over_everything_but_the_workers() {
+        let split = CpuSplit {
+            workers_us: 80.0,
+            bench_and_sandbox_us: 20.0,
+            postgresql_us: 60.0,
+            redis_us: 5.0,
+            rabbitmq_us: 15.0,
+            machine_busy: 0.9,
+        };
+        assert_eq!(split.ceiling_without_workers(2), Some(20_000.0));
+        let remote = CpuSplit {
+            bench_and_sandbox_us: 0.0,
+            postgresql_us: 0.0,
+            redis_us: 0.0,
+            rabbitmq_us: 0.0,
+            ..split
+        };
+        assert_eq!(remote.ceiling_without_workers(2), None);
     }
 }

@@ -116,6 +116,10 @@ pub struct Run {
     pub seconds: f64,
     /// Where the CPU went, per posting.
     pub cpu: CpuSplit,
+    /// Postings/s the machine's cores could give if the workers cost nothing: the cores over
+    /// the CPU per posting of everything else on this machine (servers, publisher, sandbox).
+    /// `None` when nothing else was seen using CPU here (servers on other machines).
+    pub ceiling_free_worker_per_s: Option<f64>,
 }
 
 /// Publish→bid latency at a steady rate.
@@ -214,6 +218,7 @@ pub async fn run(
         None,
     )
     .await?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut runs = Vec::new();
     let plan = options
         .workers
@@ -250,6 +255,7 @@ pub async fn run(
             ratio_one_at_a_time: rate / one.max(f64::EPSILON),
             ratio_pipelined: rate / pipelined.max(f64::EPSILON),
             seconds,
+            ceiling_free_worker_per_s: cpu.ceiling_without_workers(cores),
             cpu,
         });
     }
@@ -273,7 +279,7 @@ pub async fn run(
     };
     let cap_ratio = one_worker(true) / one_worker(false).max(f64::EPSILON);
     let report = BenchReport {
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cores,
         bare,
         runs,
         latency,

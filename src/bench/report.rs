@@ -65,6 +65,19 @@ impl fmt::Display for BenchReport {
                 c.machine_busy * 100.0
             )?;
         }
+        if let Some(run) = self.runs.first()
+            && let Some(ceiling) = run.ceiling_free_worker_per_s
+        {
+            writeln!(
+                f,
+                "  ceiling if the workers cost nothing ({} worker(s): the other processes' CPU on {} cores): {:.0} postings/s ({:.3} of one-at-a-time, {:.3} of pipelined)",
+                run.workers,
+                self.cores,
+                ceiling,
+                ceiling / b.one_at_a_time_per_s.max(f64::EPSILON),
+                ceiling / b.pipelined_per_s.max(f64::EPSILON)
+            )?;
+        }
         writeln!(
             f,
             "  with a daily cap ÷ without (1 worker): {:.3}",

@@ -62,6 +62,11 @@ async fn a_small_bench_checks_every_run_and_writes_its_report_and_plot() {
     for run in runs {
         assert!(run["postings_per_s"].as_f64().unwrap() > 0.0, "{run}");
         assert!(run["cpu"]["workers_us"].as_f64().unwrap() > 0.0, "{run}");
+        // The bench itself (publisher, sandbox) always runs here, so there is a ceiling.
+        assert!(
+            run["ceiling_free_worker_per_s"].as_f64().unwrap() > 0.0,
+            "{run}"
+        );
     }
     let latency = report["latency"].as_array().expect("latency");
     assert_eq!(latency.len(), 2);
