@@ -6,13 +6,15 @@
 //! of the run's own, and the sandbox marketplace served over HTTP by the bench itself. The runs,
 //! in order:
 //!
-//! 1. the bare consume+ack rate, acks one at a time and acks pipelined ([`bare`]);
-//! 2. a short warm-up run (not reported);
-//! 3. throughput at each worker count, then at one worker with a daily cap set: the postings are
-//!    published first, then the workers start, and the rate is taken over the middle 80% of the
-//!    run by the ledger's own clock ([`steady_rate`]), as the bare rate is over its acks
-//!    ([`throughput`]);
-//! 4. publish→bid latency at a steady rate, with a cap set, at each worker count: from the
+//! 1. a short warm-up run (not reported);
+//! 2. in each of a few rounds: the bare consume+ack rate, acks one at a time and acks pipelined
+//!    ([`bare`]); then throughput at each worker count and at one worker with a daily cap set:
+//!    the postings are published first, then the workers start, and the rate is taken over the
+//!    middle 80% of the run by the ledger's own clock ([`steady_rate`]), as the bare rate is over
+//!    its acks ([`throughput`]). Each figure reported is the median of its rounds: on a shared
+//!    machine one run of a few seconds moves by a tenth or more, and rounds interleave the runs
+//!    so that a slow minute does not fall on one of them only;
+//! 3. publish→bid latency at a steady rate, with a cap set, at each worker count: from the
 //!    publish to the sandbox's own creation time of the bid ([`latency`]).
 //!
 //! Every run also checks the promise (one bid per eligible posting, none twice, none for an
@@ -78,6 +80,8 @@ pub struct BenchOptions {
     pub postings: usize,
     /// Worker counts to run the pipeline at.
     pub workers: Vec<usize>,
+    /// Rounds of the bare and throughput runs; each figure is the median of its rounds.
+    pub rounds: usize,
     /// Messages for each bare consume+ack run.
     pub bare_messages: usize,
     /// Steady publish rate of the latency runs (postings per second), and for how long.
@@ -98,6 +102,10 @@ pub struct Bare {
     pub one_at_a_time_per_s: f64,
     /// Each ack sent from a task of its own, as a worker settles.
     pub pipelined_per_s: f64,
+    /// Every round's one-at-a-time rate, in round order (the figure above is their median).
+    pub one_at_a_time_rounds: Vec<f64>,
+    /// Every round's pipelined rate, in round order.
+    pub pipelined_rounds: Vec<f64>,
 }
 
 /// One throughput run.
@@ -106,15 +114,17 @@ pub struct Run {
     pub workers: usize,
     pub daily_cap: bool,
     pub postings: usize,
-    /// Postings per second over the middle 80% of the run.
+    /// Postings per second over the middle 80% of the run: the median round.
     pub postings_per_s: f64,
+    /// Every round's postings/s, in round order.
+    pub rounds: Vec<f64>,
     /// `postings_per_s` ÷ the bare rate with acks one at a time.
     pub ratio_one_at_a_time: f64,
     /// `postings_per_s` ÷ the bare rate with acks pipelined.
     pub ratio_pipelined: f64,
     /// From the workers' start until every posting was final and every queue empty.
     pub seconds: f64,
-    /// Where the CPU went, per posting.
+    /// Where the CPU went, per posting, in the median round.
     pub cpu: CpuSplit,
     /// Postings/s the machine's cores could give if the workers cost nothing: the cores over
     /// the CPU per posting of everything else on this machine (servers, publisher, sandbox).
@@ -138,6 +148,8 @@ pub struct Latency {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub cores: usize,
+    /// Rounds each bare and throughput figure is the median of.
+    pub rounds: usize,
     pub bare: Bare,
     pub runs: Vec<Run>,
     pub latency: Vec<Latency>,
@@ -168,6 +180,13 @@ pub fn steady_rate(times: &mut [Duration]) -> f64 {
     q * (n - 1) as f64 / span
 }
 
+/// The median of `values` (of an even number, the upper middle one); 0 for none.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Runs every measurement; `progress` hears what is being measured and each result.
 pub async fn run(
     settings: &Settings,
@@ -181,33 +200,6 @@ pub async fn run(
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         )
     };
-    let mut rates = Vec::with_capacity(2);
-    for (acks, mode, label) in [
-        (Acks::OneAtATime, "one", "acks one at a time"),
-        (Acks::Pipelined, "pipelined", "acks pipelined"),
-    ] {
-        progress(&format!(
-            "bare consume+ack on a fresh quorum queue, {label}"
-        ));
-        let rate = bare::consume_ack_rate(
-            &settings.amqp,
-            &bare_queue(mode),
-            options.bare_messages,
-            prefetch,
-            acks,
-        )
-        .await?;
-        progress(&format!("  {rate:.0} msg/s"));
-        rates.push(rate);
-    }
-    let (one, pipelined) = (rates[0], rates[1]);
-    let bare = Bare {
-        prefetch,
-        messages: options.bare_messages,
-        one_at_a_time_per_s: one,
-        pipelined_per_s: pipelined,
-    };
-
     progress("warm-up");
     throughput::throughput(
         settings,
@@ -219,46 +211,102 @@ pub async fn run(
     )
     .await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut runs = Vec::new();
-    let plan = options
+    let plan: Vec<(usize, bool)> = options
         .workers
         .iter()
         .map(|w| (*w, false))
-        .chain(std::iter::once((1, true)));
-    for (workers, cap) in plan {
-        let label = format!("t{workers}{}", if cap { "c" } else { "" });
-        progress(&format!(
-            "throughput, {workers} worker(s){}, {} postings",
-            if cap { ", daily cap set" } else { "" },
-            options.postings
-        ));
-        let (rate, seconds, cpu) = throughput::throughput(
-            settings,
-            options,
-            &label,
-            workers,
-            options.postings,
-            cap.then_some(CAP),
-        )
-        .await?;
-        progress(&format!(
-            "  {rate:.0} postings/s ({:.3} of one-at-a-time, {:.3} of pipelined); machine {:.0}% busy",
-            rate / one,
-            rate / pipelined,
-            cpu.machine_busy * 100.0
-        ));
-        runs.push(Run {
-            workers,
-            daily_cap: cap,
-            postings: options.postings,
-            postings_per_s: rate,
-            ratio_one_at_a_time: rate / one.max(f64::EPSILON),
-            ratio_pipelined: rate / pipelined.max(f64::EPSILON),
-            seconds,
-            ceiling_free_worker_per_s: cpu.ceiling_without_workers(cores),
-            cpu,
-        });
+        .chain(std::iter::once((1, true)))
+        .collect();
+    let rounds = options.rounds.max(1);
+    let (mut one_rounds, mut pipelined_rounds) = (Vec::new(), Vec::new());
+    let mut measured: Vec<Vec<(f64, f64, CpuSplit)>> = vec![Vec::new(); plan.len()];
+    for round in 1..=rounds {
+        let of = if rounds > 1 {
+            format!(" (round {round} of {rounds})")
+        } else {
+            String::new()
+        };
+        for (acks, mode, label, into) in [
+            (
+                Acks::OneAtATime,
+                "one",
+                "acks one at a time",
+                &mut one_rounds,
+            ),
+            (
+                Acks::Pipelined,
+                "pipelined",
+                "acks pipelined",
+                &mut pipelined_rounds,
+            ),
+        ] {
+            progress(&format!(
+                "bare consume+ack on a fresh quorum queue, {label}{of}"
+            ));
+            let rate = bare::consume_ack_rate(
+                &settings.amqp,
+                &bare_queue(mode),
+                options.bare_messages,
+                prefetch,
+                acks,
+            )
+            .await?;
+            progress(&format!("  {rate:.0} msg/s"));
+            into.push(rate);
+        }
+        for (k, &(workers, cap)) in plan.iter().enumerate() {
+            let label = format!("t{workers}{}r{round}", if cap { "c" } else { "" });
+            progress(&format!(
+                "throughput, {workers} worker(s){}, {} postings{of}",
+                if cap { ", daily cap set" } else { "" },
+                options.postings
+            ));
+            let (rate, seconds, cpu) = throughput::throughput(
+                settings,
+                options,
+                &label,
+                workers,
+                options.postings,
+                cap.then_some(CAP),
+            )
+            .await?;
+            progress(&format!(
+                "  {rate:.0} postings/s; machine {:.0}% busy",
+                cpu.machine_busy * 100.0
+            ));
+            measured[k].push((rate, seconds, cpu));
+        }
     }
+    let (one, pipelined) = (median(&one_rounds), median(&pipelined_rounds));
+    let bare = Bare {
+        prefetch,
+        messages: options.bare_messages,
+        one_at_a_time_per_s: one,
+        pipelined_per_s: pipelined,
+        one_at_a_time_rounds: one_rounds,
+        pipelined_rounds,
+    };
+    let runs: Vec<Run> = plan
+        .iter()
+        .zip(measured)
+        .map(|(&(workers, cap), samples)| {
+            let mut by_rate: Vec<usize> = (0..samples.len()).collect();
+            by_rate.sort_by(|a, b| samples[*a].0.total_cmp(&samples[*b].0));
+            let (rate, seconds, cpu) = samples[by_rate[by_rate.len() / 2]].clone();
+            Run {
+                workers,
+                daily_cap: cap,
+                postings: options.postings,
+                postings_per_s: rate,
+                rounds: samples.iter().map(|s| s.0).collect(),
+                ratio_one_at_a_time: rate / one.max(f64::EPSILON),
+                ratio_pipelined: rate / pipelined.max(f64::EPSILON),
+                seconds,
+                ceiling_free_worker_per_s: cpu.ceiling_without_workers(cores),
+                cpu,
+            }
+        })
+        .collect();
     let mut latency = Vec::new();
     for &workers in &options.workers {
         progress(&format!(
@@ -280,6 +328,7 @@ pub async fn run(
     let cap_ratio = one_worker(true) / one_worker(false).max(f64::EPSILON);
     let report = BenchReport {
         cores,
+        rounds,
         bare,
         runs,
         latency,
@@ -390,5 +439,13 @@ mod tests {
         let mut times = vec![Duration::from_millis(5), Duration::from_millis(5)];
         assert!(steady_rate(&mut times) > 0.0);
         assert_eq!(steady_rate(&mut []), 0.0);
+    }
+
+    #[test]
+    fn the_median_is_the_middle_round() {
+        assert_eq!(median(&[9.0, 1.0, 5.0]), 5.0);
+        assert_eq!(median(&[2.0, 1.0]), 2.0);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert_eq!(median(&[]), 0.0);
     }
 }

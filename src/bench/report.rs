@@ -26,35 +26,38 @@ impl fmt::Display for BenchReport {
         let b = &self.bare;
         writeln!(
             f,
-            "bidorch bench — {} cores, amqp.prefetch {}",
-            self.cores, b.prefetch
+            "bidorch bench — {} cores, amqp.prefetch {}, medians of {} round(s) (the rounds' range in brackets)",
+            self.cores, b.prefetch, self.rounds
         )?;
         writeln!(
             f,
-            "  bare consume+ack, quorum queue, acks one at a time {:>8.0} msg/s",
-            b.one_at_a_time_per_s
+            "  bare consume+ack, quorum queue, acks one at a time {:>8.0} msg/s [{}]",
+            b.one_at_a_time_per_s,
+            range(&b.one_at_a_time_rounds)
         )?;
         writeln!(
             f,
-            "  bare consume+ack, quorum queue, acks pipelined     {:>8.0} msg/s",
-            b.pipelined_per_s
+            "  bare consume+ack, quorum queue, acks pipelined     {:>8.0} msg/s [{}]",
+            b.pipelined_per_s,
+            range(&b.pipelined_rounds)
         )?;
         writeln!(
             f,
-            "  {:<28} {:>10} {:>9} {:>9}   CPU µs per posting: workers / bench+sandbox / postgres / redis / rabbitmq (machine busy)",
-            "run", "postings/s", "÷ 1-by-1", "÷ piped"
+            "  {:<28} {:>10} {:>15} {:>9} {:>9}   CPU µs per posting: workers / bench+sandbox / postgres / redis / rabbitmq (machine busy)",
+            "run", "postings/s", "rounds", "÷ 1-by-1", "÷ piped"
         )?;
         for r in &self.runs {
             let c = &r.cpu;
             writeln!(
                 f,
-                "  {:<28} {:>10.0} {:>9.3} {:>9.3}   {:.0} / {:.0} / {:.0} / {:.0} / {:.0} ({:.0}%)",
+                "  {:<28} {:>10.0} {:>15} {:>9.3} {:>9.3}   {:.0} / {:.0} / {:.0} / {:.0} / {:.0} ({:.0}%)",
                 format!(
                     "{} worker(s){}",
                     r.workers,
                     if r.daily_cap { ", daily cap set" } else { "" }
                 ),
                 r.postings_per_s,
+                format!("[{}]", range(&r.rounds)),
                 r.ratio_one_at_a_time,
                 r.ratio_pipelined,
                 c.workers_us,
@@ -91,5 +94,16 @@ impl fmt::Display for BenchReport {
             )?;
         }
         Ok(())
+    }
+}
+
+/// "min–max" of a figure's rounds.
+fn range(rounds: &[f64]) -> String {
+    let min = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if rounds.is_empty() {
+        "none".to_owned()
+    } else {
+        format!("{min:.0}–{max:.0}")
     }
 }

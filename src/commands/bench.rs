@@ -18,6 +18,9 @@ pub struct BenchArgs {
     /// Worker counts to run the pipeline at, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<usize>,
+    /// Rounds of the bare and throughput runs; each figure reported is the median of its rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Messages for the bare consume+ack run.
     #[arg(long, default_value_t = 20_000)]
     bare_messages: usize,
@@ -34,12 +37,13 @@ pub struct BenchArgs {
 
 /// Runs the bench and prints its report.
 pub async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
-    if args.postings == 0 || args.workers.contains(&0) || args.rate == 0 {
-        bail!("--postings, --workers and --rate must be at least 1");
+    if args.postings == 0 || args.workers.contains(&0) || args.rate == 0 || args.rounds == 0 {
+        bail!("--postings, --workers, --rounds and --rate must be at least 1");
     }
     let options = BenchOptions {
         postings: args.postings,
         workers: args.workers,
+        rounds: args.rounds,
         bare_messages: args.bare_messages.max(1),
         rate: args.rate,
         rate_seconds: args.rate_seconds.max(1),

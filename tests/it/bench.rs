@@ -22,6 +22,8 @@ async fn a_small_bench_checks_every_run_and_writes_its_report_and_plot() {
             "300",
             "--workers",
             "1,2",
+            "--rounds",
+            "2",
             "--bare-messages",
             "300",
             "--rate",
@@ -48,6 +50,14 @@ async fn a_small_bench_checks_every_run_and_writes_its_report_and_plot() {
     .expect("report.json is JSON");
     assert!(report["bare"]["one_at_a_time_per_s"].as_f64().unwrap() > 0.0);
     assert!(report["bare"]["pipelined_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["rounds"], 2);
+    assert_eq!(
+        report["bare"]["one_at_a_time_rounds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let runs = report["runs"].as_array().expect("runs");
     let shape: Vec<(u64, bool)> = runs
         .iter()
@@ -61,6 +71,17 @@ async fn a_small_bench_checks_every_run_and_writes_its_report_and_plot() {
     assert_eq!(shape, [(1, false), (2, false), (1, true)]);
     for run in runs {
         assert!(run["postings_per_s"].as_f64().unwrap() > 0.0, "{run}");
+        let rounds: Vec<f64> = run["rounds"]
+            .as_array()
+            .expect("every round's rate")
+            .iter()
+            .map(|r| r.as_f64().unwrap())
+            .collect();
+        assert_eq!(rounds.len(), 2, "{run}");
+        assert!(
+            rounds.contains(&run["postings_per_s"].as_f64().unwrap()),
+            "the figure is one of its rounds: {run}"
+        );
         assert!(run["cpu"]["workers_us"].as_f64().unwrap() > 0.0, "{run}");
         // The bench itself (publisher, sandbox) always runs here, so there is a ceiling.
         assert!(
