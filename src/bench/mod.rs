@@ -28,6 +28,7 @@ mod fleet;
 mod latency;
 mod plot;
 mod report;
+mod rounds;
 mod throughput;
 
 use std::collections::BTreeSet;
@@ -36,7 +37,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use self::bare::Acks;
 use self::cpu::CpuSplit;
 use self::fleet::Space;
 use crate::config::Settings;
@@ -180,26 +180,12 @@ pub fn steady_rate(times: &mut [Duration]) -> f64 {
     q * (n - 1) as f64 / span
 }
 
-/// The median of `values` (of an even number, the upper middle one); 0 for none.
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Runs every measurement; `progress` hears what is being measured and each result.
 pub async fn run(
     settings: &Settings,
     options: &BenchOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, BenchError> {
-    let prefetch = settings.amqp.prefetch;
-    let bare_queue = |mode: &str| {
-        format!(
-            "bidorch.bench.bare.{mode}.{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        )
-    };
     progress("warm-up");
     throughput::throughput(
         settings,
@@ -211,102 +197,8 @@ pub async fn run(
     )
     .await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let plan: Vec<(usize, bool)> = options
-        .workers
-        .iter()
-        .map(|w| (*w, false))
-        .chain(std::iter::once((1, true)))
-        .collect();
     let rounds = options.rounds.max(1);
-    let (mut one_rounds, mut pipelined_rounds) = (Vec::new(), Vec::new());
-    let mut measured: Vec<Vec<(f64, f64, CpuSplit)>> = vec![Vec::new(); plan.len()];
-    for round in 1..=rounds {
-        let of = if rounds > 1 {
-            format!(" (round {round} of {rounds})")
-        } else {
-            String::new()
-        };
-        for (acks, mode, label, into) in [
-            (
-                Acks::OneAtATime,
-                "one",
-                "acks one at a time",
-                &mut one_rounds,
-            ),
-            (
-                Acks::Pipelined,
-                "pipelined",
-                "acks pipelined",
-                &mut pipelined_rounds,
-            ),
-        ] {
-            progress(&format!(
-                "bare consume+ack on a fresh quorum queue, {label}{of}"
-            ));
-            let rate = bare::consume_ack_rate(
-                &settings.amqp,
-                &bare_queue(mode),
-                options.bare_messages,
-                prefetch,
-                acks,
-            )
-            .await?;
-            progress(&format!("  {rate:.0} msg/s"));
-            into.push(rate);
-        }
-        for (k, &(workers, cap)) in plan.iter().enumerate() {
-            let label = format!("t{workers}{}r{round}", if cap { "c" } else { "" });
-            progress(&format!(
-                "throughput, {workers} worker(s){}, {} postings{of}",
-                if cap { ", daily cap set" } else { "" },
-                options.postings
-            ));
-            let (rate, seconds, cpu) = throughput::throughput(
-                settings,
-                options,
-                &label,
-                workers,
-                options.postings,
-                cap.then_some(CAP),
-            )
-            .await?;
-            progress(&format!(
-                "  {rate:.0} postings/s; machine {:.0}% busy",
-                cpu.machine_busy * 100.0
-            ));
-            measured[k].push((rate, seconds, cpu));
-        }
-    }
-    let (one, pipelined) = (median(&one_rounds), median(&pipelined_rounds));
-    let bare = Bare {
-        prefetch,
-        messages: options.bare_messages,
-        one_at_a_time_per_s: one,
-        pipelined_per_s: pipelined,
-        one_at_a_time_rounds: one_rounds,
-        pipelined_rounds,
-    };
-    let runs: Vec<Run> = plan
-        .iter()
-        .zip(measured)
-        .map(|(&(workers, cap), samples)| {
-            let mut by_rate: Vec<usize> = (0..samples.len()).collect();
-            by_rate.sort_by(|a, b| samples[*a].0.total_cmp(&samples[*b].0));
-            let (rate, seconds, cpu) = samples[by_rate[by_rate.len() / 2]].clone();
-            Run {
-                workers,
-                daily_cap: cap,
-                postings: options.postings,
-                postings_per_s: rate,
-                rounds: samples.iter().map(|s| s.0).collect(),
-                ratio_one_at_a_time: rate / one.max(f64::EPSILON),
-                ratio_pipelined: rate / pipelined.max(f64::EPSILON),
-                seconds,
-                ceiling_free_worker_per_s: cpu.ceiling_without_workers(cores),
-                cpu,
-            }
-        })
-        .collect();
+    let (bare, runs) = rounds::measure(settings, options, rounds, cores, &mut progress).await?;
     let mut latency = Vec::new();
     for &workers in &options.workers {
         progress(&format!(
@@ -439,13 +331,5 @@ mod tests {
         let mut times = vec![Duration::from_millis(5), Duration::from_millis(5)];
         assert!(steady_rate(&mut times) > 0.0);
         assert_eq!(steady_rate(&mut []), 0.0);
-    }
-
-    #[test]
-    fn the_median_is_the_middle_round() {
-        assert_eq!(median(&[9.0, 1.0, 5.0]), 5.0);
-        assert_eq!(median(&[2.0, 1.0]), 2.0);
-        assert_eq!(median(&[7.0]), 7.0);
-        assert_eq!(median(&[]), 0.0);
     }
 }
