@@ -5,8 +5,11 @@
 //! A batch is what has queued by the time one of `in_flight` slots is free, topped up for at most
 //! `linger` after its oldest member arrived (at most `max_batch` members). So a busy worker's
 //! calls share round trips — their oldest member has already waited longer than the linger, and
-//! the batch goes at once — while a lone call waits at most `linger`. Every member gets its own
-//! answer; a batch that fails fails each member with a copy of the error (fail closed).
+//! the batch goes at once — while a lone call waits at most `linger`. It waits only while calls
+//! have lately been coming closer together than the linger ([`Pace`]): when they come further
+//! apart, as at a steady trickle of postings, the wait would gather nobody and only add to every
+//! posting's latency, so the batch goes at once. Every member gets its own answer; a batch that
+//! fails fails each member with a copy of the error (fail closed).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -79,25 +82,31 @@ where
         let slots = Arc::new(Semaphore::new(config.in_flight.max(1)));
         let run = Arc::new(run);
         tokio::spawn(async move {
+            let mut pace = Pace::new(config.linger);
             while let Some(first) = rx.recv().await {
+                pace.arrived(first.arrived);
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
                 let linger_until = first.arrived + config.linger;
                 let mut batch = vec![first];
-                // Whatever queued while every slot was busy rides along; then, if there is room,
-                // whatever arrives before the oldest member has waited `linger`.
+                // Whatever queued while every slot was busy rides along; then, if there is room
+                // and calls have been coming close together, whatever arrives before the oldest
+                // member has waited `linger`.
                 while batch.len() < config.max_batch {
-                    match rx.try_recv() {
-                        Ok(job) => batch.push(job),
+                    let job = match rx.try_recv() {
+                        Ok(job) => job,
                         Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        Err(mpsc::error::TryRecvError::Empty) if !pace.busy() => break,
                         Err(mpsc::error::TryRecvError::Empty) => {
                             match tokio::time::timeout_at(linger_until, rx.recv()).await {
-                                Ok(Some(job)) => batch.push(job),
+                                Ok(Some(job)) => job,
                                 Ok(None) | Err(_) => break,
                             }
                         }
-                    }
+                    };
+                    pace.arrived(job.arrived);
+                    batch.push(job);
                 }
                 let run = run.clone();
                 tokio::spawn(async move {
@@ -150,6 +159,45 @@ where
     }
 }
 
+/// How far apart a lane's calls have lately arrived: a slow moving average of the gaps, each gap
+/// counted at most two lingers — a busy worker's calls come in bursts (a batch's answers, a
+/// prefetch's deliveries) with pauses between them that must not stop it batching, and one idle
+/// minute must not keep the next burst from batching for long. Starts busy: a lane's first calls are usually a
+/// worker's prefetch arriving together.
+struct Pace {
+    linger: Duration,
+    gap: Duration,
+    last: Option<Instant>,
+}
+
+impl Pace {
+    fn new(linger: Duration) -> Self {
+        Self {
+            linger,
+            gap: Duration::ZERO,
+            last: None,
+        }
+    }
+
+    fn arrived(&mut self, at: Instant) {
+        if let Some(last) = self.last {
+            let gap = at.saturating_duration_since(last).min(self.linger * 2);
+            // A sixteenth of the way to each new gap: a dozen calls change the verdict.
+            self.gap = if gap > self.gap {
+                self.gap + (gap - self.gap) / 16
+            } else {
+                self.gap - (self.gap - gap) / 16
+            };
+        }
+        self.last = Some(self.last.map_or(at, |last| last.max(at)));
+    }
+
+    /// Whether waiting up to the linger is likely to gather another call.
+    fn busy(&self) -> bool {
+        self.gap < self.linger
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +244,45 @@ mod tests {
             assert_eq!(ask.await.unwrap(), Ok(n * 10));
         }
         assert_eq!(*sizes.lock().unwrap(), [5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_far_apart_do_not_wait_the_linger_and_calls_close_together_do() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let lane = Lane::start(config(5), move |batch: Vec<u32>| {
+            seen.lock().unwrap().push(batch.len());
+            async move { Ok::<_, Oops>(batch) }
+        });
+        // A lane starts busy: its first lone call waits the whole linger for company.
+        let started = Instant::now();
+        lane.ask(1).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
+        // A trickle, a call every 50 ms: after a dozen, a lone call goes at once.
+        for n in 2..=16 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            lane.ask(n).await.unwrap();
+        }
+        let started = Instant::now();
+        lane.ask(17).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // Then calls a millisecond apart: the lane lingers again and gathers them.
+        sizes.lock().unwrap().clear();
+        let burst: Vec<_> = (0..20)
+            .map(|n| {
+                let lane = lane.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(n)).await;
+                    lane.ask(n as u32).await
+                })
+            })
+            .collect();
+        for ask in burst {
+            ask.await.unwrap().unwrap();
+        }
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(sizes.iter().any(|&n| n > 1), "no batch gathered: {sizes:?}");
     }
 
     #[tokio::test(start_paused = true)]
