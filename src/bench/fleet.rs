@@ -203,10 +203,16 @@ impl Workers {
             let log: PathBuf = log_dir.join(format!("{label}-w{i}.log"));
             let out = std::fs::File::create(&log).map_err(BenchError::Spawn)?;
             let err = out.try_clone().map_err(BenchError::Spawn)?;
-            let child = Command::new(exe)
+            let mut command = Command::new(exe);
+            command
                 .arg("worker")
                 .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+            // The one setting passed through: a log filter, to look into a run (it costs speed).
+            if let Some(filter) = std::env::var_os("RUST_LOG") {
+                command.env("RUST_LOG", filter);
+            }
+            let child = command
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .env("BIDORCH__HTTP__ADDR", &addr)
                 .env(

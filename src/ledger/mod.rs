@@ -162,7 +162,19 @@ pub trait BidLedger: Send + Sync + 'static {
 /// single-posting calls share round trips ([`Batching`]).
 pub async fn from_settings(settings: &DatabaseSettings) -> Result<Arc<dyn BidLedger>, LedgerError> {
     let ledger: Arc<dyn BidLedger> = match settings.kind {
-        LedgerKind::Postgres => Arc::new(PgBidLedger::connect_and_migrate(settings).await?),
+        LedgerKind::Postgres => {
+            let ledger = PgBidLedger::connect_and_migrate(settings).await?;
+            // As many connections as a busy worker's lanes use at once (a batch of steps in
+            // flight and the next, lookups likewise). A cold start is no reason to refuse one.
+            let busy = u32::try_from(batch::LANE.in_flight * 2).unwrap_or(u32::MAX);
+            if let Err(e) = ledger.warm_up(busy).await {
+                tracing::warn!(
+                    error = %crate::error::Chain(&e),
+                    "Ledger warm-up failed; the first postings may be slower"
+                );
+            }
+            Arc::new(ledger)
+        }
         LedgerKind::Sqlite => {
             let ledger =
                 SqliteBidLedger::connect_with(settings.url.expose(), settings.max_connections)

@@ -123,6 +123,56 @@ impl PgBidLedger {
             .map_err(sql::migrate_error)
     }
 
+    /// Opens up to `connections` pooled connections and runs the batch statements on each with
+    /// no postings, in a transaction rolled back (nothing is written). A connection's first call
+    /// of a PL/pgSQL function compiles it and plans its statements: without this, the first
+    /// postings a freshly started worker takes wait 10–15 ms longer for that, in the open.
+    pub async fn warm_up(&self, connections: u32) -> Result<(), LedgerError> {
+        let n = connections.clamp(1, self.pool.options().get_max_connections());
+        let mut held = Vec::with_capacity(n as usize);
+        // Held together, so that each is a connection of its own.
+        for _ in 0..n {
+            held.push(
+                self.pool
+                    .acquire()
+                    .await
+                    .map_err(|e| sql::query_error(None, e))?,
+            );
+        }
+        for connection in &mut held {
+            let mut tx = sqlx::Connection::begin(&mut **connection)
+                .await
+                .map_err(|e| sql::query_error(None, e))?;
+            for (finishes, claims) in [(true, true), (false, true), (true, false)] {
+                let mut query = sqlx::query(steps::statement(finishes, claims));
+                if finishes {
+                    query = steps::bind_finishes(query, &[]);
+                }
+                if claims {
+                    query = steps::bind_claims(query, &[]);
+                }
+                query
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| sql::query_error(None, e))?;
+            }
+            sqlx::query(steps::lookup_statement())
+                .bind(Vec::<&str>::new())
+                .bind(Vec::<&str>::new())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| sql::query_error(None, e))?;
+            tx.rollback().await.map_err(|e| sql::query_error(None, e))?;
+        }
+        tracing::debug!(connections = n, "Ledger connections warmed up");
+        Ok(())
+    }
+
+    /// The pooled connections open now.
+    pub fn open_connections(&self) -> u32 {
+        self.pool.size()
+    }
+
     /// Closes the pool, waiting for checked-out connections to come back.
     pub async fn close(&self) {
         self.pool.close().await;

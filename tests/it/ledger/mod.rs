@@ -297,6 +297,48 @@ async fn postgres_migrate_is_idempotent() {
 }
 
 #[tokio::test]
+async fn postgres_warm_up_opens_the_connections_and_writes_nothing() {
+    if !support::postgres_available().await {
+        return;
+    }
+    let schema = support::unique("ledger");
+    let settings = pg_settings(&support::database_url(), &schema);
+    let outcome = run_then({
+        let settings = settings.clone();
+        async move {
+            let ledger = PgBidLedger::connect_and_migrate(&settings)
+                .await
+                .expect("connect and migrate");
+            ledger.warm_up(4).await.expect("warm up a fresh ledger");
+            assert!(
+                ledger.open_connections() >= 4,
+                "{} connections open",
+                ledger.open_connections()
+            );
+            let counts = ledger.counts_by_state().await.expect("counts");
+            assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
+            // A ledger with rows: warmed again (another worker starting), its rows untouched.
+            let key = PostingKey::new("upwork", "warm-1").expect("key");
+            let claim = ledger
+                .claim(&contract::claim_of(&key, Intent::Skip(vec!["test".into()])))
+                .await
+                .expect("claim");
+            assert!(matches!(claim, Claim::Skipped { .. }), "{claim:?}");
+            ledger.warm_up(8).await.expect("warm up again");
+            let entry = ledger.lookup(&key).await.expect("lookup").expect("row");
+            assert_eq!(entry.epoch, 1);
+            assert_eq!(ledger.attempts(&key).await.expect("attempts").len(), 1);
+            ledger.close().await;
+        }
+    })
+    .await;
+    drop_schema(&schema).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
 async fn sqlite_file_keeps_outcomes_across_reopen() {
     let path = temp_db_path();
     let url = format!("sqlite://{}", path.display());
