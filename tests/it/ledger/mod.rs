@@ -268,28 +268,17 @@ async fn postgres_schemas_isolate_ledgers_and_hold_their_tables() {
     }
 }
 
-#[tokio::test]
-async fn postgres_migrate_is_idempotent() {
+/// Runs `test` with the settings of a fresh schema, dropped afterwards even if `test` panics.
+async fn with_pg_settings<F, Fut>(test: F)
+where
+    F: FnOnce(DatabaseSettings) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     if !support::postgres_available().await {
         return;
     }
     let schema = support::unique("ledger");
-    let settings = pg_settings(&support::database_url(), &schema);
-    let outcome = run_then({
-        let settings = settings.clone();
-        async move {
-            let ledger = PgBidLedger::connect(&settings).await.expect("connect");
-            ledger.migrate().await.expect("first migration");
-            ledger.migrate().await.expect("second migration is a no-op");
-            let again = PgBidLedger::connect_and_migrate(&settings)
-                .await
-                .expect("another instance migrates the same schema");
-            again.health().await.expect("healthy");
-            ledger.close().await;
-            again.close().await;
-        }
-    })
-    .await;
+    let outcome = run_then(test(pg_settings(&support::database_url(), &schema))).await;
     drop_schema(&schema).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -297,45 +286,49 @@ async fn postgres_migrate_is_idempotent() {
 }
 
 #[tokio::test]
-async fn postgres_warm_up_opens_the_connections_and_writes_nothing() {
-    if !support::postgres_available().await {
-        return;
-    }
-    let schema = support::unique("ledger");
-    let settings = pg_settings(&support::database_url(), &schema);
-    let outcome = run_then({
-        let settings = settings.clone();
-        async move {
-            let ledger = PgBidLedger::connect_and_migrate(&settings)
-                .await
-                .expect("connect and migrate");
-            ledger.warm_up(4).await.expect("warm up a fresh ledger");
-            assert!(
-                ledger.open_connections() >= 4,
-                "{} connections open",
-                ledger.open_connections()
-            );
-            let counts = ledger.counts_by_state().await.expect("counts");
-            assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
-            // A ledger with rows: warmed again (another worker starting), its rows untouched.
-            let key = PostingKey::new("upwork", "warm-1").expect("key");
-            let claim = ledger
-                .claim(&contract::claim_of(&key, Intent::Skip(vec!["test".into()])))
-                .await
-                .expect("claim");
-            assert!(matches!(claim, Claim::Skipped { .. }), "{claim:?}");
-            ledger.warm_up(8).await.expect("warm up again");
-            let entry = ledger.lookup(&key).await.expect("lookup").expect("row");
-            assert_eq!(entry.epoch, 1);
-            assert_eq!(ledger.attempts(&key).await.expect("attempts").len(), 1);
-            ledger.close().await;
-        }
+async fn postgres_migrate_is_idempotent() {
+    with_pg_settings(|settings| async move {
+        let ledger = PgBidLedger::connect(&settings).await.expect("connect");
+        ledger.migrate().await.expect("first migration");
+        ledger.migrate().await.expect("second migration is a no-op");
+        let again = PgBidLedger::connect_and_migrate(&settings)
+            .await
+            .expect("another instance migrates the same schema");
+        again.health().await.expect("healthy");
+        ledger.close().await;
+        again.close().await;
     })
     .await;
-    drop_schema(&schema).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+}
+
+#[tokio::test]
+async fn postgres_warm_up_opens_the_connections_and_writes_nothing() {
+    with_pg_settings(|settings| async move {
+        let ledger = PgBidLedger::connect_and_migrate(&settings)
+            .await
+            .expect("connect and migrate");
+        ledger.warm_up(4).await.expect("warm up a fresh ledger");
+        assert!(
+            ledger.open_connections() >= 4,
+            "{} connections open",
+            ledger.open_connections()
+        );
+        let counts = ledger.counts_by_state().await.expect("counts");
+        assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
+        // A ledger with rows: warmed again (another worker starting), its rows untouched.
+        let key = PostingKey::new("upwork", "warm-1").expect("key");
+        let claim = ledger
+            .claim(&contract::claim_of(&key, Intent::Skip(vec!["test".into()])))
+            .await
+            .expect("claim");
+        assert!(matches!(claim, Claim::Skipped { .. }), "{claim:?}");
+        ledger.warm_up(8).await.expect("warm up again");
+        let entry = ledger.lookup(&key).await.expect("lookup").expect("row");
+        assert_eq!(entry.epoch, 1);
+        assert_eq!(ledger.attempts(&key).await.expect("attempts").len(), 1);
+        ledger.close().await;
+    })
+    .await;
 }
 
 #[tokio::test]
