@@ -162,8 +162,8 @@ where
 /// How far apart a lane's calls have lately arrived: a slow moving average of the gaps, each gap
 /// counted at most two lingers — a busy worker's calls come in bursts (a batch's answers, a
 /// prefetch's deliveries) with pauses between them that must not stop it batching, and one idle
-/// minute must not keep the next burst from batching for long. Starts busy: a lane's first calls are usually a
-/// worker's prefetch arriving together.
+/// minute must not keep the next burst from batching for long. Starts busy: a lane's first
+/// calls are usually a worker's prefetch arriving together.
 struct Pace {
     linger: Duration,
     gap: Duration,
