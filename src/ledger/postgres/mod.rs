@@ -129,40 +129,27 @@ impl PgBidLedger {
     /// postings a freshly started worker takes wait 10–15 ms longer for that, in the open.
     pub async fn warm_up(&self, connections: u32) -> Result<(), LedgerError> {
         let n = connections.clamp(1, self.pool.options().get_max_connections());
+        let failed = |e| sql::query_error(None, e);
         let mut held = Vec::with_capacity(n as usize);
         // Held together, so that each is a connection of its own.
         for _ in 0..n {
-            held.push(
-                self.pool
-                    .acquire()
-                    .await
-                    .map_err(|e| sql::query_error(None, e))?,
-            );
+            held.push(self.pool.acquire().await.map_err(failed)?);
         }
         for connection in &mut held {
             let mut tx = sqlx::Connection::begin(&mut **connection)
                 .await
-                .map_err(|e| sql::query_error(None, e))?;
+                .map_err(failed)?;
             for (finishes, claims) in [(true, true), (false, true), (true, false)] {
-                let mut query = sqlx::query(steps::statement(finishes, claims));
-                if finishes {
-                    query = steps::bind_finishes(query, &[]);
-                }
-                if claims {
-                    query = steps::bind_claims(query, &[]);
-                }
-                query
+                steps::steps_query(finishes.then_some(&[]), claims.then_some(&[]))
                     .fetch_all(&mut *tx)
                     .await
-                    .map_err(|e| sql::query_error(None, e))?;
+                    .map_err(failed)?;
             }
-            sqlx::query(steps::lookup_statement())
-                .bind(Vec::<&str>::new())
-                .bind(Vec::<&str>::new())
+            steps::lookup_query(Vec::new(), Vec::new())
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(|e| sql::query_error(None, e))?;
-            tx.rollback().await.map_err(|e| sql::query_error(None, e))?;
+                .map_err(failed)?;
+            tx.rollback().await.map_err(failed)?;
         }
         tracing::debug!(connections = n, "Ledger connections warmed up");
         Ok(())
@@ -215,9 +202,7 @@ impl BidLedger for PgBidLedger {
         }
         let marketplaces: Vec<&str> = keys.iter().map(PostingKey::marketplace).collect();
         let postings: Vec<&str> = keys.iter().map(PostingKey::posting_id).collect();
-        let found = sqlx::query(steps::lookup_statement())
-            .bind(&marketplaces)
-            .bind(&postings)
+        let found = steps::lookup_query(marketplaces, postings)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| sql::query_error(None, e))?;
@@ -257,17 +242,13 @@ impl BidLedger for PgBidLedger {
             .first()
             .map(|f| &f.0)
             .or_else(|| claims.first().map(|c| &c.key));
-        let sql = steps::statement(!finishes.is_empty(), !claims.is_empty());
         let rows = self
             .retrying(|| {
-                let mut query = sqlx::query(sql);
-                if !finishes.is_empty() {
-                    query = steps::bind_finishes(query, finishes);
-                }
-                if !claims.is_empty() {
-                    query = steps::bind_claims(query, claims);
-                }
-                query.fetch_all(&self.pool)
+                steps::steps_query(
+                    (!finishes.is_empty()).then_some(finishes),
+                    (!claims.is_empty()).then_some(claims),
+                )
+                .fetch_all(&self.pool)
             })
             .await
             .map_err(|e| sql::query_error(first_key, e))?;

@@ -34,7 +34,7 @@ fn finish_call(first: usize) -> String {
 
 /// The statement for a batch with finishes, claims or both: finishes first (an attempt that
 /// ends and a new claim of the same posting then read as they happened).
-pub(super) fn statement(finishes: bool, claims: bool) -> &'static str {
+fn statement(finishes: bool, claims: bool) -> &'static str {
     use std::sync::OnceLock;
     static BOTH: OnceLock<String> = OnceLock::new();
     static CLAIMS: OnceLock<String> = OnceLock::new();
@@ -50,8 +50,30 @@ pub(super) fn statement(finishes: bool, claims: bool) -> &'static str {
 
 type Query<'q> = SqlxQuery<'q, Postgres, PgArguments>;
 
+/// The statement for `finishes` and `claims` (each left out where `None`), bound.
+pub(super) fn steps_query<'q>(
+    finishes: Option<&'q [(PostingKey, i64, Finish)]>,
+    claims: Option<&'q [ClaimRequest]>,
+) -> Query<'q> {
+    let mut query = sqlx::query(statement(finishes.is_some(), claims.is_some()));
+    if let Some(finishes) = finishes {
+        query = bind_finishes(query, finishes);
+    }
+    if let Some(claims) = claims {
+        query = bind_claims(query, claims);
+    }
+    query
+}
+
+/// `bidorch_lookup` of the keys whose marketplaces and posting ids these are, bound.
+pub(super) fn lookup_query<'q>(marketplaces: Vec<&'q str>, postings: Vec<&'q str>) -> Query<'q> {
+    sqlx::query(lookup_statement())
+        .bind(marketplaces)
+        .bind(postings)
+}
+
 /// `bidorch_lookup` of a batch of keys, its columns in the order the others return them.
-pub(super) fn lookup_statement() -> &'static str {
+fn lookup_statement() -> &'static str {
     use std::sync::OnceLock;
     static LOOKUP: OnceLock<String> = OnceLock::new();
     LOOKUP.get_or_init(|| {
@@ -60,10 +82,7 @@ pub(super) fn lookup_statement() -> &'static str {
 }
 
 /// Binds a batch of finishes as `bidorch_finish`'s nine arrays.
-pub(super) fn bind_finishes<'q>(
-    query: Query<'q>,
-    finishes: &'q [(PostingKey, i64, Finish)],
-) -> Query<'q> {
+fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]) -> Query<'q> {
     let n = finishes.len();
     let mut ms = Vec::with_capacity(n);
     let mut ps = Vec::with_capacity(n);
@@ -114,7 +133,7 @@ pub(super) fn bind_finishes<'q>(
 
 /// Binds a batch of claims as `bidorch_claim`'s thirteen parameters (the day is the first
 /// claim's: a batch is made within moments).
-pub(super) fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
+fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
     let n = claims.len();
     let mut ms = Vec::with_capacity(n);
     let mut ps = Vec::with_capacity(n);
