@@ -7,15 +7,16 @@
 //! after the chaos are bid on too.
 //!
 //! `close_all_connections` acts on one virtual host, so the test runs in a vhost of its own and
-//! closes only its own connections, never those of other tests or other users of the broker.
-//! Keep this the only test in this binary all the same: it measures recovery, and cargo runs test
-//! binaries one after another.
+//! closes only its own connections, never those of other tests or other users of the broker. It
+//! collects log lines through the process's global subscriber (no other test installs one), so
+//! it sees other tests' lines too and picks its workers' by their consumer tags.
 //!
 //! Needs `rabbitmqctl` (as root here; `$BIDORCH_RABBITMQCTL` may name another command, e.g.
 //! `docker compose exec -T rabbitmq rabbitmqctl`); without it the test is skipped with a printed
 //! reason, or fails when `BIDORCH_REQUIRE_SERVICES` is set.
 
 use crate::support;
+use support::rabbitmqctl::{rabbitmqctl, unacked};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -44,35 +45,6 @@ const AFTER_CHAOS: usize = 10;
 /// workers must have recovered to finish.
 const BEFORE_CHAOS: usize = 1400;
 const WAIT: Duration = Duration::from_secs(180);
-
-// ---------------------------------------------------------------------------------------------
-// rabbitmqctl
-
-/// Runs `rabbitmqctl args…` (or `$BIDORCH_RABBITMQCTL args…`); `Err` if it cannot run or fails.
-pub(crate) async fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let command = std::env::var("BIDORCH_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
-        let mut parts = command.split_whitespace();
-        let program = parts.next().unwrap_or("rabbitmqctl").to_owned();
-        let out = std::process::Command::new(&program)
-            .args(parts)
-            .args(&args)
-            .output()
-            .map_err(|e| format!("`{command}` cannot run: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "`{command} {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    })
-    .await
-    .expect("rabbitmqctl task")
-}
 
 /// A virtual host of the test's own, deleted (with all its queues) when dropped.
 struct Vhost {
@@ -195,31 +167,6 @@ fn closed_count(said: &str) -> u32 {
         .unwrap_or_else(|| panic!("rabbitmqctl says how many it closed: {said}"))
 }
 
-/// (ready messages, consumers) of `queue`, on a fresh connection (the chaos closes old ones).
-/// Deliveries of `queue` handed to a consumer and not yet settled (management figures: they may
-/// lag a little, which only delays the check that polls them).
-async fn unacked(vhost: &str, queue: &str) -> u64 {
-    let listed = rabbitmqctl(&[
-        "list_queues",
-        "-p",
-        vhost,
-        "--quiet",
-        "--no-table-headers",
-        "name",
-        "messages_unacknowledged",
-    ])
-    .await
-    .expect("list_queues");
-    listed
-        .lines()
-        .filter_map(|l| {
-            let mut cols = l.split_whitespace();
-            (cols.next() == Some(queue)).then(|| cols.next()?.parse().ok())?
-        })
-        .next()
-        .unwrap_or(0)
-}
-
 /// Takes (and acks) every ready message of `queue`; their bodies.
 async fn take_all(amqp_url: &str, queue: &str) -> Vec<Vec<u8>> {
     let connection = Connection::connect(amqp_url, ConnectionProperties::default())
@@ -241,6 +188,7 @@ async fn take_all(amqp_url: &str, queue: &str) -> Vec<Vec<u8>> {
     bodies
 }
 
+/// (ready messages, consumers) of `queue`, on a fresh connection (the chaos closes old ones).
 async fn queue_state(amqp_url: &str, queue: &str) -> (u32, u32) {
     let connection = Connection::connect(amqp_url, ConnectionProperties::default())
         .await
@@ -481,7 +429,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
     let _ = stop.send(true);
     for w in workers {
         let report = w.await.unwrap().expect("worker ran");
-        assert_eq!(report.abandoned, 0);
+        assert_eq!(report.abandoned, 0, "{report:?}");
         assert!(
             !report.source_ended,
             "a worker's source gave up: {report:?}"

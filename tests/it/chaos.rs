@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use bidorch::marketplace::sandbox::SandboxOptions;
 
-use crate::broker_chaos::rabbitmqctl;
 use crate::support;
 use support::lock::PrivateRedis;
 use support::queue::{Inspector, eventually};
+use support::rabbitmqctl::rabbitmqctl;
 use support::scenario::{Scenario, load};
 
 const WORKERS: usize = 4;

@@ -183,7 +183,7 @@ async fn three_workers_bid_exactly_once_per_eligible_posting() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let counts = ledger.counts_by_state().await.unwrap();
+        let counts = ledger.counts_by_state().await.expect("ledger counts");
         let finals: u64 = counts
             .iter()
             .filter(|(s, _)| s.is_final())
@@ -210,8 +210,8 @@ async fn three_workers_bid_exactly_once_per_eligible_posting() {
     let elapsed = started.elapsed();
     let _ = stop_workers.send(true);
     for w in workers {
-        let report = w.await.unwrap().unwrap();
-        assert_eq!(report.abandoned, 0);
+        let report = w.await.expect("worker task").expect("worker ran");
+        assert_eq!(report.abandoned, 0, "{report:?}");
     }
 
     // Assert: exactly one bid per eligible posting at the marketplace, none for the others.

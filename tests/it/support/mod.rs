@@ -9,6 +9,7 @@ pub mod ops;
 pub mod process;
 pub mod proxy;
 pub mod queue;
+pub mod rabbitmqctl;
 pub mod scenario;
 pub mod telemetry;
 
