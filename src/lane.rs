@@ -226,14 +226,23 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn concurrent_calls_share_a_batch_and_each_gets_its_own_answer() {
+    /// The sizes of the batches a lane ran, in order.
+    type Sizes = Arc<std::sync::Mutex<Vec<usize>>>;
+
+    /// A lane answering `answer(n)` to each `n`, and the sizes of the batches it ran.
+    fn recording(config: LaneConfig, answer: fn(u32) -> u32) -> (Lane<u32, u32, Oops>, Sizes) {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let lane = Lane::start(config(1), move |batch: Vec<u32>| {
+        let lane = Lane::start(config, move |batch: Vec<u32>| {
             seen.lock().unwrap().push(batch.len());
-            async move { Ok::<_, Oops>(batch.into_iter().map(|n| n * 10).collect()) }
+            async move { Ok::<_, Oops>(batch.into_iter().map(answer).collect()) }
         });
+        (lane, sizes)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_calls_share_a_batch_and_each_gets_its_own_answer() {
+        let (lane, sizes) = recording(config(1), |n| n * 10);
         let asks: Vec<_> = (1..=5)
             .map(|n| {
                 let lane = lane.clone();
@@ -248,12 +257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn calls_far_apart_do_not_wait_the_linger_and_calls_close_together_do() {
-        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = sizes.clone();
-        let lane = Lane::start(config(5), move |batch: Vec<u32>| {
-            seen.lock().unwrap().push(batch.len());
-            async move { Ok::<_, Oops>(batch) }
-        });
+        let (lane, sizes) = recording(config(5), |n| n);
         // A lane starts busy: its first lone call waits the whole linger for company.
         let started = Instant::now();
         lane.ask(1).await.unwrap();

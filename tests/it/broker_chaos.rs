@@ -16,7 +16,7 @@
 //! reason, or fails when `BIDORCH_REQUIRE_SERVICES` is set.
 
 use crate::support;
-use support::rabbitmqctl::{rabbitmqctl, unacked};
+use support::rabbitmqctl::{Vhost, rabbitmqctl, unacked};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -45,41 +45,6 @@ const AFTER_CHAOS: usize = 10;
 /// workers must have recovered to finish.
 const BEFORE_CHAOS: usize = 1400;
 const WAIT: Duration = Duration::from_secs(180);
-
-/// A virtual host of the test's own, deleted (with all its queues) when dropped.
-struct Vhost {
-    name: String,
-}
-
-impl Vhost {
-    /// Creates the vhost and gives the URL's user full permissions on it. `None` (after printing
-    /// SKIPPED) when rabbitmqctl is unavailable and services are not required.
-    async fn create(name: &str, user: &str) -> Option<Self> {
-        if let Err(why) = rabbitmqctl(&["add_vhost", name]).await {
-            support::skip(&format!("{why} (run as root, or set BIDORCH_RABBITMQCTL)"));
-            return None;
-        }
-        let vhost = Self {
-            name: name.to_owned(),
-        };
-        rabbitmqctl(&["set_permissions", "-p", name, user, ".*", ".*", ".*"])
-            .await
-            .expect("set_permissions");
-        Some(vhost)
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let command = std::env::var("BIDORCH_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
-        let mut parts = command.split_whitespace();
-        let program = parts.next().unwrap_or("rabbitmqctl").to_owned();
-        let _ = std::process::Command::new(program)
-            .args(parts)
-            .args(["delete_vhost", &self.name])
-            .output();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // What the workers log, to time their recovery.
@@ -219,11 +184,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
     }
     let names = support::unique("chaos");
     let mut amqp_url = url::Url::parse(&support::amqp_url()).expect("AMQP_URL parses");
-    let user = match amqp_url.username() {
-        "" => "guest".to_owned(),
-        u => u.to_owned(),
-    };
-    let Some(vhost) = Vhost::create(&names, &user).await else {
+    let Some(vhost) = Vhost::create(&names).await else {
         return;
     };
     amqp_url.set_path(&format!("/{}", vhost.name));

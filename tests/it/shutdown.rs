@@ -16,7 +16,6 @@
 use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bidorch::config::Settings;
@@ -26,6 +25,7 @@ use bidorch::publish::{OutgoingEvent, Publisher};
 use serde_json::json;
 use support::process::WorkerProcess;
 use support::queue::{Cleanup, Inspector, eventually};
+use support::rabbitmqctl::{Vhost, rabbitmqctl};
 
 const TOKEN: &str = "shutdown-token";
 const POSTINGS: usize = 300;
@@ -304,36 +304,6 @@ async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing
     support::delete_redis_prefix(&format!("{names}:")).await;
 }
 
-/// Runs `rabbitmqctl args…` (or `$BIDORCH_RABBITMQCTL args…`); `Err` if it cannot run or fails.
-fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
-    let command = std::env::var("BIDORCH_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
-    let mut parts = command.split_whitespace();
-    let program = parts.next().unwrap_or("rabbitmqctl").to_owned();
-    let out = Command::new(&program)
-        .args(parts)
-        .args(args)
-        .output()
-        .map_err(|e| format!("`{command}` cannot run: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`{command} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Deletes the test's virtual host when dropped (also when the test fails halfway).
-struct Vhost(String);
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = rabbitmqctl(&["delete_vhost", &self.0]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_cannot_resume_consuming_exits_non_zero() {
     if !(support::amqp_available().await
@@ -344,24 +314,9 @@ async fn a_worker_that_cannot_resume_consuming_exits_non_zero() {
     }
     // Arrange: a worker process in a virtual host of its own, consuming.
     let names = support::unique("lost");
-    let user = match url::Url::parse(&support::amqp_url()) {
-        Ok(u) if !u.username().is_empty() => u.username().to_owned(),
-        _ => "guest".to_owned(),
-    };
-    let created = tokio::task::spawn_blocking({
-        let (names, user) = (names.clone(), user.clone());
-        move || {
-            rabbitmqctl(&["add_vhost", &names])?;
-            rabbitmqctl(&["set_permissions", "-p", &names, &user, ".*", ".*", ".*"])
-        }
-    })
-    .await
-    .unwrap();
-    let vhost = Vhost(names.clone());
-    if let Err(why) = created {
-        support::skip(&format!("{why} (set BIDORCH_RABBITMQCTL)"));
+    let Some(vhost) = Vhost::create(&names).await else {
         return;
-    }
+    };
     let mut amqp_url = url::Url::parse(&support::amqp_url()).unwrap();
     amqp_url.set_path(&format!("/{names}"));
     let mut worker = spawn(
@@ -380,13 +335,9 @@ async fn a_worker_that_cannot_resume_consuming_exits_non_zero() {
 
     // Act: the operator deletes the vhost; the broker closes the connection and refuses every
     // reconnection.
-    tokio::task::spawn_blocking({
-        let names = names.clone();
-        move || rabbitmqctl(&["delete_vhost", &names])
-    })
-    .await
-    .unwrap()
-    .expect("delete_vhost");
+    rabbitmqctl(&["delete_vhost", &names])
+        .await
+        .expect("delete_vhost");
 
     // Assert: the process gives up and says so with a failure status.
     let status = worker.exit_status(EXIT_LIMIT).await;

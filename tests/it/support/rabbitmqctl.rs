@@ -5,26 +5,67 @@
 pub async fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
-        let command = std::env::var("BIDORCH_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
-        let mut parts = command.split_whitespace();
-        let program = parts.next().unwrap_or("rabbitmqctl").to_owned();
-        let out = std::process::Command::new(&program)
-            .args(parts)
-            .args(&args)
-            .output()
-            .map_err(|e| format!("`{command}` cannot run: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "`{command} {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rabbitmqctl_blocking(&args)
     })
     .await
     .expect("rabbitmqctl task")
+}
+
+/// [`rabbitmqctl`], blocking the calling thread (for `Drop`).
+pub fn rabbitmqctl_blocking(args: &[&str]) -> Result<String, String> {
+    let command = std::env::var("BIDORCH_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let mut parts = command.split_whitespace();
+    let program = parts.next().unwrap_or("rabbitmqctl").to_owned();
+    let out = std::process::Command::new(&program)
+        .args(parts)
+        .args(args)
+        .output()
+        .map_err(|e| format!("`{command}` cannot run: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{command} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A virtual host of the test's own, deleted (with all its queues) when dropped, also when the
+/// test fails halfway.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    /// Creates the vhost and gives `AMQP_URL`'s user (default `guest`) full permissions on it.
+    /// `None` (after printing SKIPPED) when rabbitmqctl is unavailable and services are not
+    /// required.
+    pub async fn create(name: &str) -> Option<Self> {
+        let user = match url::Url::parse(&super::amqp_url()) {
+            Ok(u) if !u.username().is_empty() => u.username().to_owned(),
+            _ => "guest".to_owned(),
+        };
+        if let Err(why) = rabbitmqctl(&["add_vhost", name]).await {
+            super::skip(&format!("{why} (run as root, or set BIDORCH_RABBITMQCTL)"));
+            return None;
+        }
+        let vhost = Self {
+            name: name.to_owned(),
+        };
+        rabbitmqctl(&["set_permissions", "-p", name, &user, ".*", ".*", ".*"])
+            .await
+            .expect("set_permissions");
+        Some(vhost)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl_blocking(&["delete_vhost", &self.name]);
+    }
 }
 
 /// Deliveries of `queue` handed to a consumer and not yet settled (management figures: they may
