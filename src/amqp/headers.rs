@@ -49,11 +49,30 @@ pub(crate) fn read_attempt(headers: &FieldTable) -> u32 {
         .unwrap_or(1)
 }
 
-/// Whether the broker dead-lettered this message back to us from one of `queue`'s wait queues
-/// (`x-death` names `{queue}.retry.*` with reason `expired`): only then are its `x-bidorch-*`
-/// headers ours. A publisher can write any header, but not the broker's account of a hop.
-pub(crate) fn came_back_from_wait_queue(headers: &FieldTable, queue: &str) -> bool {
-    let prefix = format!("{queue}.retry.");
+/// Where a delivery came from: the exchange it was published (or dead-lettered) to and its
+/// routing key.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Route<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+}
+
+/// Whether the broker dead-lettered this message back to us from one of `queue`'s wait queues:
+/// only then are its `x-bidorch-*` headers ours.
+///
+/// A publisher can write any header, `x-death` included, so the header alone proves nothing.
+/// What a wait queue writes, a publisher following the contract cannot: the wait queues
+/// dead-letter through the default exchange with the work queue's name as routing key, while
+/// publishers publish to the topic exchange. So the delivery must have come that way, and the
+/// most recent hop `x-death` records (the first entry) must be an expiry in one of our wait queues.
+pub(crate) fn came_back_from_wait_queue(
+    headers: &FieldTable,
+    route: Route<'_>,
+    queue: &str,
+) -> bool {
+    if !route.exchange.is_empty() || route.routing_key != queue {
+        return false;
+    }
     let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
         return false;
     };
@@ -62,12 +81,15 @@ pub(crate) fn came_back_from_wait_queue(headers: &FieldTable, queue: &str) -> bo
         Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
         _ => String::new(),
     };
-    deaths.as_slice().iter().any(|death| match death {
-        AMQPValue::FieldTable(t) => {
-            text(t, "queue").starts_with(&prefix) && text(t, "reason") == "expired"
+    match deaths.as_slice().first() {
+        Some(AMQPValue::FieldTable(latest)) => {
+            text(latest, "queue")
+                .strip_prefix(queue)
+                .is_some_and(|rest| rest.starts_with(".retry."))
+                && text(latest, "reason") == "expired"
         }
         _ => false,
-    })
+    }
 }
 
 /// String-valued headers with lower-cased names, plus `x-death` rendered as

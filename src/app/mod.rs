@@ -159,6 +159,7 @@ impl SystemBuilder {
             settings.lock.ttl,
         )
         .with_instance(instance.clone())
+        .with_lock_held_recheck(settings.worker.retry_lock_held)
         .with_rates(
             settings
                 .marketplaces

@@ -350,4 +350,20 @@ mod tests {
             "http://h/m/v1/postings/a%2Fb%3Fc%23d%25e/bids"
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn every_posting_id_the_contract_allows_reaches_the_marketplace_as_itself(
+            id in "[!-~]{1,128}"
+        ) {
+            proptest::prop_assume!(crate::posting::PostingKey::new("m", &id).is_ok());
+            let sent = bid_url(&url("http://h:1/m"), &id);
+            // What a server reads: the URL as sent, parsed again, the segment decoded.
+            let received = url(sent.as_str());
+            let segments: Vec<&str> = received.path_segments().unwrap().collect();
+            proptest::prop_assert_eq!(segments.len(), 5, "{}", sent);
+            let decoded = percent_encoding::percent_decode_str(segments[3]).decode_utf8().unwrap();
+            proptest::prop_assert_eq!(decoded.as_ref(), id.as_str());
+        }
+    }
 }

@@ -28,6 +28,7 @@ impl Pipeline {
             marketplace,
             policy,
             lease_ttl,
+            recheck: Duration::from_secs(1),
             instance: "bidorch".to_owned(),
             breakers: Breakers::new(crate::flow::BreakerSettings::default()),
             rates: BTreeMap::new(),
@@ -44,6 +45,12 @@ impl Pipeline {
     /// Limits the request rate of these marketplaces, fleet-wide.
     pub fn with_rates(mut self, rates: BTreeMap<String, Rate>) -> Self {
         self.rates = rates;
+        self
+    }
+
+    /// Looks at a posting whose lease another worker holds again after `recheck` (plus jitter).
+    pub fn with_lock_held_recheck(mut self, recheck: Duration) -> Self {
+        self.recheck = recheck;
         self
     }
 

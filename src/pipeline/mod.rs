@@ -13,7 +13,7 @@
 //!    then the stored request is the decision (sticky), whatever the policy says today (the
 //!    claim hands it back even when this attempt decided otherwise).
 //! 3. A paused marketplace is not called: its postings wait, no lease taken, nothing claimed.
-//! 4. `lease.acquire`: held elsewhere → wait for the holder's lease.
+//! 4. `lease.acquire`: held elsewhere → look again after `worker.retry_lock_held`, ledger first.
 //! 5. `ledger.claim`: one atomic step that bumps the epoch, reserves the cap slot, stores the
 //!    request and counts the send — or records the skip. A request already sent comes back from
 //!    it to be sent again byte for byte.
@@ -127,6 +127,9 @@ pub struct Pipeline {
     marketplace: Arc<dyn Marketplace>,
     policy: Policy,
     lease_ttl: Duration,
+    /// When a posting whose lease another worker holds is looked at again
+    /// (`worker.retry_lock_held`).
+    recheck: Duration,
     /// This worker's id, written with each attempt.
     instance: String,
     /// Per-marketplace pauses; shared by every task of this pipeline.
@@ -288,7 +291,7 @@ impl Pipeline {
         );
         let held = match acquired {
             Err(e) => return Processed::without_lease(lock_store_down(&e)),
-            Ok(None) => return Processed::without_lease(self.lock_held(key).await),
+            Ok(None) => return Processed::without_lease(self.lock_held()),
             Ok(Some(lease)) => HeldLease::start(self.locks.clone(), lease),
         };
         let outcome = self
@@ -300,20 +303,14 @@ impl Pipeline {
         }
     }
 
-    /// Another worker holds the lease: wait for what is left of it, plus jitter so that the
-    /// waiting copies do not all come back at once.
-    async fn lock_held(&self, key: &PostingKey) -> Outcome {
-        let left = match self.locks.holder(key).await {
-            Ok(Some(holder)) => holder.ttl_left.min(self.lease_ttl),
-            // Expired meanwhile: come back at once (the smallest tier).
-            Ok(None) => Duration::ZERO,
-            // Cannot ask: assume a fresh lease.
-            Err(_) => self.lease_ttl,
-        };
-        let jitter_cap = (left / 10).clamp(Duration::from_millis(50), Duration::from_secs(2));
-        let jitter = jitter_cap.mul_f64(fastrand::f64());
+    /// Another worker holds the lease: look again after `recheck` plus jitter (so that waiting
+    /// copies do not all come back at once), not after the holder's whole remaining lease — the
+    /// holder is usually done in milliseconds, and the recheck reads the ledger first, so a
+    /// duplicate of a posting finished meanwhile is acked at once.
+    fn lock_held(&self) -> Outcome {
+        let jitter = (self.recheck / 4).mul_f64(fastrand::f64());
         Outcome::LockHeld {
-            retry_in: left.saturating_add(jitter),
+            retry_in: self.recheck.saturating_add(jitter),
         }
     }
 

@@ -152,7 +152,16 @@ fn validate_marketplace(m: &str) -> Result<(), PostingError> {
 }
 
 fn validate_posting_id(p: &str) -> Result<(), PostingError> {
-    validate_id("posting_id", p)
+    validate_id("posting_id", p)?;
+    // No URL path can carry these segments: parsers drop them (`%2e%2e` too), so the bid would
+    // go to another resource than the posting's.
+    if p == "." || p == ".." {
+        return Err(PostingError::invalid(
+            "posting_id",
+            format!("{p:?} cannot be carried by a URL path"),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn validate_id(field: &'static str, v: &str) -> Result<(), PostingError> {
@@ -271,6 +280,14 @@ mod tests {
             ),
             (
                 r#"{"event_id":"e","marketplace":"upwork","posting_id":"","title":"t"}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"event_id":"e","marketplace":"upwork","posting_id":".","title":"t"}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"event_id":"e","marketplace":"upwork","posting_id":"..","title":"t"}"#,
                 "invalid_field",
             ),
             (

@@ -34,7 +34,12 @@ pub const NOT_BEFORE_HEADER: &str = "x-bidorch-not-before";
 /// copy of them is never trusted: sources drop them unless the message came back through our
 /// own wait queues.
 pub fn is_own_header(name: &str) -> bool {
-    name.len() >= 10 && name[..10].eq_ignore_ascii_case("x-bidorch-")
+    // Compared as bytes: a header name is publisher input, and byte 10 need not be a character
+    // boundary (`x-bidorché`).
+    const PREFIX: &[u8] = b"x-bidorch-";
+    name.as_bytes()
+        .get(..PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX))
 }
 
 /// Milliseconds since the Unix epoch (0 before it; saturating far in the future).
@@ -375,5 +380,30 @@ pub trait PostingSource: Send {
         let (reporter, health) = SourceHealth::new(ConsumerState::Consuming);
         reporter.consuming();
         health
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_headers_are_recognised_in_any_case_and_odd_names_never_panic() {
+        assert!(is_own_header("x-bidorch-attempt"));
+        assert!(is_own_header("X-BidOrch-Reason"));
+        assert!(!is_own_header("x-bidorch"));
+        assert!(!is_own_header("traceparent"));
+        // A multi-byte character across byte 10 once panicked every worker of the fleet.
+        for name in [
+            "x-bidorché",
+            "éééééx",
+            "x-bidorc\u{e9}-",
+            "ééééé",
+            "",
+            "€€€€",
+        ] {
+            assert!(!is_own_header(name), "{name}");
+        }
+        assert!(is_own_header("x-bidorch-é"));
     }
 }

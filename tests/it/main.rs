@@ -27,6 +27,7 @@ mod marketplace;
 mod ops;
 mod outages;
 mod pipeline;
+mod publisher_input;
 mod queue_amqp;
 mod queue_dlq;
 mod queue_publish;

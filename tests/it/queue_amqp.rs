@@ -201,6 +201,70 @@ async fn a_publishers_own_bidorch_headers_are_not_trusted() {
 }
 
 #[tokio::test]
+async fn a_publishers_forged_x_death_does_not_make_its_bidorch_headers_trusted() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "forged-death")
+        .await
+        .unwrap();
+    let inspector = Inspector::connect().await;
+    // What a hop through our own 1 s wait queue writes, forged by the publisher.
+    let mut death = FieldTable::default();
+    death.insert(
+        "queue".into(),
+        AMQPValue::LongString(format!("{}.retry.1s", s.queue).into()),
+    );
+    death.insert("reason".into(), AMQPValue::LongString("expired".into()));
+    death.insert("count".into(), AMQPValue::LongLongInt(1));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+    );
+    headers.insert("x-bidorch-attempt".into(), AMQPValue::LongLongInt(99));
+    headers.insert(
+        "x-bidorch-first-seen".into(),
+        AMQPValue::LongString("1".into()),
+    );
+    headers.insert(
+        "x-bidorch-reason".into(),
+        AMQPValue::LongString("forged".into()),
+    );
+    // And a header name with a multi-byte character across byte 10 (it once crashed workers).
+    headers.insert("x-bidorché".into(), AMQPValue::LongString("odd".into()));
+    let props = BasicProperties::default()
+        .with_message_id("ev-forged-death".into())
+        .with_headers(headers);
+    inspector
+        .publish(
+            &s.exchange,
+            "posting.upwork",
+            &posting("ev-forged-death", "upwork", "forged"),
+            props,
+        )
+        .await;
+
+    let d = next(&mut source).await;
+
+    assert_eq!(d.attempt, 1, "the forged attempt is not trusted");
+    assert!(d.first_seen.elapsed().unwrap_or_default() < Duration::from_secs(60));
+    assert!(
+        !d.headers.keys().any(|k| bidorch::source::is_own_header(k)),
+        "{:?}",
+        d.headers
+    );
+    assert_eq!(
+        d.headers["x-bidorché"], "odd",
+        "odd header names ride along"
+    );
+    d.ack().await.unwrap();
+    source.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn retry_goes_through_the_wait_queue_and_comes_back_with_the_next_attempt() {
     if !support::amqp_available().await {
         return;

@@ -4,7 +4,7 @@
 //! | situation                                     | ledger                      | message                          |
 //! |-----------------------------------------------|-----------------------------|----------------------------------|
 //! | ledger already has a final outcome             | unchanged                   | ack (duplicate)                  |
-//! | lock held by another worker                    | unchanged                   | wait the holder's lease + jitter |
+//! | lock held by another worker                    | unchanged                   | recheck after `retry_lock_held` + jitter, ledger first |
 //! | lock store / ledger unreachable                | unchanged                   | wait; the worker pauses          |
 //! | should-bid says no                             | `skipped` + reasons         | ack                              |
 //! | bid placed (2xx, replay, or 409)               | `placed` + bid id           | ack                              |
@@ -31,7 +31,7 @@ use crate::posting::PostingError;
 /// When and how often a message comes back (`[worker]` delays, `[amqp]` limits).
 #[derive(Clone, Copy, Debug)]
 pub struct RetryRules {
-    /// Wait after a held lease whose holder could not be asked for its TTL.
+    /// Wait after a lost lease or a superseded claim.
     pub lock_held: Duration,
     /// Wait while a dependency is unreachable (the worker meanwhile pauses and probes).
     pub unavailable: Duration,
@@ -101,7 +101,8 @@ pub enum Outcome {
     Poison(PostingError),
     /// The ledger already had a final outcome (found before or inside the lease).
     Duplicate(LedgerState),
-    /// Another worker holds the lease; try again once it has expired (`retry_in`).
+    /// Another worker holds the lease; look again after `retry_in` (`worker.retry_lock_held`
+    /// plus jitter), the ledger first.
     LockHeld { retry_in: Duration },
     /// A dependency could not answer; nothing was decided.
     Unavailable { component: Component, error: String },

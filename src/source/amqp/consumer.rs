@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 
 use super::settle::{AmqpSettler, Republisher};
 use crate::amqp::connection::{classify, confirm_channel, open_connection, short};
-use crate::amqp::headers::{came_back_from_wait_queue, read_attempt, read_number, string_headers};
+use crate::amqp::headers::{
+    Route, came_back_from_wait_queue, read_attempt, read_number, string_headers,
+};
 use crate::amqp::topology;
 use crate::config::AmqpSettings;
 use crate::source::{
@@ -158,25 +160,50 @@ async fn watch_connection(events: impl Stream<Item = Event>, state: Arc<HealthRe
     }
 }
 
+/// What a delivery's headers tell the worker: the string headers it may use and bidorch's
+/// envelope — trusted only when the message came back through our own wait queues.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub attempt: u32,
+    pub first_seen: Option<SystemTime>,
+    pub not_before: Option<SystemTime>,
+}
+
+/// Reads a delivery's headers table (publisher input: any names, any value types).
+pub(crate) fn inbound(table: &FieldTable, route: Route<'_>, queue: &str) -> Inbound {
+    let mut headers = string_headers(table);
+    if came_back_from_wait_queue(table, route, queue) {
+        let time = |name| read_number(table, name).and_then(from_unix_ms);
+        Inbound {
+            headers,
+            attempt: read_attempt(table),
+            first_seen: time(FIRST_SEEN_HEADER),
+            not_before: time(NOT_BEFORE_HEADER),
+        }
+    } else {
+        // A publisher's `x-bidorch-*` are dropped.
+        headers.retain(|name, _| !is_own_header(name));
+        Inbound {
+            headers,
+            attempt: 1,
+            first_seen: None,
+            not_before: None,
+        }
+    }
+}
+
 fn to_delivery(
     message: lapin::message::Delivery,
     republisher: &Arc<Republisher>,
     queue: &str,
 ) -> Delivery {
     let table = message.properties.headers().clone().unwrap_or_default();
-    let mut headers = string_headers(&table);
-    // Our envelope only from our own wait queues; a publisher's `x-bidorch-*` are dropped.
-    let (attempt, first_seen, not_before) = if came_back_from_wait_queue(&table, queue) {
-        let time = |name| read_number(&table, name).and_then(from_unix_ms);
-        (
-            read_attempt(&table),
-            time(FIRST_SEEN_HEADER),
-            time(NOT_BEFORE_HEADER),
-        )
-    } else {
-        headers.retain(|name, _| !is_own_header(name));
-        (1, None, None)
+    let route = Route {
+        exchange: message.exchange.as_str(),
+        routing_key: message.routing_key.as_str(),
     };
+    let inbound = inbound(&table, route, queue);
     let message_id = message
         .properties
         .message_id()
@@ -189,12 +216,12 @@ fn to_delivery(
     );
     Delivery {
         body: message.data,
-        attempt,
+        attempt: inbound.attempt,
         redelivered: message.redelivered,
         message_id,
-        headers,
-        first_seen: first_seen.unwrap_or_else(SystemTime::now),
-        not_before,
+        headers: inbound.headers,
+        first_seen: inbound.first_seen.unwrap_or_else(SystemTime::now),
+        not_before: inbound.not_before,
         settler: Box::new(settler),
     }
 }

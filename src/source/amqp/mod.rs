@@ -18,6 +18,8 @@
 //! orchestrator restarts it, rather than living on as a zombie consumer.
 
 mod consumer;
+#[cfg(test)]
+mod publisher_input;
 mod settle;
 
 use std::sync::Arc;
