@@ -129,6 +129,21 @@ fn cases() -> Vec<(&'static str, String, Verdict)> {
             Poison("invalid_field"),
         ),
         (
+            "posting_id `.`",
+            s(r#"{"event_id":"e","marketplace":"upwork","posting_id":".","title":"t"}"#),
+            Poison("invalid_field"),
+        ),
+        (
+            "posting_id `..`",
+            s(r#"{"event_id":"e","marketplace":"upwork","posting_id":"..","title":"t"}"#),
+            Poison("invalid_field"),
+        ),
+        (
+            "posting_id `...` is valid",
+            s(r#"{"event_id":"e","marketplace":"upwork","posting_id":"...","title":"t"}"#),
+            Valid,
+        ),
+        (
             "numeric event_id",
             s(r#"{"event_id":5,"marketplace":"upwork","posting_id":"p","title":"t"}"#),
             Poison("invalid_field"),
