@@ -66,7 +66,7 @@ impl HttpScorer {
         token_of: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ScoringError> {
         crate::tls::install_default_provider();
-        let url = url::Url::parse(settings.url.trim())
+        let url = url::Url::parse(settings.url.expose().trim())
             .map_err(|e| ScoringError::Config(format!("scoring.url: {e}")))?;
         let token = if settings.token_env.is_empty() {
             None

@@ -238,7 +238,8 @@ async fn in_process_sandbox(
     let mut marketplaces = settings.marketplaces.clone();
     for (name, m) in &mut marketplaces {
         m.base_url = url::Url::parse(&format!("{}/{name}", server.url()))
-            .expect("a loopback URL with a plain path parses");
+            .expect("a loopback URL with a plain path parses")
+            .into();
     }
     let client = HttpMarketplace::new(&marketplaces, settings.lock.ttl, |_| Some(token.clone()))?;
     Ok((Arc::new(client), server))

@@ -29,7 +29,7 @@ pub use self::bidding::{
     BiddingOverrides, BiddingSettings, Fraction, Money, PricingOverrides, SkillsMatch,
 };
 pub use self::scoring::{OnScoringFailure, ScoringSettings};
-pub use self::secret::SecretUrl;
+pub use self::secret::{EndpointUrl, SecretUrl};
 
 /// The compiled-in defaults; the same file documents every key.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -195,7 +195,8 @@ pub struct MarketplaceClientSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarketplaceSettings {
-    pub base_url: url::Url,
+    /// Shown only redacted (`config check`, `Debug`, errors).
+    pub base_url: EndpointUrl,
     /// Name of the environment variable holding the bearer token (the token is never in config).
     pub token_env: String,
     /// Total time for one bid request, connecting included.
@@ -217,7 +218,7 @@ impl MarketplaceSettings {
     /// A marketplace at `base_url` whose token is in `token_env`, with default timeouts.
     pub fn new(base_url: url::Url, token_env: impl Into<String>) -> Self {
         Self {
-            base_url,
+            base_url: base_url.into(),
             token_env: token_env.into(),
             timeout: None,
             connect_timeout: None,

@@ -20,9 +20,9 @@ pub enum OnScoringFailure {
 /// `[scoring]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ScoringSettings {
-    /// `POST` endpoint answering `{"score": 0.0..=1.0}`; empty: no scoring.
+    /// `POST` endpoint answering `{"score": 0.0..=1.0}`; empty: no scoring. Shown only redacted.
     #[serde(default)]
-    pub url: String,
+    pub url: super::SecretUrl,
     /// Environment variable with a bearer token for it (optional).
     #[serde(default)]
     pub token_env: String,
@@ -47,7 +47,7 @@ fn default_threshold() -> f64 {
 impl Default for ScoringSettings {
     fn default() -> Self {
         Self {
-            url: String::new(),
+            url: super::SecretUrl::new(""),
             token_env: String::new(),
             timeout: default_timeout(),
             threshold: default_threshold(),
@@ -59,6 +59,6 @@ impl Default for ScoringSettings {
 impl ScoringSettings {
     /// Whether a scoring service is configured.
     pub fn enabled(&self) -> bool {
-        !self.url.trim().is_empty()
+        !self.url.expose().trim().is_empty()
     }
 }

@@ -26,9 +26,12 @@ fn scoring(s: &crate::config::ScoringSettings) -> Result<(), ConfigError> {
     if !s.enabled() {
         return Ok(());
     }
-    let url = url::Url::parse(s.url.trim())
+    let url = url::Url::parse(s.url.expose().trim())
         .map_err(|e| invalid("scoring.url", format!("is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() {
+    if !matches!(url.scheme(), "http" | "https")
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
         return Err(invalid(
             "scoring.url",
             "must be an http:// or https:// URL without credentials (use scoring.token_env)",
@@ -169,6 +172,15 @@ fn marketplace(
         return Err(invalid(
             key("base_url"),
             "must be an http:// or https:// URL",
+        ));
+    }
+    if !m.base_url.username().is_empty() || m.base_url.password().is_some() {
+        return Err(invalid(
+            key("base_url"),
+            format!(
+                "must not carry credentials; the token comes from the variable named by {}",
+                key("token_env")
+            ),
         ));
     }
     if m.token_env.is_empty() {

@@ -62,7 +62,7 @@ impl HttpMarketplace {
                 marketplace: name.clone(),
                 problem,
             };
-            let base_url = settings.base_url.clone();
+            let base_url = settings.base_url.url().clone();
             if !matches!(base_url.scheme(), "http" | "https") || base_url.cannot_be_a_base() {
                 return Err(problem(format!(
                     "base_url {} must be an http:// or https:// URL",
@@ -252,7 +252,9 @@ impl Marketplace for HttpMarketplace {
             http.route = "/v1/postings/{posting_id}/bids",
             server.address = endpoint.base_url.host_str().unwrap_or_default(),
             server.port = endpoint.base_url.port_or_known_default(),
-            url.full = %bid_url(&endpoint.base_url, bid.key.posting_id()),
+            url.full = %crate::config::secret::redact(
+                bid_url(&endpoint.base_url, bid.key.posting_id()).as_str()
+            ),
             http.response.status_code = tracing::field::Empty,
             marketplace,
             posting_id = bid.key.posting_id(),

@@ -70,3 +70,55 @@ fn a_huge_duration_is_an_error_not_a_panic() {
     assert!(err.contains("lock.ttl"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Secrets in every URL-valued key, in every position of a list, in userinfo and in queries.
+const SECRET_ENV: &[(&str, &str)] = &[
+    ("AMQP_URL", "amqp://bidorch:s3cr3t-amqp@broker:5672/%2f"),
+    (
+        "REDIS_URL",
+        "redis://:s3cr3t-node1@n1,redis://:s3cr3t-node2@n2:7001,redis://u:s3cr3t-node3@n3:7002",
+    ),
+    (
+        "DATABASE_URL",
+        "postgres://app:s3cr3t-db@db/bids?sslpassword=s3cr3t-sslpw&application_name=x",
+    ),
+    (
+        "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+        "https://gw.example/upwork?api_key=s3cr3t-apikey&region=eu&k=9f8e7d6c5b4a3928s3cr3t",
+    ),
+    (
+        "BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV",
+        "BIDORCH_UPWORK_TOKEN",
+    ),
+    ("BIDORCH_UPWORK_TOKEN", "s3cr3t-token"),
+];
+
+#[test]
+fn config_check_shows_no_secret_of_any_url_valued_key() {
+    let output = bidorch(&["config", "check"], SECRET_ENV);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{shown}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    // What is not secret stays readable.
+    for visible in ["broker:5672", "n2:7001", "n3:7002", "region=eu", "gw.example/upwork"] {
+        assert!(shown.contains(visible), "{visible}: {shown}");
+    }
+}
+
+#[test]
+fn credentials_in_a_marketplace_base_url_stop_start_naming_the_key_not_the_secret() {
+    for base_url in [
+        "https://user:s3cr3t-pw@gw.example/upwork",
+        "https://s3cr3t-tokenuser@gw.example/upwork",
+    ] {
+        let mut env = SECRET_ENV.to_vec();
+        env.push(("BIDORCH__MARKETPLACES__UPWORK__BASE_URL", base_url));
+        let err = failed_with(&bidorch(&["config", "check"], &env));
+        assert!(err.contains("marketplaces.upwork.base_url"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+}

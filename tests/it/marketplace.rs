@@ -96,7 +96,7 @@ fn settings(entries: &[(&str, &str, Duration)]) -> BTreeMap<String, MarketplaceS
             (
                 name.to_string(),
                 MarketplaceSettings {
-                    base_url: url::Url::parse(base_url).unwrap(),
+                    base_url: url::Url::parse(base_url).unwrap().into(),
                     token_env: format!("BIDORCH_{}_TOKEN", name.to_uppercase()),
                     timeout: Some(*timeout),
                     connect_timeout: Some(Duration::from_secs(2)),
