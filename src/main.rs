@@ -97,14 +97,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes joined by ": " (our error types never repeat their source in their
-/// message, so each cause appears once).
+/// The error and its causes joined by ": ", each cause once ([`bidorch::error::Chain`]).
 fn render(error: &anyhow::Error) -> String {
-    error
-        .chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    bidorch::error::chain(error.as_ref())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

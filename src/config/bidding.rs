@@ -113,11 +113,19 @@ pub struct BiddingOverrides {
     pub allowed_client_countries: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_client_countries: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "super::whole::whole_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub daily_bid_cap: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cover_letter: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "super::whole::whole_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cover_letter_max_chars: Option<usize>,
     #[serde(default)]
     pub fixed: PricingOverrides,
@@ -168,10 +176,12 @@ pub struct BiddingSettings {
     /// Client countries never to bid for.
     pub blocked_client_countries: Vec<String>,
     /// Bids per marketplace per UTC day, fleet-wide (spec key); 0: no cap.
+    #[serde(deserialize_with = "super::whole::whole")]
     pub daily_bid_cap: u64,
     /// minijinja template of the cover letter.
     pub cover_letter: String,
     /// Longer letters are cut to this many characters, ending in "…".
+    #[serde(deserialize_with = "super::whole::whole")]
     pub cover_letter_max_chars: usize,
     /// `[bidding.fixed]`: pricing for fixed-price postings.
     #[serde(default)]

@@ -199,6 +199,83 @@ mod tests {
         assert!(err.contains("USE_REDIS_LOCKS"), "{err}");
     }
 
+    /// The key the first failure names, for a marketplace `upwork` plus `pairs`.
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        let mut all = vec![
+            (
+                "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+                "http://mk.test/u",
+            ),
+            ("BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV", "UPWORK_TOKEN"),
+        ];
+        all.extend_from_slice(pairs);
+        crate::error::chain(&Settings::load_from(None, &env(&all)).expect_err("refused"))
+    }
+
+    #[test]
+    fn zero_timeouts_and_zero_or_overlong_retry_delays_stop_start_naming_the_key() {
+        for (var, value, key) in [
+            (
+                "BIDORCH__MARKETPLACES__UPWORK__TIMEOUT",
+                "0s",
+                "marketplaces.upwork.timeout",
+            ),
+            (
+                "BIDORCH__MARKETPLACES__UPWORK__CONNECT_TIMEOUT",
+                "0ms",
+                "marketplaces.upwork.connect_timeout",
+            ),
+            (
+                "BIDORCH__WORKER__RETRY_LOCK_HELD",
+                "0s",
+                "worker.retry_lock_held",
+            ),
+            (
+                "BIDORCH__WORKER__RETRY_UNAVAILABLE",
+                "0s",
+                "worker.retry_unavailable",
+            ),
+            (
+                "BIDORCH__WORKER__RETRY_TRANSIENT",
+                "0s",
+                "worker.retry_transient",
+            ),
+            (
+                "BIDORCH__WORKER__RETRY_TRANSIENT",
+                "25h",
+                "worker.retry_transient",
+            ),
+        ] {
+            let err = refused(&[(var, value)]);
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+        let err = refused(&[("BIDORCH__WORKER__RETRY_TRANSIENT", "25h")]);
+        assert!(err.contains("amqp.retry_budget"), "{err}");
+    }
+
+    #[test]
+    fn long_schema_names_and_token_env_that_names_no_variable_are_refused() {
+        let err = refused(&[("BIDORCH__DATABASE__SCHEMA", &"s".repeat(64))]);
+        assert!(
+            err.contains("database.schema") && err.contains("63"),
+            "{err}"
+        );
+        assert!(
+            Settings::load_from(
+                None,
+                &env(&[("BIDORCH__DATABASE__SCHEMA", &"s".repeat(63))])
+            )
+            .is_ok()
+        );
+        for name in ["1TOKEN", "MY-TOKEN", "A B", "$TOKEN", ""] {
+            let err = refused(&[("BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV", name)]);
+            assert!(
+                err.contains("marketplaces.upwork.token_env"),
+                "{name:?}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn secrets_never_show_in_debug_or_display() {
         let s = Settings::load_from(

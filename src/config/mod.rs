@@ -16,6 +16,7 @@ mod load;
 mod scoring;
 pub mod secret;
 mod validate;
+mod whole;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -111,11 +112,15 @@ pub struct AmqpSettings {
     pub url: SecretUrl,
     pub exchange: String,
     pub queue: String,
+    #[serde(deserialize_with = "whole::whole")]
     pub prefetch: u16,
     #[serde(deserialize_with = "de_durations", serialize_with = "ser_durations")]
     pub retry_tiers: Vec<Duration>,
+    #[serde(deserialize_with = "whole::whole")]
     pub max_attempts: u32,
+    #[serde(deserialize_with = "whole::whole")]
     pub delivery_limit: u32,
+    #[serde(deserialize_with = "whole::whole")]
     pub publish_window: usize,
     #[serde(with = "humantime_serde")]
     pub reconnect_timeout: Duration,
@@ -165,6 +170,7 @@ pub struct DatabaseSettings {
     pub url: SecretUrl,
     /// PostgreSQL schema to use (created if missing); empty for the connection's default.
     pub schema: String,
+    #[serde(deserialize_with = "whole::whole")]
     pub max_connections: u32,
     /// Server-side bound on one statement (PostgreSQL `statement_timeout`; `lock_timeout` is
     /// half of it).
@@ -210,7 +216,7 @@ pub struct MarketplaceSettings {
     #[serde(default)]
     pub rate_limit: Option<f64>,
     /// Requests the rate limit lets through at once (default 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::whole_option")]
     pub rate_burst: Option<u32>,
 }
 

@@ -261,7 +261,10 @@ mod tests {
         let shown = redact("redis://:pw1@a,redis://:pw2@b");
         assert!(!shown.contains("pw"), "{shown}");
         let shown = redact("postgres://u:pw@h/db?options=-c%20a%3Db,c&sslmode=require");
-        assert!(!shown.contains("pw") && shown.contains("sslmode=require"), "{shown}");
+        assert!(
+            !shown.contains("pw") && shown.contains("sslmode=require"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -279,9 +282,21 @@ mod tests {
 
     #[test]
     fn endpoint_urls_show_only_redacted() {
-        let url = EndpointUrl::from(url::Url::parse("https://u:hunter2@m.example/?token=t0k").unwrap());
-        let shown = format!("{url:?} {url} {}", toml::to_string(&[("u", &url)].into_iter().collect::<std::collections::BTreeMap<_, _>>()).unwrap());
-        assert!(!shown.contains("hunter2") && !shown.contains("t0k"), "{shown}");
+        let url =
+            EndpointUrl::from(url::Url::parse("https://u:hunter2@m.example/?token=t0k").unwrap());
+        let shown = format!(
+            "{url:?} {url} {}",
+            toml::to_string(
+                &[("u", &url)]
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            )
+            .unwrap()
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("t0k"),
+            "{shown}"
+        );
         assert_eq!(url.url().password(), Some("hunter2"));
     }
 

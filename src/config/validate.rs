@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use super::{
     AmqpSettings, ConfigError, DatabaseSettings, LockSettings, MarketplaceSettings, Settings,
-    invalid,
+    WorkerSettings, invalid,
 };
 
 impl Settings {
     /// Checks every section.
     pub fn validate(&self) -> Result<(), ConfigError> {
         amqp(&self.amqp)?;
+        worker(&self.worker, &self.amqp)?;
         lock(&self.lock)?;
         database(&self.database)?;
         for (name, m) in &self.marketplaces {
@@ -43,6 +44,9 @@ fn scoring(s: &crate::config::ScoringSettings) -> Result<(), ConfigError> {
             "must not carry a query string (a secret there would reach logs); use scoring.token_env",
         ));
     }
+    if !s.token_env.is_empty() {
+        variable_name("scoring.token_env", &s.token_env)?;
+    }
     if !(0.0..=1.0).contains(&s.threshold) {
         return Err(invalid("scoring.threshold", "must be between 0.0 and 1.0"));
     }
@@ -53,6 +57,23 @@ fn scoring(s: &crate::config::ScoringSettings) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// An environment variable's name, as a shell writes one: `^[A-Za-z_][A-Za-z0-9_]*$`.
+pub(crate) fn variable_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "must name an environment variable (letters, digits and _, not starting with a \
+                 digit), got {name:?}"
+            ),
+        ))
+    }
 }
 
 /// `true` when `value` is at least 1.
@@ -114,6 +135,32 @@ fn amqp(a: &AmqpSettings) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The retry delays: each above zero (a zero delay would spin on a posting that cannot be worked
+/// on) and within `amqp.retry_budget` (a longer one parks whatever waits for it).
+fn worker(w: &WorkerSettings, a: &AmqpSettings) -> Result<(), ConfigError> {
+    for (key, delay) in [
+        ("worker.retry_lock_held", w.retry_lock_held),
+        ("worker.retry_unavailable", w.retry_unavailable),
+        ("worker.retry_transient", w.retry_transient),
+    ] {
+        if delay.is_zero() {
+            return Err(invalid(key, "must be above 0"));
+        }
+        if delay > a.retry_budget {
+            return Err(invalid(
+                key,
+                format!(
+                    "({}) must not be longer than amqp.retry_budget ({}): every message waiting \
+                     for it would be parked",
+                    humantime::format_duration(delay),
+                    humantime::format_duration(a.retry_budget)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn lock(l: &LockSettings) -> Result<(), ConfigError> {
     if l.ttl < Duration::from_millis(100) || l.ttl > Duration::from_secs(3600) {
         return Err(invalid("lock.ttl", "must be between 100ms and 1h"));
@@ -145,6 +192,16 @@ fn database(d: &DatabaseSettings) -> Result<(), ConfigError> {
         return Err(invalid(
             "database.schema",
             "may contain only a-z, 0-9 and _",
+        ));
+    }
+    // PostgreSQL cuts identifiers at 63 bytes: a longer name would silently become another.
+    if d.schema.len() > 63 {
+        return Err(invalid(
+            "database.schema",
+            format!(
+                "must be at most 63 bytes (PostgreSQL's limit), got {}",
+                d.schema.len()
+            ),
         ));
     }
     if d.schema.starts_with("pg_") {
@@ -183,14 +240,16 @@ fn marketplace(
             ),
         ));
     }
-    if m.token_env.is_empty() {
-        return Err(invalid(
-            key("token_env"),
-            "must name an environment variable",
-        ));
-    }
+    variable_name(&key("token_env"), &m.token_env)?;
     // The bid must finish well inside the lease, or a slow call outlives it.
     let (request, connect) = m.timeouts(lock.ttl);
+    // A zero bound fails every call at once while the request may still reach the marketplace:
+    // bids placed, recorded as timeouts, sent again.
+    for (k, bound) in [("timeout", request), ("connect_timeout", connect)] {
+        if bound.is_zero() {
+            return Err(invalid(key(k), "must be above 0"));
+        }
+    }
     let call = request.saturating_add(connect);
     if call > lock.ttl / 2 {
         return Err(invalid(

@@ -71,14 +71,17 @@ impl Drop for Telemetry {
 pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<Telemetry> {
     crate::tls::install_default_provider();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.log_filter))
-        .map_err(|e| anyhow::anyhow!("configuration key `telemetry.log_filter`: {e}"))?
+    let mut filter = log_filter(settings)?
         // sqlx warns about connect parameters it ignores with their values (`sslpassword=…`):
         // a secret in a log line, whatever the filter says.
         .add_directive(quiet("sqlx_postgres::options::parse=error"))
         // "relation _sqlx_migrations already exists, skipping" on every start: noise.
         .add_directive(quiet("sqlx::postgres::notice=warn"));
+    // At TRACE these print protocol frames, the connection's credentials among them (the AMQP
+    // SASL response, a Redis AUTH): kept at DEBUG whatever the filter says.
+    for target in SECRET_AT_TRACE {
+        filter = filter.add_directive(quiet(&format!("{target}=debug")));
+    }
 
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
@@ -152,6 +155,34 @@ pub fn trace_filter()
         };
         *meta.level() <= floor
     })
+}
+
+/// Crates whose TRACE output carries credentials.
+const SECRET_AT_TRACE: &[&str] = &[
+    "lapin",
+    "amq_protocol",
+    "amq_protocol_types",
+    "amq_protocol_tcp",
+    "amq_protocol_uri",
+    "redis",
+];
+
+/// `RUST_LOG` when set and valid; otherwise `telemetry.log_filter`. An invalid `RUST_LOG` is
+/// said on standard error rather than silently ignored (logging is not up yet).
+fn log_filter(settings: &TelemetrySettings) -> anyhow::Result<EnvFilter> {
+    if let Ok(value) = std::env::var(EnvFilter::DEFAULT_ENV)
+        && !value.trim().is_empty()
+    {
+        match EnvFilter::try_new(&value) {
+            Ok(filter) => return Ok(filter),
+            Err(e) => eprintln!(
+                "bidorch: RUST_LOG is not a valid filter ({e}); using telemetry.log_filter ({:?})",
+                settings.log_filter
+            ),
+        }
+    }
+    EnvFilter::try_new(&settings.log_filter)
+        .map_err(|e| anyhow::anyhow!("configuration key `telemetry.log_filter`: {e}"))
 }
 
 fn quiet(directive: &str) -> tracing_subscriber::filter::Directive {

@@ -104,7 +104,13 @@ fn config_check_shows_no_secret_of_any_url_valued_key() {
     assert!(output.status.success(), "{shown}");
     assert!(!shown.contains("s3cr3t"), "{shown}");
     // What is not secret stays readable.
-    for visible in ["broker:5672", "n2:7001", "n3:7002", "region=eu", "gw.example/upwork"] {
+    for visible in [
+        "broker:5672",
+        "n2:7001",
+        "n3:7002",
+        "region=eu",
+        "gw.example/upwork",
+    ] {
         assert!(shown.contains(visible), "{visible}: {shown}");
     }
 }

@@ -86,3 +86,44 @@ async fn every_line_inside_a_postings_span_carries_its_trace_id_in_text_and_json
     }
     scenario.stop().await;
 }
+
+/// The ways a secret can show in a log: as text, and as the bytes of a protocol frame printed
+/// with `Debug` (`[112, 119, 45, …]`).
+fn shows(log: &str, secret: &str) -> bool {
+    let bytes = secret
+        .bytes()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    log.contains(secret) || log.contains(&bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_trace_never_logs_the_brokers_password() {
+    let Some(user) = support::rabbitmqctl::User::create("tracelog").await else {
+        return;
+    };
+    let overrides = [
+        ("AMQP_URL", user.amqp_url()),
+        ("RUST_LOG", "trace".to_owned()),
+        ("BIDORCH__TELEMETRY__LOG_FORMAT", "text".to_owned()),
+    ];
+    let Some(mut scenario) =
+        Scenario::start("tracelog", SandboxOptions::default(), &overrides).await
+    else {
+        return;
+    };
+    scenario.spawn_worker("w");
+    scenario.wait_ready().await;
+    let work = load("tracelog", 4, 1);
+    scenario.publish(&work.events).await;
+    scenario.wait_settled(&work, Duration::from_secs(60)).await;
+    scenario.stop().await;
+
+    let log = scenario.workers[0].log_text();
+    assert!(log.contains("TRACE"), "the worker logged at TRACE");
+    assert!(
+        !shows(&log, &user.password),
+        "the AMQP password is in the TRACE log"
+    );
+}

@@ -91,3 +91,65 @@ pub async fn unacked(vhost: &str, queue: &str) -> u64 {
         .next()
         .unwrap_or(0)
 }
+
+/// A RabbitMQ user of the test's own, with a password of its own, allowed on the default vhost
+/// only the exchanges and queues whose names start with `prefix` (a scenario's names do) and the
+/// default exchange; deleted when dropped.
+pub struct User {
+    pub name: String,
+    pub password: String,
+}
+
+impl User {
+    /// Creates the user; `None` (after printing SKIPPED) when rabbitmqctl is unavailable and
+    /// services are not required.
+    pub async fn create(prefix: &str) -> Option<Self> {
+        let name = super::unique(&format!("{prefix}-user"));
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        if let Err(why) = rabbitmqctl(&["add_user", &name, &password]).await {
+            super::skip(&format!("{why} (run as root, or set BIDORCH_RABBITMQCTL)"));
+            return None;
+        }
+        let user = Self { name, password };
+        let allowed = format!("^({}.*|amq\\.default)$", regex_escape(prefix));
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            &user.name,
+            &allowed,
+            &allowed,
+            &allowed,
+        ])
+        .await
+        .expect("set_permissions");
+        Some(user)
+    }
+
+    /// `AMQP_URL` with this user's credentials on the default vhost.
+    pub fn amqp_url(&self) -> String {
+        let mut url = url::Url::parse(&super::amqp_url()).expect("AMQP_URL parses");
+        url.set_username(&self.name).expect("a user name fits");
+        url.set_password(Some(&self.password))
+            .expect("a password fits");
+        url.to_string()
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl_blocking(&["delete_user", &self.name]);
+    }
+}
