@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{LockKind, MarketplaceKind, Settings, SourceKind};
+use crate::config::{LedgerKind, LockKind, MarketplaceKind, Settings, SourceKind};
 use crate::ledger::{self, BidLedger, LedgerError};
 use crate::lock::{self, LockError, LockStore};
 use crate::marketplace::sandbox::{Sandbox, SandboxOptions, SandboxServer};
@@ -222,6 +222,31 @@ fn refuse_unsafe(settings: &Settings) -> Result<(), StartError> {
         ));
     }
     Ok(())
+}
+
+/// What `bidorch worker` — production — refuses besides: the parts of the embedded mode that
+/// would break the promise silently in a fleet. The demo and tests build systems from them.
+pub(crate) fn refuse_embedded_parts(settings: &Settings) -> Result<(), StartError> {
+    if settings.marketplace.kind == MarketplaceKind::Sandbox {
+        return Err(StartError::Unsafe(
+            "marketplace.kind = \"sandbox\" cannot be used by `bidorch worker`: bids would go \
+             to a sandbox inside this process, and postings would be recorded `placed` without \
+             being bid anywhere. Use marketplace.kind = \"http\" with each marketplace's \
+             base_url (point them at `bidorch marketplace` to try a configuration out); \
+             `bidorch demo` runs the in-process sandbox."
+                .to_owned(),
+        ));
+    }
+    if settings.database.kind == LedgerKind::Sqlite {
+        return Err(StartError::Unsafe(
+            "database.kind = \"sqlite\" cannot be used by `bidorch worker`: a SQLite ledger is \
+             one host's file (or, with sqlite::memory:, dies with the process), so other workers \
+             cannot share it and a restart could forget a bid. Use database.kind = \"postgres\" \
+             (DATABASE_URL); SQLite is for the embedded mode (`bidorch demo`)."
+                .to_owned(),
+        ));
+    }
+    refuse_unsafe(settings)
 }
 
 /// Serves a sandbox on a loopback port and points every configured marketplace at it, with a

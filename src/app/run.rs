@@ -103,6 +103,8 @@ pub async fn run_worker(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkerReport, StartError> {
+    // Before anything connects: a refusal is about the configuration, whatever is reachable.
+    super::refuse_embedded_parts(settings)?;
     // Before any port is built: metric handles bind to the recorder present at first use.
     crate::metrics::install();
     System::build(settings)

@@ -3,6 +3,8 @@
 //! number and skipped), or, with `--all-or-nothing`, validated in full before anything is sent.
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+use crate::posting::MAX_EVENT_BYTES;
 use tokio::sync::mpsc;
 
 use super::{OutgoingEvent, PublishError, Publisher};
@@ -100,21 +102,73 @@ impl std::fmt::Display for PublishSummary {
     }
 }
 
-/// Reads the next non-blank line: `Some((number, text))`, `None` at the end of the input.
+/// Most of one line kept in memory: an event's limit plus room for surrounding whitespace.
+/// Past it the rest of the line is skipped unread into memory, however long it is.
+const MAX_LINE_BYTES: usize = MAX_EVENT_BYTES + 4096;
+
+/// One input line as read.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// Line `number` is in the buffer.
+    Text(usize),
+    /// Line `number` was `size` bytes, over [`MAX_LINE_BYTES`]: skipped, not kept.
+    TooLong { number: usize, size: usize },
+}
+
+/// Reads the next non-blank line into `buf`; `None` at the end of the input. A line longer than
+/// [`MAX_LINE_BYTES`] is skipped up to its newline without being kept.
 async fn next_line(
     input: &mut (impl AsyncBufRead + Unpin),
     buf: &mut Vec<u8>,
     line: &mut usize,
-) -> std::io::Result<Option<usize>> {
+) -> std::io::Result<Option<Line>> {
     loop {
         buf.clear();
-        if input.read_until(b'\n', buf).await? == 0 {
+        let (mut size, mut read_any, mut too_long) = (0usize, false, false);
+        loop {
+            let chunk = input.fill_buf().await?;
+            if chunk.is_empty() {
+                break;
+            }
+            read_any = true;
+            let (take, ends) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(at) => (at + 1, true),
+                None => (chunk.len(), false),
+            };
+            size = size.saturating_add(take);
+            if !too_long && buf.len() + take > MAX_LINE_BYTES {
+                too_long = true;
+                *buf = Vec::new();
+            }
+            if !too_long {
+                buf.extend_from_slice(&chunk[..take]);
+            }
+            input.consume(take);
+            if ends {
+                break;
+            }
+        }
+        if !read_any {
             return Ok(None);
         }
         *line += 1;
-        if !buf.trim_ascii().is_empty() {
-            return Ok(Some(*line));
+        if too_long {
+            return Ok(Some(Line::TooLong {
+                number: *line,
+                size,
+            }));
         }
+        if !buf.trim_ascii().is_empty() {
+            return Ok(Some(Line::Text(*line)));
+        }
+    }
+}
+
+/// The event on a line as read: parsed, or why not.
+fn parse_line(read: &Line, buf: &[u8]) -> (usize, Result<OutgoingEvent, PostingError>) {
+    match *read {
+        Line::Text(number) => (number, OutgoingEvent::parse(buf.trim_ascii())),
+        Line::TooLong { number, size } => (number, Err(PostingError::TooLarge { size })),
     }
 }
 
@@ -159,8 +213,9 @@ async fn stream(
     let mut invalid_count = 0;
     let read = async {
         let (mut buf, mut line) = (Vec::new(), 0);
-        while let Some(number) = next_line(&mut input, &mut buf, &mut line).await? {
-            match OutgoingEvent::parse(buf.trim_ascii()) {
+        while let Some(read) = next_line(&mut input, &mut buf, &mut line).await? {
+            let (number, parsed) = parse_line(&read, &buf);
+            match parsed {
                 Ok(event) => {
                     if tx.send((number, event)).await.is_err() {
                         break; // the publishing side ended (it cannot, short of a panic)
@@ -218,8 +273,9 @@ async fn all_or_nothing(
     let mut lines = Vec::new();
     let mut bad = Vec::new();
     let (mut buf, mut line) = (Vec::new(), 0);
-    while let Some(number) = next_line(&mut input, &mut buf, &mut line).await? {
-        match OutgoingEvent::parse(buf.trim_ascii()) {
+    while let Some(read) = next_line(&mut input, &mut buf, &mut line).await? {
+        let (number, parsed) = parse_line(&read, &buf);
+        match parsed {
             Ok(event) => {
                 events.push(event);
                 lines.push(number);
@@ -265,6 +321,42 @@ async fn all_or_nothing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_line_past_the_event_limit_is_skipped_to_its_newline_without_being_kept() {
+        let huge = vec![b'x'; 20 * MAX_LINE_BYTES];
+        let event = br#"{"event_id":"e1","marketplace":"upwork","posting_id":"p1","title":"T"}"#;
+        let input = [&huge[..], b"\n", &event[..], b"\n", &huge[..]].concat();
+        // A small read buffer, as a pipe delivers: the long line arrives in many pieces.
+        let mut reader = tokio::io::BufReader::with_capacity(8192, input.as_slice());
+        let (mut buf, mut line) = (Vec::new(), 0);
+        let first = next_line(&mut reader, &mut buf, &mut line).await.unwrap();
+        assert_eq!(
+            first,
+            Some(Line::TooLong {
+                number: 1,
+                size: huge.len() + 1
+            })
+        );
+        assert!(buf.capacity() <= 2 * MAX_LINE_BYTES, "{}", buf.capacity());
+        assert_eq!(
+            next_line(&mut reader, &mut buf, &mut line).await.unwrap(),
+            Some(Line::Text(2))
+        );
+        assert!(parse_line(&Line::Text(2), &buf).1.is_ok());
+        // The last line, without a newline, is still a line.
+        let last = next_line(&mut reader, &mut buf, &mut line).await.unwrap();
+        assert!(
+            matches!(last, Some(Line::TooLong { number: 3, .. })),
+            "{last:?}"
+        );
+        let (_, parsed) = parse_line(last.as_ref().unwrap(), &buf);
+        assert_eq!(parsed.unwrap_err().reason(), "too_large");
+        assert_eq!(
+            next_line(&mut reader, &mut buf, &mut line).await.unwrap(),
+            None
+        );
+    }
 
     #[tokio::test]
     async fn a_bad_line_is_named_and_nothing_is_sent() {

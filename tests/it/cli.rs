@@ -128,3 +128,30 @@ fn credentials_in_a_marketplace_base_url_stop_start_naming_the_key_not_the_secre
         assert!(!err.contains("s3cr3t"), "{err}");
     }
 }
+
+#[test]
+fn a_production_worker_refuses_the_sandbox_marketplace_and_a_sqlite_ledger() {
+    let marketplace = [
+        (
+            "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+            "http://127.0.0.1:1/upwork",
+        ),
+        ("BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV", "UPWORK_TOKEN"),
+        ("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+    ];
+    for (var, value, key) in [
+        ("BIDORCH__MARKETPLACE__KIND", "sandbox", "marketplace.kind"),
+        ("BIDORCH__DATABASE__KIND", "sqlite", "database.kind"),
+    ] {
+        let mut env = marketplace.to_vec();
+        env.push((var, value));
+        if var == "BIDORCH__DATABASE__KIND" {
+            env.push(("DATABASE_URL", "sqlite::memory:"));
+        }
+        let err = failed_with(&bidorch(&["worker"], &env));
+        assert!(
+            err.contains("refusing to start") && err.contains(key),
+            "{err}"
+        );
+    }
+}
