@@ -31,7 +31,8 @@
 //!   ledger's and the lock store's).
 //! - [`flow`]: waiting is not failing — the worker's gate and the marketplace breakers.
 //! - [`http`], [`metrics`], [`telemetry`]: operations; [`error`]: showing an error with its
-//!   causes; [`tls`]: the one TLS provider; [`tally`]: exact counts for the demo and tests.
+//!   causes; [`text`]: publisher input shown to people, control characters escaped; [`tls`]:
+//!   the one TLS provider; [`tally`]: exact counts for the demo and tests.
 //!
 //! # Where things go
 //! - A new backend for a port: a file next to the others (`lock/etcd.rs`), a `kind` value in
@@ -65,5 +66,6 @@ pub mod scoring;
 pub mod source;
 pub mod tally;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod worker;

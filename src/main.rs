@@ -89,12 +89,23 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): nothing more to say to anyone.
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // One line on stderr, with the cause chain; the log (if any) already has the details.
             eprintln!("bidorch: {}", render(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether writing the output failed because its reader closed the pipe.
+fn closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The error and its causes joined by ": ", each cause once ([`bidorch::error::Chain`]).

@@ -59,12 +59,12 @@ pub async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
     })
     .await
     .context("bench")?;
-    println!("{report}");
-    println!(
+    out!("{report}")?;
+    out!(
         "report: {} and {}; worker logs in {}",
         options.out.join("report.json").display(),
         options.out.join("report.svg").display(),
         options.out.join("logs").display()
-    );
+    )?;
     Ok(())
 }

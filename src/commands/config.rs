@@ -17,21 +17,21 @@ pub enum ConfigAction {
 pub fn config(settings: &Settings, action: ConfigAction) -> anyhow::Result<()> {
     match action {
         ConfigAction::Check => {
-            println!("# bidorch: the effective configuration is valid (secrets redacted)");
-            print!("{}", toml::to_string(settings)?);
+            out!("# bidorch: the effective configuration is valid (secrets redacted)")?;
+            out_raw!("{}", toml::to_string(settings)?)?;
             if settings.marketplaces.is_empty() {
-                println!("\n# no marketplace configured: `bidorch worker` would refuse to start");
+                out!("\n# no marketplace configured: `bidorch worker` would refuse to start")?;
             }
             for (name, m) in &settings.marketplaces {
                 let set = std::env::var(&m.token_env).is_ok_and(|t| !t.trim().is_empty());
                 let (request, connect) = m.timeouts(settings.lock.ttl);
-                println!(
+                out!(
                     "# marketplace {name}: token variable {} is {}; timeout {}, connect {}",
                     m.token_env,
                     if set { "set" } else { "NOT SET" },
                     humantime::format_duration(request),
                     humantime::format_duration(connect),
-                );
+                )?;
             }
         }
     }

@@ -64,7 +64,7 @@ pub async fn demo(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
         naive_marketplace: args.naive_marketplace,
     };
     let report = bidorch::demo::run(settings, &options).await?;
-    println!("{report}");
+    out!("{report}")?;
     if !report.is_correct() {
         bail!("the demo broke the promise (see FAILED above)");
     }

@@ -4,6 +4,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use bidorch::config::Settings;
+use bidorch::text::escape_controls;
 
 /// `bidorch dlq` actions.
 #[derive(Subcommand, Debug)]
@@ -33,7 +34,7 @@ pub async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
             let listing = bidorch::dlq::list(&settings.amqp, limit)
                 .await
                 .with_context(|| format!("listing {queue}"))?;
-            println!(
+            out!(
                 "{} message(s) in {queue}{}",
                 listing.total,
                 if (listing.total as usize) > listing.messages.len() {
@@ -41,20 +42,21 @@ pub async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
                 } else {
                     String::new()
                 }
-            );
+            )?;
+            // Ids, reasons, details and bodies are publisher input: shown escaped.
             for m in &listing.messages {
                 let excerpt: String = String::from_utf8_lossy(&m.body).chars().take(120).collect();
-                println!(
+                out!(
                     "- event {}  attempt {}  reason {}{}\n    {}",
-                    m.event_id.as_deref().unwrap_or("?"),
+                    escape_controls(m.event_id.as_deref().unwrap_or("?")),
                     m.attempt,
-                    m.reason,
+                    escape_controls(&m.reason),
                     m.detail
                         .as_deref()
-                        .map(|d| format!(" ({d})"))
+                        .map(|d| format!(" ({})", escape_controls(d)))
                         .unwrap_or_default(),
-                    excerpt
-                );
+                    escape_controls(&excerpt)
+                )?;
             }
         }
         DlqAction::Replay { all, event_id } => {
@@ -66,14 +68,14 @@ pub async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
             let summary = bidorch::dlq::replay(&settings.amqp, &filter)
                 .await
                 .with_context(|| format!("replaying from {queue}"))?;
-            println!(
+            out!(
                 "replayed {} message(s) to exchange `{}`, {} left in {queue}",
                 summary.replayed.len(),
                 settings.amqp.exchange,
                 summary.kept
-            );
+            )?;
             for id in &summary.replayed {
-                println!("- {id}");
+                out!("- {}", escape_controls(id))?;
             }
         }
     }

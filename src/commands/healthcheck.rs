@@ -60,7 +60,7 @@ pub async fn healthcheck(
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if status.is_success() {
-        println!("ready: {url}");
+        out!("ready: {url}")?;
         return Ok(());
     }
     let excerpt: String = body.chars().take(300).collect();

@@ -6,6 +6,7 @@ use clap::Args;
 use bidorch::config::Settings;
 use bidorch::inspect::{InspectError, Story, parse_key};
 use bidorch::posting::PostingKey;
+use bidorch::text::escape_controls;
 
 /// `bidorch inspect` flags.
 #[derive(Args, Debug)]
@@ -29,63 +30,70 @@ pub async fn inspect(settings: &Settings, args: InspectArgs) -> anyhow::Result<(
         other => other?,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&story)?);
+        out!("{}", serde_json::to_string_pretty(&story)?)?;
     } else {
-        print_text(&story);
+        print_text(&story)?;
     }
     Ok(())
 }
 
-fn print_text(s: &Story) {
-    println!(
+fn print_text(s: &Story) -> std::io::Result<()> {
+    // Everything but our own fixed words may hold publisher input: shown escaped.
+    let e = |text: &str| escape_controls(text).into_owned();
+    out!(
         "{}  {}  epoch {}  sends {}",
-        s.key, s.state, s.epoch, s.sends
-    );
+        e(&s.key.to_string()),
+        s.state,
+        s.epoch,
+        s.sends
+    )?;
     if let Some(bid) = &s.bid_id {
-        println!("  bid id     {bid}");
+        out!("  bid id     {}", e(bid))?;
     }
     if let Some(detail) = &s.detail {
-        println!("  detail     {detail}");
+        out!("  detail     {}", e(detail))?;
     }
-    println!("  event      {}", s.event_id);
-    println!(
+    out!("  event      {}", e(&s.event_id))?;
+    out!(
         "  times      created {}  updated {}  sent {}",
         s.created_at,
         s.updated_at,
         s.sent_at.as_deref().unwrap_or("-")
-    );
+    )?;
     if let Some(r) = &s.request {
-        println!(
+        out!(
             "  request    {} {}  sha256 {}",
-            r.amount,
-            r.currency,
-            &r.sha256[..16.min(r.sha256.len())]
-        );
-        println!("             {}", r.body);
+            e(&r.amount),
+            e(&r.currency),
+            e(r.sha256.get(..16).unwrap_or(&r.sha256))
+        )?;
+        out!("             {}", e(&r.body))?;
     }
     match &s.lease {
-        Some(l) => println!(
+        Some(l) => out!(
             "  lease      held by {} for {} ms more",
-            l.holder, l.ttl_left_ms
-        ),
-        None => println!("  lease      free"),
+            e(&l.holder),
+            l.ttl_left_ms
+        )?,
+        None => out!("  lease      free")?,
     }
-    println!("  attempts   {}", s.attempts.len());
+    out!("  attempts   {}", s.attempts.len())?;
     for a in &s.attempts {
-        println!(
+        out!(
             "    #{} {} by {} at {} -> {}{}{}",
             a.epoch,
-            a.claim,
-            a.instance,
+            e(&a.claim),
+            e(&a.instance),
             a.started_at,
-            a.result.as_deref().unwrap_or("(unfinished)"),
+            e(a.result.as_deref().unwrap_or("(unfinished)")),
             a.http_status
                 .map(|s| format!(" HTTP {s}"))
                 .unwrap_or_default(),
             a.trace_id
                 .as_deref()
-                .map(|t| format!("  trace {t}"))
+                .map(|t| format!("  trace {}", e(t)))
                 .unwrap_or_default(),
-        );
+        )?;
     }
+    Ok(())
 }

@@ -1,5 +1,24 @@
 //! The subcommands: thin wrappers that turn library results into output and exit codes. This
 //! is the binary's edge, so errors are `anyhow` with context. One file per subcommand.
+//!
+//! Output goes through [`out!`]: a write to a closed pipe (`bidorch config check | head -c1`) is
+//! an error that ends the command quietly (see `main`), where `println!` would panic.
+
+/// `println!` to standard output that returns the write's error instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// [`out!`] without the newline.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
 
 mod bench;
 mod config;

@@ -32,7 +32,7 @@ pub async fn publish(
             settings.amqp.exchange
         )
     })?;
-    println!("{summary}");
+    out!("{summary}")?;
     if summary.failed > 0 {
         bail!(
             "{} of {} events were not published (see above); re-publishing them is safe",

@@ -35,15 +35,15 @@ pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Resu
     let entries = bidorch::reconcile::unresolved(&system, older_than, args.limit)
         .await
         .context("finding unresolved sends")?;
-    println!(
+    out!(
         "{} unresolved send(s) older than {}",
         entries.len(),
         humantime::format_duration(older_than)
-    );
+    )?;
     if args.dry_run {
         for e in &entries {
             let request = e.request.as_ref();
-            println!(
+            out!(
                 "- {}  epoch {}  sends {}  sent {}  {} {}",
                 e.key,
                 e.epoch,
@@ -51,9 +51,9 @@ pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Resu
                 e.sent_at.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
                 request.map_or("?", |r| r.amount.as_str()),
                 request.map_or("", |r| r.currency.as_str()),
-            );
+            )?;
         }
-        println!("dry run: nothing was sent or changed");
+        out!("dry run: nothing was sent or changed")?;
         return Ok(());
     }
     let bar = if args.quiet || entries.len() < 2 {
@@ -72,11 +72,11 @@ pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Resu
         .iter()
         .map(|(label, n)| format!("{label} {n}"))
         .collect();
-    println!(
+    out!(
         "settled {} posting(s): {}",
         report.found,
         summary.join(", ")
-    );
+    )?;
     if report.unsettled() > 0 {
         anyhow::bail!(
             "{} posting(s) could not be settled now (see above); run reconcile again later",

@@ -6,6 +6,7 @@
 //! the reason the worker would dead-letter it with — never a panic. Blank lines are ignored.
 //! Any marketplace name is accepted here; the worker also requires it to be configured.
 
+use crate::text::escape_controls;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
@@ -113,19 +114,32 @@ pub fn write_text(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 },
             } => writeln!(
                 out,
-                "line {}: {posting}: bid {} {currency}",
+                "line {}: {}: bid {} {}",
                 l.line,
-                format_amount(*amount, currency)
+                escape_controls(&posting.to_string()),
+                format_amount(*amount, currency),
+                escape_controls(currency)
             )?,
             Verdict::Decided {
                 posting,
                 decision: Decision::Skip(reasons),
             } => {
                 let texts: Vec<String> = reasons.iter().map(|r| r.describe()).collect();
-                writeln!(out, "line {}: {posting}: skip {}", l.line, texts.join(", "))?;
+                writeln!(
+                    out,
+                    "line {}: {}: skip {}",
+                    l.line,
+                    escape_controls(&posting.to_string()),
+                    escape_controls(&texts.join(", "))
+                )?;
             }
             Verdict::Malformed { reason, error } => {
-                writeln!(out, "line {}: malformed ({reason}): {error}", l.line)?;
+                writeln!(
+                    out,
+                    "line {}: malformed ({reason}): {}",
+                    l.line,
+                    escape_controls(&error.to_string())
+                )?;
             }
         }
     }

@@ -155,3 +155,102 @@ fn a_production_worker_refuses_the_sandbox_marketplace_and_a_sqlite_ledger() {
         );
     }
 }
+
+/// Runs `bidorch args…` with `env`, many posting events on standard input (written from a
+/// thread of their own, as a producer would), and standard output a pipe that is closed after
+/// `keep` bytes were read (as `| head -c KEEP` does).
+fn bidorch_into_closed_pipe(args: &[&str], env: &[(&str, &str)], keep: usize) -> Output {
+    use std::io::{Read as _, Write as _};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bidorch"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bidorch runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let producer = std::thread::spawn(move || {
+        // Enough lines that the output cannot all fit in the pipe before it is closed.
+        let line = br#"{"event_id":"e","marketplace":"upwork","posting_id":"p","title":"t"}"#;
+        for _ in 0..20_000 {
+            if stdin
+                .write_all(line)
+                .and_then(|()| stdin.write_all(b"\n"))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut head = vec![0; keep];
+    let _ = stdout.read_exact(&mut head);
+    drop(stdout);
+    let output = child.wait_with_output().expect("bidorch exits");
+    producer.join().expect("the producer ends");
+    output
+}
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let marketplace = [
+        (
+            "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+            "http://127.0.0.1:1/upwork",
+        ),
+        ("BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV", "UPWORK_TOKEN"),
+    ];
+    for args in [&["config", "check"][..], &["policy", "check", "-"][..]] {
+        let output = bidorch_into_closed_pipe(args, &marketplace, 1);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+    }
+}
+
+#[test]
+fn control_characters_from_events_are_shown_escaped() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bidorch"))
+        .args(["policy", "check", "-"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs([
+            (
+                "BIDORCH__MARKETPLACES__UPWORK__BASE_URL",
+                "http://127.0.0.1:1/upwork",
+            ),
+            ("BIDORCH__MARKETPLACES__UPWORK__TOKEN_ENV", "UPWORK_TOKEN"),
+            ("BIDORCH__BIDDING__BLOCKED_CLIENT_COUNTRIES", "XX"),
+            ("BIDORCH__BIDDING__ALLOWED_CLIENT_COUNTRIES", "US"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("bidorch runs");
+    let event = r#"{"event_id":"e","marketplace":"upwork","posting_id":"p","title":"t",
+        "budget":{"max":"500","currency":"USD"},"client":{"country":"\u001b[2J\nline 99: forged"}}"#
+        .replace('\n', " ");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{event}").expect("write the event");
+    drop(stdin);
+    let output = child.wait_with_output().expect("bidorch exits");
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+    assert!(
+        !shown.contains("\nline 99"),
+        "a forged output line: {shown:?}"
+    );
+    // (Country codes are shown upper-cased.)
+    assert!(
+        shown
+            .to_lowercase()
+            .contains("\\u{1b}[2j\\nline 99: forged"),
+        "{shown:?}"
+    );
+}
