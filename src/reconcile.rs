@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::app::System;
-use crate::ledger::{LedgerEntry, LedgerError};
+use crate::ledger::{BidLedger, LedgerEntry, LedgerError};
 use crate::pipeline::{AttemptContext, Outcome};
 
 /// What a reconcile run found and did.
@@ -37,13 +37,13 @@ impl ReconcileReport {
 
 /// The unresolved postings older than `older_than`, oldest first (at most `limit`).
 pub async fn unresolved(
-    system: &System,
+    ledger: &dyn BidLedger,
     older_than: Duration,
     limit: u32,
 ) -> Result<Vec<LedgerEntry>, LedgerError> {
     let before = chrono::Utc::now()
         - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-    system.ports().ledger.unresolved(before, limit).await
+    ledger.unresolved(before, limit).await
 }
 
 /// Settles `entries`, calling `progress` after each.

@@ -77,6 +77,14 @@ pub async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
             for id in &summary.replayed {
                 out!("- {}", escape_controls(id))?;
             }
+            if let bidorch::dlq::ReplayFilter::EventId(id) = &filter
+                && summary.replayed.is_empty()
+            {
+                bail!(
+                    "no such message in {queue}: no parked message has event id {}",
+                    escape_controls(id)
+                );
+            }
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ use clap::Args;
 
 use bidorch::app::System;
 use bidorch::config::Settings;
+use bidorch::text::escape_controls;
 
 /// `bidorch reconcile` flags.
 #[derive(Args, Debug)]
@@ -27,35 +28,42 @@ pub struct ReconcileArgs {
 
 /// Finds and settles unresolved sends; prints a summary.
 pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()> {
-    bidorch::metrics::install();
-    let system = System::build(settings)
-        .await
-        .context("starting the system to reconcile with")?;
     let older_than = args.older_than.unwrap_or(settings.reconcile.older_than);
-    let entries = bidorch::reconcile::unresolved(&system, older_than, args.limit)
-        .await
-        .context("finding unresolved sends")?;
-    out!(
-        "{} unresolved send(s) older than {}",
-        entries.len(),
-        humantime::format_duration(older_than)
-    )?;
     if args.dry_run {
+        // Only the ledger: a dry run sends nothing, so it needs no marketplace credentials.
+        let ledger = bidorch::ledger::from_settings(&settings.database)
+            .await
+            .with_context(|| format!("opening the ledger at {}", settings.database.url))?;
+        let entries = bidorch::reconcile::unresolved(&*ledger, older_than, args.limit)
+            .await
+            .context("finding unresolved sends")?;
+        list(&entries, older_than)?;
         for e in &entries {
             let request = e.request.as_ref();
             out!(
                 "- {}  epoch {}  sends {}  sent {}  {} {}",
-                e.key,
+                escape_controls(&e.key.to_string()),
                 e.epoch,
                 e.sends,
                 e.sent_at.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
-                request.map_or("?", |r| r.amount.as_str()),
-                request.map_or("", |r| r.currency.as_str()),
+                escape_controls(request.map_or("?", |r| r.amount.as_str())),
+                escape_controls(request.map_or("", |r| r.currency.as_str())),
             )?;
         }
-        out!("dry run: nothing was sent or changed")?;
+        out!(
+            "dry run: nothing was sent or changed; not checked: the marketplaces' credentials \
+             and the lock store (a real run needs both)"
+        )?;
         return Ok(());
     }
+    bidorch::metrics::install();
+    let system = System::build(settings)
+        .await
+        .context("starting the system to reconcile with")?;
+    let entries = bidorch::reconcile::unresolved(&*system.ports().ledger, older_than, args.limit)
+        .await
+        .context("finding unresolved sends")?;
+    list(&entries, older_than)?;
     let bar = if args.quiet || entries.len() < 2 {
         indicatif::ProgressBar::hidden()
     } else {
@@ -63,7 +71,11 @@ pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Resu
     };
     let report = bidorch::reconcile::settle(&system, &entries, |entry, outcome| {
         bar.inc(1);
-        bar.println(format!("- {}: {}", entry.key, outcome.label()));
+        bar.println(format!(
+            "- {}: {}",
+            escape_controls(&entry.key.to_string()),
+            outcome.label()
+        ));
     })
     .await;
     bar.finish_and_clear();
@@ -84,4 +96,12 @@ pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Resu
         );
     }
     Ok(())
+}
+
+fn list(entries: &[bidorch::ledger::LedgerEntry], older_than: Duration) -> std::io::Result<()> {
+    out!(
+        "{} unresolved send(s) older than {}",
+        entries.len(),
+        humantime::format_duration(older_than)
+    )
 }

@@ -216,3 +216,41 @@ async fn a_message_parked_at_the_delivery_limit_can_be_replayed() {
     source.close().await.unwrap();
     assert_eq!(dlq::list(&s, 10).await.unwrap().total, 0);
 }
+
+#[tokio::test]
+async fn replaying_an_event_id_that_is_not_parked_fails_naming_it() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "dlq-unknown").await.unwrap();
+    let inspector = Inspector::connect().await;
+    park(&s, &mut source, &inspector, &["known"], 1).await;
+    source.close().await.unwrap();
+
+    let output = tokio::task::spawn_blocking({
+        let (exchange, queue) = (s.exchange.clone(), s.queue.clone());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_bidorch"))
+                .args(["dlq", "replay", "--event-id", "UNKNOWN"])
+                .env_clear()
+                .env("AMQP_URL", support::amqp_url())
+                .env("BIDORCH__AMQP__EXCHANGE", exchange)
+                .env("BIDORCH__AMQP__QUEUE", queue)
+                .output()
+                .expect("bidorch runs")
+        }
+    })
+    .await
+    .expect("join");
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("no such message") && err.contains("UNKNOWN"),
+        "{err}"
+    );
+    let left = dlq::list(&s, 10).await.unwrap();
+    assert_eq!(left.total, 1, "the parked message stays");
+}
