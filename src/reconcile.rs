@@ -58,10 +58,17 @@ pub async fn settle(
         ..ReconcileReport::default()
     };
     for entry in entries {
+        // No trace of its own: reconcile's attempts and calls are in the posting's.
         let context = AttemptContext {
             event_id: entry.event_id.clone(),
-            trace_id: None,
+            trace_id: entry
+                .trace_parent
+                .as_deref()
+                .and_then(crate::telemetry::trace_id_of)
+                .map(str::to_owned),
+            trace_parent: entry.trace_parent.clone(),
             seen_before: true,
+            ..AttemptContext::default()
         };
         let outcome = pipeline.reconcile(&entry.key, &context).await;
         *report.outcomes.entry(outcome.label()).or_default() += 1;

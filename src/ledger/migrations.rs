@@ -33,6 +33,12 @@ const MIGRATIONS: &[Entry] = &[
         include_str!("../../migrations/postgres/0003_set_based_claim_and_finish.sql"),
         include_str!("../../migrations/sqlite/0003_set_based_claim_and_finish.sql"),
     ),
+    (
+        4,
+        "posting trace parent",
+        include_str!("../../migrations/postgres/0004_posting_trace_parent.sql"),
+        include_str!("../../migrations/sqlite/0004_posting_trace_parent.sql"),
+    ),
 ];
 
 fn migrator(sql: fn(&'static Entry) -> &'static str) -> Migrator {

@@ -49,6 +49,7 @@ pub struct Row {
     pub o_request_sha256: Option<String>,
     pub o_request_amount: Option<String>,
     pub o_request_currency: Option<String>,
+    pub o_trace_parent: Option<String>,
 }
 
 from_row!(Row {
@@ -65,6 +66,7 @@ from_row!(Row {
     o_request_sha256,
     o_request_amount,
     o_request_currency,
+    o_trace_parent,
 });
 
 /// The columns of [`Row`] as a select list over `bid_ledger`.
@@ -72,7 +74,8 @@ pub const ROW_COLUMNS: &str = "epoch AS o_epoch, state AS o_state, sends AS o_se
      bid_id AS o_bid_id, detail AS o_detail, event_id AS o_event_id, \
      created_at AS o_created_at, updated_at AS o_updated_at, sent_at AS o_sent_at, \
      request_body AS o_request_body, request_sha256 AS o_request_sha256, \
-     request_amount AS o_request_amount, request_currency AS o_request_currency";
+     request_amount AS o_request_amount, request_currency AS o_request_currency, \
+     trace_parent AS o_trace_parent";
 
 impl Row {
     /// The entry for `key`.
@@ -98,6 +101,7 @@ impl Row {
             created_at: self.o_created_at,
             updated_at: self.o_updated_at,
             sent_at: self.o_sent_at,
+            trace_parent: self.o_trace_parent,
         })
     }
 }
@@ -183,6 +187,7 @@ pub fn claim_of(key: &PostingKey, result: &str, row: Row) -> Result<Claim, Ledge
                 .request
                 .ok_or_else(|| corrupt("a send without a stored request"))?,
             resend: result == "resend",
+            trace_parent: entry.trace_parent,
         },
         "skipped" | "capped" => Claim::Skipped {
             reasons: skip_reasons(entry.detail.as_deref()),

@@ -75,6 +75,9 @@ pub struct LedgerEntry {
     pub updated_at: DateTime<Utc>,
     /// When the latest send passed the fence.
     pub sent_at: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` of the posting's first attempt: every marketplace call for the
+    /// posting runs in that trace.
+    pub trace_parent: Option<String>,
 }
 
 /// What the attempt wants to do with the posting.
@@ -98,6 +101,8 @@ pub struct ClaimRequest {
     pub instance: String,
     /// The trace this attempt runs in, if known.
     pub trace_id: Option<String>,
+    /// This attempt's W3C `traceparent`, kept as the posting's if the claim creates its row.
+    pub trace_parent: Option<String>,
     /// Bids allowed per UTC day on this marketplace, fleet-wide; `None`: no cap.
     pub daily_cap: Option<u64>,
     /// The UTC day the cap counts in.
@@ -113,6 +118,8 @@ pub enum Claim {
         epoch: i64,
         request: StoredRequest,
         resend: bool,
+        /// The posting's trace (its first attempt's `traceparent`): the call runs in it.
+        trace_parent: Option<String>,
     },
     /// Recorded `skipped`: the policy's reasons, or `daily_cap` when no slot was left.
     Skipped { reasons: Vec<String>, capped: bool },

@@ -2,12 +2,11 @@
 //! the answer reported to the marketplace's breaker, and what it means for the ledger
 //! ([`Finish`]) and for the message ([`Outcome`]).
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tracing::{Instrument, debug_span, field::Empty};
 
-use super::{Component, Outcome, Pipeline, PlacedVia};
+use super::{AttemptContext, Component, Outcome, Pipeline, PlacedVia};
 use crate::flow::{PauseReason, ProbeGuard, Signal};
 use crate::ledger::{FinalOutcome, Finish, LedgerState, StoredRequest};
 use crate::marketplace::{BidRequest, BidResult};
@@ -17,6 +16,14 @@ use crate::telemetry;
 /// Metric: our bid exists (2xx/409) but the ledger row had become final otherwise.
 pub const MISMATCHES: &str = "bidorch_ledger_mismatches_total";
 
+/// The trace a marketplace call runs in: the posting's — its first attempt's `traceparent`, kept
+/// by the ledger — whichever attempt, event or `reconcile` makes the call; and this attempt.
+pub(super) struct PostingTrace<'a> {
+    /// The posting's trace; `None` for a row from before it was kept (this attempt's is used).
+    pub parent: Option<&'a str>,
+    pub attempt: &'a AttemptContext,
+}
+
 impl Pipeline {
     /// Sends `stored` and classifies the answer. `probe` is the breaker's probe slot when this
     /// call probes a paused marketplace.
@@ -25,15 +32,17 @@ impl Pipeline {
         key: &PostingKey,
         stored: &StoredRequest,
         probe: Option<ProbeGuard>,
-        trace_headers: &BTreeMap<String, String>,
+        trace: PostingTrace<'_>,
     ) -> (Finish, Outcome) {
-        // The marketplace sees this step as the caller: its context is the `traceparent` sent
-        // (the incoming headers when tracing export is off, so the trace still connects).
+        // The marketplace sees this step as the caller: its context is the `traceparent` sent,
+        // in the posting's trace (linked to this attempt when that is another trace).
         let span = debug_span!("bid", result = Empty);
+        let trace_headers =
+            telemetry::call_trace_headers(&span, trace.parent, &trace.attempt.trace_headers);
         let bid = BidRequest {
             key: key.clone(),
             body: stored.body.clone(),
-            trace_headers: telemetry::outgoing_trace_headers(&span, trace_headers),
+            trace_headers,
         };
         let placed = self
             .marketplace

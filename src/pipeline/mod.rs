@@ -50,6 +50,7 @@ mod steps;
 use self::steps::{fence_result, ledger_down, lock_store_down, lookup_result, pending};
 
 pub use self::call::MISMATCHES;
+use self::call::PostingTrace;
 pub use self::outcome::{Action, Component, Envelope, Outcome, PlacedVia, RetryRules};
 pub use self::request::stored_request;
 pub use self::scoring::Scoring;
@@ -115,6 +116,12 @@ pub struct AttemptContext {
     pub event_id: String,
     /// The trace this attempt runs in, if known.
     pub trace_id: Option<String>,
+    /// This attempt's W3C `traceparent` (its `process` span's context): kept as the posting's
+    /// trace when this attempt is its first.
+    pub trace_parent: Option<String>,
+    /// The delivery's own `traceparent`/`tracestate`, passed on as they came when the posting's
+    /// trace is this attempt's and tracing export is off.
+    pub trace_headers: BTreeMap<String, String>,
     /// Whether the posting may have been worked on before (a redelivery, a retry, a wait): the
     /// ledger is then read before the lease is taken.
     pub seen_before: bool,
@@ -142,36 +149,20 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Runs one validated posting through the pipeline, lease released before it returns.
-    pub async fn process(
-        &self,
-        posting: &Posting,
-        context: &AttemptContext,
-        trace_headers: &BTreeMap<String, String>,
-    ) -> Outcome {
-        self.run(posting, context, trace_headers)
-            .await
-            .release()
-            .await
+    pub async fn process(&self, posting: &Posting, context: &AttemptContext) -> Outcome {
+        self.run(posting, context).await.release().await
     }
 
     /// Runs one validated posting through the pipeline, in its `pipeline` span, and hands back
     /// the lease for the caller to release once it has settled the message.
-    pub async fn run(
-        &self,
-        posting: &Posting,
-        context: &AttemptContext,
-        trace_headers: &BTreeMap<String, String>,
-    ) -> Processed {
+    pub async fn run(&self, posting: &Posting, context: &AttemptContext) -> Processed {
         let span = debug_span!(
             "pipeline",
             marketplace = posting.key.marketplace(),
             posting_id = posting.key.posting_id(),
             outcome = Empty
         );
-        let processed = self
-            .steps(posting, context, trace_headers)
-            .instrument(span.clone())
-            .await;
+        let processed = self.steps(posting, context).instrument(span.clone()).await;
         span.record("outcome", processed.outcome.label());
         processed
     }
@@ -186,7 +177,7 @@ impl Pipeline {
             outcome = Empty
         );
         let outcome = self
-            .under_permit(key, Intent::Resend, context, &BTreeMap::new())
+            .under_permit(key, Intent::Resend, context)
             .instrument(span.clone())
             .await
             .release()
@@ -195,12 +186,7 @@ impl Pipeline {
         outcome
     }
 
-    async fn steps(
-        &self,
-        posting: &Posting,
-        context: &AttemptContext,
-        trace_headers: &BTreeMap<String, String>,
-    ) -> Processed {
+    async fn steps(&self, posting: &Posting, context: &AttemptContext) -> Processed {
         let key = &posting.key;
         let entry = if context.seen_before {
             match step!("ledger.lookup", self.ledger.lookup(key), lookup_result) {
@@ -226,7 +212,7 @@ impl Pipeline {
             },
             (intent, _) => intent,
         };
-        self.under_permit(key, intent, context, trace_headers).await
+        self.under_permit(key, intent, context).await
     }
 
     /// The policy's decision as an intent, in its `policy.decide` span.
@@ -264,7 +250,6 @@ impl Pipeline {
         key: &PostingKey,
         intent: Intent,
         context: &AttemptContext,
-        trace_headers: &BTreeMap<String, String>,
     ) -> Processed {
         let probe = if matches!(intent, Intent::Skip(_)) {
             None
@@ -294,9 +279,7 @@ impl Pipeline {
             Ok(None) => return Processed::without_lease(self.lock_held()),
             Ok(Some(lease)) => HeldLease::start(self.locks.clone(), lease),
         };
-        let outcome = self
-            .under_lease(key, intent, context, &held, probe, trace_headers)
-            .await;
+        let outcome = self.under_lease(key, intent, context, &held, probe).await;
         Processed {
             outcome,
             lease: Some(held),
@@ -322,7 +305,6 @@ impl Pipeline {
         context: &AttemptContext,
         held: &HeldLease,
         mut probe: Option<ProbeGuard>,
-        trace_headers: &BTreeMap<String, String>,
     ) -> Outcome {
         let request = ClaimRequest {
             key: key.clone(),
@@ -330,6 +312,7 @@ impl Pipeline {
             intent,
             instance: self.instance.clone(),
             trace_id: context.trace_id.clone(),
+            trace_parent: context.trace_parent.clone(),
             daily_cap: self.policy.daily_cap(key.marketplace()),
             day: chrono::Utc::now().date_naive(),
         };
@@ -345,12 +328,17 @@ impl Pipeline {
             Ok(Claim::Skipped { capped: true, .. }) => "capped",
             Ok(Claim::Nothing) => "nothing",
         });
-        let (epoch, stored) = match claimed {
+        let (epoch, stored, posting_trace) = match claimed {
             Err(e) => return ledger_down(&e),
             Ok(Claim::Final(entry)) => return Outcome::Duplicate(entry.state),
             Ok(Claim::Nothing) => return Outcome::Duplicate(crate::ledger::LedgerState::Pending),
             Ok(Claim::Skipped { reasons, .. }) => return Outcome::Skipped { reasons },
-            Ok(Claim::Send { epoch, request, .. }) => (epoch, request),
+            Ok(Claim::Send {
+                epoch,
+                request,
+                trace_parent,
+                ..
+            }) => (epoch, request, trace_parent),
         };
         // The claim may hand back a request sent by an earlier attempt although this one meant
         // to skip: it is sent again, so the marketplace must be callable now.
@@ -406,7 +394,11 @@ impl Pipeline {
                 Ok(Admission::Go) => {}
             }
         }
-        let (finish, done) = self.call(key, &stored, probe, trace_headers).await;
+        let trace = PostingTrace {
+            parent: posting_trace.as_deref(),
+            attempt: context,
+        };
+        let (finish, done) = self.call(key, &stored, probe, trace).await;
         let written = step!(
             "ledger.finish",
             self.ledger.finish(key, epoch, finish),

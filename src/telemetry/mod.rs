@@ -33,16 +33,12 @@
 //! republishes the headers. The new attempt's `process` span *links* to it, and stays a child of
 //! the publisher's context, so every attempt of a posting lands in the publisher's trace.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
@@ -50,7 +46,16 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, TelemetrySettings};
 
+mod context;
+mod fresh;
 mod log_fields;
+
+pub use self::context::{
+    PREV_TRACEPARENT_HEADER, TRACE_HEADERS, attempt_trace_parent, call_trace_headers,
+    consumer_span, inject, link_previous_attempt, outgoing_trace_headers, set_parent_from,
+    trace_headers_of, trace_id, trace_id_of, traceparent_of,
+};
+use self::fresh::Fresh;
 
 /// Keeps the exporter alive; flushes spans when dropped (at shutdown).
 pub struct Telemetry {
@@ -108,16 +113,32 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
         }
         _ => None,
     };
+    subscriber(settings.log_format, filter, provider.as_ref())
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
+    if let Some(p) = &provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+    }
+    Ok(Telemetry { provider })
+}
+
+/// The subscriber: logs in `format` filtered by `log_filter`, and traces through `provider` (if
+/// any) filtered by [`trace_filter`] — each layer its own filter, both kept [`Fresh`].
+fn subscriber(
+    format: LogFormat,
+    log_filter: EnvFilter,
+    provider: Option<&SdkTracerProvider>,
+) -> impl tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a> {
     // Traces are filtered apart from logs: quieting logs (`RUST_LOG=warn`, or the demo's
     // `error`) must not empty the traces.
-    let otel_layer = provider.as_ref().map(|p| {
+    let otel_layer = provider.map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("bidorch"))
-            .with_filter(trace_filter())
+            .with_filter(Fresh(trace_filter()))
     });
     // Logs go to standard error, so a command's own output (`inspect --json`, `policy check`)
     // stays clean on standard output; colours only for a terminal.
-    let log_layer = match settings.log_format {
+    let log_layer = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .fmt_fields(log_fields::LogFields)
             .with_writer(std::io::stderr)
@@ -132,13 +153,7 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
     };
     tracing_subscriber::registry()
         .with(otel_layer)
-        .with(log_layer.with_filter(filter))
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
-    if let Some(p) = &provider {
-        opentelemetry::global::set_tracer_provider(p.clone());
-    }
-    Ok(Telemetry { provider })
+        .with(log_layer.with_filter(Fresh(log_filter)))
 }
 
 /// What traces take: bidorch's spans down to DEBUG — the `process` span is INFO, its steps
@@ -189,165 +204,31 @@ fn quiet(directive: &str) -> tracing_subscriber::filter::Directive {
     directive.parse().expect("a fixed, valid filter directive")
 }
 
-/// Header naming the previous attempt's `process` span (a W3C `traceparent` value).
-pub const PREV_TRACEPARENT_HEADER: &str = "x-bidorch-prev-traceparent";
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
 
-/// The trace-context headers we propagate (and the only ones copied from a delivery).
-pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+    use super::*;
 
-/// W3C trace context is the contract (spec: `traceparent`/`tracestate`), so the helpers below use
-/// it directly rather than the global propagator: they behave the same in tests and in a process
-/// whose global propagator was never set.
-fn propagator() -> TraceContextPropagator {
-    TraceContextPropagator::new()
-}
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-struct MapCarrier<'a>(&'a mut BTreeMap<String, String>);
-
-impl Injector for MapCarrier<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_ascii_lowercase(), value);
+    #[test]
+    fn a_posting_span_after_a_libraries_unanswered_enabled_check_still_reaches_both_layers() {
+        // As the binary runs: `log` records bridged into tracing (`try_init` installs this).
+        let _ = tracing_log::LogTracer::init();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = subscriber(LogFormat::Json, EnvFilter::new("info"), Some(&provider));
+        tracing::subscriber::with_default(subscriber, || {
+            let headers = BTreeMap::from([("traceparent".to_owned(), TRACEPARENT.to_owned())]);
+            for _ in 0..3 {
+                // What sqlx's query logger does after every query: asks, and logs nothing.
+                let _ = log::log_enabled!(target: "sqlx::query", log::Level::Debug);
+                let (span, trace_id) = consumer_span("rabbitmq", "postings", None, 1, &headers);
+                assert!(!span.is_disabled(), "the process span was dropped");
+                let own = traceparent_of(&span).expect("the process span is in the trace layer");
+                assert_eq!(trace_id_of(&own), Some(trace_id.as_str()));
+                assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+            }
+        });
     }
-}
-
-struct MapReader<'a>(&'a BTreeMap<String, String>);
-
-impl Extractor for MapReader<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(&key.to_ascii_lowercase()).map(String::as_str)
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
-    }
-}
-
-/// The W3C trace context of `span`, as `traceparent`/`tracestate` headers (empty without OTel).
-pub fn inject(span: &tracing::Span) -> BTreeMap<String, String> {
-    let mut headers = BTreeMap::new();
-    let cx = span.context();
-    propagator().inject_context(&cx, &mut MapCarrier(&mut headers));
-    headers
-}
-
-/// Makes `span` a child of the trace context carried in `headers`, if any.
-///
-/// Must be called before the span is first entered, before any child span is created under it
-/// and before [`inject`] reads it: tracing-opentelemetry 0.34 builds the OTel span at the first
-/// of those, and a parent set afterwards is ignored (`SetParentError::AlreadyStarted`).
-pub fn set_parent_from(span: &tracing::Span, headers: &BTreeMap<String, String>) {
-    if !headers.contains_key("traceparent") {
-        return;
-    }
-    let parent = propagator().extract(&MapReader(headers));
-    if !parent.span().span_context().is_valid() {
-        tracing::debug!("Ignoring an invalid traceparent header");
-        return;
-    }
-    let _ = span.set_parent(parent);
-}
-
-/// Links `span` to the previous attempt named by [`PREV_TRACEPARENT_HEADER`], if present and
-/// valid. Call it, like [`set_parent_from`], before the span is entered.
-pub fn link_previous_attempt(span: &tracing::Span, headers: &BTreeMap<String, String>) {
-    let Some(previous) = headers.get(PREV_TRACEPARENT_HEADER) else {
-        return;
-    };
-    let carrier = BTreeMap::from([("traceparent".to_owned(), previous.clone())]);
-    let cx = propagator().extract(&MapReader(&carrier));
-    let previous = cx.span().span_context().clone();
-    if previous.is_valid() {
-        span.add_link_with_attributes(
-            previous,
-            vec![opentelemetry::KeyValue::new(
-                "bidorch.link",
-                "previous_attempt",
-            )],
-        );
-    }
-}
-
-/// The trace headers to send downstream from inside `span`: its own context when OTel is on,
-/// otherwise the incoming `traceparent`/`tracestate` unchanged (so the trace still connects
-/// across a worker that does not export).
-pub fn outgoing_trace_headers(
-    span: &tracing::Span,
-    incoming: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
-    let own = inject(span);
-    if own.contains_key("traceparent") {
-        return own;
-    }
-    TRACE_HEADERS
-        .iter()
-        .filter_map(|name| incoming.get(*name).map(|v| ((*name).to_owned(), v.clone())))
-        .collect()
-}
-
-/// The `process` span (kind CONSUMER) of one delivery, per the messaging conventions pinned
-/// above: a child of the publisher's context from `headers`, linked to the previous attempt.
-///
-/// The parent and link are set here, before anyone can enter the span. `destination` is the
-/// exchange the worker consumes from (`amqp.exchange`), a low-cardinality name; `marketplace`,
-/// `posting_id` and `outcome` are declared empty and recorded by the worker once known.
-pub fn consumer_span(
-    messaging_system: &'static str,
-    destination: &str,
-    message_id: Option<&str>,
-    attempt: u32,
-    headers: &BTreeMap<String, String>,
-) -> (tracing::Span, String) {
-    let span = tracing::info_span!(
-        "process",
-        otel.name = %format_args!("process {destination}"),
-        otel.kind = "consumer",
-        otel.status_code = tracing::field::Empty,
-        messaging.system = messaging_system,
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = %destination,
-        messaging.message.id = tracing::field::Empty,
-        bidorch.attempt = attempt,
-        marketplace = tracing::field::Empty,
-        posting_id = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    if let Some(id) = message_id {
-        span.record("messaging.message.id", id);
-    }
-    set_parent_from(&span, headers);
-    link_previous_attempt(&span, headers);
-    // Every log line inside the span carries it (text: the span prefix; JSON: a top-level
-    // field), so logs, the attempt history and the trace join even with export off.
-    let id = trace_id(&span, headers).unwrap_or_else(new_trace_id);
-    span.record("trace_id", tracing::field::display(&id));
-    (span, id)
-}
-
-/// A random W3C trace id (32 lower-case hex digits, not all zero): a correlation id for a
-/// delivery that arrived without a trace while export is off.
-fn new_trace_id() -> String {
-    format!("{:032x}", fastrand::u128(1..))
-}
-
-/// The traceparent of `span` itself, to name it as the previous attempt of a retried message.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    inject(span).remove("traceparent")
-}
-
-/// The trace id of `span` when OpenTelemetry is on, else that of the incoming `traceparent` (the
-/// publisher's trace): what the attempt history and the log lines carry, so a posting's story
-/// and its trace can be found from one another even with export off.
-pub fn trace_id(span: &tracing::Span, headers: &BTreeMap<String, String>) -> Option<String> {
-    let cx = span.context();
-    let own = cx.span().span_context().clone();
-    if own.is_valid() {
-        return Some(own.trace_id().to_string());
-    }
-    let incoming = headers.get("traceparent")?.split('-').nth(1)?;
-    let valid = incoming.len() == 32
-        && incoming.bytes().all(|b| b.is_ascii_hexdigit())
-        && incoming.bytes().any(|b| b != b'0');
-    valid.then(|| incoming.to_ascii_lowercase())
 }

@@ -86,12 +86,16 @@ async fn process(
         Ok(posting) => match held_back(&delivery, options, gate) {
             Some(outcome) => (Some(posting), Processed::without_lease(outcome)),
             None => {
+                let trace_parent =
+                    telemetry::attempt_trace_parent(&span, &delivery.headers, &trace_id);
                 let context = AttemptContext {
                     event_id: posting.event_id.clone(),
                     trace_id: Some(trace_id),
+                    trace_parent: Some(trace_parent),
+                    trace_headers: telemetry::trace_headers_of(&delivery.headers),
                     seen_before: seen_before(&delivery),
                 };
-                let processed = pipeline.run(&posting, &context, &delivery.headers).await;
+                let processed = pipeline.run(&posting, &context).await;
                 (Some(posting), processed)
             }
         },

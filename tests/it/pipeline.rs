@@ -158,12 +158,9 @@ async fn process(system: &System, body: &[u8]) -> Outcome {
     let posting = pipeline.parse(body).expect("the test event is valid");
     let context = AttemptContext {
         event_id: posting.event_id.clone(),
-        trace_id: None,
-        seen_before: false,
+        ..AttemptContext::default()
     };
-    pipeline
-        .process(&posting, &context, &Default::default())
-        .await
+    pipeline.process(&posting, &context).await
 }
 
 async fn row(ledger: &dyn BidLedger, key: &PostingKey) -> LedgerEntry {
@@ -264,6 +261,7 @@ impl BidLedger for Hooked {
                             intent: Intent::Resend,
                             instance: "rival".to_owned(),
                             trace_id: None,
+                            trace_parent: None,
                             daily_cap: None,
                             day: Utc::now().date_naive(),
                         };

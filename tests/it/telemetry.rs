@@ -6,13 +6,16 @@
 //!
 //! Each test installs its subscriber with `set_default` (thread-local) on a current-thread
 //! runtime, so the worker's, the sandbox's and the lease watchdog's tasks all report to it and no
-//! global state is shared between tests.
+//! global state is shared between tests. One test runs `bidorch worker` processes with export on:
+//! every call of a posting is in its first attempt's trace.
 
 use crate::support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bidorch::lock::MemoryLockStore;
+use bidorch::marketplace::sandbox::SandboxOptions;
 use bidorch::posting::PostingKey;
 use bidorch::telemetry::PREV_TRACEPARENT_HEADER;
 use opentelemetry::trace::{SpanKind, TraceId};
@@ -284,4 +287,110 @@ async fn a_delivery_without_a_valid_traceparent_starts_its_own_trace() {
 
 fn names(spans: &[SpanData]) -> Vec<String> {
     spans.iter().map(|s| s.name.to_string()).collect()
+}
+
+/// Every marketplace call of a posting carries the trace of its first attempt, whichever of its
+/// events, attempts or workers makes it: 3 `bidorch worker` processes with tracing export on,
+/// 2 events of each posting (each its own trace), answers lost and 503s so that postings are sent
+/// again by later attempts — often another event's, on another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_call_of_a_posting_runs_in_its_first_attempts_trace() {
+    let sandbox = SandboxOptions {
+        lose_rate: 0.2,
+        fail_rate: 0.1,
+        seed: 7,
+        ..SandboxOptions::default()
+    };
+    // Export on (to a collector that is not there: spans are made and dropped at export).
+    let collector = format!("http://{}", support::process::free_addr());
+    let export = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector)];
+    let Some(mut scenario) =
+        support::scenario::Scenario::start("tracecont", sandbox, &export).await
+    else {
+        return;
+    };
+    for name in ["a", "b", "c"] {
+        scenario.spawn_worker(name);
+    }
+    scenario.wait_ready().await;
+    let load = support::scenario::load("tracecont", 120, 2);
+    // Each event its own trace, as `bidorch publish` starts one per event.
+    let events: Vec<_> = load
+        .events
+        .iter()
+        .map(|e| {
+            let traceparent = format!(
+                "00-{:032x}-{:016x}-01",
+                fastrand::u128(1..),
+                fastrand::u64(1..)
+            );
+            e.clone().with_header("traceparent", &traceparent)
+        })
+        .collect();
+    scenario.publish(&events).await;
+    scenario.wait_settled(&load, Duration::from_secs(180)).await;
+    scenario.assert_promise(&load).await;
+
+    let stats = scenario.sandbox.stats();
+    let mut resent = 0;
+    for key in &load.eligible {
+        let posting = &stats.postings[key];
+        resent += u64::from(posting.requests > 1);
+        let row = scenario
+            .ledger
+            .lookup(&bidorch::inspect::parse_key(key).expect("a valid key"))
+            .await
+            .expect("ledger answers")
+            .expect("the posting's row");
+        let kept = row
+            .trace_parent
+            .as_deref()
+            .and_then(|tp| tp.split('-').nth(1))
+            .expect("the row keeps its first attempt's trace")
+            .to_owned();
+        assert_eq!(
+            posting.trace_ids,
+            std::collections::BTreeSet::from([kept]),
+            "{key}: {} requests",
+            posting.requests
+        );
+    }
+    assert!(resent > 0, "some postings were sent more than once");
+    scenario.stop().await;
+}
+
+#[test]
+fn zz_experiment_layering() {
+    use opentelemetry::trace::TraceContextExt as _;
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let spans = support::telemetry::CollectSpans::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(spans.clone())
+        .build();
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("x"))
+        .with_filter(bidorch::telemetry::trace_filter());
+    let log = json_subscriber::layer()
+        .with_writer(std::io::sink)
+        .flatten_event(true)
+        .with_current_span(false)
+        .flatten_span_list_on_top_level(true)
+        .boxed()
+        .with_filter(tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::registry().with(Some(otel)).with(log);
+    tracing::subscriber::with_default(subscriber, || {
+        let h = headers(&[("traceparent", TRACEPARENT)]);
+        let (span, trace_id) =
+            bidorch::telemetry::consumer_span("rabbitmq", "postings", Some("m"), 1, &h);
+        let _e = span.enter();
+        let child = tracing::debug_span!(target: "bidorch::pipeline", "pipeline");
+        let cx = child.context();
+        let child_trace = cx.span().span_context().trace_id().to_string();
+        eprintln!("process {trace_id} child {child_trace}");
+        assert_eq!(trace_id, TRACE_ID);
+        assert_eq!(child_trace, TRACE_ID);
+    });
 }

@@ -31,6 +31,7 @@ const REQUEST_BODY: usize = 13;
 const REQUEST_SHA256: usize = 14;
 const REQUEST_AMOUNT: usize = 15;
 const REQUEST_CURRENCY: usize = 16;
+const TRACE_PARENT: usize = 17;
 
 /// One returned row: which call answered it (`c` claim, `f` finish, `l` lookup) and its position
 /// in that call's batch, the rest read on demand.
@@ -85,6 +86,7 @@ impl Step {
             o_request_sha256: get(REQUEST_SHA256)?,
             o_request_amount: get(REQUEST_AMOUNT)?,
             o_request_currency: get(REQUEST_CURRENCY)?,
+            o_trace_parent: get(TRACE_PARENT)?,
         }))
     }
 
@@ -129,6 +131,7 @@ impl Step {
                     })?,
                     request,
                     resend: result == "resend",
+                    trace_parent: text(TRACE_PARENT)?,
                 })
             }
             "skipped" | "capped" => {

@@ -1,5 +1,5 @@
 //! The claim and finish of a batch as PostgreSQL sees them: one array per column (posting k is
-//! element k of each), bound to `bidorch_claim` / `bidorch_finish` (migration 0003), and the
+//! element k of each), bound to `bidorch_claim` / `bidorch_finish` (migration 0004), and the
 //! statements that call them — alone, or both in one round trip and one transaction — and
 //! `bidorch_lookup`. Every statement returns the same columns in the same order (see `rows`).
 
@@ -12,11 +12,11 @@ use crate::posting::PostingKey;
 /// The columns every statement reads back, after `o_kind` (`c` claim, `f` finish).
 const COLUMNS: &str = "o_idx, o_result, o_written, o_epoch, o_state, o_sends, o_bid_id, \
      o_detail, o_event_id, o_created_at, o_updated_at, o_sent_at, o_request_body, \
-     o_request_sha256, o_request_amount, o_request_currency";
+     o_request_sha256, o_request_amount, o_request_currency, o_trace_parent";
 
 /// `bidorch_claim`'s parameters from `$first` on.
 fn claim_call(first: usize) -> String {
-    let args: Vec<String> = (first..first + 13).map(|n| format!("${n}")).collect();
+    let args: Vec<String> = (first..first + 14).map(|n| format!("${n}")).collect();
     format!(
         "SELECT 'c'::text AS o_kind, {COLUMNS} FROM bidorch_claim({})",
         args.join(", ")
@@ -131,7 +131,7 @@ fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]
         .bind(attempt_details)
 }
 
-/// Binds a batch of claims as `bidorch_claim`'s thirteen parameters (the day is the first
+/// Binds a batch of claims as `bidorch_claim`'s fourteen parameters (the day is the first
 /// claim's: a batch is made within moments).
 fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
     let n = claims.len();
@@ -146,6 +146,7 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
     let mut reasons = Vec::with_capacity(n);
     let mut instances = Vec::with_capacity(n);
     let mut traces = Vec::with_capacity(n);
+    let mut parents = Vec::with_capacity(n);
     let mut caps = Vec::with_capacity(n);
     for c in claims {
         ms.push(c.key.marketplace());
@@ -153,6 +154,7 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
         evs.push(c.event_id.as_str());
         instances.push(c.instance.as_str());
         traces.push(c.trace_id.as_deref());
+        parents.push(c.trace_parent.as_deref());
         caps.push(
             c.daily_cap
                 .map(|cap| i64::try_from(cap).unwrap_or(i64::MAX)),
@@ -184,6 +186,7 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
         .bind(reasons)
         .bind(instances)
         .bind(traces)
+        .bind(parents)
         .bind(caps)
         .bind(day)
 }

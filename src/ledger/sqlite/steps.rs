@@ -54,11 +54,13 @@ async fn update(
 pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim, LedgerError> {
     let key = &c.key;
     let inserted = sqlx::query(
-        "INSERT OR IGNORE INTO bid_ledger (marketplace, posting_id, event_id) VALUES (?1, ?2, ?3)",
+        "INSERT OR IGNORE INTO bid_ledger (marketplace, posting_id, event_id, trace_parent) \
+         VALUES (?1, ?2, ?3, ?4)",
     )
     .bind(key.marketplace())
     .bind(key.posting_id())
     .bind(&c.event_id)
+    .bind(&c.trace_parent)
     .execute(&mut **tx)
     .await
     .map_err(|e| sql::query_error(Some(key), e))?

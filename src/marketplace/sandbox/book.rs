@@ -38,6 +38,9 @@ impl Book {
         entry.requests += 1;
         if let Some(tp) = traceparent {
             entry.last_traceparent = Some(tp.to_owned());
+            if let Some(trace_id) = tp.split('-').nth(1) {
+                entry.trace_ids.insert(trace_id.to_owned());
+            }
         }
     }
 

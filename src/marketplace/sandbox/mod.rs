@@ -127,6 +127,9 @@ pub struct PostingStats {
     pub conflicts: u64,
     /// The `traceparent` of the latest request that carried one.
     pub last_traceparent: Option<String>,
+    /// The trace ids of every request's `traceparent` (one, when the posting kept one trace).
+    #[serde(default)]
+    pub trace_ids: std::collections::BTreeSet<String>,
 }
 
 /// `GET /v1/stats`.

@@ -35,6 +35,10 @@ pub fn claim_of(key: &PostingKey, intent: Intent) -> ClaimRequest {
         intent,
         instance: "w1".to_owned(),
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+        trace_parent: Some(format!(
+            "00-{}-{:016x}-01",
+            "4bf92f3577b34da6a3ce929d0e0e4736", 7
+        )),
         daily_cap: None,
         day: today(),
     }
@@ -50,6 +54,7 @@ async fn sent(ledger: &Arc<dyn BidLedger>, claim: &ClaimRequest) -> (i64, Stored
             epoch,
             request,
             resend,
+            ..
         } => (epoch, request, resend),
         other => panic!("expected a send, got {other:?}"),
     }
@@ -116,6 +121,50 @@ pub async fn a_sent_request_is_sticky_whatever_later_claims_ask(ledger: Arc<dyn 
 }
 
 /// A skip is recorded final by the claim itself, with its reasons.
+pub async fn the_first_attempts_trace_is_the_postings_for_good(ledger: Arc<dyn BidLedger>) {
+    let k = key("upwork", "traced");
+    let first = claim_of(&k, Intent::Bid(request(&k, 450)));
+    let Claim::Send {
+        epoch,
+        trace_parent,
+        ..
+    } = ledger.claim(&first).await.expect("claim")
+    else {
+        panic!("the first claim sends");
+    };
+    assert_eq!(trace_parent, first.trace_parent);
+    ledger.finish(&k, epoch, transient()).await.expect("finish");
+    // Another event's attempt, in another trace, and a batch of them: the posting's stays.
+    let later = ClaimRequest {
+        event_id: "evt-2".to_owned(),
+        trace_id: Some("0af7651916cd43dd8448eb211c80319c".to_owned()),
+        trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+        ..claim_of(&k, Intent::Bid(request(&k, 450)))
+    };
+    for claimed in ledger
+        .claim_many(&[later.clone(), later])
+        .await
+        .expect("claims")
+    {
+        let Claim::Send { trace_parent, .. } = claimed else {
+            panic!("a resend");
+        };
+        assert_eq!(trace_parent, first.trace_parent);
+    }
+    let row = ledger.lookup(&k).await.expect("lookup").expect("the row");
+    assert_eq!(row.trace_parent, first.trace_parent);
+    // A posting claimed in a batch with others keeps its own.
+    let (a, b) = (key("upwork", "traced-a"), key("upwork", "traced-b"));
+    let mut claim_b = claim_of(&b, Intent::Skip(vec!["r".into()]));
+    claim_b.trace_parent = Some("00-11111111111111111111111111111111-2222222222222222-01".into());
+    ledger
+        .claim_many(&[claim_of(&a, Intent::Bid(request(&a, 1))), claim_b.clone()])
+        .await
+        .expect("claims");
+    let row_b = ledger.lookup(&b).await.expect("lookup").expect("the row");
+    assert_eq!(row_b.trace_parent, claim_b.trace_parent);
+}
+
 pub async fn a_skip_is_recorded_final_by_the_claim(ledger: Arc<dyn BidLedger>) {
     let k = key("upwork", "job_skip");
     let claimed = ledger

@@ -142,6 +142,7 @@ macro_rules! contract_suite {
 contract_suite!(
     a_first_bid_claim_stores_the_request_and_counts_the_send,
     a_sent_request_is_sticky_whatever_later_claims_ask,
+    the_first_attempts_trace_is_the_postings_for_good,
     a_skip_is_recorded_final_by_the_claim,
     a_final_outcome_is_never_overwritten,
     a_stale_epoch_cannot_finish,
