@@ -62,6 +62,8 @@ pub struct Story {
     pub created_at: String,
     pub updated_at: String,
     pub sent_at: Option<String>,
+    /// The posting's trace: every marketplace call for it runs there (its first attempt's).
+    pub trace_id: Option<String>,
     pub request: Option<RequestView>,
     pub attempts: Vec<AttemptView>,
     pub lease: Option<LeaseView>,
@@ -84,6 +86,11 @@ impl Story {
             created_at: time(entry.created_at),
             updated_at: time(entry.updated_at),
             sent_at: entry.sent_at.map(time),
+            trace_id: entry
+                .trace_parent
+                .as_deref()
+                .and_then(crate::telemetry::trace_id_of)
+                .map(str::to_owned),
             request: entry.request.map(|r| RequestView {
                 amount: r.amount,
                 currency: r.currency,

@@ -54,6 +54,12 @@ fn print_text(s: &Story) -> std::io::Result<()> {
         out!("  detail     {}", e(detail))?;
     }
     out!("  event      {}", e(&s.event_id))?;
+    if let Some(trace) = &s.trace_id {
+        out!(
+            "  trace      {}  (every marketplace call of the posting)",
+            e(trace)
+        )?;
+    }
     out!(
         "  times      created {}  updated {}  sent {}",
         s.created_at,
