@@ -41,7 +41,7 @@ pub enum DlqError {
 /// One parked message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParkedMessage {
-    /// The AMQP message id (the publisher sets it to the event id).
+    /// The AMQP message id (the publisher sets it to the event id), else the body's `event_id`.
     pub event_id: Option<String>,
     /// `x-bidorch-reason`, or the broker's own (`delivery_limit`, `expired`, …).
     pub reason: String,
@@ -143,12 +143,13 @@ fn parked(message: &lapin::message::Delivery) -> ParkedMessage {
         .or_else(|| headers.get("x-first-death-reason"))
         .cloned()
         .unwrap_or_else(|| "unknown".to_owned());
+    let message_id = message
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str().to_owned());
     ParkedMessage {
-        event_id: message
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned()),
+        event_id: message_id.or_else(|| body_event_id(&message.data)),
         reason,
         detail: headers.get(DETAIL_HEADER).cloned(),
         attempt: read_attempt(&table),
@@ -182,15 +183,13 @@ pub async fn list(settings: &AmqpSettings, limit: usize) -> Result<DlqListing, D
     Ok(DlqListing { total, messages })
 }
 
-/// The event id of a parked message: its message id, else the body's `event_id`.
-fn event_id_of(message: &ParkedMessage) -> Option<String> {
-    message.event_id.clone().or_else(|| {
-        serde_json::from_slice::<serde_json::Value>(&message.body)
-            .ok()?
-            .get("event_id")?
-            .as_str()
-            .map(str::to_owned)
-    })
+/// The body's `event_id`, for a message published without a message id.
+fn body_event_id(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("event_id")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// `posting.{marketplace}` when the body names a valid marketplace; poison without one goes
@@ -236,7 +235,7 @@ pub async fn replay(
             }
         };
         let view = parked(&message);
-        let id = event_id_of(&view);
+        let id = view.event_id.clone();
         let wanted = match filter {
             ReplayFilter::All => true,
             ReplayFilter::EventId(wanted) => id.as_deref() == Some(wanted.as_str()),

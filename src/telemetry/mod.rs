@@ -41,6 +41,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -76,17 +77,12 @@ impl Drop for Telemetry {
 pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<Telemetry> {
     crate::tls::install_default_provider();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let mut filter = log_filter(settings)?
+    let filter = log_filter(settings)?
         // sqlx warns about connect parameters it ignores with their values (`sslpassword=…`):
         // a secret in a log line, whatever the filter says.
         .add_directive(quiet("sqlx_postgres::options::parse=error"))
         // "relation _sqlx_migrations already exists, skipping" on every start: noise.
         .add_directive(quiet("sqlx::postgres::notice=warn"));
-    // At TRACE these print protocol frames, the connection's credentials among them (the AMQP
-    // SASL response, a Redis AUTH): kept at DEBUG whatever the filter says.
-    for target in SECRET_AT_TRACE {
-        filter = filter.add_directive(quiet(&format!("{target}=debug")));
-    }
 
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
@@ -153,7 +149,7 @@ fn subscriber(
     };
     tracing_subscriber::registry()
         .with(otel_layer)
-        .with(log_layer.with_filter(Fresh(log_filter)))
+        .with(log_layer.with_filter(Fresh(log_filter.and(no_secret_frames()))))
 }
 
 /// What traces take: bidorch's spans down to DEBUG — the `process` span is INFO, its steps
@@ -169,6 +165,21 @@ pub fn trace_filter()
             (false, _) => Level::WARN,
         };
         *meta.level() <= floor
+    })
+}
+
+/// Never TRACE from [`SECRET_AT_TRACE`], whatever the log filter says: at TRACE these crates print
+/// protocol frames, the connection's credentials among them (the AMQP SASL response, a Redis
+/// AUTH). Everything else as the filter says (this only takes away).
+fn no_secret_frames()
+-> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() != Level::TRACE
+            || !SECRET_AT_TRACE.iter().any(|target| {
+                meta.target()
+                    .strip_prefix(target)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+            })
     })
 }
 
