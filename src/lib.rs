@@ -48,6 +48,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod dlq;
+pub mod envelope;
 pub mod error;
 pub mod flow;
 pub mod http;

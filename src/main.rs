@@ -123,7 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         return commands::healthcheck(addr, args).await;
     }
-    let mut settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = bidorch::app::load_settings(cli.config.as_deref())?;
     if matches!(
         cli.command,
         Command::Demo(_) | Command::Policy(_) | Command::Bench(_)

@@ -1,18 +1,15 @@
-//! Prometheus metrics: the recorder, and the one place each outcome is logged and counted.
+//! Prometheus metrics: the recorder, the names shared by several modules, and the catalogue.
 //!
 //! Names follow `bidorch_<name>_<unit>[_total]`; labels are bounded (marketplace, outcome,
-//! reason, result, backend) — never a posting id. [`observe`] emits a posting's log line and its
-//! counters together so the two cannot drift. [`CATALOGUE`] lists every name this process exports
-//! with its meaning; [`install`] registers those descriptions, so `/metrics` carries `# HELP`.
+//! reason, result, backend) — never a posting id. A processed delivery's log line and counters are
+//! emitted together by the worker (`worker/observe.rs`), so the two cannot drift. [`CATALOGUE`]
+//! lists every name this process exports with its meaning; [`install`] registers those
+//! descriptions, so `/metrics` carries `# HELP`.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::gauge;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
-use crate::pipeline::{Action, Outcome};
-use crate::posting::PostingKey;
 
 /// Seconds; covers sub-millisecond lock calls up to slow marketplace calls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -28,6 +25,11 @@ pub const LEASES_HELD: &str = "bidorch_leases_held";
 /// Gauge: postings whose bid request was sent longer ago than `reconcile.older_than` and never
 /// recorded (settle them with `bidorch reconcile`).
 pub const UNRESOLVED_SENDS: &str = "bidorch_ledger_unresolved_sends";
+/// Counter: our bid exists at the marketplace (2xx/409) but the ledger row had become final
+/// otherwise.
+pub const MISMATCHES: &str = "bidorch_ledger_mismatches_total";
+/// Gauge: 1 while a dependency (`lock_store`, `ledger`, or a marketplace) is paused, by reason.
+pub const PAUSED: &str = "bidorch_paused";
 /// Gauge: 1 while the worker is consuming (not paused, not stopped), else 0.
 pub const CONSUMING: &str = "bidorch_consuming";
 /// Gauge: 1 while `/readyz` would answer 200, else 0 (evaluated at each scrape).
@@ -83,7 +85,7 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         "Bids sent longer ago than reconcile.older_than and never recorded (run bidorch reconcile).",
     ),
     (
-        crate::pipeline::MISMATCHES,
+        MISMATCHES,
         Kind::Counter,
         &["marketplace"],
         "Our bid exists at the marketplace but the ledger row became final otherwise.",
@@ -101,7 +103,7 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         "1 while /readyz would answer 200 (evaluated at each scrape).",
     ),
     (
-        crate::flow::PAUSED,
+        PAUSED,
         Kind::Gauge,
         &["dependency", "reason"],
         "1 while a dependency (lock_store, ledger, marketplace:NAME) is paused, by reason.",
@@ -215,92 +217,5 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         gauge!(IN_FLIGHT).decrement(1.0);
-    }
-}
-
-/// Logs and counts one processed delivery: received, outcome, retry or dead letter, latency.
-/// Waits (a held lease, a pause, a not-before) are logged at DEBUG: during an outage they are
-/// many and say nothing new — the pause itself is announced once by [`crate::flow`].
-pub fn observe(
-    key: Option<&PostingKey>,
-    outcome: &Outcome,
-    action: &Action,
-    attempt: u32,
-    elapsed: Duration,
-) {
-    let market = key.map_or("unknown", PostingKey::marketplace);
-    let posting_id = key.map_or("-", PostingKey::posting_id);
-    let label = outcome.label();
-    counter!("bidorch_postings_received_total", "marketplace" => market.to_owned()).increment(1);
-    counter!("bidorch_outcomes_total", "marketplace" => market.to_owned(), "outcome" => label)
-        .increment(1);
-    histogram!("bidorch_pipeline_seconds", "outcome" => label).record(elapsed.as_secs_f64());
-    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
-    match action {
-        Action::Ack => match outcome {
-            Outcome::Placed { bid_id, via } => tracing::info!(
-                marketplace = market, posting_id, attempt, elapsed_ms,
-                bid_id = bid_id.as_deref().unwrap_or("-"), via = ?via, "Bid placed"
-            ),
-            Outcome::Rejected { status } => tracing::warn!(
-                marketplace = market,
-                posting_id,
-                attempt,
-                elapsed_ms,
-                status,
-                "Bid rejected by the marketplace"
-            ),
-            _ => tracing::info!(
-                marketplace = market,
-                posting_id,
-                attempt,
-                elapsed_ms,
-                outcome = label,
-                "Posting settled"
-            ),
-        },
-        Action::Retry {
-            delay,
-            reason,
-            counts,
-        } => {
-            counter!("bidorch_retries_total", "reason" => *reason).increment(1);
-            let detail = match outcome {
-                Outcome::Unavailable { error, .. } => error.as_str(),
-                Outcome::Transient { reason, .. } => reason.as_str(),
-                _ => "",
-            };
-            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-            if *counts {
-                tracing::info!(
-                    marketplace = market,
-                    posting_id,
-                    attempt,
-                    elapsed_ms,
-                    reason,
-                    detail,
-                    delay_ms,
-                    "Posting retried later"
-                );
-            } else {
-                tracing::debug!(
-                    marketplace = market,
-                    posting_id,
-                    attempt,
-                    elapsed_ms,
-                    reason,
-                    detail,
-                    delay_ms,
-                    "Posting waits"
-                );
-            }
-        }
-        Action::DeadLetter { reason, detail } => {
-            counter!("bidorch_dead_letters_total", "reason" => *reason).increment(1);
-            tracing::warn!(
-                marketplace = market, posting_id, attempt, reason, detail = %detail,
-                "Message dead-lettered"
-            );
-        }
     }
 }

@@ -140,8 +140,8 @@ async fn metrics_expose_the_documented_names_with_exact_counts_after_a_small_run
         "bidorch_lock_timeouts_total",
         "bidorch_redis_errors_total",
         // Labelled by what is paused: present once something has been.
-        bidorch::flow::PAUSED,
-        bidorch::pipeline::MISMATCHES,
+        bidorch::metrics::PAUSED,
+        bidorch::metrics::MISMATCHES,
     ];
     for (name, kind, _, _) in CATALOGUE {
         if not_exercised.contains(name) {

@@ -8,7 +8,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use super::connection::short;
-use crate::source::ATTEMPT_HEADER;
+use crate::envelope::{ATTEMPT_HEADER, is_own_header};
 
 /// Header names the broker owns; a copy we publish must not carry the original's values.
 pub(crate) fn is_broker_header(name: &str) -> bool {
@@ -151,7 +151,7 @@ pub(crate) fn copy_headers(
     if let Some(table) = original.headers() {
         for (name, value) in table.inner() {
             let keep = !is_broker_header(name.as_str())
-                && !crate::source::is_own_header(name.as_str())
+                && !is_own_header(name.as_str())
                 && !matches!(value, AMQPValue::LongString(_) | AMQPValue::ShortString(_));
             if keep {
                 out.insert(name.clone(), value.clone());

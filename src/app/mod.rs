@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::config::{LedgerKind, LockKind, MarketplaceKind, Settings, SourceKind};
 use crate::ledger::{self, BidLedger, LedgerError};
-use crate::lock::{self, LockError, LockStore};
+use crate::lock::{self, LockError, LockStore, Rate};
 use crate::marketplace::sandbox::{Sandbox, SandboxOptions, SandboxServer};
 use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
 use crate::pipeline::Pipeline;
@@ -33,6 +33,9 @@ pub use self::run::{run_worker, worker_options};
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// `[bidding]` does not make a policy (the error names the key).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     #[error("refusing to start: {0}")]
     Unsafe(String),
     #[error("lock store")]
@@ -51,6 +54,23 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Loads the settings — every layer, validated — and checks that `[bidding]` makes a policy:
+/// what every command starts from, so a bad configuration stops it naming the key.
+pub fn load_settings(file: Option<&std::path::Path>) -> Result<Settings, StartError> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    load_settings_from(file, &env)
+}
+
+/// [`load_settings`] with an explicit environment (tests pass their own).
+pub fn load_settings_from(
+    file: Option<&std::path::Path>,
+    env: &std::collections::HashMap<String, String>,
+) -> Result<Settings, StartError> {
+    let settings = Settings::load_from(file, env)?;
+    Policy::new(&settings.bidding)?;
+    Ok(settings)
 }
 
 /// The ports a pipeline runs on. Cloning is shallow.
@@ -155,7 +175,7 @@ impl SystemBuilder {
             ports.ledger.clone(),
             ports.locks.clone(),
             ports.marketplace.clone(),
-            Policy::new(&settings.bidding).map_err(crate::config::ConfigError::from)?,
+            Policy::new(&settings.bidding)?,
             settings.lock.ttl,
         )
         .with_instance(instance.clone())
@@ -164,7 +184,7 @@ impl SystemBuilder {
             settings
                 .marketplaces
                 .iter()
-                .filter_map(|(name, m)| Some((name.clone(), m.rate()?)))
+                .filter_map(|(name, m)| Some((name.clone(), Rate::of(m)?)))
                 .collect(),
         );
         let pipeline = match scoring(&settings)? {

@@ -280,7 +280,8 @@ mod tests {
     use super::*;
     use crate::config::Settings;
 
-    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, crate::config::ConfigError> {
+    /// Loads as every command does: the layers, then whether `[bidding]` makes a policy.
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, crate::app::StartError> {
         let path = std::env::temp_dir().join(format!(
             "bidorch-bidding-{}-{}.toml",
             std::process::id(),
@@ -291,7 +292,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let loaded = Settings::load_from(Some(&path), &env);
+        let loaded = crate::app::load_settings_from(Some(&path), &env);
         std::fs::remove_file(&path).ok();
         loaded
     }

@@ -44,9 +44,19 @@ pub enum ConfigError {
     Invalid { key: String, problem: String },
     #[error("configuration file {path}: {problem}")]
     File { path: PathBuf, problem: String },
-    /// `[bidding]` does not make a policy (the error names the key).
-    #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
+}
+
+/// Whether `name` can name a marketplace: `^[a-z0-9][a-z0-9_-]{0,31}$` (the event's
+/// `marketplace`, a routing key's suffix, a configuration section).
+pub fn is_marketplace_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let first_ok = bytes
+        .first()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let rest_ok = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
+    first_ok && rest_ok && bytes.len() <= 32
 }
 
 pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -231,14 +241,6 @@ impl MarketplaceSettings {
             rate_limit: None,
             rate_burst: None,
         }
-    }
-
-    /// The fleet-wide request rate, if one is set.
-    pub fn rate(&self) -> Option<crate::lock::Rate> {
-        self.rate_limit.map(|per_second| crate::lock::Rate {
-            per_second,
-            burst: self.rate_burst.unwrap_or(1).max(1),
-        })
     }
 
     /// The request and connect timeouts: as configured, else the defaults for `lock_ttl` —

@@ -219,7 +219,7 @@ fn marketplace(
     lock: &LockSettings,
 ) -> Result<(), ConfigError> {
     let key = |k: &str| format!("marketplaces.{name}.{k}");
-    if crate::posting::PostingKey::new(name, "x").is_err() {
+    if !super::is_marketplace_name(name) {
         return Err(invalid(
             format!("marketplaces.{name}"),
             "name must match ^[a-z0-9][a-z0-9_-]{0,31}$",
@@ -286,7 +286,6 @@ fn marketplace(
 /// must name a configured marketplace: an override silently ignored because of a typo would bid
 /// on what it was written to skip.
 fn bidding(s: &Settings) -> Result<(), ConfigError> {
-    crate::policy::Policy::new(&s.bidding)?;
     if let Some(name) = s
         .bidding
         .marketplaces

@@ -18,8 +18,7 @@ use std::time::Instant;
 pub use self::breaker::{BreakerSettings, Breakers, Permit, ProbeGuard, Signal, Verdict};
 pub use self::gate::{Dependency, Gate, GateWatch};
 
-/// Metric: 1 while a dependency or marketplace is paused, labelled `dependency`, `reason`.
-pub const PAUSED: &str = "bidorch_paused";
+use crate::metrics::PAUSED;
 
 /// Why something is paused. Bounded (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

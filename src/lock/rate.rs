@@ -17,6 +17,14 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// The fleet-wide request rate `marketplace` sets (`rate_limit`, `rate_burst`), if any.
+    pub fn of(marketplace: &crate::config::MarketplaceSettings) -> Option<Self> {
+        marketplace.rate_limit.map(|per_second| Self {
+            per_second,
+            burst: marketplace.rate_burst.unwrap_or(1).max(1),
+        })
+    }
+
     /// Milliseconds between requests at the sustained rate (at least 1).
     pub fn interval_ms(&self) -> u64 {
         let ms = (1000.0 / self.per_second.max(f64::MIN_POSITIVE)).ceil();

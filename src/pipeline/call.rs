@@ -13,9 +13,6 @@ use crate::marketplace::{BidRequest, BidResult};
 use crate::posting::PostingKey;
 use crate::telemetry;
 
-/// Metric: our bid exists (2xx/409) but the ledger row had become final otherwise.
-pub const MISMATCHES: &str = "bidorch_ledger_mismatches_total";
-
 /// The trace a marketplace call runs in: the posting's — its first attempt's `traceparent`, kept
 /// by the ledger — whichever attempt, event or `reconcile` makes the call; and this attempt.
 pub(super) struct PostingTrace<'a> {
@@ -180,7 +177,7 @@ fn signal(result: &BidResult) -> Signal {
 /// ledger tells a lie an operator must hear about. Never silent.
 pub(super) fn report_mismatch(key: &PostingKey, done: &Outcome, recorded: LedgerState) {
     if matches!(done, Outcome::Placed { .. }) && recorded != LedgerState::Placed {
-        metrics::counter!(MISMATCHES, "marketplace" => key.marketplace().to_owned()).increment(1);
+        metrics::counter!(crate::metrics::MISMATCHES, "marketplace" => key.marketplace().to_owned()).increment(1);
         tracing::error!(
             marketplace = key.marketplace(),
             posting_id = key.posting_id(),

@@ -49,7 +49,6 @@ mod steps;
 
 use self::steps::{fence_result, ledger_down, lock_store_down, lookup_result, pending};
 
-pub use self::call::MISMATCHES;
 use self::call::PostingTrace;
 pub use self::outcome::{Action, Component, Envelope, Outcome, PlacedVia, RetryRules};
 pub use self::request::stored_request;

@@ -134,14 +134,7 @@ impl PostingError {
 }
 
 fn validate_marketplace(m: &str) -> Result<(), PostingError> {
-    let bytes = m.as_bytes();
-    let first_ok = bytes
-        .first()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let rest_ok = bytes
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
-    if first_ok && rest_ok && bytes.len() <= 32 {
+    if crate::config::is_marketplace_name(m) {
         Ok(())
     } else {
         Err(PostingError::invalid(

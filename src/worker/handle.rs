@@ -129,7 +129,7 @@ async fn process(
     let ok = settled.is_ok();
     match settled {
         Ok(()) => {
-            metrics::observe(
+            super::observe::observe(
                 posting.as_ref().map(|p| &p.key),
                 &outcome,
                 &action,

@@ -16,6 +16,7 @@
 //! entered, with the pipeline's step spans and the settlement as its children.
 
 mod handle;
+mod observe;
 
 use std::future::Future;
 use std::sync::Arc;
