@@ -11,14 +11,14 @@
 //!   validated [`posting::Posting`].
 //! - [`policy`]: the pure should-bid decision — rules from `[bidding]` with per-kind and
 //!   per-marketplace layers, the bid amount, the cover letter, and the `policy check` report.
-//! - [`pipeline`]: one posting through (a lookup, if seen before) → decide (→ [`scoring`]) →
+//! - [`pipeline`]: one posting through (a lookup, if seen before) → decide (→ [`scorer`]) →
 //!   lease → claim → rate → bid → finish, the lease handed back to be released once the message
 //!   is settled; `pipeline/outcome/` holds the spec's outcome table (one `match`, max attempts
 //!   included).
 //! - Ports, each a narrow trait speaking domain types, with a production and an embedded backend:
 //!   [`source`] (RabbitMQ / in-process queue), [`lock`] (Redis / memory), [`ledger`]
 //!   (PostgreSQL / SQLite; batching of concurrent calls), [`marketplace`] (HTTP client; the
-//!   sandbox server), [`scoring`] (the optional remote scoring service). The lock store also
+//!   sandbox server), [`scorer`] (the optional remote scoring service). The lock store also
 //!   keeps the fleet-wide request rate of each marketplace (`lock/rate.rs`).
 //! - [`worker`]: the consume loop, concurrency and graceful shutdown.
 //! - [`amqp`]: what every RabbitMQ user shares — connections, topology, headers, confirmed
@@ -63,7 +63,7 @@ pub mod policy;
 pub mod posting;
 pub mod publish;
 pub mod reconcile;
-pub mod scoring;
+pub mod scorer;
 pub mod source;
 pub mod tally;
 pub mod telemetry;

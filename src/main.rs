@@ -135,9 +135,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = bidorch::telemetry::init(&settings.telemetry, &settings.instance_id())?;
     match cli.command {
         Command::Worker => {
-            // A consumer that cannot be resumed is an error from `run_worker` (exit non-zero, so
+            // A consumer that cannot be resumed is an error from `app::worker` (exit non-zero, so
             // an orchestrator restarts the worker).
-            bidorch::app::run_worker(&settings, commands::shutdown_signal())
+            bidorch::app::worker(&settings, commands::shutdown_signal())
                 .await
                 .context("worker")?;
         }

@@ -57,7 +57,7 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         "bidorch_outcomes_total",
         Kind::Counter,
         &["marketplace", "outcome"],
-        "Pipeline outcomes: placed, duplicate, skipped, rejected, lock_held, transient, lease_lost, superseded, redis, ledger, marketplace, poison.",
+        "Pipeline outcomes: poison, duplicate, lock_held, lock_store, ledger, marketplace, scoring, deferred, not_yet, marketplace_paused, rate_limited, skipped, placed, transient, rejected, lease_lost, superseded.",
     ),
     (
         "bidorch_retries_total",
@@ -217,5 +217,24 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_lists_exactly_the_outcomes_there_are() {
+        let (_, _, _, help) = CATALOGUE
+            .iter()
+            .find(|(name, ..)| *name == "bidorch_outcomes_total")
+            .expect("the outcomes counter is catalogued");
+        let listed: Vec<&str> = help
+            .trim_start_matches("Pipeline outcomes: ")
+            .trim_end_matches('.')
+            .split(", ")
+            .collect();
+        assert_eq!(listed, crate::pipeline::Outcome::LABELS);
     }
 }

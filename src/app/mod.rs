@@ -26,7 +26,7 @@ use crate::worker::WorkerOptions;
 
 mod run;
 
-pub use self::run::{run_worker, worker_options};
+pub use self::run::worker;
 
 /// Why a system could not be built or run. Each names the part at fault.
 #[derive(Debug, thiserror::Error)]
@@ -215,13 +215,13 @@ fn scoring(settings: &Settings) -> Result<Option<crate::pipeline::Scoring>, Star
     if !settings.scoring.enabled() {
         return Ok(None);
     }
-    let scorer = crate::scoring::HttpScorer::new(&settings.scoring, |var| std::env::var(var).ok())
+    let scorer = crate::scorer::HttpScorer::new(&settings.scoring, |var| std::env::var(var).ok())
         .map_err(|e| {
-            StartError::Config(crate::config::ConfigError::Invalid {
-                key: "scoring".to_owned(),
-                problem: e.to_string(),
-            })
-        })?;
+        StartError::Config(crate::config::ConfigError::Invalid {
+            key: "scoring".to_owned(),
+            problem: e.to_string(),
+        })
+    })?;
     Ok(Some(crate::pipeline::Scoring {
         scorer: Arc::new(scorer),
         threshold: settings.scoring.threshold,
@@ -350,7 +350,7 @@ impl System {
     pub fn worker_options(&self) -> WorkerOptions {
         WorkerOptions {
             tally: self.tally.clone(),
-            ..worker_options(&self.settings)
+            ..WorkerOptions::from_settings(&self.settings)
         }
     }
 

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{StartError, System};
-use crate::config::{Settings, SourceKind};
+use crate::config::Settings;
 use crate::ledger::BidLedger;
-use crate::pipeline::RetryRules;
 use crate::source::{ConsumerState, SourceError, SourceHealth};
-use crate::worker::{self, WorkerOptions, WorkerReport};
+use crate::worker::{self, WorkerReport};
 
 impl System {
     /// Runs one worker until `shutdown` resolves: opens its consumer, serves `/healthz`,
@@ -99,7 +98,7 @@ impl System {
 }
 
 /// `bidorch worker`: builds the system from `settings` and runs one worker until `shutdown`.
-pub async fn run_worker(
+pub async fn worker(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkerReport, StartError> {
@@ -111,32 +110,6 @@ pub async fn run_worker(
         .await?
         .run_worker(true, shutdown)
         .await
-}
-
-/// Consume-loop options from settings.
-pub fn worker_options(settings: &Settings) -> WorkerOptions {
-    WorkerOptions {
-        retry: RetryRules {
-            lock_held: settings.worker.retry_lock_held,
-            unavailable: settings.worker.retry_unavailable,
-            transient: settings.worker.retry_transient,
-            max_attempts: settings.amqp.max_attempts,
-            retry_budget: settings.amqp.retry_budget,
-        },
-        smallest_tier: settings
-            .amqp
-            .retry_tiers
-            .first()
-            .copied()
-            .unwrap_or(std::time::Duration::from_secs(1)),
-        grace: settings.worker.shutdown_grace,
-        tally: None,
-        destination: settings.amqp.exchange.clone(),
-        messaging_system: match settings.source.kind {
-            SourceKind::Amqp => "rabbitmq",
-            SourceKind::Memory => "bidorch.memory",
-        },
-    }
 }
 
 /// Mirrors a source's health into the readiness flag until aborted.

@@ -8,7 +8,7 @@ use tracing::{Instrument, debug_span, field::Empty};
 use super::{Component, Outcome, Pipeline};
 use crate::config::OnScoringFailure;
 use crate::posting::Posting;
-use crate::scoring::Scorer;
+use crate::scorer::Scorer;
 
 /// The scoring service and what to make of its answers.
 pub struct Scoring {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use tokio::task::JoinSet;
 
+use crate::config::{Settings, SourceKind};
 use crate::flow::{Dependency, Gate};
 use crate::pipeline::{Pipeline, RetryRules};
 use crate::source::PostingSource;
@@ -48,6 +49,34 @@ pub struct WorkerOptions {
     pub destination: String,
     /// `messaging.system` of the spans: `rabbitmq`, or `bidorch.memory` for the in-process queue.
     pub messaging_system: &'static str,
+}
+
+impl WorkerOptions {
+    /// The consume loop's options from `settings` (no tally).
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            retry: RetryRules {
+                lock_held: settings.worker.retry_lock_held,
+                unavailable: settings.worker.retry_unavailable,
+                transient: settings.worker.retry_transient,
+                max_attempts: settings.amqp.max_attempts,
+                retry_budget: settings.amqp.retry_budget,
+            },
+            smallest_tier: settings
+                .amqp
+                .retry_tiers
+                .first()
+                .copied()
+                .unwrap_or(std::time::Duration::from_secs(1)),
+            grace: settings.worker.shutdown_grace,
+            tally: None,
+            destination: settings.amqp.exchange.clone(),
+            messaging_system: match settings.source.kind {
+                SourceKind::Amqp => "rabbitmq",
+                SourceKind::Memory => "bidorch.memory",
+            },
+        }
+    }
 }
 
 /// What a finished worker run did.

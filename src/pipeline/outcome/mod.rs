@@ -232,6 +232,27 @@ impl Outcome {
         }
     }
 
+    /// Every [`label`](Self::label) there is (the `outcome` values of `bidorch_outcomes_total`).
+    pub const LABELS: &[&str] = &[
+        "poison",
+        "duplicate",
+        "lock_held",
+        "lock_store",
+        "ledger",
+        "marketplace",
+        "scoring",
+        "deferred",
+        "not_yet",
+        "marketplace_paused",
+        "rate_limited",
+        "skipped",
+        "placed",
+        "transient",
+        "rejected",
+        "lease_lost",
+        "superseded",
+    ];
+
     /// Bounded label for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {

@@ -160,3 +160,88 @@ fn poison_dead_letters_with_its_reason() {
         }
     ));
 }
+
+/// One outcome of each kind — every variant, every failing component — and its position in
+/// the declaration: the match below has no wildcard, so a new variant must be added here.
+fn one_of_each() -> Vec<Outcome> {
+    let all = vec![
+        Outcome::Poison(PostingError::MissingField("title")),
+        Outcome::Duplicate(LedgerState::Placed),
+        Outcome::LockHeld {
+            retry_in: Duration::from_secs(1),
+        },
+        Outcome::Unavailable {
+            component: Component::LockStore,
+            error: String::new(),
+        },
+        Outcome::Unavailable {
+            component: Component::Ledger,
+            error: String::new(),
+        },
+        Outcome::Unavailable {
+            component: Component::Marketplace,
+            error: String::new(),
+        },
+        Outcome::Unavailable {
+            component: Component::Scoring,
+            error: String::new(),
+        },
+        Outcome::Deferred {
+            dependency: Dependency::Ledger,
+        },
+        Outcome::NotYet {
+            remaining: Duration::from_secs(1),
+        },
+        Outcome::MarketplacePaused {
+            reason: PauseReason::Unavailable,
+            retry_in: Duration::from_secs(1),
+        },
+        Outcome::RateLimited {
+            retry_in: Duration::from_secs(1),
+        },
+        Outcome::Skipped { reasons: vec![] },
+        Outcome::Placed {
+            bid_id: None,
+            via: PlacedVia::New,
+        },
+        Outcome::Transient {
+            reason: String::new(),
+            retry_after: None,
+            counts: true,
+        },
+        Outcome::Rejected { status: 422 },
+        Outcome::LeaseLost,
+        Outcome::Superseded,
+    ];
+    for o in &all {
+        match o {
+            Outcome::Poison(_)
+            | Outcome::Duplicate(_)
+            | Outcome::LockHeld { .. }
+            | Outcome::Unavailable { .. }
+            | Outcome::Deferred { .. }
+            | Outcome::NotYet { .. }
+            | Outcome::MarketplacePaused { .. }
+            | Outcome::RateLimited { .. }
+            | Outcome::Skipped { .. }
+            | Outcome::Placed { .. }
+            | Outcome::Transient { .. }
+            | Outcome::Rejected { .. }
+            | Outcome::LeaseLost
+            | Outcome::Superseded => {}
+        }
+    }
+    all
+}
+
+#[test]
+fn every_outcome_label_is_listed_once_and_each_listed_one_exists() {
+    let labels: Vec<&str> = one_of_each().iter().map(Outcome::label).collect();
+    let mut listed = Outcome::LABELS.to_vec();
+    listed.sort_unstable();
+    let mut seen = labels.clone();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, listed);
+    assert_eq!(seen.len(), labels.len(), "two outcomes share a label");
+}
