@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::ledger::{AttemptRecord, BidLedger, LedgerEntry, LedgerError};
+use crate::ledger::{AttemptRecord, BidLedger, LedgerEntry, LedgerError, LedgerReports};
 use crate::lock::{LockError, LockStore};
 use crate::posting::PostingKey;
 
@@ -120,6 +120,7 @@ impl Story {
 /// Tells `key`'s story from the ledger and the lock store.
 pub async fn story(
     ledger: &dyn BidLedger,
+    reports: &dyn LedgerReports,
     locks: &dyn LockStore,
     key: &PostingKey,
 ) -> Result<Story, InspectError> {
@@ -127,7 +128,7 @@ pub async fn story(
         .lookup(key)
         .await?
         .ok_or_else(|| InspectError::NotFound(key.to_string()))?;
-    let attempts = ledger.attempts(key).await?;
+    let attempts = reports.attempts(key).await?;
     let lease = locks.holder(key).await?.map(|h| LeaseView {
         holder: h.token,
         ttl_left_ms: u64::try_from(h.ttl_left.as_millis()).unwrap_or(u64::MAX),

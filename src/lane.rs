@@ -9,7 +9,8 @@
 //! have lately been coming closer together than the linger ([`Pace`]): when they come further
 //! apart, as at a steady trickle of postings, the wait would gather nobody and only add to every
 //! posting's latency, so the batch goes at once. Every member gets its own answer; a batch that
-//! fails fails each member with a copy of the error (fail closed).
+//! fails fails each member, sharing the error (fail closed). What a failure means for a port's
+//! error type is the port adapter's business ([`LaneFailure`]), not the port's.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,35 +33,48 @@ pub struct LaneConfig {
     pub linger: Duration,
 }
 
-/// What a lane needs of its error type: a copy for each member of a failed batch, and the error
-/// for a lane whose task has stopped.
-pub trait LaneError: Send + 'static {
-    /// This error again, for another member of the same batch (same kind, same text).
-    fn for_member(&self) -> Self;
+/// Why a call through a lane got no answer of its own.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneFailure<E: std::error::Error + 'static> {
+    /// The batch it rode in failed; every member shares the error.
+    #[error("a batch of {size} failed")]
+    Batch {
+        size: usize,
+        #[source]
+        error: Arc<E>,
+    },
     /// The batching task is gone (the runtime is shutting down).
-    fn lane_stopped() -> Self;
-    /// A batch answered with the wrong number of answers (a bug, reported, never unwrapped).
-    fn miscounted(asked: usize, answered: usize) -> Self;
+    #[error("the `{0}` lane's batching task has stopped")]
+    Stopped(&'static str),
+    /// The batch came back with the wrong number of answers (a bug, reported, never unwrapped).
+    #[error("a batch of {asked} `{lane}` calls got {answered} answers")]
+    Miscounted {
+        lane: &'static str,
+        asked: usize,
+        answered: usize,
+    },
 }
 
-type Reply<T, E> = oneshot::Sender<Result<T, E>>;
+type Reply<T, E> = oneshot::Sender<Result<T, LaneFailure<E>>>;
 
 /// One call waiting in a lane.
-struct Job<Req, Resp, E> {
+struct Job<Req, Resp, E: std::error::Error + 'static> {
     request: Req,
     reply: Reply<Resp, E>,
     arrived: Instant,
 }
 
 /// The sending end of a lane; its task ends when every clone is dropped.
-pub struct Lane<Req, Resp, E> {
+pub struct Lane<Req, Resp, E: std::error::Error + 'static> {
     tx: mpsc::Sender<Job<Req, Resp, E>>,
+    name: &'static str,
 }
 
-impl<Req, Resp, E> Clone for Lane<Req, Resp, E> {
+impl<Req, Resp, E: std::error::Error + 'static> Clone for Lane<Req, Resp, E> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            name: self.name,
         }
     }
 }
@@ -69,7 +83,7 @@ impl<Req, Resp, E> Lane<Req, Resp, E>
 where
     Req: Send + 'static,
     Resp: Send + 'static,
-    E: LaneError,
+    E: std::error::Error + Send + Sync + 'static,
 {
     /// Starts the lane's task, which calls `run` with each batch (answers in the order asked).
     /// Must be called inside a tokio runtime.
@@ -79,6 +93,7 @@ where
         Fut: Future<Output = Result<Vec<Resp>, E>> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::channel::<Job<Req, Resp, E>>(config.max_batch * 4);
+        let lane = config.name;
         let slots = Arc::new(Semaphore::new(config.in_flight.max(1)));
         let run = Arc::new(run);
         tokio::spawn(async move {
@@ -131,31 +146,42 @@ where
                         }
                         Ok(answers) => {
                             for reply in replies {
-                                let _ = reply.send(Err(E::miscounted(asked, answers.len())));
+                                let _ = reply.send(Err(LaneFailure::Miscounted {
+                                    lane,
+                                    asked,
+                                    answered: answers.len(),
+                                }));
                             }
                         }
                         Err(e) => {
+                            let error = Arc::new(e);
                             for reply in replies {
-                                let _ = reply.send(Err(e.for_member()));
+                                let _ = reply.send(Err(LaneFailure::Batch {
+                                    size: asked,
+                                    error: error.clone(),
+                                }));
                             }
                         }
                     }
                 });
             }
         });
-        Self { tx }
+        Self { tx, name: lane }
     }
 
     /// Queues `request` and waits for its answer.
-    pub async fn ask(&self, request: Req) -> Result<Resp, E> {
+    pub async fn ask(&self, request: Req) -> Result<Resp, LaneFailure<E>> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             request,
             reply,
             arrived: Instant::now(),
         };
-        self.tx.send(job).await.map_err(|_| E::lane_stopped())?;
-        answer.await.map_err(|_| E::lane_stopped())?
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| LaneFailure::Stopped(self.name))?;
+        answer.await.map_err(|_| LaneFailure::Stopped(self.name))?
     }
 }
 
@@ -202,19 +228,13 @@ impl Pace {
 mod tests {
     use super::*;
 
-    #[derive(Debug, PartialEq)]
+    #[derive(Debug, PartialEq, thiserror::Error)]
+    #[error("{0}")]
     struct Oops(String);
 
-    impl LaneError for Oops {
-        fn for_member(&self) -> Self {
-            Oops(self.0.clone())
-        }
-        fn lane_stopped() -> Self {
-            Oops("stopped".into())
-        }
-        fn miscounted(asked: usize, answered: usize) -> Self {
-            Oops(format!("{asked} asked, {answered} answered"))
-        }
+    /// A lane answer as text, for comparing.
+    fn shown(answer: Result<u32, LaneFailure<Oops>>) -> Result<u32, String> {
+        answer.map_err(|e| crate::error::chain(&e))
     }
 
     fn config(linger_ms: u64) -> LaneConfig {
@@ -250,7 +270,7 @@ mod tests {
             })
             .collect();
         for (n, ask) in (1..=5).zip(asks) {
-            assert_eq!(ask.await.unwrap(), Ok(n * 10));
+            assert_eq!(shown(ask.await.unwrap()), Ok(n * 10));
         }
         assert_eq!(*sizes.lock().unwrap(), [5]);
     }
@@ -295,8 +315,8 @@ mod tests {
             Err::<Vec<u32>, _>(Oops("down".into()))
         });
         let (a, b) = tokio::join!(lane.ask(1), lane.ask(2));
-        assert_eq!(a, Err(Oops("down".into())));
-        assert_eq!(b, Err(Oops("down".into())));
+        assert_eq!(shown(a), Err("a batch of 2 failed: down".to_owned()));
+        assert_eq!(shown(b), Err("a batch of 2 failed: down".to_owned()));
     }
 
     #[tokio::test(start_paused = true)]
@@ -304,6 +324,9 @@ mod tests {
         let lane = Lane::start(config(0), |_batch: Vec<u32>| async {
             Ok::<Vec<u32>, Oops>(vec![])
         });
-        assert_eq!(lane.ask(1).await, Err(Oops("1 asked, 0 answered".into())));
+        assert_eq!(
+            shown(lane.ask(1).await),
+            Err("a batch of 1 `test` calls got 0 answers".to_owned())
+        );
     }
 }

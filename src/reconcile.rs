@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::app::System;
-use crate::ledger::{BidLedger, LedgerEntry, LedgerError};
+use crate::ledger::{LedgerEntry, LedgerError, LedgerReports};
 use crate::pipeline::{AttemptContext, Outcome};
 
 /// What a reconcile run found and did.
@@ -37,7 +37,7 @@ impl ReconcileReport {
 
 /// The unresolved postings older than `older_than`, oldest first (at most `limit`).
 pub async fn unresolved(
-    ledger: &dyn BidLedger,
+    ledger: &dyn LedgerReports,
     older_than: Duration,
     limit: u32,
 ) -> Result<Vec<LedgerEntry>, LedgerError> {

@@ -35,7 +35,7 @@ async fn metrics_expose_the_documented_names_with_exact_counts_after_a_small_run
     let app = Embedded::start(&["opsmk"], locks.clone()).await;
     let ops = Ops::serve(Readiness {
         locks: locks.clone(),
-        ledger: app.ledger.clone(),
+        ledger: app.ledger.ledger.clone(),
         consuming: Arc::new(AtomicBool::new(true)),
         gate: Default::default(),
         breakers: bidorch::flow::Breakers::new(Default::default()),

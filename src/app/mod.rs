@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use crate::config::{LedgerKind, LockKind, MarketplaceKind, Settings, SourceKind};
-use crate::ledger::{self, BidLedger, LedgerError};
-use crate::lock::{self, LockError, LockStore, Rate};
+use crate::ledger::{BidLedger, LedgerError, LedgerReports};
+use crate::lock::{LockError, LockStore, Rate, RateLimiter};
 use crate::marketplace::sandbox::{Sandbox, SandboxOptions, SandboxServer};
 use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
 use crate::pipeline::Pipeline;
@@ -24,8 +24,10 @@ use crate::source::{AmqpPostingSource, MemoryQueue, PostingSource, SourceError};
 use crate::tally::Tally;
 use crate::worker::WorkerOptions;
 
+mod ports;
 mod run;
 
+pub use self::ports::{LedgerPorts, LockPorts, ledger, locks};
 pub use self::run::worker;
 
 /// Why a system could not be built or run. Each names the part at fault.
@@ -73,18 +75,23 @@ pub fn load_settings_from(
     Ok(settings)
 }
 
-/// The ports a pipeline runs on. Cloning is shallow.
+/// The ports a system runs on. Cloning is shallow.
 #[derive(Clone)]
 pub struct Ports {
+    /// A posting's attempt: lookup, claim, finish.
     pub ledger: Arc<dyn BidLedger>,
+    /// Reconcile, inspect and the gauges.
+    pub reports: Arc<dyn LedgerReports>,
     pub locks: Arc<dyn LockStore>,
+    /// The marketplaces' fleet-wide request rates.
+    pub rates: Arc<dyn RateLimiter>,
     pub marketplace: Arc<dyn Marketplace>,
 }
 
 /// Builds a [`System`]; see the module docs.
 pub struct SystemBuilder {
     settings: Settings,
-    ledger: Option<Arc<dyn BidLedger>>,
+    ledger: Option<LedgerPorts>,
     locks: Option<Arc<dyn LockStore>>,
     marketplace: Option<Arc<dyn Marketplace>>,
     sandbox: SandboxOptions,
@@ -94,12 +101,13 @@ pub struct SystemBuilder {
 
 impl SystemBuilder {
     /// Uses this ledger instead of the one `database` configures.
-    pub fn ledger(mut self, ledger: Arc<dyn BidLedger>) -> Self {
+    pub fn ledger(mut self, ledger: LedgerPorts) -> Self {
         self.ledger = Some(ledger);
         self
     }
 
-    /// Uses this lock store instead of the one `lock` configures.
+    /// Uses this lock store for leases instead of the one `lock` configures (the rates stay in
+    /// the configured one).
     pub fn locks(mut self, locks: Arc<dyn LockStore>) -> Self {
         self.locks = Some(locks);
         self
@@ -144,13 +152,14 @@ impl SystemBuilder {
             }));
         }
         let instance = settings.instance_id();
+        let configured = ports::locks(settings.lock.kind, &settings.redis, &instance)?;
         let locks: Arc<dyn LockStore> = match self.locks {
             Some(locks) => locks,
-            None => lock::from_settings(settings.lock.kind, &settings.redis, &instance)?,
+            None => configured.locks,
         };
         let ledger = match self.ledger {
             Some(ledger) => ledger,
-            None => ledger::from_settings(&settings.database).await?,
+            None => ports::ledger(&settings.database).await?,
         };
         let (marketplace, sandbox) = match (self.marketplace, settings.marketplace.kind) {
             (Some(client), _) => (client, None),
@@ -167,8 +176,10 @@ impl SystemBuilder {
             }
         };
         let ports = Ports {
-            ledger,
+            ledger: ledger.ledger,
+            reports: ledger.reports,
             locks,
+            rates: configured.rates,
             marketplace,
         };
         let pipeline = Pipeline::new(
@@ -181,6 +192,7 @@ impl SystemBuilder {
         .with_instance(instance.clone())
         .with_lock_held_recheck(settings.worker.retry_lock_held)
         .with_rates(
+            ports.rates.clone(),
             settings
                 .marketplaces
                 .iter()

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{StartError, System};
 use crate::config::Settings;
-use crate::ledger::BidLedger;
+use crate::ledger::LedgerReports;
 use crate::source::{ConsumerState, SourceError, SourceHealth};
 use crate::worker::{self, WorkerReport};
 
@@ -53,7 +53,7 @@ impl System {
         // when the loop ends ("process up, consumer dead" must be visible).
         let mirror = tokio::spawn(mirror_health(source.health(), consuming.clone()));
         let unresolved = tokio::spawn(watch_unresolved(
-            self.ports.ledger.clone(),
+            self.ports.reports.clone(),
             self.settings.reconcile.older_than,
         ));
         tracing::info!(
@@ -133,7 +133,7 @@ const UNRESOLVED_EVERY: std::time::Duration = std::time::Duration::from_secs(30)
 /// Keeps `bidorch_ledger_unresolved_sends` current — postings whose request was sent more than
 /// `older_than` ago and never recorded — with one indexed count every 30 s, and says so at ERROR
 /// (an operator must run `bidorch reconcile`) when the count stays above 0, once per change.
-async fn watch_unresolved(ledger: Arc<dyn BidLedger>, older_than: std::time::Duration) {
+async fn watch_unresolved(ledger: Arc<dyn LedgerReports>, older_than: std::time::Duration) {
     let mut reported = 0;
     loop {
         let before = chrono::Utc::now()

@@ -21,11 +21,13 @@ pub struct InspectArgs {
 
 /// Prints the story, or fails with "no such posting".
 pub async fn inspect(settings: &Settings, args: InspectArgs) -> anyhow::Result<()> {
-    let ledger = bidorch::ledger::from_settings(&settings.database)
+    let ledger = bidorch::app::ledger(&settings.database)
         .await
         .with_context(|| format!("opening the ledger at {}", settings.database.url))?;
-    let locks = bidorch::lock::from_settings(settings.lock.kind, &settings.redis, "inspect")?;
-    let story = match bidorch::inspect::story(&*ledger, &*locks, &args.key).await {
+    let locks = bidorch::app::locks(settings.lock.kind, &settings.redis, "inspect")?.locks;
+    let story = match bidorch::inspect::story(&*ledger.ledger, &*ledger.reports, &*locks, &args.key)
+        .await
+    {
         Err(InspectError::NotFound(key)) => bail!("no such posting: {key}"),
         other => other?,
     };

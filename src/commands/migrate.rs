@@ -6,7 +6,7 @@ use bidorch::config::Settings;
 
 /// Applies the ledger migrations.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    bidorch::ledger::from_settings(&settings.database)
+    bidorch::app::ledger(&settings.database)
         .await
         .with_context(|| format!("migrating the ledger at {}", settings.database.url))?;
     tracing::info!(database = %settings.database.url, "Ledger migrations applied");

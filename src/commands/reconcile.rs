@@ -31,10 +31,10 @@ pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Resu
     let older_than = args.older_than.unwrap_or(settings.reconcile.older_than);
     if args.dry_run {
         // Only the ledger: a dry run sends nothing, so it needs no marketplace credentials.
-        let ledger = bidorch::ledger::from_settings(&settings.database)
+        let ledger = bidorch::app::ledger(&settings.database)
             .await
             .with_context(|| format!("opening the ledger at {}", settings.database.url))?;
-        let entries = bidorch::reconcile::unresolved(&*ledger, older_than, args.limit)
+        let entries = bidorch::reconcile::unresolved(&*ledger.reports, older_than, args.limit)
             .await
             .context("finding unresolved sends")?;
         list(&entries, older_than)?;
@@ -60,7 +60,7 @@ pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Resu
     let system = System::build(settings)
         .await
         .context("starting the system to reconcile with")?;
-    let entries = bidorch::reconcile::unresolved(&*system.ports().ledger, older_than, args.limit)
+    let entries = bidorch::reconcile::unresolved(&*system.ports().reports, older_than, args.limit)
         .await
         .context("finding unresolved sends")?;
     list(&entries, older_than)?;

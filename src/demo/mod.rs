@@ -19,7 +19,7 @@ use crate::config::{
     BiddingSettings, LedgerKind, LockKind, MarketplaceKind, MarketplaceSettings, SecretUrl,
     Settings, SourceKind,
 };
-use crate::ledger::{BidLedger, LedgerError};
+use crate::ledger::{LedgerError, LedgerReports};
 use crate::marketplace::sandbox::{SandboxOptions, SandboxStats};
 use crate::source::SourceError;
 use crate::tally::Tally;
@@ -205,7 +205,7 @@ async fn run_embedded(settings: &Settings, options: &DemoOptions) -> Result<Demo
             .expect("marketplace.kind = sandbox")
             .stats(),
         dead_letters,
-        system.ports().ledger.as_ref(),
+        system.ports().reports.as_ref(),
         tally.snapshot(),
     )
     .await
@@ -325,7 +325,7 @@ async fn report(
     elapsed: Duration,
     stats: &SandboxStats,
     dead_letters: BTreeMap<String, u64>,
-    ledger: &dyn BidLedger,
+    ledger: &dyn LedgerReports,
     counts: crate::tally::Counts,
 ) -> Result<DemoReport, DemoError> {
     let bids_for = |key: &String| stats.postings.get(key).map_or(0, |p| p.bids);

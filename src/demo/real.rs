@@ -80,7 +80,7 @@ async fn run_on(
         .tally(tally.clone())
         .build()
         .await?;
-    let ledger = system.ports().ledger.clone();
+    let ledger = system.ports().reports.clone();
     // Each worker on a connection of its own, as separate processes would have.
     let fleet = Fleet::start(&system, options.workers).await?;
 

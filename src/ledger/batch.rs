@@ -1,7 +1,7 @@
-//! Batching of ledger calls across the postings in flight (a [`Lane`] each): the
-//! single-posting `claim` and `finish` of concurrent pipeline tasks are gathered into one
-//! [`BidLedger::steps_many`] — one round trip and one transaction for the claims and finishes
-//! ready at the same moment — and concurrent `lookup`s into one `lookup_many`.
+//! [`Batched`]: a [`LedgerBackend`] as the pipeline's [`BidLedger`], the single-posting calls of
+//! concurrent postings gathered (a [`Lane`] each): claims and finishes into one
+//! [`LedgerBackend::steps_many`] — one round trip and one transaction for the claims and finishes
+//! ready at the same moment — and lookups into one `lookup_many`.
 //!
 //! The guarantees of the batch calls are kept: every member gets its own answer, in its own
 //! order; a batch that fails fails each member (fail closed), so nothing is acked on a write that
@@ -11,13 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
 use super::{
-    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
-    LedgerState,
+    BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry, LedgerError,
 };
-use crate::lane::{Lane, LaneConfig, LaneError};
+use crate::lane::{Lane, LaneConfig, LaneFailure};
 use crate::posting::PostingKey;
 
 /// How the ledger's lanes batch: a worker's whole prefetch fits in one batch; one batch is
@@ -41,70 +39,64 @@ enum Answer {
     Claimed(Box<Claim>),
 }
 
-/// A ledger whose single-posting calls are batched (see the module docs); the batch calls and
-/// the rest go straight through.
-pub struct Batching {
-    inner: Arc<dyn BidLedger>,
+/// A backend whose single-posting calls are batched (see the module docs).
+pub struct Batched {
+    backend: Arc<dyn LedgerBackend>,
     lookups: Lane<PostingKey, Option<LedgerEntry>, LedgerError>,
     steps: Lane<Step, Answer, LedgerError>,
 }
 
-impl Batching {
-    /// Wraps `inner`. Must be called inside a tokio runtime (it starts the batching tasks,
-    /// which end when this is dropped).
-    pub fn new(inner: Arc<dyn BidLedger>) -> Self {
+impl Batched {
+    /// Batches `backend`'s calls. Must be called inside a tokio runtime (it starts the batching
+    /// tasks, which end when this is dropped).
+    pub fn new(backend: Arc<dyn LedgerBackend>) -> Self {
         let lookups = {
-            let inner = inner.clone();
+            let backend = backend.clone();
             Lane::start(LANE, move |keys: Vec<PostingKey>| {
-                let inner = inner.clone();
-                async move { inner.lookup_many(&keys).await }
+                let backend = backend.clone();
+                async move { backend.lookup_many(&keys).await }
             })
         };
         let steps = {
-            let inner = inner.clone();
+            let backend = backend.clone();
             Lane::start(LANE, move |steps: Vec<Step>| {
-                let inner = inner.clone();
-                async move { run_steps(inner.as_ref(), steps).await }
+                let backend = backend.clone();
+                async move { run_steps(backend.as_ref(), steps).await }
             })
         };
         Self {
-            inner,
+            backend,
             lookups,
             steps,
         }
     }
 }
 
-impl LaneError for LedgerError {
-    /// The same kind, so retryability is kept, and the same text (the error itself cannot be
-    /// cloned).
-    fn for_member(&self) -> Self {
-        match self {
-            Self::Corrupt { key, problem } => Self::Corrupt {
+/// A lane's failure as the ledger's error: a shared batch error keeps its kind (a corrupt row
+/// stays corrupt, anything else is the database unavailable: retry later), and a lane that
+/// stopped or miscounted fails closed, as unavailable.
+fn ledger_error(failure: LaneFailure<LedgerError>) -> LedgerError {
+    match failure {
+        LaneFailure::Batch { error, .. } => match error.as_ref() {
+            LedgerError::Corrupt { key, problem } => LedgerError::Corrupt {
                 key: key.clone(),
                 problem: problem.clone(),
             },
-            Self::Unavailable(_) | Self::Migration(_) => {
-                Self::Unavailable(crate::error::chain(self).into())
-            }
-        }
-    }
-
-    fn lane_stopped() -> Self {
-        Self::Unavailable("the ledger's batching task has stopped".into())
-    }
-
-    fn miscounted(asked: usize, answered: usize) -> Self {
-        Self::Corrupt {
-            key: "*".to_owned(),
-            problem: format!("a batch of {asked} got {answered} answers"),
-        }
+            _ => LedgerError::Unavailable(Box::new(LaneFailure::Batch {
+                size: 0,
+                error: error.clone(),
+            })),
+        },
+        other => LedgerError::Unavailable(Box::new(other)),
     }
 }
 
 /// Splits a batch into its finishes and claims, each in key order, makes them in one
 /// `steps_many`, and hands the answers back in the order of the batch.
-async fn run_steps(ledger: &dyn BidLedger, steps: Vec<Step>) -> Result<Vec<Answer>, LedgerError> {
+async fn run_steps(
+    ledger: &dyn LedgerBackend,
+    steps: Vec<Step>,
+) -> Result<Vec<Answer>, LedgerError> {
     let mut finishes = Vec::new();
     let mut claims = Vec::new();
     // Where each member went: (is a claim, its position in that list).
@@ -127,16 +119,16 @@ async fn run_steps(ledger: &dyn BidLedger, steps: Vec<Step>) -> Result<Vec<Answe
     let claims = permute(claims, &claim_order);
     let (fenced, claimed) = ledger.steps_many(&finishes, &claims).await?;
     if fenced.len() != finishes.len() || claimed.len() != claims.len() {
-        return Err(LedgerError::Corrupt {
-            key: "*".to_owned(),
-            problem: format!(
+        return Err(LedgerError::Unavailable(
+            format!(
                 "a batch of {} finishes and {} claims got {} and {} answers",
                 finishes.len(),
                 claims.len(),
                 fenced.len(),
                 claimed.len()
-            ),
-        });
+            )
+            .into(),
+        ));
     }
     let mut fenced = unpermute(fenced, &finish_order);
     let mut claimed = unpermute(claimed, &claim_order);
@@ -183,63 +175,18 @@ fn mismatched(key: &PostingKey) -> LedgerError {
 }
 
 #[async_trait]
-impl BidLedger for Batching {
-    async fn lookup_many(
-        &self,
-        keys: &[PostingKey],
-    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
-        self.inner.lookup_many(keys).await
-    }
-
-    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
-        self.inner.claim_many(claims).await
-    }
-
-    async fn finish_many(
-        &self,
-        finishes: &[(PostingKey, i64, Finish)],
-    ) -> Result<Vec<Fenced>, LedgerError> {
-        self.inner.finish_many(finishes).await
-    }
-
-    async fn steps_many(
-        &self,
-        finishes: &[(PostingKey, i64, Finish)],
-        claims: &[ClaimRequest],
-    ) -> Result<(Vec<Fenced>, Vec<Claim>), LedgerError> {
-        self.inner.steps_many(finishes, claims).await
-    }
-
-    async fn unresolved(
-        &self,
-        before: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<LedgerEntry>, LedgerError> {
-        self.inner.unresolved(before, limit).await
-    }
-
-    async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
-        self.inner.count_unresolved(before).await
-    }
-
-    async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
-        self.inner.attempts(key).await
-    }
-
-    async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
-        self.inner.counts_by_state().await
-    }
-
-    async fn health(&self) -> Result<(), LedgerError> {
-        self.inner.health().await
-    }
-
+impl BidLedger for Batched {
     async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        self.lookups.ask(key.clone()).await
+        self.lookups.ask(key.clone()).await.map_err(ledger_error)
     }
 
     async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
-        match self.steps.ask(Step::Claim(claim.clone())).await? {
+        match self
+            .steps
+            .ask(Step::Claim(claim.clone()))
+            .await
+            .map_err(ledger_error)?
+        {
             Answer::Claimed(claimed) => Ok(*claimed),
             Answer::Finished(_) => Err(mismatched(&claim.key)),
         }
@@ -254,11 +201,16 @@ impl BidLedger for Batching {
         match self
             .steps
             .ask(Step::Finish(key.clone(), epoch, finish))
-            .await?
+            .await
+            .map_err(ledger_error)?
         {
             Answer::Finished(fenced) => Ok(fenced),
             Answer::Claimed(_) => Err(mismatched(key)),
         }
+    }
+
+    async fn health(&self) -> Result<(), LedgerError> {
+        self.backend.health().await
     }
 }
 
@@ -283,12 +235,20 @@ mod tests {
 
     #[test]
     fn a_shared_error_keeps_its_retryability() {
-        let down = LedgerError::Unavailable("connection refused".into());
-        assert!(down.for_member().is_retryable());
-        let corrupt = LedgerError::Corrupt {
+        let shared = |error: LedgerError| {
+            ledger_error(LaneFailure::Batch {
+                size: 2,
+                error: Arc::new(error),
+            })
+        };
+        let down = shared(LedgerError::Unavailable("connection refused".into()));
+        assert!(down.is_retryable());
+        assert!(crate::error::chain(&down).contains("connection refused"));
+        let corrupt = shared(LedgerError::Corrupt {
             key: "upwork:a".into(),
             problem: "bad state".into(),
-        };
-        assert!(!corrupt.for_member().is_retryable());
+        });
+        assert!(!corrupt.is_retryable());
+        assert!(ledger_error(LaneFailure::Stopped("ledger")).is_retryable());
     }
 }

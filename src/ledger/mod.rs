@@ -11,10 +11,13 @@
 //! states — `placed`, `skipped`, `rejected` — are never overwritten. Each claim starts a row of
 //! the attempt history (`bid_attempts`) that its finish closes.
 //!
-//! Backends: [`PgBidLedger`] (production, `migrations/postgres/`, the claim and finish as
-//! PL/pgSQL functions taking whole batches) and [`SqliteBidLedger`] (embedded mode,
-//! `migrations/sqlite/`, the same steps in one immediate transaction), chosen by
-//! [`from_settings`], held to one contract suite (`tests/it/ledger/`).
+//! Ports: [`BidLedger`] (a posting's attempt: lookup, claim, finish) and [`LedgerReports`]
+//! (reconcile, inspect, gauges). Backends implement [`LedgerBackend`] — whole batches in one
+//! round trip — and the reports: [`PgBidLedger`] (production, `migrations/postgres/`, the claim
+//! and finish as PL/pgSQL functions) and [`SqliteBidLedger`] (embedded mode, `migrations/sqlite/`,
+//! the same steps in one immediate transaction), held to one contract suite
+//! (`tests/it/ledger/`). [`Deadline`] bounds a backend's calls; [`Batched`] turns one into a
+//! [`BidLedger`] by batching concurrent postings' calls. The composition root stacks them.
 
 pub(crate) mod batch;
 mod deadline;
@@ -25,15 +28,12 @@ mod sql;
 pub mod sqlite;
 mod types;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::config::{DatabaseSettings, LedgerKind};
 use crate::posting::PostingKey;
 
-pub use self::batch::Batching;
+pub use self::batch::Batched;
 pub use self::deadline::Deadline;
 pub use self::postgres::PgBidLedger;
 pub use self::sqlite::SqliteBidLedger;
@@ -60,51 +60,33 @@ impl LedgerError {
     }
 }
 
-/// The durable bid ledger (PostgreSQL in production, SQLite for the embedded mode).
-///
-/// The batch methods are the primitives (one round trip, one transaction for many postings);
-/// the single-posting ones are conveniences over them.
+/// The ledger as a posting's attempt uses it: one posting at a time. The embedded and production
+/// ledgers both come as [`Batched`], which gathers the calls of concurrent postings into one
+/// round trip of their [`LedgerBackend`].
 #[async_trait]
 pub trait BidLedger: Send + Sync + 'static {
-    /// Reads postings' rows (`None` for a posting never claimed), in the order asked.
-    async fn lookup_many(
+    /// Reads one posting's row (`None` if it was never claimed).
+    async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError>;
+
+    /// Claims one posting (see the module docs).
+    async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError>;
+
+    /// Ends one attempt: writes `finish` if `epoch` is still current and the row pending, and
+    /// closes the attempt's history row. A rejection releases the posting's cap slot.
+    async fn finish(
         &self,
-        keys: &[PostingKey],
-    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError>;
+        key: &PostingKey,
+        epoch: i64,
+        finish: Finish,
+    ) -> Result<Fenced, LedgerError>;
 
-    /// Claims postings (see the module docs), each under its row lock, all in one transaction.
-    /// Results come in the order asked; a failure fails every member (fail closed).
-    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError>;
+    /// Checks the database answers (for `/readyz` and the worker's probe).
+    async fn health(&self) -> Result<(), LedgerError>;
+}
 
-    /// Ends attempts: for each `(key, epoch, finish)`, writes it if `epoch` is still current
-    /// and the row pending, and closes the attempt's history row. A rejection releases the
-    /// posting's cap slot.
-    async fn finish_many(
-        &self,
-        finishes: &[(PostingKey, i64, Finish)],
-    ) -> Result<Vec<Fenced>, LedgerError>;
-
-    /// Ends `finishes`, then makes `claims` — in one transaction where the backend can (one
-    /// round trip for the lot on PostgreSQL). Answers come in the order asked; a failure fails
-    /// every member. The default makes the two calls one after the other.
-    async fn steps_many(
-        &self,
-        finishes: &[(PostingKey, i64, Finish)],
-        claims: &[ClaimRequest],
-    ) -> Result<(Vec<Fenced>, Vec<Claim>), LedgerError> {
-        let fenced = if finishes.is_empty() {
-            Vec::new()
-        } else {
-            self.finish_many(finishes).await?
-        };
-        let claimed = if claims.is_empty() {
-            Vec::new()
-        } else {
-            self.claim_many(claims).await?
-        };
-        Ok((fenced, claimed))
-    }
-
+/// What operators and the worker's gauges read from the ledger.
+#[async_trait]
+pub trait LedgerReports: Send + Sync + 'static {
     /// Pending postings whose request was sent (possibly) but never recorded, sent before
     /// `before`, oldest first, at most `limit` (for `bidorch reconcile`).
     async fn unresolved(
@@ -121,68 +103,40 @@ pub trait BidLedger: Send + Sync + 'static {
 
     /// How many rows are in each state: all four states, in declaration order, zero if none.
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError>;
-
-    /// Checks the database answers (for `/readyz`).
-    async fn health(&self) -> Result<(), LedgerError>;
-
-    /// Reads one posting's row.
-    async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
-        let found = self.lookup_many(std::slice::from_ref(key)).await?;
-        Ok(found.into_iter().next().flatten())
-    }
-
-    /// Claims one posting.
-    async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
-        let mut claimed = self.claim_many(std::slice::from_ref(claim)).await?;
-        claimed.pop().ok_or_else(|| LedgerError::Corrupt {
-            key: claim.key.to_string(),
-            problem: "the claim returned nothing".to_owned(),
-        })
-    }
-
-    /// Ends one attempt.
-    async fn finish(
-        &self,
-        key: &PostingKey,
-        epoch: i64,
-        finish: Finish,
-    ) -> Result<Fenced, LedgerError> {
-        let mut done = self.finish_many(&[(key.clone(), epoch, finish)]).await?;
-        done.pop().ok_or_else(|| LedgerError::Corrupt {
-            key: key.to_string(),
-            problem: "the finish returned nothing".to_owned(),
-        })
-    }
 }
 
-/// Opens the ledger `settings.kind` names and applies its migrations — what worker start,
-/// `bidorch migrate` and the demo need. PostgreSQL uses `url`, `schema` and `max_connections`;
-/// SQLite uses `url` (`sqlite://file.db` or `sqlite::memory:`) and `max_connections`.
-/// Every call of it is bounded by `database.call_timeout` ([`Deadline`]), and concurrent
-/// single-posting calls share round trips ([`Batching`]).
-pub async fn from_settings(settings: &DatabaseSettings) -> Result<Arc<dyn BidLedger>, LedgerError> {
-    let ledger: Arc<dyn BidLedger> = match settings.kind {
-        LedgerKind::Postgres => {
-            let ledger = PgBidLedger::connect_and_migrate(settings).await?;
-            // As many connections as a busy worker's lanes use at once (a batch of steps in
-            // flight and the next, lookups likewise). A cold start is no reason to refuse one.
-            let busy = u32::try_from(batch::LANE.in_flight * 2).unwrap_or(u32::MAX);
-            if let Err(e) = ledger.warm_up(busy).await {
-                tracing::warn!(
-                    error = %crate::error::Chain(&e),
-                    "Ledger warm-up failed; the first postings may be slower"
-                );
-            }
-            Arc::new(ledger)
-        }
-        LedgerKind::Sqlite => {
-            let ledger =
-                SqliteBidLedger::connect_with(settings.url.expose(), settings.max_connections)
-                    .await?;
-            ledger.migrate().await?;
-            Arc::new(ledger)
-        }
-    };
-    let bounded: Arc<dyn BidLedger> = Arc::new(Deadline::new(ledger, settings.call_timeout));
-    Ok(Arc::new(Batching::new(bounded)))
+/// A database holding the ledger ([`PgBidLedger`], [`SqliteBidLedger`]): the calls of many
+/// postings in one round trip and one transaction, and the reports.
+#[async_trait]
+pub trait LedgerBackend: LedgerReports {
+    /// Reads postings' rows (`None` for a posting never claimed), in the order asked.
+    async fn lookup_many(
+        &self,
+        keys: &[PostingKey],
+    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError>;
+
+    /// Ends `finishes`, then makes `claims` (each under its row lock) — in one transaction
+    /// (one round trip for the lot on PostgreSQL). Answers come in the order asked; a failure
+    /// fails every member (fail closed).
+    async fn steps_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+        claims: &[ClaimRequest],
+    ) -> Result<(Vec<Fenced>, Vec<Claim>), LedgerError>;
+
+    /// Checks the database answers.
+    async fn health(&self) -> Result<(), LedgerError>;
+
+    /// Claims postings, all in one transaction.
+    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
+        Ok(self.steps_many(&[], claims).await?.1)
+    }
+
+    /// Ends attempts, all in one transaction.
+    async fn finish_many(
+        &self,
+        finishes: &[(PostingKey, i64, Finish)],
+    ) -> Result<Vec<Fenced>, LedgerError> {
+        Ok(self.steps_many(finishes, &[]).await?.0)
+    }
 }

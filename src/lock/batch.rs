@@ -8,28 +8,32 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Admission, HolderInfo, Lease, LockError, LockStore, Rate, Release};
-use crate::lane::{Lane, LaneConfig, LaneError};
+use super::{HolderInfo, Lease, LeaseBatches, LockError, LockStore, Release};
+use crate::lane::{Lane, LaneConfig, LaneFailure};
 use crate::posting::PostingKey;
 
-/// How the lease lanes batch: as the ledger's, a worker's prefetch in one batch and a lone call
-/// waiting at most a millisecond.
+/// How the lease lanes batch: a worker's prefetch in one pipeline, two pipelines on the wire at
+/// once (one acquiring while the last answers), and a lone call waiting at most a millisecond.
+/// Redis answers a pipeline of a hundred `SET NX` in about the time of one, so the batch is
+/// bounded by the prefetch rather than by the server.
 pub const LANE: LaneConfig = LaneConfig {
     name: "leases",
-    ..crate::ledger::batch::LANE
+    max_batch: 256,
+    in_flight: 2,
+    linger: Duration::from_millis(1),
 };
 
 /// A lock store whose single acquisitions and releases are batched; the rest go straight
 /// through.
 pub struct BatchingLocks {
-    inner: Arc<dyn LockStore>,
+    inner: Arc<dyn LeaseBatches>,
     acquires: Lane<(PostingKey, Duration), Option<Lease>, LockError>,
     releases: Lane<Lease, Release, LockError>,
 }
 
 impl BatchingLocks {
     /// Wraps `inner`. Must be called inside a tokio runtime (it starts the lanes' tasks).
-    pub fn new(inner: Arc<dyn LockStore>) -> Self {
+    pub fn new(inner: Arc<dyn LeaseBatches>) -> Self {
         let acquires = {
             let inner = inner.clone();
             Lane::start(LANE, move |asks: Vec<(PostingKey, Duration)>| {
@@ -55,7 +59,7 @@ impl BatchingLocks {
 /// One `try_acquire_many` per TTL in the batch (a worker asks with one TTL, so one call), the
 /// answers in the order asked.
 async fn acquire_by_ttl(
-    store: &dyn LockStore,
+    store: &dyn LeaseBatches,
     asks: Vec<(PostingKey, Duration)>,
 ) -> Result<Vec<Option<Lease>>, LockError> {
     let mut answers: Vec<Option<Option<Lease>>> = asks.iter().map(|_| None).collect();
@@ -79,22 +83,20 @@ async fn acquire_by_ttl(
     Ok(answers.into_iter().flatten().collect())
 }
 
-impl LaneError for LockError {
-    /// The same kind (so retryability is kept) and the same text.
-    fn for_member(&self) -> Self {
-        match self {
-            Self::Unavailable(_) => Self::Unavailable(crate::error::chain(self).into()),
-            Self::TimedOut { op, after } => Self::TimedOut { op, after: *after },
-            Self::Config(problem) => Self::Config(problem.clone()),
-        }
-    }
-
-    fn lane_stopped() -> Self {
-        Self::Unavailable("the lock store's batching task has stopped".into())
-    }
-
-    fn miscounted(asked: usize, answered: usize) -> Self {
-        Self::Unavailable(format!("a batch of {asked} lease calls got {answered} answers").into())
+/// A lane's failure as the lock store's error: a shared batch error keeps its kind (so its
+/// retryability), and a lane that stopped or miscounted fails closed, as unavailable — never as
+/// "held elsewhere".
+fn lock_error(failure: LaneFailure<LockError>) -> LockError {
+    match failure {
+        LaneFailure::Batch { error, .. } => match error.as_ref() {
+            LockError::TimedOut { op, after } => LockError::TimedOut { op, after: *after },
+            LockError::Config(problem) => LockError::Config(problem.clone()),
+            LockError::Unavailable(_) => LockError::Unavailable(Box::new(LaneFailure::Batch {
+                size: 0,
+                error: error.clone(),
+            })),
+        },
+        other => LockError::Unavailable(Box::new(other)),
     }
 }
 
@@ -105,23 +107,14 @@ impl LockStore for BatchingLocks {
         key: &PostingKey,
         ttl: Duration,
     ) -> Result<Option<Lease>, LockError> {
-        self.acquires.ask((key.clone(), ttl)).await
+        self.acquires
+            .ask((key.clone(), ttl))
+            .await
+            .map_err(lock_error)
     }
 
     async fn release(&self, lease: &Lease) -> Result<Release, LockError> {
-        self.releases.ask(lease.clone()).await
-    }
-
-    async fn try_acquire_many(
-        &self,
-        keys: &[PostingKey],
-        ttl: Duration,
-    ) -> Result<Vec<Option<Lease>>, LockError> {
-        self.inner.try_acquire_many(keys, ttl).await
-    }
-
-    async fn release_many(&self, leases: &[Lease]) -> Result<Vec<Release>, LockError> {
-        self.inner.release_many(leases).await
+        self.releases.ask(lease.clone()).await.map_err(lock_error)
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError> {
@@ -134,9 +127,5 @@ impl LockStore for BatchingLocks {
 
     async fn health(&self) -> Result<(), LockError> {
         self.inner.health().await
-    }
-
-    async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
-        self.inner.admit(marketplace, rate).await
     }
 }

@@ -3,7 +3,7 @@
 //! Same contract as [`RedisLockStore`](super::RedisLockStore): a lease has a holder token and a
 //! TTL, only its token extends or releases it, and an expired lease is free for the next taker.
 //! Time is read from `tokio::time::Instant`, so tests can pause and advance the clock.
-//! It excludes only tasks of this process: `lock::from_settings` refuses it for a worker that
+//! It excludes only tasks of this process: the composition root refuses it for a worker that
 //! consumes from RabbitMQ, where other processes compete for the same postings.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::rate::gcra;
-use super::{Admission, HolderInfo, Lease, LockError, LockStore, Rate, Release};
+use super::{Admission, HolderInfo, Lease, LockError, LockStore, Rate, RateLimiter, Release};
 use crate::posting::PostingKey;
 
 /// Entries above which an insert sweeps out expired leases (amortised: the bar doubles).
@@ -171,7 +171,10 @@ impl LockStore for MemoryLockStore {
     async fn health(&self) -> Result<(), LockError> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl RateLimiter for MemoryLockStore {
     async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = *table.epoch.get_or_insert_with(Instant::now);
@@ -184,24 +187,5 @@ impl LockStore for MemoryLockStore {
             }
             Err(wait) => Admission::Wait(Duration::from_millis(wait)),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn expired_entries_are_swept_once_the_table_grows() {
-        let store = MemoryLockStore::new();
-        let ttl = Duration::from_secs(1);
-        for i in 0..SWEEP_FLOOR {
-            let key = PostingKey::new("m", &format!("p{i}")).unwrap();
-            store.try_acquire(&key, ttl).await.unwrap().unwrap();
-        }
-        tokio::time::advance(Duration::from_secs(2)).await;
-        let key = PostingKey::new("m", "fresh").unwrap();
-        store.try_acquire(&key, ttl).await.unwrap().unwrap();
-        assert_eq!(store.table().leases.len(), 1);
     }
 }

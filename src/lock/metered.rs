@@ -10,13 +10,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::metrics::{Attempt, LockMetrics, LockMetricsSnapshot};
-use super::{Admission, HolderInfo, Lease, LockError, LockStore, Rate, Release};
+use super::{Admission, HolderInfo, Lease, LockError, LockStore, Rate, RateLimiter, Release};
 use crate::posting::PostingKey;
 
 /// A lock store with metrics. Share it as `Arc<MeteredLockStore>`.
 pub struct MeteredLockStore {
     inner: Arc<dyn LockStore>,
-    metrics: LockMetrics,
+    metrics: Arc<LockMetrics>,
 }
 
 impl MeteredLockStore {
@@ -24,7 +24,15 @@ impl MeteredLockStore {
     pub fn new(inner: Arc<dyn LockStore>, backend: &'static str) -> Self {
         Self {
             inner,
-            metrics: LockMetrics::new(backend),
+            metrics: Arc::new(LockMetrics::new(backend)),
+        }
+    }
+
+    /// `rates` counted into this store's metrics (its errors are the lock store's errors).
+    pub fn rate_limiter(&self, rates: Arc<dyn RateLimiter>) -> MeteredRateLimiter {
+        MeteredRateLimiter {
+            inner: rates,
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -39,16 +47,34 @@ impl MeteredLockStore {
     }
 
     fn count<T>(&self, result: Result<T, LockError>) -> Result<T, LockError> {
-        // Only "could not answer" counts; a caller's bad argument is not a Redis error.
-        match &result {
-            Err(LockError::Unavailable(_)) => self.metrics.store_error(),
-            Err(LockError::TimedOut { .. }) => {
-                self.metrics.store_error();
-                self.metrics.timeout();
-            }
-            _ => {}
+        count(&self.metrics, result)
+    }
+}
+
+/// Only "could not answer" counts; a caller's bad argument is not a Redis error.
+fn count<T>(metrics: &LockMetrics, result: Result<T, LockError>) -> Result<T, LockError> {
+    match &result {
+        Err(LockError::Unavailable(_)) => metrics.store_error(),
+        Err(LockError::TimedOut { .. }) => {
+            metrics.store_error();
+            metrics.timeout();
         }
-        result
+        _ => {}
+    }
+    result
+}
+
+/// A rate limiter counted into a [`MeteredLockStore`]'s metrics.
+pub struct MeteredRateLimiter {
+    inner: Arc<dyn RateLimiter>,
+    metrics: Arc<LockMetrics>,
+}
+
+#[async_trait]
+impl RateLimiter for MeteredRateLimiter {
+    async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
+        let result = self.inner.admit(marketplace, rate).await;
+        count(&self.metrics, result)
     }
 }
 
@@ -88,11 +114,6 @@ impl LockStore for MeteredLockStore {
 
     async fn health(&self) -> Result<(), LockError> {
         let result = self.inner.health().await;
-        self.count(result)
-    }
-
-    async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
-        let result = self.inner.admit(marketplace, rate).await;
         self.count(result)
     }
 }

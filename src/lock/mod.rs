@@ -8,14 +8,18 @@
 //! pipeline fails closed (retry later, no bid).
 //!
 //! # Layout
-//! - [`LockStore`]: the port (`try_acquire`, `extend`, `release`, `holder`, `health`).
+//! - [`LockStore`]: the port (`try_acquire`, `extend`, `release`, `holder`, `health`);
+//!   [`LeaseBatches`]: many of them in one round trip (a backend's, for the lanes);
+//!   [`RateLimiter`]: the fleet-wide request rate of each marketplace (`rate`).
 //! - [`redis`] / [`redis_conn`]: [`RedisLockStore`] (single node, TLS, or Redis Cluster).
 //! - [`memory`]: [`MemoryLockStore`], the same semantics in process (embedded mode only).
 //! - [`watchdog`]: [`HeldLease`], renewal every TTL/3 and the lost-lease signal.
-//! - [`metered`]: [`MeteredLockStore`], a backend with the original system's counters.
+//! - [`metered`]: [`MeteredLockStore`] (and its rate limiter), a backend with the original
+//!   system's counters.
 //! - `batch`: [`BatchingLocks`], concurrent acquisitions and releases in one pipeline each (a
 //!   single Redis node).
-//! - [`from_settings`]: the backend `lock.kind` names.
+//!
+//! Which of these wrap which backend is the composition root's choice (`app/ports.rs`).
 //!
 //! # Operations
 //! - Run the lock Redis with `maxmemory-policy noeviction`: an evicted lease is a lease silently
@@ -36,17 +40,15 @@ pub mod redis;
 pub mod redis_conn;
 pub mod watchdog;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::config::{LockKind, RedisSettings};
 use crate::posting::PostingKey;
 
 pub use self::batch::BatchingLocks;
 pub use self::memory::MemoryLockStore;
-pub use self::metered::MeteredLockStore;
+pub use self::metered::{MeteredLockStore, MeteredRateLimiter};
 pub use self::metrics::{LatencySummary, LockMetricsSnapshot};
 pub use self::rate::{Admission, Rate};
 pub use self::redis::RedisLockStore;
@@ -113,30 +115,6 @@ pub trait LockStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Option<Lease>, LockError>;
 
-    /// Takes the leases of `keys` (each as [`try_acquire`](Self::try_acquire) would), in one
-    /// round trip where the backend can; answers in the order asked, a failure fails them all.
-    async fn try_acquire_many(
-        &self,
-        keys: &[PostingKey],
-        ttl: Duration,
-    ) -> Result<Vec<Option<Lease>>, LockError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            out.push(self.try_acquire(key, ttl).await?);
-        }
-        Ok(out)
-    }
-
-    /// Releases `leases` (each as [`release`](Self::release) would), in one round trip where
-    /// the backend can; answers in the order asked, a failure fails them all.
-    async fn release_many(&self, leases: &[Lease]) -> Result<Vec<Release>, LockError> {
-        let mut out = Vec::with_capacity(leases.len());
-        for lease in leases {
-            out.push(self.release(lease).await?);
-        }
-        Ok(out)
-    }
-
     /// Resets the TTL of a lease we still hold; `Ok(false)` if it is no longer ours.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError>;
 
@@ -148,13 +126,31 @@ pub trait LockStore: Send + Sync + 'static {
 
     /// Checks the store answers (for `/readyz`).
     async fn health(&self) -> Result<(), LockError>;
+}
 
-    /// Takes one request slot of `marketplace`'s bucket at `rate` (shared by every worker on
-    /// this store; see `rate.rs`). A store without buckets admits everything.
-    async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
-        let _ = (marketplace, rate);
-        Ok(Admission::Go)
-    }
+/// A lock store that takes and releases many leases in one round trip (a single Redis node):
+/// what [`BatchingLocks`] gathers concurrent postings' calls into.
+#[async_trait]
+pub trait LeaseBatches: LockStore {
+    /// Takes the leases of `keys` (each as [`LockStore::try_acquire`] would); answers in the
+    /// order asked, a failure fails them all.
+    async fn try_acquire_many(
+        &self,
+        keys: &[PostingKey],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Lease>>, LockError>;
+
+    /// Releases `leases` (each as [`LockStore::release`] would); answers in the order asked, a
+    /// failure fails them all.
+    async fn release_many(&self, leases: &[Lease]) -> Result<Vec<Release>, LockError>;
+}
+
+/// The fleet-wide request rate of each marketplace (`rate.rs`): a bucket shared by every worker
+/// using the same store (Redis), or by this process's tasks (memory).
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Takes one request slot of `marketplace`'s bucket at `rate`, or says how long to wait.
+    async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError>;
 }
 
 /// A unique holder token: instance id, process id and 128 random bits (32 hex digits).
@@ -177,35 +173,6 @@ pub fn new_token(instance: &str) -> String {
         token.push(char::from(HEX[((random >> (shift * 4)) & 0xf) as usize]));
     }
     token
-}
-
-/// The lock store `kind` names, metered, its holder tokens naming `instance`. A Redis store is
-/// built without waiting for Redis: while Redis is down every call errors (and postings wait),
-/// it never degrades to in-process locking. Whether the in-process store is acceptable for a
-/// deployment is the composition root's decision ([`crate::app`]). Call inside a Tokio runtime.
-pub fn from_settings(
-    kind: LockKind,
-    redis: &RedisSettings,
-    instance: &str,
-) -> Result<Arc<MeteredLockStore>, LockError> {
-    let (inner, backend): (Arc<dyn LockStore>, &'static str) = match kind {
-        LockKind::Redis => {
-            let store = RedisLockStore::new(redis)?.with_instance(instance);
-            // A single node answers a pipeline of lease commands in one round trip; a cluster
-            // spreads the keys over its nodes, so there each call goes on its own.
-            let store: Arc<dyn LockStore> = if store.is_cluster() {
-                Arc::new(store)
-            } else {
-                Arc::new(BatchingLocks::new(Arc::new(store)))
-            };
-            (store, "redis")
-        }
-        LockKind::Memory => (
-            Arc::new(MemoryLockStore::new().with_instance(instance)),
-            "memory",
-        ),
-    };
-    Ok(Arc::new(MeteredLockStore::new(inner, backend)))
 }
 
 #[cfg(test)]

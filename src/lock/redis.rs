@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use redis::{Script, Value};
 
 use super::redis_conn::{RedisConn, RedisOptions, redacted};
-use super::{Admission, HolderInfo, Lease, LockError, LockStore, Rate, Release};
+use super::{
+    Admission, HolderInfo, Lease, LeaseBatches, LockError, LockStore, Rate, RateLimiter, Release,
+};
 use crate::config::{RedisSettings, SecretUrl};
 use crate::posting::PostingKey;
 
@@ -172,6 +174,52 @@ impl LockStore for RedisLockStore {
         })
     }
 
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError> {
+        let ms = ttl_millis(ttl)?;
+        let mut call = self.extend.key(self.key(&lease.key));
+        call.arg(&lease.token).arg(ms);
+        let extended: i64 = self.conn.invoke("extend", &call, self.deadline).await?;
+        Ok(extended == 1)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<Release, LockError> {
+        let mut call = self.release.key(self.key(&lease.key));
+        call.arg(&lease.token);
+        let deleted: i64 = self.conn.invoke("release", &call, self.deadline).await?;
+        Ok(if deleted == 1 {
+            Release::Released
+        } else {
+            Release::NotOwned
+        })
+    }
+
+    async fn holder(&self, key: &PostingKey) -> Result<Option<HolderInfo>, LockError> {
+        let call = self.holder.key(self.key(key));
+        let found: Option<(String, i64)> = self.conn.invoke("holder", &call, self.deadline).await?;
+        Ok(found.map(|(token, pttl)| HolderInfo {
+            token,
+            // -1: a key without expiry, which bidorch never writes; report it as unbounded.
+            ttl_left: u64::try_from(pttl).map_or(Duration::MAX, Duration::from_millis),
+        }))
+    }
+
+    async fn health(&self) -> Result<(), LockError> {
+        let pong: String = self
+            .conn
+            .query("PING", &redis::cmd("PING"), self.deadline)
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(LockError::Unavailable(
+                format!("redis PING answered {pong:?}").into(),
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseBatches for RedisLockStore {
     /// One pipeline of `SET NX PX` on a single node (one round trip for the lot); a cluster's
     /// keys live on several nodes, so there each key is its own command.
     async fn try_acquire_many(
@@ -268,36 +316,10 @@ impl LockStore for RedisLockStore {
             })
             .collect()
     }
+}
 
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError> {
-        let ms = ttl_millis(ttl)?;
-        let mut call = self.extend.key(self.key(&lease.key));
-        call.arg(&lease.token).arg(ms);
-        let extended: i64 = self.conn.invoke("extend", &call, self.deadline).await?;
-        Ok(extended == 1)
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<Release, LockError> {
-        let mut call = self.release.key(self.key(&lease.key));
-        call.arg(&lease.token);
-        let deleted: i64 = self.conn.invoke("release", &call, self.deadline).await?;
-        Ok(if deleted == 1 {
-            Release::Released
-        } else {
-            Release::NotOwned
-        })
-    }
-
-    async fn holder(&self, key: &PostingKey) -> Result<Option<HolderInfo>, LockError> {
-        let call = self.holder.key(self.key(key));
-        let found: Option<(String, i64)> = self.conn.invoke("holder", &call, self.deadline).await?;
-        Ok(found.map(|(token, pttl)| HolderInfo {
-            token,
-            // -1: a key without expiry, which bidorch never writes; report it as unbounded.
-            ttl_left: u64::try_from(pttl).map_or(Duration::MAX, Duration::from_millis),
-        }))
-    }
-
+#[async_trait]
+impl RateLimiter for RedisLockStore {
     async fn admit(&self, marketplace: &str, rate: &Rate) -> Result<Admission, LockError> {
         // Its own hash tag: a marketplace's bucket lives in one slot of a cluster.
         let key = format!("{}rate:{{{marketplace}}}", self.key_prefix);
@@ -309,20 +331,6 @@ impl LockStore for RedisLockStore {
         } else {
             Admission::Wait(Duration::from_millis(wait))
         })
-    }
-
-    async fn health(&self) -> Result<(), LockError> {
-        let pong: String = self
-            .conn
-            .query("PING", &redis::cmd("PING"), self.deadline)
-            .await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(LockError::Unavailable(
-                format!("redis PING answered {pong:?}").into(),
-            ))
-        }
     }
 }
 

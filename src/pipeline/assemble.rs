@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Pipeline, Scoring};
 use crate::flow::{Breakers, Dependency};
 use crate::ledger::BidLedger;
-use crate::lock::{LockStore, Rate};
+use crate::lock::{LockStore, Rate, RateLimiter};
 use crate::marketplace::Marketplace;
 use crate::policy::Policy;
 use crate::posting::Posting;
@@ -32,6 +32,7 @@ impl Pipeline {
             instance: "bidorch".to_owned(),
             breakers: Breakers::new(crate::flow::BreakerSettings::default()),
             rates: BTreeMap::new(),
+            limiter: None,
             scoring: None,
         }
     }
@@ -42,9 +43,14 @@ impl Pipeline {
         self
     }
 
-    /// Limits the request rate of these marketplaces, fleet-wide.
-    pub fn with_rates(mut self, rates: BTreeMap<String, Rate>) -> Self {
+    /// Limits the request rate of these marketplaces, fleet-wide, with `limiter`'s buckets.
+    pub fn with_rates(
+        mut self,
+        limiter: Arc<dyn RateLimiter>,
+        rates: BTreeMap<String, Rate>,
+    ) -> Self {
         self.rates = rates;
+        self.limiter = Some(limiter);
         self
     }
 
@@ -60,20 +66,9 @@ impl Pipeline {
         self
     }
 
-    /// Uses these marketplace breakers (their settings; the state starts closed).
-    pub fn with_breakers(mut self, breakers: Breakers) -> Self {
-        self.breakers = breakers;
-        self
-    }
-
     /// The marketplace breakers (for `/readyz`).
     pub fn breakers(&self) -> &Breakers {
         &self.breakers
-    }
-
-    /// The ledger (for the unresolved-sends gauge).
-    pub fn ledger(&self) -> &Arc<dyn BidLedger> {
-        &self.ledger
     }
 
     /// Asks `dependency` whether it answers again (the worker's probe while paused).

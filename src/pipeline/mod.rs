@@ -35,7 +35,7 @@ use tracing::{Instrument, debug_span, field::Empty};
 
 use crate::flow::{Breakers, Permit, ProbeGuard};
 use crate::ledger::{BidLedger, Claim, ClaimRequest, Fenced, Finish, Intent};
-use crate::lock::{Admission, HeldLease, LockStore, Rate, Release};
+use crate::lock::{Admission, HeldLease, LockStore, Rate, RateLimiter, Release};
 use crate::marketplace::Marketplace;
 use crate::policy::{Decision, Policy};
 use crate::posting::{Posting, PostingKey};
@@ -140,8 +140,9 @@ pub struct Pipeline {
     instance: String,
     /// Per-marketplace pauses; shared by every task of this pipeline.
     breakers: Breakers,
-    /// Fleet-wide request rates, by marketplace (kept in the lock store).
+    /// Fleet-wide request rates, by marketplace, and the buckets that keep them.
     rates: BTreeMap<String, Rate>,
+    limiter: Option<Arc<dyn RateLimiter>>,
     /// The remote scoring service, if configured.
     scoring: Option<Scoring>,
 }
@@ -367,10 +368,10 @@ impl Pipeline {
         }
         // Admitted right before the call, so the marketplace sees the bucket's spacing (an
         // earlier admission would let ledger stalls bunch the calls up).
-        if let Some(rate) = self.rates.get(key.marketplace()) {
+        if let (Some(rate), Some(limiter)) = (self.rates.get(key.marketplace()), &self.limiter) {
             let admitted = step!(
                 "rate.admit",
-                self.locks.admit(key.marketplace(), rate),
+                limiter.admit(key.marketplace(), rate),
                 |r: &Result<Admission, _>| match r {
                     Err(_) => "error",
                     Ok(Admission::Go) => "go",

@@ -206,9 +206,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
     })
     .await;
     let settings = settings(&amqp_url, &sandbox_url, &names);
-    let ledger = bidorch::ledger::from_settings(&settings.database)
-        .await
-        .unwrap();
+    let ledger = bidorch::app::ledger(&settings.database).await.unwrap();
     bidorch::source::AmqpPostingSource::connect(&settings.amqp, "chaos-setup")
         .await
         .unwrap()
@@ -336,7 +334,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
                     .await
                     .0;
             }
-            if support::final_rows(&**ledger).await != postings as u64 || waiting != 0 {
+            if support::final_rows(&*ledger.reports).await != postings as u64 || waiting != 0 {
                 return false;
             }
             // Nothing in flight either: a duplicate that met a lease still held goes back to
@@ -437,6 +435,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
     }
     assert_eq!(stats.bids_created, eligible);
     let counts: BTreeMap<LedgerState, u64> = ledger
+        .reports
         .counts_by_state()
         .await
         .unwrap()
@@ -475,7 +474,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
                 v["posting_id"].as_str().unwrap_or(""),
             )
             .expect("a posting key");
-            let row = ledger.lookup(&key).await.unwrap().expect("a row");
+            let row = ledger.ledger.lookup(&key).await.unwrap().expect("a row");
             assert!(row.state.is_final(), "{key} waits without a final row");
             left_waiting += 1;
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bidorch::config::Settings;
-use bidorch::ledger::{BidLedger, LedgerState};
+use bidorch::ledger::{LedgerReports, LedgerState};
 use bidorch::marketplace::sandbox::SandboxOptions;
 use bidorch::publish::{OutgoingEvent, Publisher};
 use bidorch::tally::Tally;
@@ -120,12 +120,12 @@ async fn three_workers_bid_exactly_once_per_eligible_posting() {
     let tally = Arc::new(Tally::default());
     let (stop_workers, _) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
-    let mut first_ledger: Option<Arc<dyn BidLedger>> = None;
+    let mut first_ledger: Option<Arc<dyn LedgerReports>> = None;
     for i in 0..3 {
         let mut s = settings.clone();
         s.worker.instance_id = format!("{names}-w{i}");
         let system = support::worker_system(&s, TOKEN, Some(tally.clone())).await;
-        first_ledger.get_or_insert_with(|| system.ports().ledger.clone());
+        first_ledger.get_or_insert_with(|| system.ports().reports.clone());
         let mut stop = stop_workers.subscribe();
         workers.push(tokio::spawn(async move {
             system

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bidorch::config::Settings;
-use bidorch::ledger::{BidLedger, LedgerState};
+use bidorch::ledger::{LedgerReports, LedgerState};
 use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
 use bidorch::posting::PostingKey;
 use serde_json::json;
@@ -58,7 +58,7 @@ async fn services_available() -> bool {
 struct Harness {
     settings: Settings,
     sandbox: Sandbox,
-    ledger: Arc<dyn BidLedger>,
+    ledger: Arc<dyn LedgerReports>,
     stop: tokio::sync::watch::Sender<bool>,
     worker: tokio::task::JoinHandle<()>,
     _cleanup: Cleanup,
@@ -79,7 +79,7 @@ impl Harness {
             &[("BIDORCH__DATABASE__MAX_CONNECTIONS", "4".into())],
         );
         let system = support::worker_system(&settings, TOKEN, None).await;
-        let ledger = system.ports().ledger.clone();
+        let ledger = system.ports().reports.clone();
         // The topology exists before pika publishes (`mandatory` would refuse otherwise).
         bidorch::source::AmqpPostingSource::connect(&settings.amqp, "interop-setup")
             .await

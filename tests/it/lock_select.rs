@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bidorch::app::{StartError, System};
 use bidorch::config::Settings;
-use bidorch::lock::{self, LockError, LockStore, MeteredLockStore};
+use bidorch::lock::{LockError, LockStore, MeteredLockStore};
 use support::lock::{RedisPrefix, key};
 
 fn settings(pairs: &[(&str, &str)]) -> Settings {
@@ -30,7 +30,9 @@ async fn refusal(settings: &Settings) -> String {
 }
 
 fn store(s: &Settings) -> std::sync::Arc<MeteredLockStore> {
-    lock::from_settings(s.lock.kind, &s.redis, &s.instance_id()).unwrap()
+    bidorch::app::locks(s.lock.kind, &s.redis, &s.instance_id())
+        .unwrap()
+        .locks
 }
 
 #[tokio::test]

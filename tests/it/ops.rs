@@ -112,7 +112,7 @@ async fn readyz_follows_the_consumer_through_stop_and_restart() {
     let consuming = Arc::new(AtomicBool::new(false));
     let ops = Ops::serve(Readiness {
         locks: Arc::new(MemoryLockStore::new()),
-        ledger: app.ledger.clone(),
+        ledger: app.ledger.ledger.clone(),
         consuming: consuming.clone(),
         gate: Default::default(),
         breakers: bidorch::flow::Breakers::new(Default::default()),

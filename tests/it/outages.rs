@@ -332,7 +332,7 @@ async fn a_misconfigured_base_url_pauses_its_marketplace_instead_of_rejecting() 
         .filter(|k| k.starts_with("upwork:"))
         .count() as u64;
     bids_reach(&scenario, upwork).await;
-    let counts = scenario.ledger.counts_by_state().await.unwrap();
+    let counts = scenario.ledger.reports.counts_by_state().await.unwrap();
     assert!(
         counts
             .iter()

@@ -15,13 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
-use bidorch::app::System;
+use bidorch::app::{LedgerPorts, System};
 use bidorch::config::Settings;
 use bidorch::ledger::{
-    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, Intent, LedgerEntry,
-    LedgerError, LedgerState,
+    BidLedger, Claim, ClaimRequest, Fenced, Finish, Intent, LedgerEntry, LedgerError, LedgerState,
 };
 use bidorch::lock::{HolderInfo, Lease, LockError, LockStore, Release};
 use bidorch::marketplace::HttpMarketplace;
@@ -62,7 +61,7 @@ impl Stack {
     async fn system(
         &self,
         settings: &Settings,
-        ledger: Option<Arc<dyn BidLedger>>,
+        ledger: Option<LedgerPorts>,
         locks: Option<Arc<dyn LockStore>>,
     ) -> System {
         let client = HttpMarketplace::new(&settings.marketplaces, settings.lock.ttl, |_| {
@@ -80,12 +79,13 @@ impl Stack {
     }
 
     /// The real ledger and lock store of `settings`.
-    async fn real_ports(&self, settings: &Settings) -> (Arc<dyn BidLedger>, Arc<dyn LockStore>) {
-        let ledger = bidorch::ledger::from_settings(&settings.database)
+    async fn real_ports(&self, settings: &Settings) -> (LedgerPorts, Arc<dyn LockStore>) {
+        let ledger = bidorch::app::ledger(&settings.database)
             .await
             .expect("the test ledger opens");
-        let locks = bidorch::lock::from_settings(settings.lock.kind, &settings.redis, "test")
-            .expect("the test lock store opens");
+        let locks = bidorch::app::locks(settings.lock.kind, &settings.redis, "test")
+            .expect("the test lock store opens")
+            .locks;
         (ledger, locks)
     }
 
@@ -238,60 +238,41 @@ struct Hooked {
 
 #[async_trait]
 impl BidLedger for Hooked {
-    async fn lookup_many(
-        &self,
-        keys: &[PostingKey],
-    ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
-        self.inner.lookup_many(keys).await
+    async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
+        self.inner.lookup(key).await
     }
-    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
-        self.inner.claim_many(claims).await
+    async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
+        self.inner.claim(claim).await
     }
-    async fn finish_many(
+    async fn finish(
         &self,
-        finishes: &[(PostingKey, i64, Finish)],
-    ) -> Result<Vec<Fenced>, LedgerError> {
+        key: &PostingKey,
+        epoch: i64,
+        finish: Finish,
+    ) -> Result<Fenced, LedgerError> {
         if self.armed.swap(false, Ordering::SeqCst) {
             match &self.hook {
                 BeforeFinish::RivalClaim => {
-                    for (key, _, _) in finishes {
-                        let rival = ClaimRequest {
-                            key: key.clone(),
-                            event_id: "rival-event".to_owned(),
-                            intent: Intent::Resend,
-                            instance: "rival".to_owned(),
-                            trace_id: None,
-                            trace_parent: None,
-                            daily_cap: None,
-                            day: Utc::now().date_naive(),
-                        };
-                        let claimed = self.inner.claim(&rival).await.expect("the rival claims");
-                        assert!(
-                            matches!(claimed, Claim::Send { resend: true, .. }),
-                            "{claimed:?}"
-                        );
-                    }
+                    let rival = ClaimRequest {
+                        key: key.clone(),
+                        event_id: "rival-event".to_owned(),
+                        intent: Intent::Resend,
+                        instance: "rival".to_owned(),
+                        trace_id: None,
+                        trace_parent: None,
+                        daily_cap: None,
+                        day: Utc::now().date_naive(),
+                    };
+                    let claimed = self.inner.claim(&rival).await.expect("the rival claims");
+                    assert!(
+                        matches!(claimed, Claim::Send { resend: true, .. }),
+                        "{claimed:?}"
+                    );
                 }
                 BeforeFinish::Cut(proxy) => proxy.lock().await.cut().await,
             }
         }
-        self.inner.finish_many(finishes).await
-    }
-    async fn unresolved(
-        &self,
-        before: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<LedgerEntry>, LedgerError> {
-        self.inner.unresolved(before, limit).await
-    }
-    async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
-        self.inner.count_unresolved(before).await
-    }
-    async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
-        self.inner.attempts(key).await
-    }
-    async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
-        self.inner.counts_by_state().await
+        self.inner.finish(key, epoch, finish).await
     }
     async fn health(&self) -> Result<(), LedgerError> {
         self.inner.health().await
@@ -374,7 +355,7 @@ async fn the_policy_saying_no_records_skipped_with_its_reasons() {
             reasons.iter().any(|r| r.contains("blocked_keyword")),
             "{reasons:?}"
         );
-        let entry = row(&*ledger, &k).await;
+        let entry = row(&*ledger.ledger, &k).await;
         assert_eq!(entry.state, LedgerState::Skipped);
         assert!(entry.detail.unwrap_or_default().contains("blocked_keyword"));
         assert_eq!(stack.requests(&k), 0);
@@ -411,7 +392,7 @@ async fn a_409_is_recorded_placed_with_the_existing_bid() {
             matches!(&outcome, Outcome::Placed { via: PlacedVia::Conflict, bid_id: Some(id) } if *id == existing_id),
             "{outcome:?}"
         );
-        let entry = row(&*ledger, &k).await;
+        let entry = row(&*ledger.ledger, &k).await;
         assert_eq!(entry.state, LedgerState::Placed);
         assert_eq!(entry.bid_id.as_deref(), Some(existing_id.as_str()));
         assert_eq!(stack.bids(&k).len(), 1, "still one bid");
@@ -435,7 +416,7 @@ async fn a_422_is_recorded_rejected_with_its_status() {
             matches!(outcome, Outcome::Rejected { status: 422 }),
             "{outcome:?}"
         );
-        let entry = row(&*ledger, &k).await;
+        let entry = row(&*ledger.ledger, &k).await;
         assert_eq!(entry.state, LedgerState::Rejected);
         assert!(entry.detail.unwrap_or_default().contains("422"));
     })
@@ -455,7 +436,7 @@ async fn a_refused_token_pauses_the_marketplace_and_never_records_rejected() {
             matches!(outcome, Outcome::MarketplacePaused { .. }),
             "{outcome:?}"
         );
-        let entry = row(&*ledger, &k).await;
+        let entry = row(&*ledger.ledger, &k).await;
         assert_eq!(entry.state, LedgerState::Pending, "never rejected on 401");
         // Its marketplace is paused now: the next posting waits without a call.
         let before = stack.sandbox.stats().requests;
@@ -486,7 +467,7 @@ async fn a_503_keeps_the_row_pending_and_counts_as_the_postings_own_failure() {
             matches!(outcome, Outcome::Transient { counts: true, .. }),
             "{outcome:?}"
         );
-        assert_eq!(row(&*ledger, &k).await.state, LedgerState::Pending);
+        assert_eq!(row(&*ledger.ledger, &k).await.state, LedgerState::Pending);
         let outcome = process(&system, &event("busy", "Rust service", "500")).await;
         assert!(matches!(outcome, Outcome::Placed { .. }), "{outcome:?}");
         assert_eq!(stack.bids(&k).len(), 1);
@@ -510,7 +491,7 @@ async fn a_lease_lost_before_the_call_makes_no_call() {
         let outcome = process(&system, &event("paused", "Rust service", "500")).await;
         assert!(matches!(outcome, Outcome::LeaseLost), "{outcome:?}");
         assert_eq!(stack.requests(&k), 0, "no call after the lease was lost");
-        assert_eq!(row(&*ledger, &k).await.state, LedgerState::Pending);
+        assert_eq!(row(&*ledger.ledger, &k).await.state, LedgerState::Pending);
         // The redelivery places it, once.
         let outcome = process(&system, &event("paused", "Rust service", "500")).await;
         assert!(matches!(outcome, Outcome::Placed { .. }), "{outcome:?}");
@@ -524,16 +505,19 @@ async fn a_claim_superseded_at_record_time_writes_nothing_and_the_rival_records_
     with_stack(SandboxOptions::default(), |stack| async move {
         let settings = stack.settings(&rules());
         let (ledger, _) = stack.real_ports(&settings).await;
-        let hooked: Arc<dyn BidLedger> = Arc::new(Hooked {
-            inner: ledger.clone(),
-            hook: BeforeFinish::RivalClaim,
-            armed: AtomicBool::new(true),
-        });
+        let hooked = LedgerPorts {
+            ledger: Arc::new(Hooked {
+                inner: ledger.ledger.clone(),
+                hook: BeforeFinish::RivalClaim,
+                armed: AtomicBool::new(true),
+            }),
+            reports: ledger.reports.clone(),
+        };
         let system = stack.system(&settings, Some(hooked), None).await;
         let k = key("superseded");
         let outcome = process(&system, &event("superseded", "Rust service", "500")).await;
         assert!(matches!(outcome, Outcome::Superseded), "{outcome:?}");
-        let entry = row(&*ledger, &k).await;
+        let entry = row(&*ledger.ledger, &k).await;
         assert_eq!(entry.state, LedgerState::Pending, "the superseded holder wrote nothing");
         let first = stack.bids(&k);
         assert_eq!(first.len(), 1);
@@ -610,11 +594,14 @@ async fn an_unreachable_ledger_fails_closed_before_and_after_the_call() {
         let proxy = TcpProxy::start(&upstream).await;
         let settings = stack.settings(&via_proxy(&proxy));
         let (ledger, _) = stack.real_ports(&settings).await;
-        let hooked: Arc<dyn BidLedger> = Arc::new(Hooked {
-            inner: ledger,
-            hook: BeforeFinish::Cut(tokio::sync::Mutex::new(proxy)),
-            armed: AtomicBool::new(true),
-        });
+        let hooked = LedgerPorts {
+            ledger: Arc::new(Hooked {
+                inner: ledger.ledger,
+                hook: BeforeFinish::Cut(tokio::sync::Mutex::new(proxy)),
+                armed: AtomicBool::new(true),
+            }),
+            reports: ledger.reports,
+        };
         let system = stack.system(&settings, Some(hooked), None).await;
         let k = key("pg-lost-after-call");
         let outcome = process(&system, &event("pg-lost-after-call", "Rust service", "500")).await;
@@ -662,7 +649,7 @@ async fn lost_answer_then(
     stack.sandbox.lose_next_responses(1);
     let outcome = process(&system, &event(posting_id, "Rust service", "500")).await;
     assert!(matches!(outcome, Outcome::Transient { .. }), "{outcome:?}");
-    let sent = row(&*ledger, &k).await;
+    let sent = row(&*ledger.ledger, &k).await;
     assert_eq!((sent.state, sent.sends), (LedgerState::Pending, 1));
     let first = stack.bids(&k);
     assert_eq!(first.len(), 1, "the first attempt created the bid");
@@ -677,7 +664,7 @@ async fn lost_answer_then(
         matches!(&outcome, Outcome::Placed { bid_id: Some(id), .. } if *id == first[0]),
         "the retry re-sends the stored request and records the first bid: {outcome:?}"
     );
-    let entry = row(&*ledger, &k).await;
+    let entry = row(&*ledger.ledger, &k).await;
     assert_eq!(entry.state, LedgerState::Placed);
     assert_eq!(entry.bid_id.as_deref(), Some(first[0].as_str()));
     assert_eq!(stack.bids(&k), first, "one bid at the marketplace");
@@ -792,7 +779,7 @@ async fn reconcile_dry_run_changes_nothing_and_a_real_run_settles_every_unresolv
         let (ledger, _) = stack.real_ports(&settings).await;
         let system = stack.system(&settings, Some(ledger.clone()), None).await;
         let keys = unresolved_sends(&stack, &system, 3).await;
-        let before: Vec<LedgerEntry> = futures_rows(&*ledger, &keys).await;
+        let before: Vec<LedgerEntry> = futures_rows(&*ledger.ledger, &keys).await;
         let requests = stack.sandbox.stats().requests;
 
         // Without any marketplace token: a dry run sends nothing, so it needs none.
@@ -813,7 +800,7 @@ async fn reconcile_dry_run_changes_nothing_and_a_real_run_settles_every_unresolv
             assert!(out.contains(&k.to_string()), "the dry run lists {k}: {out}");
         }
         assert_eq!(
-            futures_rows(&*ledger, &keys).await,
+            futures_rows(&*ledger.ledger, &keys).await,
             before,
             "--dry-run changed nothing"
         );
@@ -828,7 +815,7 @@ async fn reconcile_dry_run_changes_nothing_and_a_real_run_settles_every_unresolv
         let out = String::from_utf8_lossy(&real.stdout);
         assert!(out.contains("settled 3 posting(s): placed 3"), "{out}");
         for k in &keys {
-            let entry = row(&*ledger, k).await;
+            let entry = row(&*ledger.ledger, k).await;
             assert_eq!(entry.state, LedgerState::Placed, "{k}");
             assert_eq!(stack.bids(k).len(), 1, "{k}: one bid");
             assert_eq!(entry.bid_id.as_deref(), Some(stack.bids(k)[0].as_str()));
@@ -885,11 +872,11 @@ async fn two_concurrent_reconciles_and_a_running_fleet_never_bid_twice() {
         }
         // Whatever is left waiting, one more pass settles.
         for (i, k) in keys.iter().enumerate() {
-            if row(&*ledger, k).await.state == LedgerState::Pending {
+            if row(&*ledger.ledger, k).await.state == LedgerState::Pending {
                 let id = format!("unresolved-{i}");
                 let _ = process(&system, &event(&id, "Rust service", "500")).await;
             }
-            let entry = row(&*ledger, k).await;
+            let entry = row(&*ledger.ledger, k).await;
             assert_eq!(entry.state, LedgerState::Placed, "{k}");
             assert_eq!(stack.bids(k), first[i], "{k}: still the first and only bid");
             assert_eq!(entry.bid_id.as_deref(), Some(first[i][0].as_str()));
@@ -1076,7 +1063,12 @@ async fn a_scoring_outage_waits_skips_or_falls_back_to_the_rules_as_configured()
             "{outcome:?}"
         );
         assert!(
-            ledger.lookup(&key("score-wait")).await.unwrap().is_none(),
+            ledger
+                .ledger
+                .lookup(&key("score-wait"))
+                .await
+                .unwrap()
+                .is_none(),
             "nothing recorded"
         );
 

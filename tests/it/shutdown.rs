@@ -164,9 +164,10 @@ async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing
         .collect();
     let settings = Settings::load_from(None, &env).expect("test settings are valid");
     let _cleanup = Cleanup(settings.amqp.clone());
-    let ledger = bidorch::ledger::from_settings(&settings.database)
+    let ledger = bidorch::app::ledger(&settings.database)
         .await
-        .unwrap();
+        .unwrap()
+        .reports;
     bidorch::source::AmqpPostingSource::connect(&settings.amqp, "sigterm-setup")
         .await
         .unwrap()

@@ -49,7 +49,7 @@ async fn eight_racing_workers_with_one_killed_bid_exactly_the_daily_cap() {
         Duration::from_secs(240),
         "every posting final and nothing waiting",
         || async {
-            support::final_rows(&*scenario.ledger).await == postings
+            support::final_rows(&*scenario.ledger.reports).await == postings
                 && scenario.waiting(&inspector).await == 0
         },
     )
@@ -75,6 +75,7 @@ async fn eight_racing_workers_with_one_killed_bid_exactly_the_daily_cap() {
     );
     let counts: BTreeMap<LedgerState, u64> = scenario
         .ledger
+        .reports
         .counts_by_state()
         .await
         .expect("counts")
@@ -97,6 +98,7 @@ async fn eight_racing_workers_with_one_killed_bid_exactly_the_daily_cap() {
     let (marketplace, posting_id) = capped.split_once(':').expect("a key");
     let key = bidorch::posting::PostingKey::new(marketplace, posting_id).expect("a key");
     let row = scenario
+        .ledger
         .ledger
         .lookup(&key)
         .await

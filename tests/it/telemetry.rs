@@ -338,6 +338,7 @@ async fn every_call_of_a_posting_runs_in_its_first_attempts_trace() {
         resent += u64::from(posting.requests > 1);
         let row = scenario
             .ledger
+            .ledger
             .lookup(&bidorch::inspect::parse_key(key).expect("a valid key"))
             .await
             .expect("ledger answers")

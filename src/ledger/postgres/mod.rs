@@ -16,8 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS};
 use super::{
-    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
-    LedgerState,
+    AttemptRecord, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry, LedgerError,
+    LedgerReports, LedgerState,
 };
 use crate::config::DatabaseSettings;
 use crate::posting::PostingKey;
@@ -192,7 +192,7 @@ fn quote_ident(name: &str) -> String {
 }
 
 #[async_trait]
-impl BidLedger for PgBidLedger {
+impl LedgerBackend for PgBidLedger {
     async fn lookup_many(
         &self,
         keys: &[PostingKey],
@@ -217,17 +217,6 @@ impl BidLedger for PgBidLedger {
             }
         }
         Ok(out)
-    }
-
-    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
-        Ok(self.steps_many(&[], claims).await?.1)
-    }
-
-    async fn finish_many(
-        &self,
-        finishes: &[(PostingKey, i64, Finish)],
-    ) -> Result<Vec<Fenced>, LedgerError> {
-        Ok(self.steps_many(finishes, &[]).await?.0)
     }
 
     async fn steps_many(
@@ -271,6 +260,17 @@ impl BidLedger for PgBidLedger {
         Ok((fenced, claims))
     }
 
+    async fn health(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| sql::query_error(None, e))
+    }
+}
+
+#[async_trait]
+impl LedgerReports for PgBidLedger {
     async fn unresolved(
         &self,
         before: DateTime<Utc>,
@@ -322,13 +322,5 @@ impl BidLedger for PgBidLedger {
                 .await
                 .map_err(|e| sql::query_error(None, e))?;
         sql::counts(rows)
-    }
-
-    async fn health(&self) -> Result<(), LedgerError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| sql::query_error(None, e))
     }
 }

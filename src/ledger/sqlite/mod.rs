@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 
 use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS, Row};
 use super::{
-    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
-    LedgerState,
+    AttemptRecord, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry, LedgerError,
+    LedgerReports, LedgerState,
 };
 use crate::config::SecretUrl;
 use crate::posting::PostingKey;
@@ -113,7 +113,7 @@ impl SqliteBidLedger {
 }
 
 #[async_trait]
-impl BidLedger for SqliteBidLedger {
+impl LedgerBackend for SqliteBidLedger {
     async fn lookup_many(
         &self,
         keys: &[PostingKey],
@@ -131,29 +131,6 @@ impl BidLedger for SqliteBidLedger {
                 .map_err(|e| sql::query_error(Some(key), e))?;
             out.push(row.map(|r| r.entry(key)).transpose()?);
         }
-        Ok(out)
-    }
-
-    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
-        let mut tx = self.immediate().await?;
-        let mut out = Vec::with_capacity(claims.len());
-        for c in claims {
-            out.push(claim_in(&mut tx, c).await?);
-        }
-        tx.commit().await.map_err(|e| sql::query_error(None, e))?;
-        Ok(out)
-    }
-
-    async fn finish_many(
-        &self,
-        finishes: &[(PostingKey, i64, Finish)],
-    ) -> Result<Vec<Fenced>, LedgerError> {
-        let mut tx = self.immediate().await?;
-        let mut out = Vec::with_capacity(finishes.len());
-        for (key, epoch, finish) in finishes {
-            out.push(finish_in(&mut tx, key, *epoch, finish).await?);
-        }
-        tx.commit().await.map_err(|e| sql::query_error(None, e))?;
         Ok(out)
     }
 
@@ -175,6 +152,17 @@ impl BidLedger for SqliteBidLedger {
         Ok((fenced, claimed))
     }
 
+    async fn health(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| sql::query_error(None, e))
+    }
+}
+
+#[async_trait]
+impl LedgerReports for SqliteBidLedger {
     async fn unresolved(
         &self,
         before: DateTime<Utc>,
@@ -225,14 +213,6 @@ impl BidLedger for SqliteBidLedger {
                 .await
                 .map_err(|e| sql::query_error(None, e))?;
         sql::counts(rows)
-    }
-
-    async fn health(&self) -> Result<(), LedgerError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| sql::query_error(None, e))
     }
 }
 

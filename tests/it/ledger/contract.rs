@@ -1,4 +1,4 @@
-//! The ledger contract: one async fn per promise, generic over `Arc<dyn BidLedger>`, so the
+//! The ledger contract: one async fn per promise, generic over `Ledger`, so the
 //! PostgreSQL and SQLite backends are held to exactly the same semantics. Each fn gets a fresh,
 //! empty ledger.
 
@@ -6,13 +6,58 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bidorch::ledger::{
-    BidLedger, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerError, LedgerState,
-    StoredRequest,
+    Batched, BidLedger, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerBackend,
+    LedgerEntry, LedgerError, LedgerState, StoredRequest,
 };
 use bidorch::pipeline::stored_request;
 use bidorch::posting::PostingKey;
 use chrono::{Duration, NaiveDate, Utc};
 use rust_decimal::Decimal;
+
+/// A backend under test: its batch calls and reports as they are, its single-posting calls
+/// through the lanes the pipeline uses ([`Batched`]).
+#[derive(Clone)]
+pub struct Ledger {
+    backend: Arc<dyn LedgerBackend>,
+    single: Arc<dyn BidLedger>,
+}
+
+impl Ledger {
+    pub fn new(backend: Arc<dyn LedgerBackend>) -> Self {
+        Self {
+            single: Arc::new(Batched::new(backend.clone())),
+            backend,
+        }
+    }
+
+    pub async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
+        self.single.lookup(key).await
+    }
+
+    pub async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
+        self.single.claim(claim).await
+    }
+
+    pub async fn finish(
+        &self,
+        key: &PostingKey,
+        epoch: i64,
+        finish: Finish,
+    ) -> Result<Fenced, LedgerError> {
+        self.single.finish(key, epoch, finish).await
+    }
+
+    pub async fn health(&self) -> Result<(), LedgerError> {
+        self.single.health().await
+    }
+}
+
+impl std::ops::Deref for Ledger {
+    type Target = dyn LedgerBackend;
+    fn deref(&self) -> &Self::Target {
+        self.backend.as_ref()
+    }
+}
 
 pub fn key(marketplace: &str, posting_id: &str) -> PostingKey {
     PostingKey::new(marketplace, posting_id).expect("valid test key")
@@ -48,7 +93,7 @@ fn bid(key: &PostingKey, amount: i64) -> ClaimRequest {
     claim_of(key, Intent::Bid(request(key, amount)))
 }
 
-async fn sent(ledger: &Arc<dyn BidLedger>, claim: &ClaimRequest) -> (i64, StoredRequest, bool) {
+async fn sent(ledger: &Ledger, claim: &ClaimRequest) -> (i64, StoredRequest, bool) {
     match ledger.claim(claim).await.expect("claim") {
         Claim::Send {
             epoch,
@@ -77,7 +122,7 @@ fn transient() -> Finish {
 }
 
 /// The first claim of a bid inserts the row at epoch 1, stores the request and counts the send.
-pub async fn a_first_bid_claim_stores_the_request_and_counts_the_send(ledger: Arc<dyn BidLedger>) {
+pub async fn a_first_bid_claim_stores_the_request_and_counts_the_send(ledger: Ledger) {
     let k = key("upwork", "job_1");
     assert_eq!(ledger.lookup(&k).await.expect("lookup"), None);
 
@@ -95,7 +140,7 @@ pub async fn a_first_bid_claim_stores_the_request_and_counts_the_send(ledger: Ar
 }
 
 /// Once a request was sent, every later claim sends that request again, whatever it asks.
-pub async fn a_sent_request_is_sticky_whatever_later_claims_ask(ledger: Arc<dyn BidLedger>) {
+pub async fn a_sent_request_is_sticky_whatever_later_claims_ask(ledger: Ledger) {
     let k = key("upwork", "job_sticky");
     let (first, original, _) = sent(&ledger, &bid(&k, 450)).await;
     ledger.finish(&k, first, transient()).await.expect("finish");
@@ -121,7 +166,7 @@ pub async fn a_sent_request_is_sticky_whatever_later_claims_ask(ledger: Arc<dyn 
 }
 
 /// A skip is recorded final by the claim itself, with its reasons.
-pub async fn the_first_attempts_trace_is_the_postings_for_good(ledger: Arc<dyn BidLedger>) {
+pub async fn the_first_attempts_trace_is_the_postings_for_good(ledger: Ledger) {
     let k = key("upwork", "traced");
     let first = claim_of(&k, Intent::Bid(request(&k, 450)));
     let Claim::Send {
@@ -165,7 +210,7 @@ pub async fn the_first_attempts_trace_is_the_postings_for_good(ledger: Arc<dyn B
     assert_eq!(row_b.trace_parent, claim_b.trace_parent);
 }
 
-pub async fn a_skip_is_recorded_final_by_the_claim(ledger: Arc<dyn BidLedger>) {
+pub async fn a_skip_is_recorded_final_by_the_claim(ledger: Ledger) {
     let k = key("upwork", "job_skip");
     let claimed = ledger
         .claim(&claim_of(
@@ -194,7 +239,7 @@ pub async fn a_skip_is_recorded_final_by_the_claim(ledger: Arc<dyn BidLedger>) {
 }
 
 /// A final outcome is never overwritten, by a finish or a claim.
-pub async fn a_final_outcome_is_never_overwritten(ledger: Arc<dyn BidLedger>) {
+pub async fn a_final_outcome_is_never_overwritten(ledger: Ledger) {
     let k = key("upwork", "job_final");
     let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
     assert_eq!(
@@ -222,7 +267,7 @@ pub async fn a_final_outcome_is_never_overwritten(ledger: Arc<dyn BidLedger>) {
 }
 
 /// A superseded epoch cannot finish; the current one can.
-pub async fn a_stale_epoch_cannot_finish(ledger: Arc<dyn BidLedger>) {
+pub async fn a_stale_epoch_cannot_finish(ledger: Ledger) {
     let k = key("upwork", "job_stale");
     let (old, _, _) = sent(&ledger, &bid(&k, 450)).await;
     let (new, _, _) = sent(&ledger, &bid(&k, 450)).await;
@@ -245,7 +290,7 @@ pub async fn a_stale_epoch_cannot_finish(ledger: Arc<dyn BidLedger>) {
 }
 
 /// Concurrent claims of one posting get distinct epochs (each is a fence).
-pub async fn concurrent_claims_yield_distinct_epochs(ledger: Arc<dyn BidLedger>) {
+pub async fn concurrent_claims_yield_distinct_epochs(ledger: Ledger) {
     let k = key("upwork", "job_race");
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -261,7 +306,7 @@ pub async fn concurrent_claims_yield_distinct_epochs(ledger: Arc<dyn BidLedger>)
 }
 
 /// The daily cap is exact under concurrency: no more sends than slots, the rest `daily_cap`.
-pub async fn the_daily_cap_is_exact_across_concurrent_claims(ledger: Arc<dyn BidLedger>) {
+pub async fn the_daily_cap_is_exact_across_concurrent_claims(ledger: Ledger) {
     let tasks: Vec<_> = (0..24)
         .map(|i| {
             let ledger = ledger.clone();
@@ -310,7 +355,7 @@ pub async fn the_daily_cap_is_exact_across_concurrent_claims(ledger: Arc<dyn Bid
 }
 
 /// A rejection gives its cap slot back; a placed bid or a transient answer keeps it.
-pub async fn a_rejection_releases_its_cap_slot(ledger: Arc<dyn BidLedger>) {
+pub async fn a_rejection_releases_its_cap_slot(ledger: Ledger) {
     let capped = |id: &str| ClaimRequest {
         daily_cap: Some(2),
         ..bid(&key("relmk", id), 100)
@@ -352,7 +397,7 @@ pub async fn a_rejection_releases_its_cap_slot(ledger: Arc<dyn BidLedger>) {
 }
 
 /// `Resend` does nothing for a posting never sent, and re-sends one that was.
-pub async fn resend_only_resends(ledger: Arc<dyn BidLedger>) {
+pub async fn resend_only_resends(ledger: Ledger) {
     let fresh = key("upwork", "job_never");
     assert_eq!(
         ledger
@@ -369,7 +414,7 @@ pub async fn resend_only_resends(ledger: Arc<dyn BidLedger>) {
 }
 
 /// Each claim starts an attempt row, its finish closes it: the posting's story.
-pub async fn attempts_tell_the_story(ledger: Arc<dyn BidLedger>) {
+pub async fn attempts_tell_the_story(ledger: Ledger) {
     let k = key("upwork", "job_story");
     let (e1, _, _) = sent(&ledger, &bid(&k, 450)).await;
     ledger.finish(&k, e1, transient()).await.expect("finish");
@@ -406,7 +451,7 @@ pub async fn attempts_tell_the_story(ledger: Arc<dyn BidLedger>) {
 }
 
 /// Sent, never recorded, older than the threshold: listed and counted until recorded.
-pub async fn unresolved_sends_are_found_until_recorded(ledger: Arc<dyn BidLedger>) {
+pub async fn unresolved_sends_are_found_until_recorded(ledger: Ledger) {
     let k = key("upwork", "job_lost");
     let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
     let skipped = key("upwork", "job_skipped");
@@ -442,7 +487,7 @@ pub async fn unresolved_sends_are_found_until_recorded(ledger: Arc<dyn BidLedger
 }
 
 /// One batch, one call: results in the order asked.
-pub async fn a_batch_claims_and_finishes_in_order(ledger: Arc<dyn BidLedger>) {
+pub async fn a_batch_claims_and_finishes_in_order(ledger: Ledger) {
     let keys: Vec<PostingKey> = ["z", "a", "m", "b"]
         .iter()
         .map(|p| key("upwork", p))
@@ -478,7 +523,7 @@ pub async fn a_batch_claims_and_finishes_in_order(ledger: Arc<dyn BidLedger>) {
 /// new posting in the same batch is a re-send of the first, and a skip takes no slot. Exactly the
 /// cap is spent. (The batch is in key order, as the batching layer sends it: which new bids get
 /// the last slots is the backend's choice, and both choose by key.)
-pub async fn a_batch_at_the_cap_spends_exactly_the_slots_left(ledger: Arc<dyn BidLedger>) {
+pub async fn a_batch_at_the_cap_spends_exactly_the_slots_left(ledger: Ledger) {
     let capped = |k: &PostingKey| ClaimRequest {
         daily_cap: Some(3),
         ..bid(k, 100)
@@ -542,9 +587,7 @@ pub async fn a_batch_at_the_cap_spends_exactly_the_slots_left(ledger: Arc<dyn Bi
 
 /// Finishes and claims made together: the finishes come first, so a claim of a posting that
 /// ends in the same call sees it final; each member gets its own answer.
-pub async fn finishes_and_claims_of_one_call_read_as_made_in_that_order(
-    ledger: Arc<dyn BidLedger>,
-) {
+pub async fn finishes_and_claims_of_one_call_read_as_made_in_that_order(ledger: Ledger) {
     let (old, new) = (key("steps", "old"), key("steps", "new"));
     let (epoch, _, _) = sent(&ledger, &bid(&old, 100)).await;
     let (fenced, claimed) = ledger
@@ -566,7 +609,7 @@ pub async fn finishes_and_claims_of_one_call_read_as_made_in_that_order(
 }
 
 /// Counts cover every state, zero included.
-pub async fn counts_by_state_counts_every_state(ledger: Arc<dyn BidLedger>) {
+pub async fn counts_by_state_counts_every_state(ledger: Ledger) {
     let p = key("upwork", "job_p");
     let (e, _, _) = sent(&ledger, &bid(&p, 1)).await;
     ledger.finish(&p, e, placed("b")).await.expect("finish");
@@ -591,7 +634,7 @@ pub async fn counts_by_state_counts_every_state(ledger: Arc<dyn BidLedger>) {
 }
 
 /// A finish for a posting never claimed is an error, not a silent success.
-pub async fn a_finish_without_a_claim_is_an_error(ledger: Arc<dyn BidLedger>) {
+pub async fn a_finish_without_a_claim_is_an_error(ledger: Ledger) {
     let err = ledger
         .finish(&key("upwork", "job_ghost"), 1, placed("b"))
         .await
@@ -600,6 +643,6 @@ pub async fn a_finish_without_a_claim_is_an_error(ledger: Arc<dyn BidLedger>) {
 }
 
 /// The backend answers its health check.
-pub async fn health_answers(ledger: Arc<dyn BidLedger>) {
+pub async fn health_answers(ledger: Ledger) {
     ledger.health().await.expect("healthy");
 }

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bidorch::config::{DatabaseSettings, LedgerKind, SecretUrl};
-use bidorch::ledger::{self, BidLedger, Claim, Intent, PgBidLedger, SqliteBidLedger};
+use bidorch::ledger::{
+    self, Claim, Intent, LedgerBackend as _, LedgerReports as _, PgBidLedger, SqliteBidLedger,
+};
 use bidorch::posting::PostingKey;
 
 fn pg_settings(url: &str, schema: &str) -> DatabaseSettings {
@@ -49,14 +51,14 @@ where
 /// A migrated PostgreSQL ledger in a fresh schema; the schema is dropped even if `test` panics.
 async fn with_postgres<F, Fut>(test: F)
 where
-    F: FnOnce(Arc<dyn BidLedger>) -> Fut,
+    F: FnOnce(contract::Ledger) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let schema = support::unique("ledger");
     let ledger = PgBidLedger::connect_and_migrate(&pg_settings(&support::database_url(), &schema))
         .await
         .expect("connect and migrate");
-    let outcome = run_then(test(Arc::new(ledger.clone()))).await;
+    let outcome = run_then(test(contract::Ledger::new(Arc::new(ledger.clone())))).await;
     ledger.close().await;
     drop_schema(&schema).await;
     if let Err(panic) = outcome {
@@ -79,14 +81,14 @@ fn remove_db_files(path: &std::path::Path) {
 /// A migrated SQLite ledger in a temporary file (WAL, several connections); removed afterwards.
 async fn with_sqlite_file<F, Fut>(test: F)
 where
-    F: FnOnce(Arc<dyn BidLedger>) -> Fut,
+    F: FnOnce(contract::Ledger) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let path = temp_db_path();
     let ledger = SqliteBidLedger::connect_and_migrate(&format!("sqlite://{}", path.display()))
         .await
         .expect("open and migrate");
-    let outcome = run_then(test(Arc::new(ledger.clone()))).await;
+    let outcome = run_then(test(contract::Ledger::new(Arc::new(ledger.clone())))).await;
     ledger.close().await;
     remove_db_files(&path);
     if let Err(panic) = outcome {
@@ -97,13 +99,13 @@ where
 /// A migrated in-memory SQLite ledger (what the demo uses).
 async fn with_sqlite_memory<F, Fut>(test: F)
 where
-    F: FnOnce(Arc<dyn BidLedger>) -> Fut,
+    F: FnOnce(contract::Ledger) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let ledger = SqliteBidLedger::connect_and_migrate("sqlite::memory:")
         .await
         .expect("open and migrate");
-    test(Arc::new(ledger)).await;
+    test(contract::Ledger::new(Arc::new(ledger))).await;
 }
 
 /// One test per contract fn per backend: `postgres::x`, `sqlite_file::x`, `sqlite_memory::x`.
@@ -224,12 +226,14 @@ async fn postgres_schemas_isolate_ledgers_and_hold_their_tables() {
     let outcome = run_then({
         let (a, b, url) = (a.clone(), b.clone(), url.clone());
         async move {
-            let in_a = ledger::from_settings(&pg_settings(&url, &a))
+            let in_a = bidorch::app::ledger(&pg_settings(&url, &a))
                 .await
-                .expect("open schema a");
-            let in_b = ledger::from_settings(&pg_settings(&url, &b))
+                .expect("open schema a")
+                .ledger;
+            let in_b = bidorch::app::ledger(&pg_settings(&url, &b))
                 .await
-                .expect("open schema b");
+                .expect("open schema b")
+                .ledger;
             let key = PostingKey::new("upwork", "job_1").expect("valid key");
 
             let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
@@ -318,13 +322,14 @@ async fn postgres_warm_up_opens_the_connections_and_writes_nothing() {
         assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
         // A ledger with rows: warmed again (another worker starting), its rows untouched.
         let key = PostingKey::new("upwork", "warm-1").expect("key");
-        let claim = ledger
+        let view = contract::Ledger::new(Arc::new(ledger.clone()));
+        let claim = view
             .claim(&contract::claim_of(&key, Intent::Skip(vec!["test".into()])))
             .await
             .expect("claim");
         assert!(matches!(claim, Claim::Skipped { .. }), "{claim:?}");
         ledger.warm_up(8).await.expect("warm up again");
-        let entry = ledger.lookup(&key).await.expect("lookup").expect("row");
+        let entry = view.lookup(&key).await.expect("lookup").expect("row");
         assert_eq!(entry.epoch, 1);
         assert_eq!(ledger.attempts(&key).await.expect("attempts").len(), 1);
         ledger.close().await;
@@ -341,9 +346,10 @@ async fn sqlite_file_keeps_outcomes_across_reopen() {
         let key = key.clone();
         let url = url.clone();
         async move {
-            let first = SqliteBidLedger::connect_and_migrate(&url)
+            let opened = SqliteBidLedger::connect_and_migrate(&url)
                 .await
                 .expect("open");
+            let first = contract::Ledger::new(Arc::new(opened.clone()));
             let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
             let Claim::Send { epoch, .. } = first.claim(&bid).await.expect("claim") else {
                 panic!("fresh posting must be claimable");
@@ -360,11 +366,12 @@ async fn sqlite_file_keeps_outcomes_across_reopen() {
                 )
                 .await
                 .expect("finish");
-            first.close().await;
+            opened.close().await;
 
-            let reopened = SqliteBidLedger::connect_and_migrate(&url)
+            let again = SqliteBidLedger::connect_and_migrate(&url)
                 .await
                 .expect("reopen and migrate again");
+            let reopened = contract::Ledger::new(Arc::new(again.clone()));
             let entry = reopened
                 .lookup(&key)
                 .await
@@ -372,7 +379,7 @@ async fn sqlite_file_keeps_outcomes_across_reopen() {
                 .expect("row survived");
             assert_eq!(entry.state, ledger::LedgerState::Placed);
             assert_eq!(entry.bid_id.as_deref(), Some("bid-1"));
-            reopened.close().await;
+            again.close().await;
         }
     })
     .await;
@@ -383,7 +390,7 @@ async fn sqlite_file_keeps_outcomes_across_reopen() {
 }
 
 #[tokio::test]
-async fn from_settings_opens_a_migrated_sqlite_memory_ledger() {
+async fn the_composition_root_opens_a_migrated_sqlite_memory_ledger() {
     let settings = DatabaseSettings {
         kind: LedgerKind::Sqlite,
         url: SecretUrl::new("sqlite::memory:"),
@@ -392,7 +399,7 @@ async fn from_settings_opens_a_migrated_sqlite_memory_ledger() {
         statement_timeout: std::time::Duration::from_secs(10),
         call_timeout: std::time::Duration::from_secs(15),
     };
-    let ledger = ledger::from_settings(&settings).await.expect("open");
+    let ledger = bidorch::app::ledger(&settings).await.expect("open").ledger;
     let key = PostingKey::new("upwork", "job_1").expect("valid key");
     let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
     assert!(matches!(

@@ -203,7 +203,7 @@ pub fn run_settings(
 }
 
 /// Ledger rows with a final outcome.
-pub async fn final_rows(ledger: &dyn bidorch::ledger::BidLedger) -> u64 {
+pub async fn final_rows(ledger: &dyn bidorch::ledger::LedgerReports) -> u64 {
     ledger
         .counts_by_state()
         .await

@@ -152,10 +152,10 @@ pub fn delta(before: &Samples, after: &Samples, name: &str, labels: &[(&str, &st
     after.get(name, labels) - before.get(name, labels)
 }
 
+/// An in-memory SQLite ledger as the pipeline uses one (batched).
 pub async fn sqlite() -> Arc<dyn BidLedger> {
-    Arc::new(
-        SqliteBidLedger::connect_and_migrate("sqlite::memory:")
-            .await
-            .unwrap(),
-    )
+    let backend = SqliteBidLedger::connect_and_migrate("sqlite::memory:")
+        .await
+        .unwrap();
+    Arc::new(bidorch::ledger::Batched::new(Arc::new(backend)))
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bidorch::config::Settings;
-use bidorch::ledger::{BidLedger, LedgerState};
+use bidorch::ledger::LedgerState;
 use bidorch::marketplace::sandbox::{Sandbox, SandboxOptions};
 use bidorch::publish::{OutgoingEvent, Publisher};
 use serde_json::json;
@@ -85,7 +85,7 @@ pub struct Scenario {
     pub settings: Settings,
     env: Vec<(String, String)>,
     pub workers: Vec<WorkerProcess>,
-    pub ledger: std::sync::Arc<dyn BidLedger>,
+    pub ledger: bidorch::app::LedgerPorts,
     _cleanup: Cleanup,
 }
 
@@ -146,7 +146,7 @@ impl Scenario {
         own.insert("DATABASE_URL".to_owned(), super::database_url());
         let own: std::collections::HashMap<String, String> = own.into_iter().collect();
         let settings = Settings::load_from(None, &own).expect("scenario settings are valid");
-        let ledger = bidorch::ledger::from_settings(&settings.database)
+        let ledger = bidorch::app::ledger(&settings.database)
             .await
             .expect("the scenario's ledger");
         Some(Self {
@@ -230,7 +230,7 @@ impl Scenario {
             limit,
             "every posting final and the queues drained",
             || async {
-                if super::final_rows(&*self.ledger).await != postings
+                if super::final_rows(&*self.ledger.reports).await != postings
                     || self.waiting(&inspector).await != 0
                 {
                     return false;
@@ -271,6 +271,7 @@ impl Scenario {
         assert_eq!(stats.bids_created, load.eligible.len() as u64);
         let counts: BTreeMap<LedgerState, u64> = self
             .ledger
+            .reports
             .counts_by_state()
             .await
             .expect("ledger counts")

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bidorch::app::LedgerPorts;
 use bidorch::config::{BiddingSettings, MarketplaceSettings};
 use bidorch::ledger::{
-    AttemptRecord, BidLedger, Claim, ClaimRequest, Fenced, Finish, LedgerEntry, LedgerError,
-    LedgerState, SqliteBidLedger,
+    AttemptRecord, Batched, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry,
+    LedgerError, LedgerReports, LedgerState, SqliteBidLedger,
 };
 use bidorch::lock::LockStore;
 use bidorch::marketplace::HttpMarketplace;
@@ -32,7 +33,7 @@ pub const DESTINATION: &str = "postings";
 pub struct Embedded {
     pub broker: MemoryBroker,
     pub sandbox: Sandbox,
-    pub ledger: Arc<dyn BidLedger>,
+    pub ledger: LedgerPorts,
     pub pipeline: Arc<Pipeline>,
     stop_sandbox: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -66,11 +67,15 @@ impl Embedded {
             Some(TOKEN.to_owned())
         })
         .unwrap();
-        let ledger: Arc<dyn BidLedger> = Arc::new(Detached(
+        let backend = Arc::new(Detached(
             SqliteBidLedger::connect_and_migrate("sqlite::memory:")
                 .await
                 .unwrap(),
         ));
+        let ledger = LedgerPorts {
+            ledger: Arc::new(Batched::new(backend.clone())),
+            reports: backend,
+        };
         let policy = Policy::new(&BiddingSettings {
             min_budget: Decimal::new(100, 0).into(),
             blocked_keywords: vec!["crypto".to_owned()],
@@ -80,7 +85,7 @@ impl Embedded {
         })
         .expect("a valid policy");
         let pipeline = Arc::new(Pipeline::new(
-            ledger.clone(),
+            ledger.ledger.clone(),
             locks,
             Arc::new(marketplace),
             policy,
@@ -165,22 +170,30 @@ fn detached() -> Span {
 struct Detached(SqliteBidLedger);
 
 #[async_trait::async_trait]
-impl BidLedger for Detached {
+impl LedgerBackend for Detached {
     async fn lookup_many(
         &self,
         keys: &[PostingKey],
     ) -> Result<Vec<Option<LedgerEntry>>, LedgerError> {
         self.0.lookup_many(keys).instrument(detached()).await
     }
-    async fn claim_many(&self, claims: &[ClaimRequest]) -> Result<Vec<Claim>, LedgerError> {
-        self.0.claim_many(claims).instrument(detached()).await
-    }
-    async fn finish_many(
+    async fn steps_many(
         &self,
         finishes: &[(PostingKey, i64, Finish)],
-    ) -> Result<Vec<Fenced>, LedgerError> {
-        self.0.finish_many(finishes).instrument(detached()).await
+        claims: &[ClaimRequest],
+    ) -> Result<(Vec<Fenced>, Vec<Claim>), LedgerError> {
+        self.0
+            .steps_many(finishes, claims)
+            .instrument(detached())
+            .await
     }
+    async fn health(&self) -> Result<(), LedgerError> {
+        LedgerBackend::health(&self.0).instrument(detached()).await
+    }
+}
+
+#[async_trait::async_trait]
+impl LedgerReports for Detached {
     async fn unresolved(
         &self,
         before: DateTime<Utc>,
@@ -199,9 +212,6 @@ impl BidLedger for Detached {
     }
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
         self.0.counts_by_state().instrument(detached()).await
-    }
-    async fn health(&self) -> Result<(), LedgerError> {
-        self.0.health().instrument(detached()).await
     }
 }
 
