@@ -39,7 +39,7 @@ pub use self::postgres::PgBidLedger;
 pub use self::sqlite::SqliteBidLedger;
 pub use self::types::{
     AttemptRecord, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerEntry,
-    LedgerState, StoredRequest, sha256_hex,
+    LedgerState, Pending, StoredRequest, sha256_hex,
 };
 
 /// A ledger failure: the database could not answer or rejected the statement.

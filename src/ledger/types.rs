@@ -180,15 +180,54 @@ impl FinalOutcome {
     }
 }
 
+/// Why an attempt ended with its posting still pending: the attempt history's `result`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// The marketplace was paused when the call was due; no call made.
+    MarketplacePaused,
+    /// The lease was no longer ours when the call was due; no call made.
+    LeaseLost,
+    /// Over the marketplace's fleet-wide rate when the call was due; no call made.
+    OverRate,
+    /// The lock store could not say whether the rate admits the call; no call made.
+    LockStoreUnavailable,
+    /// The call could not be made (the marketplace is not configured in this client).
+    CallFailed,
+    /// The marketplace refused our credentials (401/403/407).
+    Unauthorized,
+    /// The marketplace answered 404 while not yet known to answer (its `base_url`, not the
+    /// posting).
+    NotFound,
+    /// The marketplace answered 429.
+    RateLimited,
+    /// A 5xx, a timeout, or a connection lost: the bid may or may not exist.
+    Transient,
+}
+
+impl Pending {
+    /// The text kept in the attempt history.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MarketplacePaused => "marketplace_paused",
+            Self::LeaseLost => "lease_lost",
+            Self::OverRate | Self::RateLimited => "rate_limited",
+            Self::LockStoreUnavailable => "lock_store_unavailable",
+            Self::CallFailed => "unknown_marketplace",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::Transient => "transient",
+        }
+    }
+}
+
 /// How an attempt that claimed `epoch` ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finish {
     /// With a final outcome.
     Final(FinalOutcome),
-    /// With the row still pending (transient answer, paused marketplace, lease lost): the
-    /// attempt's history row is closed with `result`.
+    /// With the row still pending: the attempt's history row is closed with `reason`.
     Pending {
-        result: String,
+        reason: Pending,
         http_status: Option<u16>,
         detail: Option<String>,
     },
@@ -196,11 +235,20 @@ pub enum Finish {
 
 impl Finish {
     /// The attempt history's `result`.
-    pub fn result(&self) -> &str {
+    pub fn result(&self) -> &'static str {
         match self {
             Self::Final(FinalOutcome::Placed { .. }) => "placed",
             Self::Final(FinalOutcome::Rejected { .. }) => "rejected",
-            Self::Pending { result, .. } => result,
+            Self::Pending { reason, .. } => reason.as_str(),
+        }
+    }
+
+    /// Ends an attempt pending for `reason`, without an answer to keep.
+    pub fn pending(reason: Pending) -> Self {
+        Self::Pending {
+            reason,
+            http_status: None,
+            detail: None,
         }
     }
 }

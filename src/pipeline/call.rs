@@ -1,44 +1,40 @@
-//! The marketplace call, in its `bid` span: the stored request sent under the idempotency key,
-//! the answer reported to the marketplace's breaker, and what it means for the ledger
-//! ([`Finish`]) and for the message ([`Outcome`]).
+//! The marketplace call, in its `bid` span: the stored request sent in the posting's trace, the
+//! answer reported to the marketplace's breaker, and what it means for the ledger ([`Finish`])
+//! and for the message ([`Outcome`]).
 
 use std::time::Instant;
 
 use tracing::{Instrument, debug_span, field::Empty};
 
+use super::claim::Claimed;
 use super::{AttemptContext, Component, Outcome, Pipeline, PlacedVia};
 use crate::flow::{PauseReason, ProbeGuard, Signal};
-use crate::ledger::{FinalOutcome, Finish, LedgerState, StoredRequest};
+use crate::ledger::{FinalOutcome, Finish, Pending};
 use crate::marketplace::{BidRequest, BidResult};
 use crate::posting::PostingKey;
 use crate::telemetry;
 
-/// The trace a marketplace call runs in: the posting's — its first attempt's `traceparent`, kept
-/// by the ledger — whichever attempt, event or `reconcile` makes the call; and this attempt.
-pub(super) struct PostingTrace<'a> {
-    /// The posting's trace; `None` for a row from before it was kept (this attempt's is used).
-    pub parent: Option<&'a str>,
-    pub attempt: &'a AttemptContext,
-}
-
 impl Pipeline {
-    /// Sends `stored` and classifies the answer. `probe` is the breaker's probe slot when this
-    /// call probes a paused marketplace.
+    /// Sends `claimed`'s request and classifies the answer. `probe` is the breaker's probe slot
+    /// when this call probes a paused marketplace.
     pub(super) async fn call(
         &self,
         key: &PostingKey,
-        stored: &StoredRequest,
+        claimed: &Claimed,
         probe: Option<ProbeGuard>,
-        trace: PostingTrace<'_>,
+        context: &AttemptContext,
     ) -> (Finish, Outcome) {
         // The marketplace sees this step as the caller: its context is the `traceparent` sent,
         // in the posting's trace (linked to this attempt when that is another trace).
         let span = debug_span!("bid", result = Empty);
-        let trace_headers =
-            telemetry::call_trace_headers(&span, trace.parent, &trace.attempt.trace_headers);
+        let trace_headers = telemetry::call_trace_headers(
+            &span,
+            claimed.trace_parent.as_deref(),
+            &context.trace_headers,
+        );
         let bid = BidRequest {
             key: key.clone(),
-            body: stored.body.clone(),
+            body: claimed.request.body.clone(),
             trace_headers,
         };
         let placed = self
@@ -58,7 +54,11 @@ impl Pipeline {
             Err(e) => {
                 let error = crate::error::chain(&e);
                 return (
-                    pending("unknown_marketplace", None, Some(error.clone())),
+                    Finish::Pending {
+                        reason: Pending::CallFailed,
+                        http_status: None,
+                        detail: Some(error.clone()),
+                    },
                     Outcome::Unavailable {
                         component: Component::Marketplace,
                         error,
@@ -77,6 +77,12 @@ impl Pipeline {
             reason,
             retry_in: self.breakers.retry_in(key.marketplace(), now),
         };
+        let pending =
+            |reason: Pending, status: Option<u16>, detail: Option<String>| Finish::Pending {
+                reason,
+                http_status: status,
+                detail,
+            };
         match result {
             BidResult::Placed { bid_id, replay } => (
                 Finish::Final(FinalOutcome::Placed {
@@ -105,12 +111,12 @@ impl Pipeline {
                 },
             ),
             BidResult::Unauthorized { status } => (
-                pending("unauthorized", Some(status), None),
+                pending(Pending::Unauthorized, Some(status), None),
                 paused(PauseReason::Credentials),
             ),
             // A 404 from a marketplace not yet known to answer is its base_url, not the posting.
             BidResult::Rejected { status: 404, .. } if !verdict.not_found_is_final => (
-                pending("not_found", Some(404), None),
+                pending(Pending::NotFound, Some(404), None),
                 paused(PauseReason::NotFound),
             ),
             BidResult::Rejected {
@@ -124,7 +130,7 @@ impl Pipeline {
                 Outcome::Rejected { status },
             ),
             BidResult::RateLimited { retry_after } => (
-                pending("rate_limited", Some(429), None),
+                pending(Pending::RateLimited, Some(429), None),
                 Outcome::Transient {
                     reason: "HTTP 429".to_owned(),
                     retry_after: Some(
@@ -139,7 +145,7 @@ impl Pipeline {
                 retry_after,
                 status,
             } => (
-                pending("transient", status, Some(reason.clone())),
+                pending(Pending::Transient, status, Some(reason.clone())),
                 Outcome::Transient {
                     reason,
                     retry_after,
@@ -147,15 +153,6 @@ impl Pipeline {
                 },
             ),
         }
-    }
-}
-
-/// An attempt that ends with the row still pending.
-fn pending(result: &str, http_status: Option<u16>, detail: Option<String>) -> Finish {
-    Finish::Pending {
-        result: result.to_owned(),
-        http_status,
-        detail,
     }
 }
 
@@ -170,19 +167,5 @@ fn signal(result: &BidResult) -> Signal {
             retry_after: *retry_after,
         },
         BidResult::Transient { .. } => Signal::Transient,
-    }
-}
-
-/// Our bid exists (the marketplace said so), yet the row became final as something else: the
-/// ledger tells a lie an operator must hear about. Never silent.
-pub(super) fn report_mismatch(key: &PostingKey, done: &Outcome, recorded: LedgerState) {
-    if matches!(done, Outcome::Placed { .. }) && recorded != LedgerState::Placed {
-        metrics::counter!(crate::metrics::MISMATCHES, "marketplace" => key.marketplace().to_owned()).increment(1);
-        tracing::error!(
-            marketplace = key.marketplace(),
-            posting_id = key.posting_id(),
-            recorded = recorded.as_str(),
-            "The marketplace has our bid but the ledger says otherwise; reconcile by hand"
-        );
     }
 }

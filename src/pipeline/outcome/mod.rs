@@ -157,6 +157,14 @@ pub enum Action {
 }
 
 impl Outcome {
+    /// `component` could not answer: `error` with its causes.
+    pub fn unavailable(component: Component, error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::Unavailable {
+            component,
+            error: crate::error::chain(error),
+        }
+    }
+
     /// The spec's outcome table, attempts and the retry budget included: one match, one place.
     pub fn action(&self, envelope: &Envelope, rules: &RetryRules) -> Action {
         match self.table(rules) {

@@ -115,7 +115,7 @@ fn placed(bid_id: &str) -> Finish {
 
 fn transient() -> Finish {
     Finish::Pending {
-        result: "transient".to_owned(),
+        reason: bidorch::ledger::Pending::Transient,
         http_status: Some(503),
         detail: Some("HTTP 503".to_owned()),
     }
