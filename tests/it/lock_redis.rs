@@ -231,22 +231,24 @@ async fn store_recovers_when_redis_comes_back_after_a_crash() {
     assert!(store.try_acquire(&k, TTL).await.is_err());
 
     server.start().await;
-    let back = eventually(Duration::from_secs(10), || async {
-        store.health().await.is_ok()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the store reconnects once Redis is up",
+        || async { store.health().await.is_ok() },
+    )
     .await;
-    assert!(back, "store reconnects once Redis is up");
     let lease = store.try_acquire(&k, TTL).await.unwrap().unwrap();
 
     // Crash (no persistence): the lease is gone with it; calls fail meanwhile.
     server.kill();
     assert!(store.extend(&lease, TTL).await.is_err());
     server.start().await;
-    let back = eventually(Duration::from_secs(10), || async {
-        store.health().await.is_ok()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the store reconnects after a restart",
+        || async { store.health().await.is_ok() },
+    )
     .await;
-    assert!(back, "store reconnects after a restart");
     assert!(
         !store.extend(&lease, TTL).await.unwrap(),
         "lease lost in the crash"

@@ -105,7 +105,10 @@ async fn waiting_contender_gets_the_released_lease(b: &Backend) {
         let (other, k) = (other.clone(), k.clone());
         tokio::spawn(async move { acquire_waiting(&*other, &k, TTL, WAIT).await })
     };
-    assert!(eventually(SOON, || async { other.metrics().lock_conflicts >= 1 }).await);
+    eventually(SOON, "other.metrics().lock_conflicts >= 1", || async {
+        other.metrics().lock_conflicts >= 1
+    })
+    .await;
     a.release(&lease).await.unwrap();
     let got = waiter.await.unwrap().expect("handed over");
     assert_eq!(other.holder(&k).await.unwrap().unwrap().token, got.token);
@@ -134,7 +137,10 @@ async fn held_lease_is_released_when_dropped(b: &Backend) {
         Err::<(), _>("bid failed")
     };
     assert_eq!(work.await, Err("bid failed"));
-    assert!(eventually(SOON, || async { !is_held(&*a, &k).await }).await);
+    eventually(SOON, "!is_held(&*a, &k).await", || async {
+        !is_held(&*a, &k).await
+    })
+    .await;
 }
 
 /// A held lease is released when the work holding it panics.
@@ -150,7 +156,10 @@ async fn held_lease_is_released_on_panic(b: &Backend) {
         })
     };
     assert!(task.await.unwrap_err().is_panic());
-    assert!(eventually(SOON, || async { !is_held(&*a, &k).await }).await);
+    eventually(SOON, "!is_held(&*a, &k).await", || async {
+        !is_held(&*a, &k).await
+    })
+    .await;
 }
 
 /// A held lease is released when its task is cancelled mid-work.
@@ -171,7 +180,10 @@ async fn held_lease_is_released_on_cancellation(b: &Backend) {
     assert!(is_held(&*a, &k).await);
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    assert!(eventually(SOON, || async { !is_held(&*a, &k).await }).await);
+    eventually(SOON, "!is_held(&*a, &k).await", || async {
+        !is_held(&*a, &k).await
+    })
+    .await;
 }
 
 /// The five counters and the latency count add up over a known sequence.

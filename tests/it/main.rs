@@ -26,7 +26,7 @@ mod logs;
 mod marketplace;
 mod ops;
 mod outages;
-mod pipeline;
+mod outcomes;
 mod publisher_input;
 mod queue_amqp;
 mod queue_dlq;

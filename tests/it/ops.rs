@@ -69,8 +69,7 @@ async fn readyz_turns_unready_while_redis_is_unreachable_and_ready_again_after()
         return;
     }
     let mut proxy =
-        support::proxy::TcpProxy::start(&support::proxy::host_port(&support::redis_url(), 6379))
-            .await;
+        support::proxy::TcpProxy::start(&support::host_port(&support::redis_url(), 6379)).await;
     let redis = RedisLockStore::with_options(
         &RedisSettings {
             url: SecretUrl::new(format!("redis://{}/0", proxy.addr)),

@@ -178,7 +178,7 @@ async fn redis_down_longer_than_every_retry_window_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_longer_than_every_retry_window_loses_nothing() {
-    let upstream = support::proxy::host_port(&support::database_url(), 5432);
+    let upstream = support::host_port(&support::database_url(), 5432);
     let mut proxy = support::proxy::TcpProxy::start(&upstream).await;
     let mut overrides = short_windows();
     overrides.push(("DATABASE_URL", proxy.url_for(&support::database_url())));

@@ -14,10 +14,7 @@ use bidorch::posting::PostingKey;
 
 use crate::support;
 
-/// A posting key (test inputs are valid by construction).
-pub fn key(marketplace: &str, posting_id: &str) -> PostingKey {
-    PostingKey::new(marketplace, posting_id).expect("valid test key")
-}
+pub use crate::support::{eventually, free_port, key};
 
 /// Redis settings for the shared test Redis with this test's own key prefix.
 pub fn redis_settings(prefix: &str) -> RedisSettings {
@@ -166,31 +163,6 @@ pub async fn is_held(store: &dyn LockStore, key: &PostingKey) -> bool {
         .await
         .expect("the store answers")
         .is_some()
-}
-
-pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A free TCP port on loopback (nothing listens on it once this returns).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
 }
 
 /// A `redis-server` of our own on a free port (standalone, one-node cluster, or TLS with a
@@ -378,26 +350,32 @@ impl PrivateRedis {
         if self.tls {
             // Our plain client cannot PING through TLS: wait for the port to accept instead.
             let addr = format!("127.0.0.1:{}", self.port);
-            let up = eventually(Duration::from_secs(10), || {
-                let addr = addr.clone();
-                async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
-            })
+            eventually(
+                Duration::from_secs(10),
+                "the private TLS redis-server up",
+                || {
+                    let addr = addr.clone();
+                    async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+                },
+            )
             .await;
-            assert!(up, "private TLS redis-server did not come up");
             return;
         }
         let url = self.url();
-        let up = eventually(Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                redis::Client::open(url)
-                    .and_then(|c| c.get_connection())
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                    .is_ok()
-            }
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the private redis-server up",
+            || {
+                let url = url.clone();
+                async move {
+                    redis::Client::open(url)
+                        .and_then(|c| c.get_connection())
+                        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                        .is_ok()
+                }
+            },
+        )
         .await;
-        assert!(up, "private redis-server did not come up");
         if self.cluster && self.assign_slots {
             let mut c = redis::Client::open(self.url())
                 .and_then(|c| c.get_connection())
@@ -407,7 +385,7 @@ impl PrivateRedis {
                 .arg(0)
                 .arg(16383)
                 .query(&mut c);
-            let ok = eventually(Duration::from_secs(10), || {
+            eventually(Duration::from_secs(10), "the private cluster ok", || {
                 let info: String = redis::cmd("CLUSTER")
                     .arg("INFO")
                     .query(&mut c)
@@ -415,7 +393,6 @@ impl PrivateRedis {
                 async move { info.contains("cluster_state:ok") }
             })
             .await;
-            assert!(ok, "private cluster did not reach cluster_state:ok");
         }
     }
 

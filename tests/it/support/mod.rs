@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod queue;
 pub mod rabbitmqctl;
 pub mod scenario;
+pub mod system;
 pub mod telemetry;
 
 use std::time::Duration;
@@ -27,7 +28,8 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-fn host_port(url: &str, default_port: u16) -> String {
+/// `host:port` of a service URL (`default_port` when the URL has none).
+pub fn host_port(url: &str, default_port: u16) -> String {
     let u = url::Url::parse(url).expect("service URL parses");
     format!(
         "{}:{}",
@@ -86,6 +88,69 @@ pub async fn amqp_available() -> bool {
 /// `service_available` for PostgreSQL.
 pub async fn postgres_available() -> bool {
     service_available("PostgreSQL", &database_url(), 5432).await
+}
+
+/// A posting key (test inputs are valid by construction).
+pub fn key(marketplace: &str, posting_id: &str) -> bidorch::posting::PostingKey {
+    bidorch::posting::PostingKey::new(marketplace, posting_id).expect("a valid test key")
+}
+
+/// A valid posting event: a fresh `event_id`, marketplace `upwork`, posting `job_1`, a title and
+/// a USD budget up to 1500 — with `fields` laid over it (`json!({"posting_id": "p", "budget":
+/// {"max": "50"}})`: objects are merged, anything else replaces).
+pub fn event(fields: serde_json::Value) -> Vec<u8> {
+    fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+        match (base, over) {
+            (serde_json::Value::Object(base), serde_json::Value::Object(over)) => {
+                for (k, v) in over {
+                    merge(base.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (slot, over) => *slot = over,
+        }
+    }
+    let mut body = serde_json::json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "marketplace": "upwork",
+        "posting_id": "job_1",
+        "title": "Build a Rust worker",
+        "budget": {"min": 500, "max": 1500, "currency": "USD", "kind": "fixed"},
+    });
+    merge(&mut body, fields);
+    body.to_string().into_bytes()
+}
+
+/// Polls `cond` until it holds, panicking with `what` after `limit` (on Tokio's clock, so a test
+/// with a paused clock can use it too).
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on loopback (nothing listens on it once this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// A free loopback address (`127.0.0.1:PORT`), e.g. for a worker's `http.addr`.
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
 }
 
 /// A name unique to this test run: `{prefix}_{8 hex chars}` (safe for queues, keys and schemas).

@@ -10,11 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A free local port for a worker's `http.addr`.
-pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    listener.local_addr().expect("bound address").to_string()
-}
+pub use crate::support::free_addr;
 
 /// One `bidorch worker` child process.
 pub struct WorkerProcess {

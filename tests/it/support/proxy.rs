@@ -76,13 +76,3 @@ async fn forward(listener: TcpListener, upstream: String) {
         });
     }
 }
-
-/// `host:port` of a service URL (`default_port` when the URL has none).
-pub fn host_port(url: &str, default_port: u16) -> String {
-    let u = url::Url::parse(url).expect("service URL parses");
-    format!(
-        "{}:{}",
-        u.host_str().unwrap_or("127.0.0.1"),
-        u.port().unwrap_or(default_port)
-    )
-}

@@ -2,7 +2,6 @@
 //! and cleanup of everything a test declared.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bidorch::config::{AmqpSettings, SecretUrl};
@@ -191,34 +190,16 @@ impl Drop for Cleanup {
     }
 }
 
-/// Polls `cond` every 50ms until it holds, panicking with `what` after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A valid posting event body.
+/// A valid posting event body with these ids.
 pub fn posting(event_id: &str, marketplace: &str, posting_id: &str) -> Vec<u8> {
-    serde_json::json!({
+    support::event(serde_json::json!({
         "event_id": event_id,
         "marketplace": marketplace,
         "posting_id": posting_id,
-        "title": "Build a Rust worker",
-        "budget": {"min": 500, "max": 1500, "currency": "USD", "kind": "fixed"}
-    })
-    .to_string()
-    .into_bytes()
+    }))
 }
+
+pub use support::eventually;
 
 /// Closes, broker-side, the connection whose client-provided name is `name`, as an operator's
 /// `rabbitmqctl close_connection` would. The command is `$BIDORCH_RABBITMQCTL` (e.g.
