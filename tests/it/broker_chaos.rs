@@ -207,12 +207,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_bids_once() {
     .await;
     let settings = settings(&amqp_url, &sandbox_url, &names);
     let ledger = bidorch::app::ledger(&settings.database).await.unwrap();
-    bidorch::source::AmqpPostingSource::connect(&settings.amqp, "chaos-setup")
-        .await
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
+    support::queue::declare_topology(&settings.amqp).await;
     let tally = Arc::new(Tally::default());
     let (stop, _) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();

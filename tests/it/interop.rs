@@ -81,12 +81,7 @@ impl Harness {
         let system = support::worker_system(&settings, TOKEN, None).await;
         let ledger = system.ports().reports.clone();
         // The topology exists before pika publishes (`mandatory` would refuse otherwise).
-        bidorch::source::AmqpPostingSource::connect(&settings.amqp, "interop-setup")
-            .await
-            .unwrap()
-            .close()
-            .await
-            .unwrap();
+        support::queue::declare_topology(&settings.amqp).await;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(async move {
             system

@@ -17,11 +17,7 @@ use support::queue::{Cleanup, Inspector, posting, settings};
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn next(source: &mut AmqpPostingSource) -> bidorch::source::Delivery {
-    tokio::time::timeout(WAIT, source.next())
-        .await
-        .expect("a delivery arrives in time")
-        .expect("the source has not ended")
-        .expect("the delivery is readable")
+    support::queue::next_within(WAIT, source).await
 }
 
 fn props(message_id: &str) -> BasicProperties {

@@ -7,18 +7,14 @@ use std::time::Duration;
 
 use bidorch::config::AmqpSettings;
 use bidorch::dlq::{self, REPLAYED_REASON_HEADER, ReplayFilter};
-use bidorch::source::{AmqpPostingSource, PostingSource};
+use bidorch::source::AmqpPostingSource;
 use lapin::BasicProperties;
 use support::queue::{Cleanup, Inspector, posting, settings};
 
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn next(source: &mut AmqpPostingSource) -> bidorch::source::Delivery {
-    tokio::time::timeout(WAIT, source.next())
-        .await
-        .expect("a delivery arrives in time")
-        .expect("the source has not ended")
-        .expect("the delivery is readable")
+    support::queue::next_within(WAIT, source).await
 }
 
 /// Publishes `ids` as postings with `x-bidorch-attempt: attempt`, and parks each one through the

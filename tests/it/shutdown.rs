@@ -168,12 +168,7 @@ async fn sigterm_under_load_finishes_in_flight_work_exits_zero_and_loses_nothing
         .await
         .unwrap()
         .reports;
-    bidorch::source::AmqpPostingSource::connect(&settings.amqp, "sigterm-setup")
-        .await
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
+    support::queue::declare_topology(&settings.amqp).await;
     let mut a = spawn("A", &names, &sandbox_url, &[]);
     let mut b = spawn("B", &names, &sandbox_url, &[]);
     for w in [&a, &b] {

@@ -147,11 +147,7 @@ impl Backend for Amqp {
 }
 
 async fn next(source: &mut impl PostingSource) -> Delivery {
-    tokio::time::timeout(WAIT, source.next())
-        .await
-        .expect("a delivery arrives in time")
-        .expect("the source has not ended")
-        .expect("the delivery is readable")
+    crate::support::queue::next_within(WAIT, source).await
 }
 
 fn text(d: &Delivery) -> String {

@@ -47,12 +47,7 @@ impl Harness {
         let system = support::worker_system(&settings, TOKEN, Some(tally.clone())).await;
         let locks = system.ports().locks.clone();
         // Declare the topology before anyone publishes (the worker also does, concurrently).
-        bidorch::source::AmqpPostingSource::connect(&settings.amqp, "setup")
-            .await
-            .unwrap()
-            .close()
-            .await
-            .unwrap();
+        support::queue::declare_topology(&settings.amqp).await;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(async move {
             system

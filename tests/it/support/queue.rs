@@ -201,6 +201,29 @@ pub fn posting(event_id: &str, marketplace: &str, posting_id: &str) -> Vec<u8> {
 
 pub use support::eventually;
 
+/// The source's next delivery, within `limit`.
+pub async fn next_within(
+    limit: Duration,
+    source: &mut impl bidorch::source::PostingSource,
+) -> bidorch::source::Delivery {
+    tokio::time::timeout(limit, source.next())
+        .await
+        .expect("a delivery arrives in time")
+        .expect("the source has not ended")
+        .expect("the delivery is readable")
+}
+
+/// Declares `settings`' exchange and queues, as a worker does when it connects (so that a
+/// publisher's `mandatory` events have somewhere to go before any worker runs).
+pub async fn declare_topology(settings: &AmqpSettings) {
+    bidorch::source::AmqpPostingSource::connect(settings, "topology")
+        .await
+        .expect("the broker declares the topology")
+        .close()
+        .await
+        .expect("the setup connection closes");
+}
+
 /// Closes, broker-side, the connection whose client-provided name is `name`, as an operator's
 /// `rabbitmqctl close_connection` would. The command is `$BIDORCH_RABBITMQCTL` (e.g.
 /// `docker compose exec -T rabbitmq rabbitmqctl`) or `rabbitmqctl`. Returns false, after printing
