@@ -57,7 +57,7 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         "bidorch_outcomes_total",
         Kind::Counter,
         &["marketplace", "outcome"],
-        "Pipeline outcomes: poison, duplicate, lock_held, lock_store, ledger, marketplace, scoring, deferred, not_yet, marketplace_paused, rate_limited, skipped, placed, transient, rejected, lease_lost, superseded.",
+        "Pipeline outcomes: poison, duplicate, lock_held, lock_store, ledger, marketplace, scoring, deferred, not_yet, marketplace_paused, rate_limited, lookup_wait, skipped, placed, transient, rejected, lease_lost, superseded.",
     ),
     (
         "bidorch_retries_total",
@@ -118,7 +118,7 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         "bidorch_marketplace_request_seconds",
         Kind::Histogram,
         &["marketplace", "result"],
-        "Marketplace bid call latency, by classified result.",
+        "Marketplace call latency (bids and lookups), by classified result: placed, replay, conflict, rate_limited, transient, unauthorized, rejected, lookup_found, lookup_not_found, lookup_gone, lookup_unanswered.",
     ),
     (
         "bidorch_lock_acquire_seconds",

@@ -30,6 +30,8 @@ pub struct Counts {
     pub placed_new: u64,
     pub placed_replay: u64,
     pub placed_conflict: u64,
+    /// Bids found by a lookup (an answer lost on an API without idempotency keys).
+    pub placed_lookup: u64,
     /// Pipeline latency of each delivery, in microseconds.
     pub latencies_us: Vec<u64>,
 }
@@ -74,6 +76,7 @@ impl Tally {
                 PlacedVia::New => c.placed_new += 1,
                 PlacedVia::Replay => c.placed_replay += 1,
                 PlacedVia::Conflict => c.placed_conflict += 1,
+                PlacedVia::Lookup => c.placed_lookup += 1,
             },
             _ => {}
         }

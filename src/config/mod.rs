@@ -206,8 +206,29 @@ pub struct MarketplaceClientSettings {
     pub kind: MarketplaceKind,
 }
 
-/// `[marketplaces.<name>]`: a marketplace needs only `base_url` and `token_env`; its timeouts
-/// default to values that fit the configured `lock.ttl` (filled in at load).
+/// Which API a marketplace speaks (`marketplaces.<name>.api`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MarketplaceApi {
+    /// bidorch's own bid contract (a team's gateway, the sandbox): idempotency keys, `409`.
+    #[default]
+    Contract,
+    /// The Freelancer.com REST API: no idempotency keys; bids are looked up to verify a send.
+    Freelancer,
+}
+
+impl MarketplaceApi {
+    /// The value as configured (and as kept with a stored request).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Contract => "contract",
+            Self::Freelancer => "freelancer",
+        }
+    }
+}
+
+/// `[marketplaces.<name>]`: a marketplace needs only `base_url` and `token_env`; every other key
+/// has a default that fits the configured `lock.ttl`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarketplaceSettings {
@@ -228,6 +249,33 @@ pub struct MarketplaceSettings {
     /// Requests the rate limit lets through at once (default 1).
     #[serde(default, deserialize_with = "whole::whole_option")]
     pub rate_burst: Option<u32>,
+    /// The API it speaks (default `contract`).
+    #[serde(default)]
+    pub api: MarketplaceApi,
+    /// Freelancer: our user id as bidder; unset, it is read once from `GET /api/users/0.1/self/`.
+    #[serde(default, deserialize_with = "whole::whole_option")]
+    pub bidder_id: Option<u64>,
+    /// Freelancer: the days to deliver in, sent with each bid.
+    #[serde(default = "default_bid_period_days", deserialize_with = "whole::whole")]
+    pub bid_period_days: u32,
+    /// Freelancer: the share of the bid asked as a milestone, sent with each bid.
+    #[serde(
+        default = "default_milestone_percentage",
+        deserialize_with = "whole::whole"
+    )]
+    pub milestone_percentage: u32,
+    /// An API without idempotency keys: how long after a send whose answer was lost it is looked
+    /// up (a request still in flight may yet create the bid). Default: twice `timeout`.
+    #[serde(default, with = "humantime_serde::option")]
+    pub lookup_delay: Option<Duration>,
+}
+
+fn default_bid_period_days() -> u32 {
+    7
+}
+
+fn default_milestone_percentage() -> u32 {
+    100
 }
 
 impl MarketplaceSettings {
@@ -240,7 +288,19 @@ impl MarketplaceSettings {
             connect_timeout: None,
             rate_limit: None,
             rate_burst: None,
+            api: MarketplaceApi::Contract,
+            bidder_id: None,
+            bid_period_days: default_bid_period_days(),
+            milestone_percentage: default_milestone_percentage(),
+            lookup_delay: None,
         }
+    }
+
+    /// How long after a lost answer a send is looked up: as configured, else twice the request
+    /// timeout.
+    pub fn lookup_delay(&self, lock_ttl: Duration) -> Duration {
+        self.lookup_delay
+            .unwrap_or_else(|| self.timeouts(lock_ttl).0.saturating_mul(2))
     }
 
     /// The request and connect timeouts: as configured, else the defaults for `lock_ttl` —

@@ -265,6 +265,30 @@ fn marketplace(
             ),
         ));
     }
+    if m.lookup_delay.is_some_and(|d| d.is_zero()) {
+        return Err(invalid(key("lookup_delay"), "must be above 0"));
+    }
+    if !(1..=100).contains(&m.milestone_percentage) {
+        return Err(invalid(
+            key("milestone_percentage"),
+            format!("must be from 1 to 100, got {}", m.milestone_percentage),
+        ));
+    }
+    if !(1..=365).contains(&m.bid_period_days) {
+        return Err(invalid(
+            key("bid_period_days"),
+            format!("must be from 1 to 365 days, got {}", m.bid_period_days),
+        ));
+    }
+    if m.bidder_id == Some(0) {
+        return Err(invalid(key("bidder_id"), "must be a user id (1 or more)"));
+    }
+    if m.api == super::MarketplaceApi::Freelancer && m.base_url.query().is_some() {
+        return Err(invalid(
+            key("base_url"),
+            "the Freelancer API's base_url is the host root (https://www.freelancer.com), without a query",
+        ));
+    }
     if let Some(rate) = m.rate_limit
         && !(rate.is_finite() && rate > 0.0 && rate <= 100_000.0)
     {

@@ -39,6 +39,12 @@ const MIGRATIONS: &[Entry] = &[
         include_str!("../../migrations/postgres/0004_posting_trace_parent.sql"),
         include_str!("../../migrations/sqlite/0004_posting_trace_parent.sql"),
     ),
+    (
+        5,
+        "send state and verify",
+        include_str!("../../migrations/postgres/0005_send_state_and_verify.sql"),
+        include_str!("../../migrations/sqlite/0005_send_state_and_verify.sql"),
+    ),
 ];
 
 fn migrator(sql: fn(&'static Entry) -> &'static str) -> Migrator {

@@ -87,8 +87,9 @@ pub trait BidLedger: Send + Sync + 'static {
 /// What operators and the worker's gauges read from the ledger.
 #[async_trait]
 pub trait LedgerReports: Send + Sync + 'static {
-    /// Pending postings whose request was sent (possibly) but never recorded, sent before
-    /// `before`, oldest first, at most `limit` (for `bidorch reconcile`).
+    /// Pending postings with a send of unknown fate (sent, no answer classified, not looked up
+    /// since) that started before `before`, oldest first, at most `limit` (for `bidorch
+    /// reconcile`).
     async fn unresolved(
         &self,
         before: DateTime<Utc>,

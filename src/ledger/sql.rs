@@ -50,6 +50,8 @@ pub struct Row {
     pub o_request_amount: Option<String>,
     pub o_request_currency: Option<String>,
     pub o_trace_parent: Option<String>,
+    pub o_request_api: Option<String>,
+    pub o_unknown_since: Option<DateTime<Utc>>,
 }
 
 from_row!(Row {
@@ -67,6 +69,8 @@ from_row!(Row {
     o_request_amount,
     o_request_currency,
     o_trace_parent,
+    o_request_api,
+    o_unknown_since,
 });
 
 /// The columns of [`Row`] as a select list over `bid_ledger`.
@@ -75,13 +79,16 @@ pub const ROW_COLUMNS: &str = "epoch AS o_epoch, state AS o_state, sends AS o_se
      created_at AS o_created_at, updated_at AS o_updated_at, sent_at AS o_sent_at, \
      request_body AS o_request_body, request_sha256 AS o_request_sha256, \
      request_amount AS o_request_amount, request_currency AS o_request_currency, \
-     trace_parent AS o_trace_parent";
+     trace_parent AS o_trace_parent, request_api AS o_request_api, \
+     unknown_since AS o_unknown_since";
 
 impl Row {
     /// The entry for `key`.
     pub fn entry(self, key: &PostingKey) -> Result<LedgerEntry, LedgerError> {
         let request = match (self.o_request_body, self.o_request_sha256) {
             (Some(body), Some(sha256)) => Some(StoredRequest {
+                // Requests stored before the API was recorded were all the contract's.
+                api: self.o_request_api.unwrap_or_else(|| "contract".to_owned()),
                 body,
                 sha256,
                 amount: self.o_request_amount.unwrap_or_default(),
@@ -101,6 +108,7 @@ impl Row {
             created_at: self.o_created_at,
             updated_at: self.o_updated_at,
             sent_at: self.o_sent_at,
+            unknown_since: self.o_unknown_since,
             trace_parent: self.o_trace_parent,
         })
     }
@@ -138,6 +146,7 @@ pub struct AttemptRow {
     pub result: Option<String>,
     pub http_status: Option<i32>,
     pub detail: Option<String>,
+    pub send: Option<String>,
 }
 
 from_row!(AttemptRow {
@@ -151,6 +160,7 @@ from_row!(AttemptRow {
     result,
     http_status,
     detail,
+    send,
 });
 
 impl AttemptRow {
@@ -167,6 +177,7 @@ impl AttemptRow {
             result: self.result,
             http_status: self.http_status.and_then(|s| u16::try_from(s).ok()),
             detail: self.detail,
+            send: self.send,
         }
     }
 }
@@ -187,6 +198,14 @@ pub fn claim_of(key: &PostingKey, result: &str, row: Row) -> Result<Claim, Ledge
                 .request
                 .ok_or_else(|| corrupt("a send without a stored request"))?,
             resend: result == "resend",
+            trace_parent: entry.trace_parent,
+        },
+        "verify" => Claim::Verify {
+            epoch: entry.epoch,
+            request: entry
+                .request
+                .ok_or_else(|| corrupt("a verify without a stored request"))?,
+            sent_at: entry.sent_at,
             trace_parent: entry.trace_parent,
         },
         "skipped" | "capped" => Claim::Skipped {

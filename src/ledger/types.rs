@@ -43,9 +43,11 @@ impl LedgerState {
 }
 
 /// The exact bid request an attempt sent: stored when it passed the fence, re-sent byte for
-/// byte by every later attempt under the same idempotency key.
+/// byte by every later attempt (under the same idempotency key, where the API has them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRequest {
+    /// The API the body is written for (`contract`, `freelancer`).
+    pub api: String,
     /// The JSON body, exactly as sent.
     pub body: String,
     /// SHA-256 of `body`, lower-case hex.
@@ -75,6 +77,9 @@ pub struct LedgerEntry {
     pub updated_at: DateTime<Utc>,
     /// When the latest send passed the fence.
     pub sent_at: Option<DateTime<Utc>>,
+    /// When the oldest send whose fate is unknown started (sent, no answer classified, no
+    /// lookup since): `None` when every send was answered, provably not made, or looked up.
+    pub unknown_since: Option<DateTime<Utc>>,
     /// The W3C `traceparent` of the posting's first attempt: every marketplace call for the
     /// posting runs in that trace.
     pub trace_parent: Option<String>,
@@ -107,6 +112,9 @@ pub struct ClaimRequest {
     pub daily_cap: Option<u64>,
     /// The UTC day the cap counts in.
     pub day: NaiveDate,
+    /// The marketplace's API has no idempotency keys: a posting with a send of unknown fate is
+    /// looked up ([`Claim::Verify`]) instead of sent again.
+    pub verify: bool,
 }
 
 /// What a claim decided, atomically, under the posting's row lock.
@@ -127,6 +135,17 @@ pub enum Claim {
     Final(LedgerEntry),
     /// [`Intent::Resend`] and nothing was ever sent: nothing to do.
     Nothing,
+    /// A send of unknown fate on an API without idempotency keys: this attempt owns `epoch`
+    /// and must look the bid up before anything else happens to the posting — found, it is
+    /// placed; not found, the stored `request` is sent again (a new claim, after a finish
+    /// with [`Pending::NoBidFound`]). Nothing was sent by this claim.
+    Verify {
+        epoch: i64,
+        request: StoredRequest,
+        /// When the latest send started: the lookup waits until `lookup_delay` after it.
+        sent_at: Option<DateTime<Utc>>,
+        trace_parent: Option<String>,
+    },
 }
 
 /// A final outcome to record for an attempt.
@@ -141,13 +160,15 @@ pub enum FinalOutcome {
     },
     /// The marketplace refused the bid permanently (its cap slot, if any, is released).
     Rejected { status: u16, body_excerpt: String },
+    /// A lookup found our bid (a send whose answer was lost had placed it).
+    Found { bid_id: String },
 }
 
 impl FinalOutcome {
     /// The state this outcome writes.
     pub fn state(&self) -> LedgerState {
         match self {
-            Self::Placed { .. } => LedgerState::Placed,
+            Self::Placed { .. } | Self::Found { .. } => LedgerState::Placed,
             Self::Rejected { .. } => LedgerState::Rejected,
         }
     }
@@ -157,6 +178,7 @@ impl FinalOutcome {
         match self {
             Self::Placed { http_status, .. } => *http_status,
             Self::Rejected { status, .. } => Some(*status),
+            Self::Found { .. } => None,
         }
     }
 
@@ -164,6 +186,7 @@ impl FinalOutcome {
     pub fn bid_id(&self) -> Option<&str> {
         match self {
             Self::Placed { bid_id, .. } => bid_id.as_deref(),
+            Self::Found { bid_id } => Some(bid_id),
             Self::Rejected { .. } => None,
         }
     }
@@ -176,6 +199,7 @@ impl FinalOutcome {
                 status,
                 body_excerpt,
             } => Some(format!("{status}: {body_excerpt}")),
+            Self::Found { .. } => Some("found by lookup".to_owned()),
         }
     }
 }
@@ -202,6 +226,16 @@ pub enum Pending {
     RateLimited,
     /// A 5xx, a timeout, or a connection lost: the bid may or may not exist.
     Transient,
+    /// The connection was never made: the request did not reach the marketplace.
+    Unreached,
+    /// A send of unknown fate is not yet `lookup_delay` old: a request still in flight may yet
+    /// create the bid, so the lookup waits. Nothing called.
+    LookupWait,
+    /// The lookup could not answer (timeout, 5xx, 401/403, 429): nothing is known.
+    LookupFailed,
+    /// The lookup found no bid of ours: every send of unknown fate is now known absent, and
+    /// the stored request may be sent again.
+    NoBidFound,
 }
 
 impl Pending {
@@ -216,6 +250,31 @@ impl Pending {
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
             Self::Transient => "transient",
+            Self::Unreached => "unreached",
+            Self::LookupWait => "lookup_wait",
+            Self::LookupFailed => "lookup_failed",
+            Self::NoBidFound => "no_bid_found",
+        }
+    }
+
+    /// What the attempt's send (if it made one) is known to be after it: `unknown` after a
+    /// 5xx or a timeout, `answered` when a later lookup is what could not answer, `absent` for
+    /// every unknown send of the posting when a lookup found none; else nothing was sent.
+    pub fn send_state(self) -> &'static str {
+        match self {
+            Self::Transient => "unknown",
+            Self::LookupFailed => "answered",
+            Self::NoBidFound => "absent",
+            Self::MarketplacePaused
+            | Self::LeaseLost
+            | Self::OverRate
+            | Self::LockStoreUnavailable
+            | Self::CallFailed
+            | Self::Unauthorized
+            | Self::NotFound
+            | Self::RateLimited
+            | Self::Unreached
+            | Self::LookupWait => "not_sent",
         }
     }
 }
@@ -239,7 +298,17 @@ impl Finish {
         match self {
             Self::Final(FinalOutcome::Placed { .. }) => "placed",
             Self::Final(FinalOutcome::Rejected { .. }) => "rejected",
+            Self::Final(FinalOutcome::Found { .. }) => "found",
             Self::Pending { reason, .. } => reason.as_str(),
+        }
+    }
+
+    /// The send state this finish records (see [`Pending::send_state`]); a final outcome was
+    /// an answer (or a lookup's).
+    pub fn send_state(&self) -> &'static str {
+        match self {
+            Self::Final(_) => "answered",
+            Self::Pending { reason, .. } => reason.send_state(),
         }
     }
 
@@ -271,13 +340,15 @@ pub struct AttemptRecord {
     pub instance: String,
     pub event_id: String,
     pub trace_id: Option<String>,
-    /// What the claim decided: `send`, `resend`, `skipped` or `capped`.
+    /// What the claim decided: `send`, `resend`, `verify`, `skipped` or `capped`.
     pub claim: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub result: Option<String>,
     pub http_status: Option<u16>,
     pub detail: Option<String>,
+    /// For a send: `unknown`, `answered`, `not_sent` or `absent` (see migration 0005).
+    pub send: Option<String>,
 }
 
 /// Lower-case hex SHA-256 of `data`.

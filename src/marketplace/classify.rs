@@ -1,5 +1,6 @@
-//! Classifying a marketplace's HTTP answer by the contract: placed, replay, conflict, transient or
-//! rejected. Pure (no I/O, the clock is a parameter) so every branch has a unit test.
+//! Classifying a marketplace's HTTP answer: placed, replay, conflict, transient or rejected — by
+//! the contract ([`classify`]), and the error statuses every API shares ([`classify_error`]).
+//! Pure (no I/O, the clock is a parameter) so every branch has a unit test.
 
 use std::time::Duration;
 
@@ -36,16 +37,31 @@ pub(crate) fn classify(answer: &Answer<'_>, secret: &str, now: DateTime<Utc>) ->
                 bid_id,
                 replay: status == 200,
             },
-            None => BidResult::Transient {
-                reason: format!("HTTP {status} without a bid_id; outcome unknown"),
-                retry_after: None,
-                status: Some(status),
-            },
+            None => unknown_success(status),
         },
         409 => BidResult::AlreadyPlaced {
             bid_id: bid_id(answer.body),
             detail: excerpt(answer.body, secret),
         },
+        _ => classify_error(answer, secret, now),
+    }
+}
+
+/// A success status whose body does not say which bid: what happened is unknown.
+pub(crate) fn unknown_success(status: u16) -> BidResult {
+    BidResult::Transient {
+        reason: format!("HTTP {status} without a bid id; outcome unknown"),
+        retry_after: None,
+        status: Some(status),
+        reached: true,
+    }
+}
+
+/// The statuses every API means the same by: `429` slow down, `408`/`5xx` transient, `401`,
+/// `403`, `407` our credentials, any other `4xx` a refusal, anything else unknown (transient).
+pub(crate) fn classify_error(answer: &Answer<'_>, secret: &str, now: DateTime<Utc>) -> BidResult {
+    let status = answer.status;
+    match status {
         429 => BidResult::RateLimited {
             retry_after: answer
                 .retry_after
@@ -58,6 +74,7 @@ pub(crate) fn classify(answer: &Answer<'_>, secret: &str, now: DateTime<Utc>) ->
                 .retry_after
                 .and_then(|value| parse_retry_after(value, now)),
             status: Some(status),
+            reached: true,
         },
         401 | 403 | 407 => BidResult::Unauthorized { status },
         400..=499 => BidResult::Rejected {
@@ -68,6 +85,7 @@ pub(crate) fn classify(answer: &Answer<'_>, secret: &str, now: DateTime<Utc>) ->
             reason: format!("unexpected HTTP {status}; outcome unknown"),
             retry_after: None,
             status: Some(status),
+            reached: true,
         },
     }
 }

@@ -1,7 +1,9 @@
 //! The marketplace call, in its `bid` span: the stored request sent in the posting's trace, the
 //! answer reported to the marketplace's breaker, and what it means for the ledger ([`Finish`])
-//! and for the message ([`Outcome`]).
+//! and for the message ([`Outcome`]). On an API without idempotency keys a refusal is looked up
+//! before it is recorded: after a lost answer it may be the marketplace's "you already bid".
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use tracing::{Instrument, debug_span, field::Empty};
@@ -24,6 +26,24 @@ impl Pipeline {
         probe: Option<ProbeGuard>,
         context: &AttemptContext,
     ) -> (Finish, Outcome) {
+        let (finish, outcome) = self.send(key, claimed, probe, context).await;
+        if matches!(finish, Finish::Final(FinalOutcome::Rejected { .. })) && self.verifies(key) {
+            let (found, verdict) = self.look_up(key, claimed, None, context).await;
+            if let ControlFlow::Break(settled) = self.settle_lookup(key, found, verdict) {
+                return settled;
+            }
+        }
+        (finish, outcome)
+    }
+
+    /// Sends the request once and classifies the answer.
+    async fn send(
+        &self,
+        key: &PostingKey,
+        claimed: &Claimed,
+        probe: Option<ProbeGuard>,
+        context: &AttemptContext,
+    ) -> (Finish, Outcome) {
         // The marketplace sees this step as the caller: its context is the `traceparent` sent,
         // in the posting's trace (linked to this attempt when that is another trace).
         let span = debug_span!("bid", result = Empty);
@@ -34,6 +54,7 @@ impl Pipeline {
         );
         let bid = BidRequest {
             key: key.clone(),
+            api: claimed.request.api.clone(),
             body: claimed.request.body.clone(),
             trace_headers,
         };
@@ -144,8 +165,17 @@ impl Pipeline {
                 reason,
                 retry_after,
                 status,
+                reached,
             } => (
-                pending(Pending::Transient, status, Some(reason.clone())),
+                pending(
+                    if reached {
+                        Pending::Transient
+                    } else {
+                        Pending::Unreached
+                    },
+                    status,
+                    Some(reason.clone()),
+                ),
                 Outcome::Transient {
                     reason,
                     retry_after,

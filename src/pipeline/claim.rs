@@ -1,22 +1,29 @@
 //! The claim: the one atomic ledger step that fences the attempt (a new epoch) and decides —
-//! a skip recorded, a request to send (this attempt's, or the one an earlier attempt sent), or
-//! nothing to do because the posting is final.
+//! a skip recorded, a request to send (this attempt's, or the one an earlier attempt sent), a
+//! lookup due first (a send of unknown fate on an API without idempotency keys), or nothing to
+//! do because the posting is final.
 
 use std::ops::ControlFlow;
+
+use chrono::{DateTime, Utc};
 
 use super::{AttemptContext, Component, Outcome, Pipeline, Step};
 use crate::ledger::{Claim, ClaimRequest, Intent, LedgerState, StoredRequest};
 use crate::posting::PostingKey;
 
-/// A claim that sends: the attempt's epoch and what to send, in which trace.
+/// A claim that goes to the marketplace: the attempt's epoch and the stored request, in which
+/// trace — to be sent, or first verified.
 pub(super) struct Claimed {
     pub epoch: i64,
     pub request: StoredRequest,
     /// The posting's trace (its first attempt's `traceparent`), if the ledger kept one.
     pub trace_parent: Option<String>,
-    /// Whether this attempt meant to call the marketplace (it did not if it meant to skip and the
-    /// claim handed back a request sent before).
-    pub meant_to_call: bool,
+    /// Whether the marketplace's permit was taken before the lease (the attempt meant to call);
+    /// if not, `ready.rs` takes it right before the call.
+    pub permitted: bool,
+    /// `Some`: a send of unknown fate must be looked up before anything is sent; the latest
+    /// send started then (`None` if the ledger does not say).
+    pub verify: Option<Option<DateTime<Utc>>>,
 }
 
 impl Pipeline {
@@ -27,7 +34,8 @@ impl Pipeline {
         intent: Intent,
         context: &AttemptContext,
     ) -> Step<Claimed> {
-        let meant_to_call = !matches!(intent, Intent::Skip(_));
+        let permitted = !matches!(intent, Intent::Skip(_));
+        let verify = self.verifies(key);
         let request = ClaimRequest {
             key: key.clone(),
             event_id: context.event_id.clone(),
@@ -37,6 +45,7 @@ impl Pipeline {
             trace_parent: context.trace_parent.clone(),
             daily_cap: self.policy.daily_cap(key.marketplace()),
             day: chrono::Utc::now().date_naive(),
+            verify,
         };
         let claimed = step!("ledger.claim", self.ledger.claim(&request), |r: &Result<
             Claim,
@@ -49,6 +58,7 @@ impl Pipeline {
             Ok(Claim::Skipped { capped: false, .. }) => "skipped",
             Ok(Claim::Skipped { capped: true, .. }) => "capped",
             Ok(Claim::Nothing) => "nothing",
+            Ok(Claim::Verify { .. }) => "verify",
         });
         match claimed {
             Err(e) => ControlFlow::Break(Outcome::unavailable(Component::Ledger, &e)),
@@ -64,7 +74,20 @@ impl Pipeline {
                 epoch,
                 request,
                 trace_parent,
-                meant_to_call,
+                permitted,
+                verify: None,
+            }),
+            Ok(Claim::Verify {
+                epoch,
+                request,
+                sent_at,
+                trace_parent,
+            }) => ControlFlow::Continue(Claimed {
+                epoch,
+                request,
+                trace_parent,
+                permitted,
+                verify: Some(sent_at),
             }),
         }
     }

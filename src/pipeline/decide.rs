@@ -1,15 +1,16 @@
 //! The decision: what this attempt wants done with the posting — from the ledger for a posting
 //! seen before (final, or a request already sent), else the policy's verdict and the scoring
-//! service's.
+//! service's, and the request in the words of the marketplace's API.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use tracing::{Instrument, debug_span, field::Empty};
 
-use super::{AttemptContext, Component, Outcome, Pipeline, Step, stored_request};
+use super::{AttemptContext, Component, Outcome, Pipeline, Step};
 use crate::config::OnScoringFailure;
 use crate::ledger::{Intent, LedgerEntry, LedgerError};
+use crate::marketplace::{BidTerms, RequestRefusal};
 use crate::policy::Decision;
 use crate::posting::Posting;
 use crate::scorer::Scorer;
@@ -37,22 +38,54 @@ impl Pipeline {
                     return ControlFlow::Break(Outcome::Duplicate(entry.state));
                 }
                 // Sticky: once a request may have reached the marketplace, it is the decision.
-                Ok(Some(entry)) if entry.sends > 0 => return ControlFlow::Continue(Intent::Resend),
+                Ok(Some(entry)) if entry.sends > 0 => {
+                    // A send of unknown fate whose lookup is not due yet: wait, unclaimed.
+                    let due_in = entry
+                        .unknown_since
+                        .and_then(|_| self.lookup_due_in(posting.key.marketplace(), entry.sent_at));
+                    if let (Some(retry_in), true) = (due_in, self.verifies(&posting.key)) {
+                        return ControlFlow::Break(Outcome::LookupWait { retry_in });
+                    }
+                    return ControlFlow::Continue(Intent::Resend);
+                }
                 Ok(_) => {}
             }
         }
-        match (self.policy_intent(posting), &self.scoring) {
-            (Intent::Bid(request), Some(scoring)) => match self.score(posting, scoring).await {
-                Ok(None) => ControlFlow::Continue(Intent::Bid(request)),
-                Ok(Some(reason)) => ControlFlow::Continue(Intent::Skip(vec![reason])),
-                Err(outcome) => ControlFlow::Break(outcome),
-            },
-            (intent, _) => ControlFlow::Continue(intent),
+        let terms = match self.policy_decision(posting) {
+            Ok(terms) => terms,
+            Err(skip) => return ControlFlow::Continue(skip),
+        };
+        if let Some(scoring) = &self.scoring {
+            match self.score(posting, scoring).await {
+                Ok(None) => {}
+                Ok(Some(reason)) => return ControlFlow::Continue(Intent::Skip(vec![reason])),
+                Err(outcome) => return ControlFlow::Break(outcome),
+            }
+        }
+        match self.marketplace.request_for(&posting.key, &terms).await {
+            Ok(Ok(request)) => ControlFlow::Continue(Intent::Bid(request)),
+            Ok(Err(RequestRefusal::Unsupported(reason))) => {
+                ControlFlow::Continue(Intent::Skip(vec![reason.to_owned()]))
+            }
+            Ok(Err(RequestRefusal::Unavailable(error))) => {
+                ControlFlow::Break(Outcome::Unavailable {
+                    component: Component::Marketplace,
+                    error,
+                })
+            }
+            Err(e) => ControlFlow::Break(Outcome::unavailable(Component::Marketplace, &e)),
         }
     }
 
-    /// The policy's decision as an intent, in its `policy.decide` span.
-    fn policy_intent(&self, posting: &Posting) -> Intent {
+    /// Whether `key`'s marketplace looks a send of unknown fate up before sending it again.
+    pub(super) fn verifies(&self, key: &crate::posting::PostingKey) -> bool {
+        self.marketplace
+            .capabilities(key.marketplace())
+            .is_some_and(|can| can.verifies())
+    }
+
+    /// The policy's decision, in its `policy.decide` span: the terms to bid on, or the skip.
+    fn policy_decision(&self, posting: &Posting) -> Result<BidTerms, Intent> {
         let span = debug_span!("policy.decide", decision = Empty, reasons = Empty);
         let decision = span.in_scope(|| self.policy.decide(posting, chrono::Utc::now()));
         match decision {
@@ -61,7 +94,7 @@ impl Pipeline {
                 // The bounded codes (the ledger keeps the details).
                 let codes: Vec<&str> = reasons.iter().map(|r| r.code()).collect();
                 span.record("reasons", codes.join(",").as_str());
-                Intent::Skip(reasons.iter().map(|r| r.describe()).collect())
+                Err(Intent::Skip(reasons.iter().map(|r| r.describe()).collect()))
             }
             Decision::Bid {
                 amount,
@@ -69,12 +102,11 @@ impl Pipeline {
                 cover_letter,
             } => {
                 span.record("decision", "bid");
-                Intent::Bid(stored_request(
-                    &posting.key,
+                Ok(BidTerms {
                     amount,
-                    &currency,
-                    &cover_letter,
-                ))
+                    currency,
+                    cover_letter,
+                })
             }
         }
     }

@@ -43,7 +43,7 @@ impl Pipeline {
         }
     }
 
-    async fn finish(
+    pub(super) async fn finish(
         &self,
         key: &PostingKey,
         epoch: i64,

@@ -8,24 +8,30 @@
 //!    may have seen before (a redelivery, a retry, a wait): those mostly end here (a final row)
 //!    without touching Redis. A first sight skips it: the claim answers the same questions in
 //!    the round trip that claims. Then `policy.decide` — pure, before anything is claimed —
-//!    unless a request was already sent: the stored request is the decision (sticky). Then the
-//!    scoring service, if one is configured.
+//!    unless a request was already sent: the stored request is the decision (sticky); a send
+//!    whose lookup is not yet due waits here, unclaimed. Then the scoring service, if one is
+//!    configured, and the marketplace's API writes the request (`request_for`).
 //! 2. `lease.rs`: a marketplace that cannot be called is not worked on (no lease, no claim);
 //!    `lease.acquire` — held elsewhere → look again after `worker.retry_lock_held`, ledger first.
 //! 3. `claim.rs`: `ledger.claim`, one atomic step that bumps the epoch, reserves the cap slot,
 //!    stores the request and counts the send — or records the skip. A request already sent
 //!    comes back to be sent again byte for byte, with the posting's trace.
-//! 4. `ready.rs`: right before the call, everything that must still hold — the marketplace may
-//!    be called (the one permit check), the lease is ours, the fleet-wide rate admits the call.
-//!    A verify step before a resend and an operator's pause check belong here too.
-//! 5. `call.rs`: `bid`, the stored request sent in the posting's trace, its answer classified.
-//! 6. `finish.rs`: `ledger.finish` under the epoch — a superseded holder writes nothing.
-//! 7. The lease goes back to the caller ([`Processed`]), which releases it once the message is
+//! 4. `verify.rs`, when the claim says so (a send of unknown fate on an API without idempotency
+//!    keys): no sooner than `lookup_delay` after that send, `lookup` of our bid — found, the
+//!    posting is placed; not found, the stored request is claimed again and sent.
+//! 5. `ready.rs`: right before the call (and the lookup), everything that must still hold — the
+//!    marketplace may be called (the one permit check), the lease is ours, the fleet-wide rate
+//!    admits the call. An operator's pause check belongs here too.
+//! 6. `call.rs`: `bid`, the stored request sent in the posting's trace, its answer classified;
+//!    on an API without idempotency keys a refusal is looked up first (it may be "you already
+//!    bid" after an answer was lost).
+//! 7. `finish.rs`: `ledger.finish` under the epoch — a superseded holder writes nothing.
+//! 8. The lease goes back to the caller ([`Processed`]), which releases it once the message is
 //!    settled: the ledger has the outcome by then, so the lease only keeps duplicates waiting.
 //!
 //! Tracing: the `pipeline` span (with `marketplace`, `posting_id`, `outcome`) has one child per
 //! step — `ledger.lookup`, `policy.decide`, `scoring`, `lease.acquire`, `ledger.claim`,
-//! `rate.admit`, `bid`, `ledger.finish`, `lease.release` — each with a bounded `result`. Span
+//! `rate.admit`, `lookup`, `bid`, `ledger.finish`, `lease.release` — each with a bounded `result`. Span
 //! names carry no ids.
 
 use std::collections::BTreeMap;
@@ -36,7 +42,7 @@ use std::time::Duration;
 use tracing::{Instrument, debug_span, field::Empty};
 
 use crate::flow::{Breakers, ProbeGuard};
-use crate::ledger::{BidLedger, Intent};
+use crate::ledger::{BidLedger, Intent, Pending};
 use crate::lock::{HeldLease, LockStore, Rate, RateLimiter, Release};
 use crate::marketplace::Marketplace;
 use crate::policy::Policy;
@@ -53,11 +59,10 @@ mod finish;
 mod lease;
 mod outcome;
 mod ready;
-mod request;
+mod verify;
 
 pub use self::decide::Scoring;
 pub use self::outcome::{Action, Component, Envelope, Outcome, PlacedVia, RetryRules};
-pub use self::request::stored_request;
 
 /// What running a posting left: its outcome, and the lease still to be released.
 ///
@@ -226,7 +231,30 @@ impl Pipeline {
         held: &HeldLease,
         probe: Option<ProbeGuard>,
     ) -> Outcome {
-        let claimed = go_on!(self.claim(key, intent, context).await);
+        let mut claimed = go_on!(self.claim(key, intent, context).await);
+        let mut probe = probe;
+        if let Some(sent_at) = claimed.verify {
+            if let Some(retry_in) = self.lookup_due_in(key.marketplace(), sent_at) {
+                return self
+                    .finish_uncalled(
+                        key,
+                        claimed.epoch,
+                        Pending::LookupWait,
+                        Outcome::LookupWait { retry_in },
+                    )
+                    .await;
+            }
+            let probe_now = match self.ready(key, &claimed, held, probe).await {
+                ControlFlow::Continue(probe) => probe,
+                ControlFlow::Break((pending, outcome)) => {
+                    return self
+                        .finish_uncalled(key, claimed.epoch, pending, outcome)
+                        .await;
+                }
+            };
+            claimed = go_on!(self.verify(key, &claimed, probe_now, context).await);
+            probe = None;
+        }
         let probe = match self.ready(key, &claimed, held, probe).await {
             ControlFlow::Continue(probe) => probe,
             ControlFlow::Break((pending, outcome)) => {

@@ -2,9 +2,8 @@
 //! lease is ours, the fleet-wide rate admits the call. A claim has been made by then, so a
 //! failed check ends the attempt pending (`finish.rs`) with the reason kept in its history.
 //!
-//! This is the place for each check that must see the moment of the call: an operator's pause
-//! of the marketplace, and the lookup that verifies a send whose answer was lost before the
-//! request goes out again.
+//! This is the place for each check that must see the moment of the call, a lookup's as much as
+//! a send's: an operator's pause of the marketplace belongs here too.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -41,7 +40,7 @@ impl Pipeline {
     ) -> ControlFlow<(Pending, Outcome), Option<ProbeGuard>> {
         // A request an earlier attempt sent came back although this one meant to skip: it is sent
         // again, so the marketplace must be callable now (the only permit this attempt takes).
-        let probe = if claimed.meant_to_call {
+        let probe = if claimed.permitted {
             probe
         } else {
             match self.permit(key.marketplace()) {

@@ -96,12 +96,12 @@ fn settings(entries: &[(&str, &str, Duration)]) -> BTreeMap<String, MarketplaceS
             (
                 name.to_string(),
                 MarketplaceSettings {
-                    base_url: url::Url::parse(base_url).unwrap().into(),
-                    token_env: format!("BIDORCH_{}_TOKEN", name.to_uppercase()),
                     timeout: Some(*timeout),
                     connect_timeout: Some(Duration::from_secs(2)),
-                    rate_limit: None,
-                    rate_burst: None,
+                    ..MarketplaceSettings::new(
+                        url::Url::parse(base_url).unwrap(),
+                        format!("BIDORCH_{}_TOKEN", name.to_uppercase()),
+                    )
                 },
             )
         })
@@ -114,10 +114,15 @@ fn bid(marketplace: &str, posting_id: &str) -> BidRequest {
 
 fn bid_of(marketplace: &str, posting_id: &str, amount: Decimal) -> BidRequest {
     let key = PostingKey::new(marketplace, posting_id).unwrap();
-    let stored =
-        bidorch::pipeline::stored_request(&key, amount, "USD", "I have built this before.");
+    let terms = bidorch::marketplace::BidTerms {
+        amount,
+        currency: "USD".to_owned(),
+        cover_letter: "I have built this before.".to_owned(),
+    };
+    let stored = bidorch::marketplace::contract::stored_request(&key, &terms);
     BidRequest {
         key,
+        api: stored.api,
         body: stored.body,
         trace_headers: BTreeMap::new(),
     }
@@ -301,6 +306,7 @@ async fn service_unavailable_is_transient() {
             reason: "HTTP 503".into(),
             retry_after: None,
             status: Some(503),
+            reached: true,
         }
     );
 }

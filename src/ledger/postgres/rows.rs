@@ -32,6 +32,8 @@ const REQUEST_SHA256: usize = 14;
 const REQUEST_AMOUNT: usize = 15;
 const REQUEST_CURRENCY: usize = 16;
 const TRACE_PARENT: usize = 17;
+const REQUEST_API: usize = 18;
+const UNKNOWN_SINCE: usize = 19;
 
 /// One returned row: which call answered it (`c` claim, `f` finish, `l` lookup) and its position
 /// in that call's batch, the rest read on demand.
@@ -87,6 +89,8 @@ impl Step {
             o_request_amount: get(REQUEST_AMOUNT)?,
             o_request_currency: get(REQUEST_CURRENCY)?,
             o_trace_parent: get(TRACE_PARENT)?,
+            o_request_api: get(REQUEST_API)?,
+            o_unknown_since: time(UNKNOWN_SINCE)?,
         }))
     }
 
@@ -112,6 +116,7 @@ impl Step {
                 let epoch: Option<i64> = r.try_get(EPOCH).map_err(|e| corrupt(key, e))?;
                 let request = match (text(REQUEST_BODY)?, text(REQUEST_SHA256)?) {
                     (Some(body), Some(sha256)) => StoredRequest {
+                        api: text(REQUEST_API)?.unwrap_or_else(|| "contract".to_owned()),
                         body,
                         sha256,
                         amount: text(REQUEST_AMOUNT)?.unwrap_or_default(),

@@ -1,5 +1,5 @@
 //! The claim and finish of a batch as PostgreSQL sees them: one array per column (posting k is
-//! element k of each), bound to `bidorch_claim` / `bidorch_finish` (migration 0004), and the
+//! element k of each), bound to `bidorch_claim` / `bidorch_finish` (migration 0005), and the
 //! statements that call them — alone, or both in one round trip and one transaction — and
 //! `bidorch_lookup`. Every statement returns the same columns in the same order (see `rows`).
 
@@ -12,11 +12,12 @@ use crate::posting::PostingKey;
 /// The columns every statement reads back, after `o_kind` (`c` claim, `f` finish).
 const COLUMNS: &str = "o_idx, o_result, o_written, o_epoch, o_state, o_sends, o_bid_id, \
      o_detail, o_event_id, o_created_at, o_updated_at, o_sent_at, o_request_body, \
-     o_request_sha256, o_request_amount, o_request_currency, o_trace_parent";
+     o_request_sha256, o_request_amount, o_request_currency, o_trace_parent, o_request_api, \
+     o_unknown_since";
 
 /// `bidorch_claim`'s parameters from `$first` on.
 fn claim_call(first: usize) -> String {
-    let args: Vec<String> = (first..first + 14).map(|n| format!("${n}")).collect();
+    let args: Vec<String> = (first..first + 16).map(|n| format!("${n}")).collect();
     format!(
         "SELECT 'c'::text AS o_kind, {COLUMNS} FROM bidorch_claim({})",
         args.join(", ")
@@ -25,7 +26,7 @@ fn claim_call(first: usize) -> String {
 
 /// `bidorch_finish`'s parameters from `$first` on.
 fn finish_call(first: usize) -> String {
-    let args: Vec<String> = (first..first + 9).map(|n| format!("${n}")).collect();
+    let args: Vec<String> = (first..first + 10).map(|n| format!("${n}")).collect();
     format!(
         "SELECT 'f'::text AS o_kind, {COLUMNS} FROM bidorch_finish({})",
         args.join(", ")
@@ -41,7 +42,7 @@ fn statement(finishes: bool, claims: bool) -> &'static str {
     static FINISHES: OnceLock<String> = OnceLock::new();
     match (finishes, claims) {
         (true, true) => {
-            BOTH.get_or_init(|| format!("{} UNION ALL {}", finish_call(1), claim_call(10)))
+            BOTH.get_or_init(|| format!("{} UNION ALL {}", finish_call(1), claim_call(11)))
         }
         (false, _) => CLAIMS.get_or_init(|| claim_call(1)),
         (true, false) => FINISHES.get_or_init(|| finish_call(1)),
@@ -81,7 +82,7 @@ fn lookup_statement() -> &'static str {
     })
 }
 
-/// Binds a batch of finishes as `bidorch_finish`'s nine arrays.
+/// Binds a batch of finishes as `bidorch_finish`'s ten arrays.
 fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]) -> Query<'q> {
     let n = finishes.len();
     let mut ms = Vec::with_capacity(n);
@@ -93,11 +94,13 @@ fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]
     let mut results = Vec::with_capacity(n);
     let mut statuses = Vec::with_capacity(n);
     let mut attempt_details = Vec::with_capacity(n);
+    let mut send_states = Vec::with_capacity(n);
     for (key, epoch, finish) in finishes {
         ms.push(key.marketplace());
         ps.push(key.posting_id());
         epochs.push(*epoch);
         results.push(finish.result());
+        send_states.push(finish.send_state());
         match finish {
             Finish::Final(outcome) => {
                 states.push(Some(outcome.state().as_str()));
@@ -129,9 +132,10 @@ fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]
         .bind(results)
         .bind(statuses)
         .bind(attempt_details)
+        .bind(send_states)
 }
 
-/// Binds a batch of claims as `bidorch_claim`'s fourteen parameters (the day is the first
+/// Binds a batch of claims as `bidorch_claim`'s sixteen parameters (the day is the first
 /// claim's: a batch is made within moments).
 fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
     let n = claims.len();
@@ -143,6 +147,8 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
     let mut shas = Vec::with_capacity(n);
     let mut amounts = Vec::with_capacity(n);
     let mut currencies = Vec::with_capacity(n);
+    let mut apis = Vec::with_capacity(n);
+    let mut verifies = Vec::with_capacity(n);
     let mut reasons = Vec::with_capacity(n);
     let mut instances = Vec::with_capacity(n);
     let mut traces = Vec::with_capacity(n);
@@ -155,6 +161,7 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
         instances.push(c.instance.as_str());
         traces.push(c.trace_id.as_deref());
         parents.push(c.trace_parent.as_deref());
+        verifies.push(c.verify);
         caps.push(
             c.daily_cap
                 .map(|cap| i64::try_from(cap).unwrap_or(i64::MAX)),
@@ -169,6 +176,7 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
         shas.push(request.map(|r| r.sha256.as_str()));
         amounts.push(request.map(|r| r.amount.as_str()));
         currencies.push(request.map(|r| r.currency.as_str()));
+        apis.push(request.map(|r| r.api.as_str()));
         reasons.push(skipped);
     }
     let day = claims
@@ -183,10 +191,12 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
         .bind(shas)
         .bind(amounts)
         .bind(currencies)
+        .bind(apis)
         .bind(reasons)
         .bind(instances)
         .bind(traces)
         .bind(parents)
+        .bind(verifies)
         .bind(caps)
         .bind(day)
 }

@@ -170,7 +170,7 @@ impl LedgerReports for SqliteBidLedger {
     ) -> Result<Vec<LedgerEntry>, LedgerError> {
         let sql = format!(
             "SELECT marketplace, posting_id, {ROW_COLUMNS} FROM bid_ledger \
-             WHERE state = 'pending' AND sends > 0 AND sent_at < ?1 ORDER BY sent_at LIMIT ?2"
+             WHERE unknown_since < ?1 AND state = 'pending' ORDER BY unknown_since LIMIT ?2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(timestamp(before))
@@ -183,7 +183,7 @@ impl LedgerReports for SqliteBidLedger {
 
     async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM bid_ledger WHERE state = 'pending' AND sends > 0 AND sent_at < ?1",
+            "SELECT count(*) FROM bid_ledger WHERE unknown_since < ?1 AND state = 'pending'",
         )
         .bind(timestamp(before))
         .fetch_one(&self.pool)
@@ -195,7 +195,7 @@ impl LedgerReports for SqliteBidLedger {
     async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
         sqlx::query_as::<_, sql::AttemptRow>(
             "SELECT epoch, instance, event_id, trace_id, claim, started_at, finished_at, result, \
-                    http_status, detail \
+                    http_status, detail, send \
              FROM bid_attempts WHERE marketplace = ?1 AND posting_id = ?2 ORDER BY epoch",
         )
         .bind(key.marketplace())

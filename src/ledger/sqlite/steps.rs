@@ -1,5 +1,5 @@
 //! The claim and finish decisions for SQLite, each inside the caller's immediate transaction:
-//! the same as PostgreSQL's `bidorch_claim`/`bidorch_finish`, in Rust.
+//! the same as PostgreSQL's `bidorch_claim`/`bidorch_finish` (migration 0005), in Rust.
 
 use chrono::{DateTime, Utc};
 
@@ -83,8 +83,14 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
     };
     let epoch_text = Some(epoch.to_string());
     let event = Some(c.event_id.clone());
-    let (result, row) = if row.o_sends > 0 {
-        let set = format!("epoch = ?3, sends = sends + 1, event_id = ?4, sent_at = {NOW}");
+    let (result, row) = if row.o_sends > 0 && c.verify && row.o_unknown_since.is_some() {
+        let set = "epoch = ?3, event_id = ?4";
+        ("verify", update(tx, key, set, &[epoch_text, event]).await?)
+    } else if row.o_sends > 0 {
+        let set = format!(
+            "epoch = ?3, sends = sends + 1, event_id = ?4, sent_at = {NOW}, \
+             unknown_since = coalesce(unknown_since, {NOW})"
+        );
         ("resend", update(tx, key, &set, &[epoch_text, event]).await?)
     } else {
         match &c.intent {
@@ -125,7 +131,8 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
                     let set = format!(
                         "epoch = ?3, sends = 1, request_body = ?4, request_sha256 = ?5, \
                          request_amount = ?6, request_currency = ?7, reserved_day = ?8, \
-                         event_id = ?9, sent_at = {NOW}"
+                         event_id = ?9, request_api = ?10, sent_at = {NOW}, \
+                         unknown_since = {NOW}"
                     );
                     let binds = [
                         epoch_text,
@@ -135,6 +142,7 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
                         Some(request.currency.clone()),
                         c.daily_cap.map(|_| day),
                         event,
+                        Some(request.api.clone()),
                     ];
                     ("send", update(tx, key, &set, &binds).await?)
                 } else {
@@ -145,12 +153,14 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
         }
     };
     let finished = matches!(result, "skipped" | "capped");
+    let sent = matches!(result, "send" | "resend");
     let sql = format!(
         "INSERT OR IGNORE INTO bid_attempts \
          (marketplace, posting_id, epoch, instance, event_id, trace_id, claim, finished_at, \
-          result, detail) \
+          result, detail, send) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?8 THEN {NOW} END, \
-                 CASE WHEN ?8 THEN 'skipped' END, CASE WHEN ?8 THEN ?9 END)"
+                 CASE WHEN ?8 THEN 'skipped' END, CASE WHEN ?8 THEN ?9 END, \
+                 CASE WHEN ?10 THEN 'unknown' END)"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(key.marketplace())
@@ -162,6 +172,7 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
         .bind(result)
         .bind(finished)
         .bind(&row.o_detail)
+        .bind(sent)
         .execute(&mut **tx)
         .await
         .map_err(|e| sql::query_error(Some(key), e))?;
@@ -205,9 +216,9 @@ pub(super) async fn finish_in(
         }
         let release = matches!(outcome, FinalOutcome::Rejected { .. });
         let set = if release {
-            "state = ?3, bid_id = ?4, detail = ?5, reserved_day = NULL"
+            "state = ?3, bid_id = ?4, detail = ?5, reserved_day = NULL, unknown_since = NULL"
         } else {
-            "state = ?3, bid_id = ?4, detail = ?5"
+            "state = ?3, bid_id = ?4, detail = ?5, unknown_since = NULL"
         };
         let binds = [
             Some(outcome.state().as_str().to_owned()),
@@ -216,8 +227,11 @@ pub(super) async fn finish_in(
         ];
         update(tx, key, set, &binds).await?;
     }
+    let send = finish.send_state();
     let sql = format!(
-        "UPDATE bid_attempts SET finished_at = {NOW}, result = ?4, http_status = ?5, detail = ?6 \
+        "UPDATE bid_attempts SET finished_at = {NOW}, result = ?4, http_status = ?5, \
+                detail = ?6, \
+                send = CASE WHEN send IS NULL OR ?7 = 'absent' THEN send ELSE ?7 END \
          WHERE marketplace = ?1 AND posting_id = ?2 AND epoch = ?3"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -227,8 +241,25 @@ pub(super) async fn finish_in(
         .bind(finish.result())
         .bind(http_status.map(i32::from))
         .bind(attempt_detail)
+        .bind(send)
         .execute(&mut **tx)
         .await
         .map_err(|e| sql::query_error(Some(key), e))?;
+    if send == "absent" {
+        sqlx::query(
+            "UPDATE bid_attempts SET send = 'absent' \
+             WHERE marketplace = ?1 AND posting_id = ?2 AND send = 'unknown'",
+        )
+        .bind(key.marketplace())
+        .bind(key.posting_id())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))?;
+    }
+    if matches!(finish, Finish::Pending { .. }) {
+        let set = "unknown_since = (SELECT min(a.started_at) FROM bid_attempts a \
+                   WHERE a.marketplace = ?1 AND a.posting_id = ?2 AND a.send = 'unknown')";
+        update(tx, key, set, &[]).await?;
+    }
     Ok(Fenced::Written)
 }

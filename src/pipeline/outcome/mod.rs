@@ -11,6 +11,7 @@
 //! | marketplace 429 / 5xx / timeout                | `pending` kept              | retry (honours `Retry-After`)    |
 //! | marketplace 401 / 403 / 407, or paused         | `pending` kept              | wait; the marketplace pauses     |
 //! | over the marketplace's fleet-wide rate         | unchanged                   | wait for the bucket, no call     |
+//! | a send of unknown fate, lookup not yet due     | unchanged                   | wait for `lookup_delay`, no call |
 //! | marketplace other 4xx                          | `rejected` + status/excerpt | ack                              |
 //! | lease lost / claim superseded before the bid   | unchanged                   | wait, no call made               |
 //! | poison message                                 | none                        | dead-letter                      |
@@ -61,6 +62,8 @@ pub enum PlacedVia {
     Replay,
     /// `409`: a bid exists under another key.
     Conflict,
+    /// A lookup found it (a send whose answer was lost had placed it; no idempotency keys).
+    Lookup,
 }
 
 /// Which dependency failed closed.
@@ -117,6 +120,9 @@ pub enum Outcome {
     },
     /// Over the marketplace's fleet-wide request rate; not attempted, back after `retry_in`.
     RateLimited { retry_in: Duration },
+    /// A send of unknown fate is looked up no sooner than `lookup_delay` after it (a request
+    /// still in flight may yet place the bid): back after `retry_in`, nothing called.
+    LookupWait { retry_in: Duration },
     /// The policy declined; recorded as `skipped`.
     Skipped { reasons: Vec<String> },
     /// A bid exists and is recorded as `placed`.
@@ -225,6 +231,7 @@ impl Outcome {
             Self::NotYet { remaining } => wait(*remaining, "not_yet"),
             Self::MarketplacePaused { retry_in, .. } => wait(*retry_in, "marketplace_paused"),
             Self::RateLimited { retry_in } => wait(*retry_in, "rate_limited"),
+            Self::LookupWait { retry_in } => wait(*retry_in, "lookup_wait"),
             Self::Transient {
                 retry_after,
                 counts,
@@ -253,6 +260,7 @@ impl Outcome {
         "not_yet",
         "marketplace_paused",
         "rate_limited",
+        "lookup_wait",
         "skipped",
         "placed",
         "transient",
@@ -272,6 +280,7 @@ impl Outcome {
             Self::NotYet { .. } => "not_yet",
             Self::MarketplacePaused { .. } => "marketplace_paused",
             Self::RateLimited { .. } => "rate_limited",
+            Self::LookupWait { .. } => "lookup_wait",
             Self::Skipped { .. } => "skipped",
             Self::Placed { .. } => "placed",
             Self::Transient { .. } => "transient",

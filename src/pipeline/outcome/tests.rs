@@ -73,6 +73,9 @@ fn outages_and_pauses_wait_without_counting_however_long() {
         Outcome::NotYet {
             remaining: Duration::from_secs(40),
         },
+        Outcome::LookupWait {
+            retry_in: Duration::from_secs(10),
+        },
         Outcome::LeaseLost,
         Outcome::Superseded,
     ];
@@ -199,6 +202,9 @@ fn one_of_each() -> Vec<Outcome> {
         Outcome::RateLimited {
             retry_in: Duration::from_secs(1),
         },
+        Outcome::LookupWait {
+            retry_in: Duration::from_secs(1),
+        },
         Outcome::Skipped { reasons: vec![] },
         Outcome::Placed {
             bid_id: None,
@@ -223,6 +229,7 @@ fn one_of_each() -> Vec<Outcome> {
             | Outcome::NotYet { .. }
             | Outcome::MarketplacePaused { .. }
             | Outcome::RateLimited { .. }
+            | Outcome::LookupWait { .. }
             | Outcome::Skipped { .. }
             | Outcome::Placed { .. }
             | Outcome::Transient { .. }

@@ -9,7 +9,7 @@ use bidorch::ledger::{
     Batched, BidLedger, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerBackend,
     LedgerEntry, LedgerError, LedgerState, StoredRequest,
 };
-use bidorch::pipeline::stored_request;
+use bidorch::marketplace::{BidTerms, contract};
 use bidorch::posting::PostingKey;
 use chrono::{Duration, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -65,7 +65,12 @@ pub fn key(marketplace: &str, posting_id: &str) -> PostingKey {
 
 /// A bid of `amount` USD on `key`.
 pub fn request(key: &PostingKey, amount: i64) -> StoredRequest {
-    stored_request(key, Decimal::from(amount), "USD", "Hello from the contract")
+    let terms = BidTerms {
+        amount: Decimal::from(amount),
+        currency: "USD".to_owned(),
+        cover_letter: "Hello from the contract".to_owned(),
+    };
+    contract::stored_request(key, &terms)
 }
 
 fn today() -> NaiveDate {
@@ -86,6 +91,7 @@ pub fn claim_of(key: &PostingKey, intent: Intent) -> ClaimRequest {
         )),
         daily_cap: None,
         day: today(),
+        verify: false,
     }
 }
 
@@ -558,6 +564,7 @@ pub async fn a_batch_at_the_cap_spends_exactly_the_slots_left(ledger: Ledger) {
             Claim::Skipped { capped: false, .. } => "skipped",
             Claim::Final(_) => "final",
             Claim::Nothing => "nothing",
+            Claim::Verify { .. } => "verify",
         })
         .collect();
     assert_eq!(

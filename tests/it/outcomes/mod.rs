@@ -160,6 +160,7 @@ impl BidLedger for Hooked {
                         trace_parent: None,
                         daily_cap: None,
                         day: Utc::now().date_naive(),
+                        verify: false,
                     };
                     let claimed = self.inner.claim(&rival).await.expect("the rival claims");
                     assert!(
