@@ -32,13 +32,16 @@ const AUTH_HEADER: &str = "freelancer-oauth-v1";
 const PAGE: usize = 100;
 
 /// Each page of a lookup starts this many bids before the previous one ended, so a bid that
-/// moves towards the front between two pages (up to this many bids removed before it) is still
-/// read; a bid moving back (bids added before it) is read twice, which is harmless.
+/// moves towards the front between two pages (fewer than this many bids removed before it) is
+/// still read; a bid moving back (bids added before it) is read twice, which is harmless.
 const PAGE_OVERLAP: usize = 50;
 
-/// Most pages one lookup reads (2,500 bids on one project) before it gives up as unanswered:
-/// a lookup that cannot finish must not pass for "no bid of ours".
+/// Most pages one pass of a lookup reads (about 2,500 bids on one project) before it gives up as
+/// unanswered: a lookup that cannot finish must not pass for "no bid of ours".
 const MAX_PAGES: usize = 50;
+
+/// Passes a lookup makes when the list moved more than [`PAGE_OVERLAP`] between two pages.
+const MAX_PASSES: usize = 3;
 
 /// The skip reason for a posting id that is not a Freelancer project id.
 pub const POSTING_ID_UNSUPPORTED: &str = "posting_id_unsupported";
@@ -87,6 +90,13 @@ struct ListedBid {
     bidder_id: u64,
     #[serde(default)]
     retracted: Option<bool>,
+}
+
+/// How one pass over a project's bid list ended.
+enum Pass {
+    Done(Lookup),
+    /// The list moved too far between two pages: read it again.
+    Moved,
 }
 
 /// The body's result, if the answer is a success envelope holding a `T`.
@@ -176,6 +186,38 @@ impl FreelancerApi {
                 excerpt(&body, self.endpoint.token())
             )),
         }
+    }
+
+    /// One pass over the project's bids, first page to last.
+    async fn pass(&self, project: u64, bidder: u64, lookup: &LookupRequest) -> Pass {
+        let mut seen = std::collections::HashSet::new();
+        let mut offset = 0;
+        for _ in 0..MAX_PAGES {
+            let bids = match self.page(project, offset, lookup).await {
+                Ok(bids) => bids,
+                Err(unanswered) => return Pass::Done(unanswered),
+            };
+            if let Some(ours) = bids
+                .iter()
+                .find(|b| b.bidder_id == bidder && b.retracted != Some(true))
+            {
+                return Pass::Done(Lookup::Found {
+                    bid_id: ours.id.to_string(),
+                });
+            }
+            if offset > 0 && bids.first().is_some_and(|first| !seen.contains(&first.id)) {
+                return Pass::Moved;
+            }
+            if bids.len() < PAGE {
+                return Pass::Done(Lookup::NotFound);
+            }
+            seen.extend(bids.iter().map(|b| b.id));
+            offset += PAGE - PAGE_OVERLAP;
+        }
+        Pass::Done(Lookup::Unanswered {
+            reason: format!("more than {MAX_PAGES} pages of bids on project {project}"),
+            status: None,
+        })
     }
 
     /// One page of the project's bids, from `offset`.
@@ -311,8 +353,10 @@ impl Api for FreelancerApi {
         }
     }
 
-    /// Reads the project's bids page by page (overlapping, see [`PAGE_OVERLAP`]) until ours or
-    /// the end: ours is by our bidder id and not retracted.
+    /// Reads the project's bids page by page until ours or the end: ours is by our bidder id and
+    /// not retracted. Pages overlap (see [`PAGE_OVERLAP`]); a page whose first bid was never
+    /// seen means more bids were removed between two pages than the overlap covers, so a bid
+    /// may have slipped between them: the pass starts again (at most [`MAX_PASSES`]).
     async fn find(&self, lookup: &LookupRequest) -> Lookup {
         let Some(project) = project_id(lookup.key.posting_id()) else {
             // No bid can have been sent for it.
@@ -327,27 +371,14 @@ impl Api for FreelancerApi {
                 };
             }
         };
-        let mut offset = 0;
-        for _ in 0..MAX_PAGES {
-            let bids = match self.page(project, offset, lookup).await {
-                Ok(bids) => bids,
-                Err(unanswered) => return unanswered,
-            };
-            if let Some(ours) = bids
-                .iter()
-                .find(|b| b.bidder_id == bidder && b.retracted != Some(true))
-            {
-                return Lookup::Found {
-                    bid_id: ours.id.to_string(),
-                };
+        for _ in 0..MAX_PASSES {
+            match self.pass(project, bidder, lookup).await {
+                Pass::Done(found) => return found,
+                Pass::Moved => {}
             }
-            if bids.len() < PAGE {
-                return Lookup::NotFound;
-            }
-            offset += PAGE - PAGE_OVERLAP;
         }
         Lookup::Unanswered {
-            reason: format!("more than {MAX_PAGES} pages of bids on project {project}"),
+            reason: format!("the bid list of project {project} kept changing while it was read"),
             status: None,
         }
     }

@@ -13,6 +13,7 @@ mod chaos;
 mod cli;
 mod demo;
 mod e2e;
+mod freelancer;
 mod healthcheck;
 mod interop;
 mod ledger;

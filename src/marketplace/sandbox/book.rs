@@ -88,6 +88,26 @@ impl Book {
         Placement::Created(bid)
     }
 
+    /// Records a bid the Freelancer dialect created (no idempotency key to consult).
+    pub(super) fn record(&mut self, bid: Bid) {
+        let posting = format!("{}:{}", bid.marketplace, bid.posting_id);
+        self.bids.entry(posting.clone()).or_default().push(bid);
+        self.stats.bids_created += 1;
+        self.posting(&posting).bids += 1;
+    }
+
+    /// Counts a second bid refused (Freelancer dialect).
+    pub(super) fn count_conflict(&mut self, posting: &str) {
+        self.stats.conflicts += 1;
+        self.posting(posting).conflicts += 1;
+    }
+
+    /// Counts a lookup of a posting's bids (Freelancer dialect).
+    pub(super) fn count_lookup(&mut self, posting: &str) {
+        self.stats.lookups += 1;
+        self.posting(posting).lookups += 1;
+    }
+
     /// The bids of one posting.
     pub(super) fn bids(&self, posting: &str) -> Vec<Bid> {
         self.bids.get(posting).cloned().unwrap_or_default()

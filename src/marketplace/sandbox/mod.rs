@@ -1,8 +1,11 @@
-//! The sandbox marketplace (`bidorch marketplace`): a faithful server of the bid contract for tests
-//! and the demo, which counts every bid per posting so "exactly one bid" can be checked.
+//! The sandbox marketplace (`bidorch marketplace`): a faithful server of the bid contract and of
+//! the Freelancer.com API for tests and the demo, which counts every bid per posting so "exactly
+//! one bid" can be checked.
 //!
-//! Every marketplace is served under its own path prefix — `POST /{marketplace}/v1/postings/
-//! {posting_id}/bids` — so a `base_url` of `http://host:8081/upwork` works as in production.
+//! Every marketplace is served under its own path prefix, in both dialects at once — the
+//! contract's `POST /{marketplace}/v1/postings/{posting_id}/bids`, and the Freelancer API under
+//! `/{marketplace}/api/…` (`freelancer.rs`) — so a `base_url` of `http://host:8081/upwork` works
+//! as in production whichever API the marketplace is configured to speak.
 //! Operator endpoints: `GET /v1/stats` ([`SandboxStats`]), `GET /v1/bids/{marketplace}/
 //! {posting_id}` (the [`Bid`]s recorded, with the trace context each arrived with), `GET /healthz`.
 //!
@@ -11,6 +14,7 @@
 //! *after* the bid is recorded — a slow answer a client may give up on, whose retry must replay.
 
 mod book;
+mod freelancer;
 mod routes;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -22,7 +26,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use self::book::Book;
+use self::freelancer::Projects;
 use crate::posting::PostingKey;
+
+pub use self::freelancer::SANDBOX_BIDDER_ID;
 
 /// How the sandbox behaves.
 #[derive(Clone)]
@@ -42,6 +49,16 @@ pub struct SandboxOptions {
     /// Share of placed bids (0.0–1.0) whose answer is lost: the bid is recorded, then the client
     /// gets `502` (a proxy that dropped the upstream answer), so only a replay learns the bid id.
     pub lose_rate: f64,
+    /// Freelancer dialect: a second bid by the same bidder on a project is refused (`400`, as
+    /// Freelancer does). `false`: it is created, and `duplicates` in the stats shows it — what
+    /// tests of verify-before-resend use.
+    pub refuse_second_bid: bool,
+    /// Freelancer dialect: other bidders' bids on each project (some retracted), listed before
+    /// ours, so lookups filter and page.
+    pub rival_bids: u32,
+    /// Freelancer dialect: rivals' bids delisted before each lookup page after the first, so the
+    /// list changes between pages.
+    pub lookup_churn: u32,
 }
 
 impl Default for SandboxOptions {
@@ -53,6 +70,9 @@ impl Default for SandboxOptions {
             seed: 0,
             honour_idempotency: true,
             lose_rate: 0.0,
+            refuse_second_bid: true,
+            rival_bids: 0,
+            lookup_churn: 0,
         }
     }
 }
@@ -66,6 +86,9 @@ impl fmt::Debug for SandboxOptions {
             .field("seed", &self.seed)
             .field("honour_idempotency", &self.honour_idempotency)
             .field("lose_rate", &self.lose_rate)
+            .field("refuse_second_bid", &self.refuse_second_bid)
+            .field("rival_bids", &self.rival_bids)
+            .field("lookup_churn", &self.lookup_churn)
             .finish()
     }
 }
@@ -130,6 +153,9 @@ pub struct PostingStats {
     /// The trace ids of every request's `traceparent` (one, when the posting kept one trace).
     #[serde(default)]
     pub trace_ids: std::collections::BTreeSet<String>,
+    /// Lookups of the posting's bids (Freelancer dialect).
+    #[serde(default)]
+    pub lookups: u64,
 }
 
 /// `GET /v1/stats`.
@@ -141,8 +167,11 @@ pub struct SandboxStats {
     pub bids_created: u64,
     /// `200`s: the idempotency key was seen before — a duplicate stopped by the key.
     pub replays: u64,
-    /// `409`s: a bid exists under another key.
+    /// `409`s: a bid exists under another key (Freelancer dialect: a second bid refused).
     pub conflicts: u64,
+    /// Lookups of bids (Freelancer dialect).
+    #[serde(default)]
+    pub lookups: u64,
     /// `4xx` refusals before placement (auth, missing key, bad body, a replay with another body).
     pub rejected: u64,
     /// Injected `429`/`503` answers.
@@ -182,6 +211,8 @@ struct State {
     scored: u64,
     /// The bearer token required now (starts as [`SandboxOptions::token`]; tests rotate it).
     token: Option<String>,
+    /// The Freelancer dialect's projects: bid lists, closed projects.
+    projects: Projects,
 }
 
 impl State {
@@ -212,6 +243,7 @@ impl Sandbox {
                     scoring_down: false,
                     scored: 0,
                     token,
+                    projects: Projects::default(),
                 }),
             }),
         }
@@ -263,6 +295,12 @@ impl Sandbox {
     /// credential, as the worker's marketplace sees it.
     pub fn set_token(&self, token: Option<String>) {
         self.state().token = token;
+    }
+
+    /// Closes the project `key` names (Freelancer dialect): bids on it and lookups of it answer
+    /// `404` from now on, as for a project deleted or closed for bidding.
+    pub fn close_project(&self, key: &PostingKey) {
+        self.state().projects.close(&key.to_string());
     }
 
     fn options(&self) -> &SandboxOptions {

@@ -1,5 +1,7 @@
-//! The sandbox's HTTP surface: request checks in the order a real marketplace applies them
-//! (faults, auth, idempotency key, content type, body), then the book decides, then the answer.
+//! The sandbox's HTTP surface: the contract's bid route — request checks in the order a real
+//! marketplace applies them (faults, auth, idempotency key, content type, body), then the book
+//! decides, then the answer — the Freelancer dialect's routes (`freelancer.rs`), the operator
+//! endpoints, and what every route shares: its server span and the injected faults.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -17,6 +19,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::book::Placement;
 use super::{Bid, Fault, Sandbox};
 use crate::posting::PostingKey;
+use std::future::Future;
 
 /// Longest cover letter accepted.
 const MAX_COVER_LETTER_CHARS: usize = 20_000;
@@ -31,6 +34,7 @@ pub(super) fn router(sandbox: Sandbox) -> Router {
         .route("/v1/score", post(score))
         .route("/v1/bids/{marketplace}/{posting_id}", get(bids))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(super::freelancer::routes())
         .with_state(sandbox)
 }
 
@@ -75,26 +79,42 @@ async fn place_bid(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let route = "/{marketplace}/v1/postings/{posting_id}/bids";
+    traced(&sandbox, "POST", route, &marketplace, &headers, async {
+        answer(&sandbox, &marketplace, &posting_id, &headers, &body)
+    })
+    .await
+}
+
+/// Answers a request of `route` in a server span continuing the caller's trace from its
+/// `traceparent`; a bid (`POST`) is answered after the configured latency — after it was
+/// recorded, so a client giving up on a slow answer has still placed its bid.
+pub(super) async fn traced(
+    sandbox: &Sandbox,
+    method: &'static str,
+    route: &'static str,
+    marketplace: &str,
+    headers: &HeaderMap,
+    answer: impl Future<Output = Response>,
+) -> Response {
     // DEBUG: traces take it (see crate::telemetry), the sandbox's INFO log does not.
     let span = tracing::debug_span!(
-        "sandbox.place_bid",
-        otel.name = "POST /{marketplace}/v1/postings/{posting_id}/bids",
+        "sandbox.request",
+        otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
-        http.request.method = "POST",
-        http.route = "/{marketplace}/v1/postings/{posting_id}/bids",
+        http.request.method = method,
+        http.route = route,
         http.response.status_code = tracing::field::Empty,
         marketplace = %marketplace,
-        posting_id = %posting_id,
     );
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
     // Before the span is entered, or the parent is ignored; fails only without an OTel layer.
     let _ = span.set_parent(parent);
     async move {
-        let response = answer(&sandbox, &marketplace, &posting_id, &headers, &body);
+        let response = answer.await;
         tracing::Span::current().record("http.response.status_code", response.status().as_u16());
-        // After recording: a client giving up on a slow answer has still placed its bid.
         let latency = sandbox.options().latency;
-        if !latency.is_zero() {
+        if method == "POST" && !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
         response
@@ -114,26 +134,8 @@ fn answer(
         return error(StatusCode::NOT_FOUND, "no such marketplace or posting");
     };
     let traceparent = header_str(headers, "traceparent");
-    {
-        let mut state = sandbox.state();
-        state.book.count_request(&key.to_string(), traceparent);
-        let options = sandbox.options();
-        let fault = match state.scripted.pop_front() {
-            Some(fault) => Some(fault),
-            None if state.outage.is_some() => state.outage.clone(),
-            None if options.fail_rate > 0.0 && state.dice.f64() < options.fail_rate => {
-                Some(if state.dice.bool() {
-                    Fault::unavailable()
-                } else {
-                    Fault::rate_limited("1")
-                })
-            }
-            None => None,
-        };
-        if let Some(fault) = fault {
-            state.book.count_fault();
-            return fault_response(&fault);
-        }
+    if let Some(fault) = sandbox.take_fault(&key.to_string(), traceparent, true) {
+        return fault_response(&fault);
     }
     let checked = check_auth(sandbox, headers)
         .and_then(|()| idempotency_key(headers))
@@ -315,7 +317,46 @@ fn check_body(key: &PostingKey, headers: &HeaderMap, body: &[u8]) -> Result<BidB
     Ok(parsed)
 }
 
-fn fault_response(fault: &Fault) -> Response {
+impl Sandbox {
+    /// Counts a bid request (`bid`) for `posting` — or nothing, for a lookup, counted by its
+    /// route — and draws its fault, if any: a scripted one first (bids only), then an outage,
+    /// then the dice.
+    pub(super) fn take_fault(
+        &self,
+        posting: &str,
+        traceparent: Option<&str>,
+        bid: bool,
+    ) -> Option<Fault> {
+        let mut state = self.state();
+        if bid {
+            state.book.count_request(posting, traceparent);
+        }
+        let options = self.options();
+        let scripted = if bid {
+            state.scripted.pop_front()
+        } else {
+            None
+        };
+        let fault = match scripted {
+            Some(fault) => Some(fault),
+            None if state.outage.is_some() => state.outage.clone(),
+            None if options.fail_rate > 0.0 && state.dice.f64() < options.fail_rate => {
+                Some(if state.dice.bool() {
+                    Fault::unavailable()
+                } else {
+                    Fault::rate_limited("1")
+                })
+            }
+            None => None,
+        };
+        if fault.is_some() {
+            state.book.count_fault();
+        }
+        fault
+    }
+}
+
+pub(super) fn fault_response(fault: &Fault) -> Response {
     let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let mut response = error(status, "injected fault");
     if let Some(value) = fault
@@ -332,11 +373,11 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -9,6 +9,8 @@
 //! - `faults.rs`: unreachable Redis and PostgreSQL (real backend: a cut proxy).
 //! - `sticky.rs`: the answer is lost, then the policy would say no — still one bid, placed.
 //! - `scoring.rs`: the remote scoring service's verdicts and outage.
+//! - `verify.rs`: verify before resend on the Freelancer API (no idempotency keys): lookups of
+//!   lost answers, refusals of a second bid, lookups without an answer, gone projects.
 //! - `commands.rs`: `bidorch reconcile` and `bidorch inspect` as an operator runs them, and two
 //!   workers racing on duplicates (real backend: several processes share it).
 
@@ -17,6 +19,7 @@ mod faults;
 mod scoring;
 mod sticky;
 mod table;
+mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
