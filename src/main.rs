@@ -156,7 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => commands::migrate(&settings).await?,
         Command::Demo(args) => commands::demo(&settings, args).await?,
         Command::Dlq { action } => commands::dlq(&settings, action).await?,
-        Command::Config { action } => commands::config(&settings, action)?,
+        Command::Config { action } => commands::config(&settings, action).await?,
         Command::Policy(args) => commands::policy(&settings, args)?,
         Command::Inspect(args) => commands::inspect(&settings, args).await?,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await?,

@@ -24,9 +24,11 @@ use crate::source::{AmqpPostingSource, MemoryQueue, PostingSource, SourceError};
 use crate::tally::Tally;
 use crate::worker::WorkerOptions;
 
+mod live;
 mod ports;
 mod run;
 
+pub use self::live::{LiveResult, live_checks};
 pub use self::ports::{LedgerPorts, LockPorts, ledger, locks};
 pub use self::run::worker;
 

@@ -1,6 +1,8 @@
-//! `bidorch config check`: the effective configuration — every layer applied — validated and
-//! printed as TOML with secrets redacted, plus whether each marketplace's token variable is set.
-//! A bad configuration never gets here: loading it failed already, naming the key (exit 1).
+//! `bidorch config check [--live]`: the effective configuration — every layer applied —
+//! validated and printed as TOML with secrets redacted, plus whether each marketplace's token
+//! variable is set; `--live` also asks each dependency and each marketplace's API (without
+//! bidding), and exits 1 if any does not answer as it should. A bad configuration never gets
+//! here: loading it failed already, naming the key (exit 1).
 
 use clap::Subcommand;
 
@@ -10,13 +12,19 @@ use bidorch::config::Settings;
 #[derive(Subcommand, Debug)]
 pub enum ConfigAction {
     /// Validate the effective configuration and print it, secrets redacted.
-    Check,
+    Check {
+        /// Also check that each dependency answers and each marketplace accepts its
+        /// credentials (Freelancer: `GET /api/users/0.1/self/`), without bidding.
+        #[arg(long)]
+        live: bool,
+    },
 }
 
-/// Prints the effective configuration (it has been validated by loading it).
-pub fn config(settings: &Settings, action: ConfigAction) -> anyhow::Result<()> {
+/// Prints the effective configuration (it has been validated by loading it), and with `--live`
+/// what each dependency answered.
+pub async fn config(settings: &Settings, action: ConfigAction) -> anyhow::Result<()> {
     match action {
-        ConfigAction::Check => {
+        ConfigAction::Check { live } => {
             out!("# bidorch: the effective configuration is valid (secrets redacted)")?;
             out_raw!("{}", toml::to_string(settings)?)?;
             if settings.marketplaces.is_empty() {
@@ -32,6 +40,22 @@ pub fn config(settings: &Settings, action: ConfigAction) -> anyhow::Result<()> {
                     humantime::format_duration(request),
                     humantime::format_duration(connect),
                 )?;
+            }
+            if live {
+                let results =
+                    bidorch::app::live_checks(settings, |var| std::env::var(var).ok()).await;
+                let failed = results.iter().filter(|r| !r.ok).count();
+                for r in &results {
+                    let verdict = if r.ok { "ok" } else { "FAILED" };
+                    out!(
+                        "# live: {} {verdict}: {}",
+                        r.what,
+                        bidorch::text::escape_controls(&r.detail)
+                    )?;
+                }
+                if failed > 0 {
+                    anyhow::bail!("{failed} of {} live checks failed", results.len());
+                }
             }
         }
     }

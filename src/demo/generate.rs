@@ -6,6 +6,16 @@ use serde_json::json;
 
 /// Marketplaces the demo configures and generates postings for.
 pub const MARKETPLACES: &[&str] = &["upwork", "freelancer", "toptal"];
+
+/// The API each demo marketplace speaks: `freelancer` the Freelancer.com API (integer project
+/// ids, no idempotency keys), the others the contract.
+pub fn api_of(marketplace: &str) -> crate::config::MarketplaceApi {
+    if marketplace == "freelancer" {
+        crate::config::MarketplaceApi::Freelancer
+    } else {
+        crate::config::MarketplaceApi::Contract
+    }
+}
 /// The demo's minimum budget; postings generated as ineligible fall below it or hit a keyword.
 pub const MIN_BUDGET: i64 = 100;
 /// Keywords the demo's policy blocks.
@@ -55,7 +65,11 @@ pub fn generate(postings: usize, duplication: usize, poison: usize, seed: u64) -
     let (mut eligible, mut ineligible) = (Vec::new(), Vec::new());
     for n in 0..postings {
         let marketplace = MARKETPLACES[n % MARKETPLACES.len()];
-        let posting_id = format!("job_{seed:x}_{n:06}");
+        let posting_id = match api_of(marketplace) {
+            // A project id: a positive integer, unique per seed and posting.
+            crate::config::MarketplaceApi::Freelancer => format!("{}{n:08}", seed % 900 + 100),
+            crate::config::MarketplaceApi::Contract => format!("job_{seed:x}_{n:06}"),
+        };
         let skill = SKILLS[rng.usize(..SKILLS.len())];
         let mut title = TITLES[rng.usize(..TITLES.len())].replace("{}", skill);
         let ineligible_kind = if rng.f64() < 0.2 { rng.u8(0..2) + 1 } else { 0 };

@@ -93,11 +93,14 @@ fn demo_settings(base: &Settings) -> Settings {
         .iter()
         .map(|m| {
             // The sandbox serves them; its address is filled in when it starts.
-            let settings = MarketplaceSettings::new(
-                url::Url::parse(&format!("http://127.0.0.1/{m}"))
-                    .expect("a loopback URL with a plain path parses"),
-                "BIDORCH_DEMO_TOKEN",
-            );
+            let settings = MarketplaceSettings {
+                api: generate::api_of(m),
+                ..MarketplaceSettings::new(
+                    url::Url::parse(&format!("http://127.0.0.1/{m}"))
+                        .expect("a loopback URL with a plain path parses"),
+                    "BIDORCH_DEMO_TOKEN",
+                )
+            };
             ((*m).to_owned(), settings)
         })
         .collect();
@@ -111,10 +114,12 @@ fn demo_settings(base: &Settings) -> Settings {
     s
 }
 
-/// The sandbox options of a run: idempotency honoured unless `--naive-marketplace`.
+/// The sandbox options of a run: idempotency honoured and a second Freelancer bid refused, unless
+/// `--naive-marketplace`.
 fn sandbox_options(options: &DemoOptions) -> SandboxOptions {
     SandboxOptions {
         honour_idempotency: !options.naive_marketplace,
+        refuse_second_bid: !options.naive_marketplace,
         ..SandboxOptions::default()
     }
 }
@@ -341,6 +346,7 @@ async fn report(
         bids: stats.bids_created,
         replays: stats.replays,
         conflicts: stats.conflicts,
+        lookups: stats.lookups,
         double_bids: stats.postings.values().filter(|p| p.bids > 1).count() as u64,
         missing_bids: eligible.iter().filter(|k| bids_for(k) == 0).count() as u64,
         wrong_bids: input.ineligible.iter().filter(|k| bids_for(k) > 0).count() as u64,

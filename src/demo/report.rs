@@ -20,8 +20,10 @@ pub struct DemoReport {
     pub bids: u64,
     /// Bid requests the sandbox answered as a replay of an idempotency key.
     pub replays: u64,
-    /// Bid requests the sandbox answered with 409.
+    /// Bid requests the sandbox answered with 409 (the Freelancer API: a second bid refused).
     pub conflicts: u64,
+    /// Lookups of bids (the Freelancer API has no idempotency keys: a lost answer is looked up).
+    pub lookups: u64,
     /// Postings with more than one bid at the marketplace (must be 0).
     pub double_bids: u64,
     /// Eligible postings without a bid (must be 0).
@@ -99,6 +101,11 @@ impl fmt::Display for DemoReport {
             self.replays + self.conflicts,
             self.replays,
             self.conflicts
+        )?;
+        writeln!(
+            f,
+            "    by lookup           {:>6}   (Freelancer API, no idempotency keys: {} lookups)",
+            c.placed_lookup, self.lookups
         )?;
         writeln!(
             f,

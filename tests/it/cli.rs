@@ -254,3 +254,67 @@ fn control_characters_from_events_are_shown_escaped() {
         "{shown:?}"
     );
 }
+
+#[tokio::test]
+async fn config_check_live_asks_every_dependency_and_each_marketplaces_api() {
+    use crate::support;
+    use bidorch::marketplace::sandbox::{SandboxOptions, SandboxServer};
+    if !(support::amqp_available().await
+        && support::redis_available().await
+        && support::postgres_available().await)
+    {
+        return; // skipped, said by the checks
+    }
+    let server = SandboxServer::start(SandboxOptions {
+        token: Some("live-token-9d2".to_owned()),
+        ..SandboxOptions::default()
+    })
+    .await
+    .expect("the sandbox starts");
+    let base_url = format!("{}/fl", server.url());
+    let run = |token: &'static str| {
+        let (amqp, redis, db, base) = (
+            support::amqp_url(),
+            support::redis_url(),
+            support::database_url(),
+            base_url.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            bidorch(
+                &["config", "check", "--live"],
+                &[
+                    ("AMQP_URL", &amqp),
+                    ("REDIS_URL", &redis),
+                    ("DATABASE_URL", &db),
+                    ("BIDORCH__MARKETPLACES__FL__BASE_URL", &base),
+                    ("BIDORCH__MARKETPLACES__FL__TOKEN_ENV", "FL_TOKEN"),
+                    ("BIDORCH__MARKETPLACES__FL__API", "freelancer"),
+                    ("FL_TOKEN", token),
+                ],
+            )
+        })
+    };
+    let output = run("live-token-9d2").await.expect("bidorch ran");
+    let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{shown}{output:?}");
+    for line in [
+        "# live: amqp ",
+        "# live: redis ",
+        "# live: postgres ",
+        "# live: marketplace fl (freelancer API) ok: the token is accepted: user 4242",
+    ] {
+        assert!(shown.contains(line), "{line}: {shown}");
+    }
+    assert!(!shown.contains("FAILED"), "{shown}");
+    assert_eq!(server.sandbox().stats().requests, 0, "no bid was placed");
+
+    let output = run("revoked-token-61f").await.expect("bidorch ran");
+    let err = failed_with(&output);
+    let shown = format!("{}{err}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        shown.contains("# live: marketplace fl (freelancer API) FAILED: the token in `FL_TOKEN` was refused by /self (HTTP 401)"),
+        "{shown}"
+    );
+    assert!(err.contains("1 of 4 live checks failed"), "{err}");
+    assert!(!shown.contains("revoked-token-61f"), "{shown}");
+}
