@@ -110,18 +110,34 @@ impl Projects {
     }
 }
 
-/// Freelancer's error envelope.
-fn failure(status: StatusCode, message: &str, code: &str) -> Response {
-    (
+/// An error answer, in Freelancer's envelope.
+struct Failure {
+    status: StatusCode,
+    message: String,
+    code: &'static str,
+}
+
+fn failure(status: StatusCode, message: &str, code: &'static str) -> Failure {
+    Failure {
         status,
-        axum::Json(json!({
-            "status": "error",
-            "message": message,
-            "error_code": code,
-            "request_id": uuid::Uuid::new_v4().simple().to_string(),
-        })),
-    )
-        .into_response()
+        message: message.to_owned(),
+        code,
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({
+                "status": "error",
+                "message": self.message,
+                "error_code": self.code,
+                "request_id": uuid::Uuid::new_v4().simple().to_string(),
+            })),
+        )
+            .into_response()
+    }
 }
 
 fn success(result: serde_json::Value) -> Response {
@@ -134,7 +150,7 @@ fn success(result: serde_json::Value) -> Response {
 }
 
 /// The token check of every call: the header present, and the sandbox's token if it has one.
-fn check_token(sandbox: &Sandbox, headers: &HeaderMap) -> Result<(), Response> {
+fn check_token(sandbox: &Sandbox, headers: &HeaderMap) -> Result<(), Failure> {
     let presented = header_str(headers, "freelancer-oauth-v1")
         .map(str::trim)
         .filter(|t| !t.is_empty());
@@ -160,7 +176,7 @@ fn check_token(sandbox: &Sandbox, headers: &HeaderMap) -> Result<(), Response> {
 /// `GET /{marketplace}/api/users/0.1/self/`.
 async fn whoami(State(sandbox): State<Sandbox>, headers: HeaderMap) -> Response {
     if let Err(refused) = check_token(&sandbox, &headers) {
-        return refused;
+        return refused.into_response();
     }
     success(json!({ "id": SANDBOX_BIDDER_ID, "username": "bidorch-sandbox", "role": "freelancer" }))
 }
@@ -205,7 +221,8 @@ fn place(sandbox: &Sandbox, marketplace: &str, headers: &HeaderMap, body: &[u8])
             StatusCode::BAD_REQUEST,
             "project_id is missing or not a project id",
             "ProjectExceptionCodes.INVALID_PROJECT_ID",
-        );
+        )
+        .into_response();
     };
     let posting = key.to_string();
     let traceparent = header_str(headers, "traceparent");
@@ -214,7 +231,7 @@ fn place(sandbox: &Sandbox, marketplace: &str, headers: &HeaderMap, body: &[u8])
     }
     if let Err(refused) = check_token(sandbox, headers) {
         sandbox.state().book.count_rejected();
-        return refused;
+        return refused.into_response();
     }
     let checked = check_body(headers, body);
     let mut state = sandbox.state();
@@ -222,7 +239,7 @@ fn place(sandbox: &Sandbox, marketplace: &str, headers: &HeaderMap, body: &[u8])
         Ok(bid) => bid,
         Err(refused) => {
             state.book.count_rejected();
-            return refused;
+            return refused.into_response();
         }
     };
     if bid.bidder_id != SANDBOX_BIDDER_ID {
@@ -231,7 +248,8 @@ fn place(sandbox: &Sandbox, marketplace: &str, headers: &HeaderMap, body: &[u8])
             StatusCode::FORBIDDEN,
             "You can only place bids as yourself",
             "ProjectExceptionCodes.INVALID_BIDDER",
-        );
+        )
+        .into_response();
     }
     if state.projects.is_closed(&posting) {
         state.book.count_rejected();
@@ -239,7 +257,8 @@ fn place(sandbox: &Sandbox, marketplace: &str, headers: &HeaderMap, body: &[u8])
             StatusCode::NOT_FOUND,
             "Project not found or closed for bidding",
             "ProjectExceptionCodes.PROJECT_NOT_FOUND",
-        );
+        )
+        .into_response();
     }
     let rivals = sandbox.options().rival_bids;
     let ours_before = state
@@ -253,7 +272,8 @@ fn place(sandbox: &Sandbox, marketplace: &str, headers: &HeaderMap, body: &[u8])
             StatusCode::BAD_REQUEST,
             "You have already bid on this project",
             "ProjectExceptionCodes.DUPLICATE_BID",
-        );
+        )
+        .into_response();
     }
     let id = state.projects.take_id();
     state.projects.list(&posting, rivals).push(Listed {
@@ -281,7 +301,8 @@ fn place(sandbox: &Sandbox, marketplace: &str, headers: &HeaderMap, body: &[u8])
             StatusCode::BAD_GATEWAY,
             "upstream answer lost",
             "SandboxExceptionCodes.LOST_ANSWER",
-        );
+        )
+        .into_response();
     }
     success(json!({
         "id": id,
@@ -295,7 +316,7 @@ fn place(sandbox: &Sandbox, marketplace: &str, headers: &HeaderMap, body: &[u8])
 }
 
 /// The body as the API would validate it.
-fn check_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<PlaceBid<'a>, Response> {
+fn check_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<PlaceBid<'a>, Failure> {
     let invalid = |message: String| {
         failure(
             StatusCode::BAD_REQUEST,
@@ -384,14 +405,16 @@ fn list(
             StatusCode::BAD_REQUEST,
             "projects[] must name one project; limit and offset must be numbers",
             "ProjectExceptionCodes.INVALID_QUERY",
-        );
+        )
+        .into_response();
     };
     let Ok(key) = PostingKey::new(marketplace, &query.project.to_string()) else {
         return failure(
             StatusCode::NOT_FOUND,
             "no such marketplace",
             "ProjectExceptionCodes.PROJECT_NOT_FOUND",
-        );
+        )
+        .into_response();
     };
     let posting = key.to_string();
     sandbox.state().book.count_lookup(&posting);
@@ -399,7 +422,7 @@ fn list(
         return fault_response(&fault);
     }
     if let Err(refused) = check_token(sandbox, headers) {
-        return refused;
+        return refused.into_response();
     }
     let mut state = sandbox.state();
     if state.projects.is_closed(&posting) {
@@ -407,7 +430,8 @@ fn list(
             StatusCode::NOT_FOUND,
             "Project not found",
             "ProjectExceptionCodes.PROJECT_NOT_FOUND",
-        );
+        )
+        .into_response();
     }
     let options = sandbox.options();
     let list = state.projects.list(&posting, options.rival_bids);
