@@ -21,6 +21,8 @@ pub enum InspectError {
 /// The stored request, as `inspect` shows it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct RequestView {
+    /// The API the body is written for (`contract`, `freelancer`).
+    pub api: String,
     pub amount: String,
     pub currency: String,
     pub sha256: String,
@@ -40,6 +42,8 @@ pub struct AttemptView {
     pub result: Option<String>,
     pub http_status: Option<u16>,
     pub detail: Option<String>,
+    /// For a send: `unknown`, `answered`, `not_sent` or `absent`.
+    pub send: Option<String>,
 }
 
 /// Who holds the posting's lease right now.
@@ -62,6 +66,8 @@ pub struct Story {
     pub created_at: String,
     pub updated_at: String,
     pub sent_at: Option<String>,
+    /// Since when a send's fate has been unknown (sent, no answer, not looked up since).
+    pub unknown_since: Option<String>,
     /// The posting's trace: every marketplace call for it runs there (its first attempt's).
     pub trace_id: Option<String>,
     pub request: Option<RequestView>,
@@ -86,12 +92,14 @@ impl Story {
             created_at: time(entry.created_at),
             updated_at: time(entry.updated_at),
             sent_at: entry.sent_at.map(time),
+            unknown_since: entry.unknown_since.map(time),
             trace_id: entry
                 .trace_parent
                 .as_deref()
                 .and_then(crate::telemetry::trace_id_of)
                 .map(str::to_owned),
             request: entry.request.map(|r| RequestView {
+                api: r.api,
                 amount: r.amount,
                 currency: r.currency,
                 sha256: r.sha256,
@@ -110,6 +118,7 @@ impl Story {
                     result: a.result,
                     http_status: a.http_status,
                     detail: a.detail,
+                    send: a.send,
                 })
                 .collect(),
             lease,

@@ -68,9 +68,13 @@ fn print_text(s: &Story) -> std::io::Result<()> {
         s.updated_at,
         s.sent_at.as_deref().unwrap_or("-")
     )?;
+    if let Some(since) = &s.unknown_since {
+        out!("  unknown    since {since}: a send may have reached the marketplace unanswered")?;
+    }
     if let Some(r) = &s.request {
         out!(
-            "  request    {} {}  sha256 {}",
+            "  request    {} API  {} {}  sha256 {}",
+            e(&r.api),
             e(&r.amount),
             e(&r.currency),
             e(r.sha256.get(..16).unwrap_or(&r.sha256))
@@ -88,7 +92,7 @@ fn print_text(s: &Story) -> std::io::Result<()> {
     out!("  attempts   {}", s.attempts.len())?;
     for a in &s.attempts {
         out!(
-            "    #{} {} by {} at {} -> {}{}{}",
+            "    #{} {} by {} at {} -> {}{}{}{}",
             a.epoch,
             e(&a.claim),
             e(&a.instance),
@@ -96,6 +100,10 @@ fn print_text(s: &Story) -> std::io::Result<()> {
             e(a.result.as_deref().unwrap_or("(unfinished)")),
             a.http_status
                 .map(|s| format!(" HTTP {s}"))
+                .unwrap_or_default(),
+            a.send
+                .as_deref()
+                .map(|s| format!("  send {}", e(s)))
                 .unwrap_or_default(),
             a.trace_id
                 .as_deref()

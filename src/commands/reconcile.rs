@@ -41,11 +41,13 @@ pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Resu
         for e in &entries {
             let request = e.request.as_ref();
             out!(
-                "- {}  epoch {}  sends {}  sent {}  {} {}",
+                "- {}  epoch {}  sends {}  unknown since {}  {} API  {} {}",
                 escape_controls(&e.key.to_string()),
                 e.epoch,
                 e.sends,
-                e.sent_at.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
+                e.unknown_since
+                    .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
+                escape_controls(request.map_or("?", |r| r.api.as_str())),
                 escape_controls(request.map_or("?", |r| r.amount.as_str())),
                 escape_controls(request.map_or("", |r| r.currency.as_str())),
             )?;

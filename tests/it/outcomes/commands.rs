@@ -106,6 +106,68 @@ async fn reconcile_dry_run_changes_nothing_and_a_real_run_settles_every_unresolv
     .await;
 }
 
+#[tokio::test]
+async fn reconcile_settles_lost_answers_on_the_freelancer_api_by_lookup_never_by_a_resend() {
+    let sandbox = SandboxOptions {
+        // Any second send would be a second bid.
+        refuse_second_bid: false,
+        ..SandboxOptions::default()
+    };
+    with_system(Backend::Real, sandbox, |stack| async move {
+        let mut overrides = rules();
+        overrides.extend([
+            (
+                "BIDORCH__MARKETPLACES__FREELANCER__API",
+                "freelancer".to_owned(),
+            ),
+            (
+                "BIDORCH__MARKETPLACES__FREELANCER__LOOKUP_DELAY",
+                "200ms".to_owned(),
+            ),
+        ]);
+        let settings = stack.settings(&overrides);
+        let (ledger, _) = stack.ports(&settings).await;
+        let system = stack.system(&settings, Some(ledger.clone()), None).await;
+        let mut keys = Vec::new();
+        for project in ["9001", "9002"] {
+            stack.sandbox.lose_next_responses(1);
+            let body = support::event(serde_json::json!({
+                "marketplace": "freelancer",
+                "posting_id": project,
+                "title": "Rust service",
+                "budget": {"min": "100", "max": "500", "kind": null},
+            }));
+            let outcome = process(&system, &body).await;
+            assert!(matches!(outcome, Outcome::Transient { .. }), "{outcome:?}");
+            keys.push(support::key("freelancer", project));
+        }
+        let requests = stack.sandbox.stats().requests;
+        // The lookup is due lookup_delay after the send (a request in flight may yet land).
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut cmd = bidorch(&stack, &["reconcile", "--older-than", "0s", "--quiet"]);
+        cmd.envs(overrides.iter().map(|(k, v)| (*k, v.as_str())));
+        let real = tokio::task::spawn_blocking(move || cmd.output().expect("bidorch runs"))
+            .await
+            .expect("join");
+        let out = String::from_utf8_lossy(&real.stdout);
+        assert!(real.status.success(), "{out}{real:?}");
+        assert!(out.contains("settled 2 posting(s): placed 2"), "{out}");
+        assert_eq!(
+            stack.sandbox.stats().requests,
+            requests,
+            "nothing sent again"
+        );
+        assert_eq!(stack.sandbox.stats().lookups, 2);
+        assert!(stack.sandbox.stats().duplicates.is_empty());
+        for k in &keys {
+            let entry = row(&*ledger.ledger, k).await;
+            assert_eq!(entry.state, LedgerState::Placed, "{k}");
+            assert_eq!(entry.bid_id.as_deref(), Some(stack.bids(k)[0].as_str()));
+        }
+    })
+    .await;
+}
+
 async fn futures_rows(ledger: &dyn BidLedger, keys: &[PostingKey]) -> Vec<LedgerEntry> {
     let mut rows = Vec::new();
     for k in keys {
