@@ -14,6 +14,7 @@ mod cli;
 mod demo;
 mod e2e;
 mod freelancer;
+mod freelancer_chaos;
 mod healthcheck;
 mod interop;
 mod ledger;
