@@ -11,7 +11,7 @@
 --   'absent'   it was unknown and a lookup found no bid.
 -- bid_ledger.unknown_since: when the oldest still-unknown send of a pending row started (NULL
 -- when none): what the unresolved-sends gauge and `reconcile` look for, and what makes the next
--- claim of a posting on a verifying API a `verify` instead of a resend.
+-- claim of a posting on a verifying API a `lookup` instead of a resend.
 -- bid_ledger.request_api: the API the stored request was written for (`contract`, `freelancer`).
 --
 -- Functions and the answer type are those of 0004 with these passed in and read back; they are
@@ -64,7 +64,7 @@ CREATE TYPE bidorch_step AS (
 );
 
 -- One posting's claim, under its row lock (as in 0004). New: a posting whose request was sent
--- on an API that verifies (`verify`) and has a send of unknown fate is `verify` — epoch bumped,
+-- on an API that verifies (`verify`) and has a send of unknown fate is `lookup` — epoch bumped,
 -- nothing sent, the caller looks the bid up first; every send and resend marks its attempt's
 -- send `unknown` and the row's `unknown_since`.
 CREATE FUNCTION bidorch_claim_one(
@@ -103,7 +103,7 @@ BEGIN
                 UPDATE bid_ledger l SET epoch = next_epoch, event_id = ev, updated_at = now()
                 WHERE l.marketplace = mk AND l.posting_id = pid
                 RETURNING * INTO r;
-                verdict := 'verify';
+                verdict := 'lookup';
             ELSIF r.sends > 0 THEN
                 UPDATE bid_ledger l SET epoch = next_epoch, sends = l.sends + 1,
                        event_id = ev, sent_at = now(),

@@ -92,7 +92,7 @@ fn print_text(s: &Story) -> std::io::Result<()> {
     out!("  attempts   {}", s.attempts.len())?;
     for a in &s.attempts {
         out!(
-            "    #{} {} by {} at {} -> {}{}{}{}",
+            "    #{} {} by {} at {} -> {}{}{}{}{}",
             a.epoch,
             e(&a.claim),
             e(&a.instance),
@@ -100,6 +100,10 @@ fn print_text(s: &Story) -> std::io::Result<()> {
             e(a.result.as_deref().unwrap_or("(unfinished)")),
             a.http_status
                 .map(|s| format!(" HTTP {s}"))
+                .unwrap_or_default(),
+            a.detail
+                .as_deref()
+                .map(|d| format!(" ({})", e(d)))
                 .unwrap_or_default(),
             a.send
                 .as_deref()

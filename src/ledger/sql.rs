@@ -200,7 +200,7 @@ pub fn claim_of(key: &PostingKey, result: &str, row: Row) -> Result<Claim, Ledge
             resend: result == "resend",
             trace_parent: entry.trace_parent,
         },
-        "verify" => Claim::Verify {
+        "lookup" => Claim::Verify {
             epoch: entry.epoch,
             request: entry
                 .request

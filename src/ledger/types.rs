@@ -312,6 +312,16 @@ impl Finish {
         }
     }
 
+    /// What the attempt history's `detail` keeps: the reason of a pending end, the bid a lookup
+    /// found.
+    pub fn attempt_detail(&self) -> Option<String> {
+        match self {
+            Self::Final(FinalOutcome::Found { bid_id }) => Some(format!("bid {bid_id}")),
+            Self::Final(_) => None,
+            Self::Pending { detail, .. } => detail.clone(),
+        }
+    }
+
     /// Ends an attempt pending for `reason`, without an answer to keep.
     pub fn pending(reason: Pending) -> Self {
         Self::Pending {
@@ -340,7 +350,7 @@ pub struct AttemptRecord {
     pub instance: String,
     pub event_id: String,
     pub trace_id: Option<String>,
-    /// What the claim decided: `send`, `resend`, `verify`, `skipped` or `capped`.
+    /// What the claim decided: `send`, `resend`, `lookup`, `skipped` or `capped`.
     pub claim: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,

@@ -58,7 +58,7 @@ impl Pipeline {
             Ok(Claim::Skipped { capped: false, .. }) => "skipped",
             Ok(Claim::Skipped { capped: true, .. }) => "capped",
             Ok(Claim::Nothing) => "nothing",
-            Ok(Claim::Verify { .. }) => "verify",
+            Ok(Claim::Verify { .. }) => "lookup",
         });
         match claimed {
             Err(e) => ControlFlow::Break(Outcome::unavailable(Component::Ledger, &e)),

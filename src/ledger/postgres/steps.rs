@@ -107,20 +107,15 @@ fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]
                 bid_ids.push(outcome.bid_id());
                 details.push(outcome.detail());
                 statuses.push(outcome.http_status().map(i32::from));
-                attempt_details.push(None);
             }
-            Finish::Pending {
-                http_status,
-                detail,
-                ..
-            } => {
+            Finish::Pending { http_status, .. } => {
                 states.push(None);
                 bid_ids.push(None);
                 details.push(None);
                 statuses.push(http_status.map(i32::from));
-                attempt_details.push(detail.as_deref());
             }
         }
+        attempt_details.push(finish.attempt_detail());
     }
     query
         .bind(ms)

@@ -85,7 +85,7 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
     let event = Some(c.event_id.clone());
     let (result, row) = if row.o_sends > 0 && c.verify && row.o_unknown_since.is_some() {
         let set = "epoch = ?3, event_id = ?4";
-        ("verify", update(tx, key, set, &[epoch_text, event]).await?)
+        ("lookup", update(tx, key, set, &[epoch_text, event]).await?)
     } else if row.o_sends > 0 {
         let set = format!(
             "epoch = ?3, sends = sends + 1, event_id = ?4, sent_at = {NOW}, \
@@ -192,14 +192,11 @@ pub(super) async fn finish_in(
     if row.o_state != "pending" || row.o_epoch != epoch {
         return sql::fenced_of(key, epoch, false, Some(row));
     }
-    let (http_status, attempt_detail) = match finish {
-        Finish::Final(outcome) => (outcome.http_status(), None),
-        Finish::Pending {
-            http_status,
-            detail,
-            ..
-        } => (*http_status, detail.clone()),
+    let http_status = match finish {
+        Finish::Final(outcome) => outcome.http_status(),
+        Finish::Pending { http_status, .. } => *http_status,
     };
+    let attempt_detail = finish.attempt_detail();
     if let Finish::Final(outcome) = finish {
         if matches!(outcome, FinalOutcome::Rejected { .. }) {
             // A rejection gives back the cap slot the posting held.

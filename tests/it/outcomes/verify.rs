@@ -144,7 +144,13 @@ async fn a_lost_answer_is_looked_up_and_placed_without_a_second_send(backend: Ba
         assert_eq!(stack.sandbox.stats().postings[&k.to_string()].lookups, 1);
         let story = history(&ledger, &k).await;
         assert_eq!(story.first().map(String::as_str), Some("send:transient:unknown"));
-        assert_eq!(story.last().map(String::as_str), Some("verify:found:"));
+        assert_eq!(story.last().map(String::as_str), Some("lookup:found:"));
+        let attempts = ledger.reports.attempts(&k).await.expect("the history reads");
+        assert_eq!(
+            attempts.last().and_then(|a| a.detail.clone()),
+            Some(format!("bid {}", created[0])),
+            "inspect shows the bid the lookup found"
+        );
     })
     .await;
 }
@@ -178,7 +184,7 @@ async fn a_send_that_never_landed_is_looked_up_then_sent_again_once(backend: Bac
             history(&ledger, &k).await,
             [
                 "send:transient:absent",
-                "verify:no_bid_found:",
+                "lookup:no_bid_found:",
                 "resend:placed:answered"
             ]
         );
