@@ -5,8 +5,12 @@
 //! would; Freelancer itself refuses it) — and meanwhile one worker SIGKILLed mid-run, leaving
 //! sends of unknown fate under leases only their TTL frees.
 //!
+//! And with the sandbox refusing a second bid as Freelancer does, next to a marketplace on the
+//! contract: a token revoked for 30 s and a worker SIGSTOPped past its lease and `lookup_delay`
+//! — bids found by lookup end `placed`, never `rejected`, and nothing is parked.
+//!
 //! The promise, checked at the end: one bid per eligible posting, none twice, none for the
-//! others, nothing parked but poison, the ledger agreeing. The summary line reports the lookups
+//! others, nothing parked but poison, the ledger agreeing. The summary lines report the lookups
 //! made and the resends they avoided.
 
 use std::time::{Duration, Instant};
@@ -23,15 +27,24 @@ const WORKERS: usize = 3;
 const POSTINGS: usize = 300;
 const COPIES: usize = 2;
 const SETTLE: Duration = Duration::from_secs(300);
+/// How long the token stays revoked at the marketplace.
+const REVOKED: Duration = Duration::from_secs(30);
+/// Longer than the default lease (30 s) and `lookup_delay` (twice the 5 s request timeout).
+const FROZEN: Duration = Duration::from_secs(35);
 
-/// `n` postings on `freelancer` with project ids, every fifth under the minimum budget, each
-/// published `copies` times, the copies far apart.
-fn load(n: usize, copies: usize) -> Load {
+/// `n` postings, on `freelancer` with project ids (every other one on `upwork`, the contract,
+/// when `mixed`), every fifth under the minimum budget, each published `copies` times, the copies
+/// far apart.
+fn load(n: usize, copies: usize, mixed: bool) -> Load {
     let (mut bodies, mut eligible, mut ineligible) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
-        let project = 70_000_000 + i;
+        let (marketplace, posting_id) = if mixed && i % 2 == 1 {
+            ("upwork", format!("job_{i:05}"))
+        } else {
+            ("freelancer", (70_000_000 + i).to_string())
+        };
         let cheap = i % 5 == 4;
-        let key = format!("freelancer:{project}");
+        let key = format!("{marketplace}:{posting_id}");
         if cheap {
             ineligible.push(key);
         } else {
@@ -39,8 +52,8 @@ fn load(n: usize, copies: usize) -> Load {
         }
         let body = json!({
             "event_id": uuid::Uuid::new_v4().to_string(),
-            "marketplace": "freelancer",
-            "posting_id": project.to_string(),
+            "marketplace": marketplace,
+            "posting_id": posting_id,
             "title": "Keep the promise without idempotency keys",
             "budget": {"min": 10, "max": if cheap { "50" } else { "1200.00" }, "currency": "USD"},
         });
@@ -84,7 +97,7 @@ async fn workers_on_an_api_without_idempotency_keys_lose_answers_die_and_never_b
         scenario.spawn_worker(&format!("w{i}"));
     }
     scenario.wait_ready().await;
-    let load = load(POSTINGS, COPIES);
+    let load = load(POSTINGS, COPIES, false);
     let eligible = load.eligible.len() as u64;
     let started = Instant::now();
     scenario.publish(&load.events).await;
@@ -116,5 +129,80 @@ async fn workers_on_an_api_without_idempotency_keys_lose_answers_die_and_never_b
          created, {} lookups: {} bids for {eligible} eligible, 0 duplicates ({} resends avoided), \
          drained in {drained_in:.1?}",
         stats.faults, stats.lost_responses, stats.lookups, stats.bids_created, stats.lost_responses,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_and_a_frozen_worker_on_both_apis_reject_and_park_nothing() {
+    let Some(mut scenario) = Scenario::start(
+        "flfrozen",
+        SandboxOptions {
+            lose_rate: 0.1,
+            latency: Duration::from_millis(5),
+            seed: 5,
+            // As Freelancer does.
+            refuse_second_bid: true,
+            rival_bids: 3,
+            ..SandboxOptions::default()
+        },
+        &[(
+            "BIDORCH__MARKETPLACES__FREELANCER__API",
+            "freelancer".to_owned(),
+        )],
+    )
+    .await
+    else {
+        return; // skipped, said by the check
+    };
+    for i in 0..WORKERS {
+        scenario.spawn_worker(&format!("w{i}"));
+    }
+    scenario.wait_ready().await;
+    let load = load(POSTINGS, COPIES, true);
+    let eligible = load.eligible.len() as u64;
+    let started = Instant::now();
+    scenario.publish(&load.events).await;
+
+    let sandbox = scenario.sandbox.clone();
+    let bids_reach = |share: u64| {
+        let sandbox = sandbox.clone();
+        async move {
+            eventually(SETTLE, &format!("{share}% of the bids"), || async {
+                sandbox.stats().bids_created * 100 >= eligible * share
+            })
+            .await;
+        }
+    };
+    bids_reach(15).await;
+    // Rotated at the marketplace before the workers got the new one: every call is refused.
+    scenario
+        .sandbox
+        .set_token(Some("rotated-elsewhere".to_owned()));
+    tokio::time::sleep(REVOKED).await;
+    scenario
+        .sandbox
+        .set_token(Some(support::scenario::TOKEN.to_owned()));
+
+    bids_reach(40).await;
+    // Frozen past its lease (the default 30 s) and lookup_delay (10 s): what it held is taken
+    // over and looked up; when it wakes, whatever it still sends is refused as a second bid.
+    scenario.workers[1].signal("STOP");
+    let frozen_at = Instant::now();
+    tokio::time::sleep(FROZEN).await;
+    scenario.workers[1].signal("CONT");
+    let frozen_for = frozen_at.elapsed();
+
+    scenario.wait_settled(&load, SETTLE).await;
+    let drained_in = started.elapsed();
+    // Nothing rejected, nothing pending, nothing parked: checked with the rest of the promise.
+    scenario.assert_promise(&load).await;
+    let stats = scenario.sandbox.stats();
+    scenario.stop().await;
+    eprintln!(
+        "frozen: {WORKERS} workers (defaults), {POSTINGS} postings x {COPIES} copies on the \
+         contract and the Freelancer API; token revoked {REVOKED:?}, a worker SIGSTOPped \
+         {frozen_for:.1?}; sandbox {} lost answers, {} second bids refused, {} lookups: {} bids \
+         for {eligible} eligible, 0 duplicates, 0 rejected, 0 parked, drained in {drained_in:.1?}",
+        stats.lost_responses, stats.conflicts, stats.lookups, stats.bids_created,
     );
 }
