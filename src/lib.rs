@@ -14,14 +14,16 @@
 //! - [`policy`]: the pure should-bid decision — rules from `[bidding]` with per-kind and
 //!   per-marketplace layers, the bid amount, the cover letter, and the `policy check` report.
 //! - [`pipeline`]: one posting through decide (a lookup if seen before, the policy, the
-//!   [`scorer`]) → lease → claim → ready (permit, lease, rate) → call → finish, one step per
-//!   file; the lease handed back to be released once the message is settled;
+//!   [`scorer`], the request in the marketplace API's words) → lease → claim → verify (a lookup
+//!   first, for a send of unknown fate on an API without idempotency keys) → ready (permit,
+//!   lease, rate) → call → finish, one step per file; the lease handed back to be released once the message is settled;
 //!   `pipeline/outcome/` holds the spec's outcome table (one `match`, max attempts included).
 //! - Ports, each a narrow trait speaking domain types, with a production and an embedded backend:
 //!   [`source`] (RabbitMQ / in-process queue), [`lock`] (Redis / memory: leases, and the
 //!   fleet-wide request rate of each marketplace), [`ledger`] (PostgreSQL / SQLite: the
-//!   pipeline's steps, batched across postings, and the reports), [`marketplace`] (HTTP client;
-//!   the sandbox server), [`scorer`] (the optional remote scoring service).
+//!   pipeline's steps, batched across postings, and the reports), [`marketplace`] (one adapter
+//!   per marketplace API — the contract, Freelancer — over one HTTP client; the sandbox server
+//!   speaking both), [`scorer`] (the optional remote scoring service).
 //! - [`worker`]: the consume loop, concurrency, graceful shutdown, and the one place a processed
 //!   delivery is logged and counted.
 //! - [`amqp`]: what every RabbitMQ user shares — connections, topology, headers, confirmed
@@ -42,8 +44,9 @@
 //! # Where things go
 //! - A new backend for a port: a file next to the others (`lock/etcd.rs`), a `kind` value in
 //!   `config`, one arm in `app/ports.rs`; run the port's contract suite (`tests/it/`) against it.
-//! - A new marketplace adapter: an implementation of [`marketplace::Marketplace`] (the HTTP
-//!   contract is in `marketplace/http.rs` and `marketplace/classify.rs`), chosen in [`app`].
+//! - A new marketplace API: an adapter module in `marketplace/` (`contract.rs` and
+//!   `freelancer.rs` are the two there are), a dialect of the sandbox, a `MarketplaceApi` value
+//!   in `config`; `docs/marketplaces.md` walks through it.
 //! - A new pipeline step: a file in `pipeline/`, a method of [`pipeline::Pipeline`] returning a
 //!   `ControlFlow` and run inside a `step!` span; if it can end the posting, a new
 //!   [`pipeline::Outcome`] and its row in `Outcome::action`.

@@ -103,6 +103,8 @@ fn print_text(s: &Story) -> std::io::Result<()> {
                 .unwrap_or_default(),
             a.detail
                 .as_deref()
+                // A transient answer's reason is often just its status, shown already.
+                .filter(|d| a.http_status.is_none_or(|s| *d != format!("HTTP {s}")))
                 .map(|d| format!(" ({})", e(d)))
                 .unwrap_or_default(),
             a.send

@@ -1,4 +1,5 @@
-//! `bidorch marketplace`: the sandbox marketplace server.
+//! `bidorch marketplace`: the sandbox marketplace server, speaking the contract under
+//! `/{name}/v1/…` and the Freelancer API under `/{name}/api/…` for every marketplace.
 
 use std::time::Duration;
 
@@ -31,6 +32,14 @@ pub struct MarketplaceArgs {
     /// Seed for the fault dice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Freelancer dialect: create a second bid by the same bidder on a project instead of
+    /// refusing it as Freelancer does, so a blind resend shows as a duplicate in the stats.
+    #[arg(long)]
+    create_second_bids: bool,
+    /// Freelancer dialect: other bidders' bids listed on each project, so lookups filter and
+    /// page.
+    #[arg(long, default_value_t = 0)]
+    rival_bids: u32,
 }
 
 /// Runs the sandbox marketplace until SIGTERM/SIGINT.
@@ -62,6 +71,8 @@ pub async fn marketplace(args: MarketplaceArgs) -> anyhow::Result<()> {
         latency: args.latency,
         seed: args.seed,
         lose_rate: args.lose_rate,
+        refuse_second_bid: !args.create_second_bids,
+        rival_bids: args.rival_bids,
         ..SandboxOptions::default()
     });
     let listener = tokio::net::TcpListener::bind(args.addr)

@@ -16,12 +16,10 @@
 use std::time::{Duration, Instant};
 
 use bidorch::marketplace::sandbox::SandboxOptions;
-use bidorch::publish::OutgoingEvent;
-use serde_json::json;
 
 use crate::support;
 use support::queue::eventually;
-use support::scenario::{Load, Scenario};
+use support::scenario::{Scenario, api_load};
 
 const WORKERS: usize = 3;
 const POSTINGS: usize = 300;
@@ -31,45 +29,6 @@ const SETTLE: Duration = Duration::from_secs(300);
 const REVOKED: Duration = Duration::from_secs(30);
 /// Longer than the default lease (30 s) and `lookup_delay` (twice the 5 s request timeout).
 const FROZEN: Duration = Duration::from_secs(35);
-
-/// `n` postings, on `freelancer` with project ids (every other one on `upwork`, the contract,
-/// when `mixed`), every fifth under the minimum budget, each published `copies` times, the copies
-/// far apart.
-fn load(n: usize, copies: usize, mixed: bool) -> Load {
-    let (mut bodies, mut eligible, mut ineligible) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        let (marketplace, posting_id) = if mixed && i % 2 == 1 {
-            ("upwork", format!("job_{i:05}"))
-        } else {
-            ("freelancer", (70_000_000 + i).to_string())
-        };
-        let cheap = i % 5 == 4;
-        let key = format!("{marketplace}:{posting_id}");
-        if cheap {
-            ineligible.push(key);
-        } else {
-            eligible.push(key);
-        }
-        let body = json!({
-            "event_id": uuid::Uuid::new_v4().to_string(),
-            "marketplace": marketplace,
-            "posting_id": posting_id,
-            "title": "Keep the promise without idempotency keys",
-            "budget": {"min": 10, "max": if cheap { "50" } else { "1200.00" }, "currency": "USD"},
-        });
-        bodies.push(OutgoingEvent::parse(body.to_string()).expect("valid event"));
-    }
-    let events = (0..copies)
-        .flat_map(|round| (0..n).map(move |i| (i + round * 41) % n))
-        .map(|i| bodies[i].clone())
-        .collect();
-    Load {
-        events,
-        eligible,
-        ineligible,
-        poison: 0,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_on_an_api_without_idempotency_keys_lose_answers_die_and_never_bid_twice() {
@@ -97,7 +56,7 @@ async fn workers_on_an_api_without_idempotency_keys_lose_answers_die_and_never_b
         scenario.spawn_worker(&format!("w{i}"));
     }
     scenario.wait_ready().await;
-    let load = load(POSTINGS, COPIES, false);
+    let load = api_load(POSTINGS, COPIES, false);
     let eligible = load.eligible.len() as u64;
     let started = Instant::now();
     scenario.publish(&load.events).await;
@@ -158,7 +117,7 @@ async fn a_revoked_token_and_a_frozen_worker_on_both_apis_reject_and_park_nothin
         scenario.spawn_worker(&format!("w{i}"));
     }
     scenario.wait_ready().await;
-    let load = load(POSTINGS, COPIES, true);
+    let load = api_load(POSTINGS, COPIES, true);
     let eligible = load.eligible.len() as u64;
     let started = Instant::now();
     scenario.publish(&load.events).await;

@@ -301,9 +301,16 @@ async fn every_call_of_a_posting_runs_in_its_first_attempts_trace() {
         seed: 7,
         ..SandboxOptions::default()
     };
-    // Export on (to a collector that is not there: spans are made and dropped at export).
+    // Export on (to a collector that is not there: spans are made and dropped at export), and
+    // `freelancer` on its API: its lost answers are looked up, and a lookup is a call too.
     let collector = format!("http://{}", support::process::free_addr());
-    let export = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector)];
+    let export = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        (
+            "BIDORCH__MARKETPLACES__FREELANCER__API",
+            "freelancer".to_owned(),
+        ),
+    ];
     let Some(mut scenario) =
         support::scenario::Scenario::start("tracecont", sandbox, &export).await
     else {
@@ -313,7 +320,7 @@ async fn every_call_of_a_posting_runs_in_its_first_attempts_trace() {
         scenario.spawn_worker(name);
     }
     scenario.wait_ready().await;
-    let load = support::scenario::load("tracecont", 120, 2);
+    let load = support::scenario::api_load(120, 2, true);
     // Each event its own trace, as `bidorch publish` starts one per event.
     let events: Vec<_> = load
         .events
@@ -357,11 +364,14 @@ async fn every_call_of_a_posting_runs_in_its_first_attempts_trace() {
         );
     }
     assert!(resent > 0, "some postings were sent more than once");
+    assert!(stats.lookups > 0, "some lost answers were looked up");
     scenario.stop().await;
 }
 
+/// The worker's layering — the OTel layer under its filter next to the JSON log layer under an
+/// INFO filter — keeps a DEBUG step span in its process span's trace.
 #[test]
-fn zz_experiment_layering() {
+fn a_step_span_stays_in_the_process_spans_trace_beside_the_log_layer() {
     use opentelemetry::trace::TraceContextExt as _;
     use opentelemetry::trace::TracerProvider as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -390,7 +400,6 @@ fn zz_experiment_layering() {
         let child = tracing::debug_span!(target: "bidorch::pipeline", "pipeline");
         let cx = child.context();
         let child_trace = cx.span().span_context().trace_id().to_string();
-        eprintln!("process {trace_id} child {child_trace}");
         assert_eq!(trace_id, TRACE_ID);
         assert_eq!(child_trace, TRACE_ID);
     });

@@ -34,8 +34,13 @@ impl Book {
     /// Counts a request for a posting (whatever its answer) and the trace context it carried.
     pub(super) fn count_request(&mut self, posting: &str, traceparent: Option<&str>) {
         self.stats.requests += 1;
+        self.posting(posting).requests += 1;
+        self.note_trace(posting, traceparent);
+    }
+
+    /// Keeps the trace a call for `posting` came in.
+    fn note_trace(&mut self, posting: &str, traceparent: Option<&str>) {
         let entry = self.posting(posting);
-        entry.requests += 1;
         if let Some(tp) = traceparent {
             entry.last_traceparent = Some(tp.to_owned());
             if let Some(trace_id) = tp.split('-').nth(1) {
@@ -102,10 +107,11 @@ impl Book {
         self.posting(posting).conflicts += 1;
     }
 
-    /// Counts a lookup of a posting's bids (Freelancer dialect).
-    pub(super) fn count_lookup(&mut self, posting: &str) {
+    /// Counts a lookup of a posting's bids (Freelancer dialect) and the trace it came in.
+    pub(super) fn count_lookup(&mut self, posting: &str, traceparent: Option<&str>) {
         self.stats.lookups += 1;
         self.posting(posting).lookups += 1;
+        self.note_trace(posting, traceparent);
     }
 
     /// The bids of one posting.

@@ -417,7 +417,10 @@ fn list(
         .into_response();
     };
     let posting = key.to_string();
-    sandbox.state().book.count_lookup(&posting);
+    sandbox
+        .state()
+        .book
+        .count_lookup(&posting, header_str(headers, "traceparent"));
     if let Some(fault) = sandbox.take_fault(&posting, None, false) {
         return fault_response(&fault);
     }

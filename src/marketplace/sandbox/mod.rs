@@ -150,7 +150,8 @@ pub struct PostingStats {
     pub conflicts: u64,
     /// The `traceparent` of the latest request that carried one.
     pub last_traceparent: Option<String>,
-    /// The trace ids of every request's `traceparent` (one, when the posting kept one trace).
+    /// The trace ids of every request's and lookup's `traceparent` (one, when the posting kept
+    /// one trace).
     #[serde(default)]
     pub trace_ids: std::collections::BTreeSet<String>,
     /// Lookups of the posting's bids (Freelancer dialect).
