@@ -154,13 +154,16 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
     };
     let finished = matches!(result, "skipped" | "capped");
     let sent = matches!(result, "send" | "resend");
+    // A send starts when the row says it was sent (to the millisecond: `unknown_since` is
+    // recomputed from the attempts later), as PostgreSQL's one `now()` per transaction has it.
+    let started = sent.then(|| row.o_sent_at.map(timestamp)).flatten();
     let sql = format!(
         "INSERT OR IGNORE INTO bid_attempts \
          (marketplace, posting_id, epoch, instance, event_id, trace_id, claim, finished_at, \
-          result, detail, send) \
+          result, detail, send, started_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?8 THEN {NOW} END, \
                  CASE WHEN ?8 THEN 'skipped' END, CASE WHEN ?8 THEN ?9 END, \
-                 CASE WHEN ?10 THEN 'unknown' END)"
+                 CASE WHEN ?10 THEN 'unknown' END, coalesce(?11, {NOW}))"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(key.marketplace())
@@ -173,6 +176,7 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
         .bind(finished)
         .bind(&row.o_detail)
         .bind(sent)
+        .bind(started)
         .execute(&mut **tx)
         .await
         .map_err(|e| sql::query_error(Some(key), e))?;

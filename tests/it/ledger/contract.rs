@@ -492,6 +492,144 @@ pub async fn unresolved_sends_are_found_until_recorded(ledger: Ledger) {
     assert_eq!(ledger.count_unresolved(later).await.expect("count"), 0);
 }
 
+/// The send states of a posting's attempts, oldest first.
+async fn sends_of(ledger: &Ledger, key: &PostingKey) -> Vec<Option<String>> {
+    ledger
+        .attempts(key)
+        .await
+        .expect("attempts")
+        .into_iter()
+        .map(|a| a.send)
+        .collect()
+}
+
+/// A send is unknown from its claim until its answer says otherwise; only unknown sends are
+/// unresolved.
+pub async fn each_send_is_unknown_until_its_answer_says_otherwise(ledger: Ledger) {
+    let k = key("upwork", "job_states");
+    let later = Utc::now() + Duration::seconds(5);
+    let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
+    let row = ledger.lookup(&k).await.expect("lookup").expect("row");
+    assert_eq!(row.unknown_since, row.sent_at, "unknown from the claim on");
+    assert_eq!(sends_of(&ledger, &k).await, [Some("unknown".to_owned())]);
+
+    // A 429 proves nothing was created.
+    let limited = Finish::pending(bidorch::ledger::Pending::RateLimited);
+    ledger.finish(&k, epoch, limited).await.expect("finish");
+    let row = ledger.lookup(&k).await.expect("lookup").expect("row");
+    assert_eq!(row.unknown_since, None);
+    assert_eq!(ledger.count_unresolved(later).await.expect("count"), 0);
+
+    // The resend is unknown again, and a 503 leaves it so.
+    let (epoch, _, resend) = sent(&ledger, &bid(&k, 450)).await;
+    assert!(resend);
+    ledger.finish(&k, epoch, transient()).await.expect("finish");
+    let row = ledger.lookup(&k).await.expect("lookup").expect("row");
+    assert_eq!(row.unknown_since, row.sent_at, "since the resend");
+    assert_eq!(
+        sends_of(&ledger, &k).await,
+        [Some("not_sent".to_owned()), Some("unknown".to_owned())]
+    );
+    assert_eq!(ledger.count_unresolved(later).await.expect("count"), 1);
+    // No call made (the lease lost before it): nothing changes for the unknown one.
+    let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
+    let lost = Finish::pending(bidorch::ledger::Pending::LeaseLost);
+    ledger.finish(&k, epoch, lost).await.expect("finish");
+    let row = ledger.lookup(&k).await.expect("lookup").expect("row");
+    let resent_at = ledger.attempts(&k).await.expect("attempts")[1].started_at;
+    assert_eq!(
+        row.unknown_since,
+        Some(resent_at),
+        "the resend's fate is still unknown"
+    );
+    assert_eq!(ledger.count_unresolved(later).await.expect("count"), 1);
+
+    let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
+    ledger
+        .finish(&k, epoch, placed("bid-7"))
+        .await
+        .expect("finish");
+    let row = ledger.lookup(&k).await.expect("lookup").expect("row");
+    assert_eq!((row.state, row.unknown_since), (LedgerState::Placed, None));
+    assert_eq!(ledger.count_unresolved(later).await.expect("count"), 0);
+}
+
+/// On an API without idempotency keys, a claim of a posting with an unknown send is a lookup:
+/// a new epoch, nothing sent; no bid found marks the unknown sends absent and the next claim
+/// sends again; a bid found is recorded placed.
+pub async fn a_verifying_claim_of_an_unknown_send_is_a_lookup(ledger: Ledger) {
+    let verifying = |intent: Intent, k: &PostingKey| ClaimRequest {
+        verify: true,
+        ..claim_of(k, intent)
+    };
+    let k = key("freelancer", "38011245");
+    let (epoch, stored, _) = sent(&ledger, &verifying(Intent::Bid(request(&k, 450)), &k)).await;
+    ledger.finish(&k, epoch, transient()).await.expect("finish");
+    let first_sent = ledger.lookup(&k).await.unwrap().unwrap().sent_at;
+
+    // Whatever the intent (the policy would skip now): look up, send nothing.
+    let skip = Intent::Skip(vec!["below_min_budget".into()]);
+    let Claim::Verify {
+        epoch,
+        request,
+        sent_at,
+        ..
+    } = ledger.claim(&verifying(skip, &k)).await.expect("claim")
+    else {
+        panic!("a lookup is due");
+    };
+    assert_eq!((request, sent_at), (stored.clone(), first_sent));
+    let row = ledger.lookup(&k).await.unwrap().unwrap();
+    assert_eq!((row.epoch, row.sends), (epoch, 1), "nothing was sent");
+    // Without idempotency keys the claim does not resend on its own; with them it would.
+    let no_bid = Finish::pending(bidorch::ledger::Pending::NoBidFound);
+    ledger.finish(&k, epoch, no_bid).await.expect("finish");
+    let row = ledger.lookup(&k).await.unwrap().unwrap();
+    assert_eq!(row.unknown_since, None, "the lookup found no bid");
+    assert_eq!(
+        sends_of(&ledger, &k).await,
+        [Some("absent".to_owned()), None]
+    );
+    let (epoch, request, resend) = sent(&ledger, &verifying(Intent::Resend, &k)).await;
+    assert!(resend);
+    assert_eq!(request, stored, "the same bytes again");
+    ledger.finish(&k, epoch, transient()).await.expect("finish");
+
+    let Claim::Verify { epoch, .. } = ledger
+        .claim(&verifying(Intent::Resend, &k))
+        .await
+        .expect("claim")
+    else {
+        panic!("a lookup is due again");
+    };
+    let found = Finish::Final(FinalOutcome::Found {
+        bid_id: "50000001".to_owned(),
+    });
+    ledger.finish(&k, epoch, found).await.expect("finish");
+    let row = ledger.lookup(&k).await.unwrap().unwrap();
+    assert_eq!(row.state, LedgerState::Placed);
+    assert_eq!(row.bid_id.as_deref(), Some("50000001"));
+    assert_eq!(row.detail.as_deref(), Some("found by lookup"));
+    assert_eq!((row.sends, row.unknown_since), (2, None));
+    let attempts = ledger.attempts(&k).await.expect("attempts");
+    let last = attempts.last().expect("the lookup's attempt");
+    assert_eq!(
+        (
+            last.claim.as_str(),
+            last.result.as_deref(),
+            last.detail.as_deref()
+        ),
+        ("lookup", Some("found"), Some("bid 50000001"))
+    );
+
+    // The same unknown send on an API with idempotency keys: sent again, no lookup.
+    let c = key("upwork", "job_keys");
+    let (epoch, _, _) = sent(&ledger, &bid(&c, 450)).await;
+    ledger.finish(&c, epoch, transient()).await.expect("finish");
+    let (_, _, resend) = sent(&ledger, &bid(&c, 450)).await;
+    assert!(resend);
+}
+
 /// One batch, one call: results in the order asked.
 pub async fn a_batch_claims_and_finishes_in_order(ledger: Ledger) {
     let keys: Vec<PostingKey> = ["z", "a", "m", "b"]

@@ -154,6 +154,8 @@ contract_suite!(
     resend_only_resends,
     attempts_tell_the_story,
     unresolved_sends_are_found_until_recorded,
+    each_send_is_unknown_until_its_answer_says_otherwise,
+    a_verifying_claim_of_an_unknown_send_is_a_lookup,
     a_batch_claims_and_finishes_in_order,
     a_batch_at_the_cap_spends_exactly_the_slots_left,
     finishes_and_claims_of_one_call_read_as_made_in_that_order,
