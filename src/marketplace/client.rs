@@ -16,6 +16,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::Instrument;
 
+use super::classify::Answer;
 use super::contract::ContractApi;
 use super::freelancer::FreelancerApi;
 use super::{
@@ -147,6 +148,56 @@ impl Endpoint {
         }
         .instrument(span)
         .await
+    }
+
+    /// POSTs `bid`'s stored body to `url` with `headers` in the posting's trace: no answer is a
+    /// [`BidResult::Transient`] (`reached` as the exchange says), an answer is what `classify`
+    /// makes of it.
+    pub async fn send_bid(
+        &self,
+        url: url::Url,
+        headers: HeaderMap,
+        bid: &BidRequest,
+        classify: impl FnOnce(&Answer<'_>) -> BidResult,
+    ) -> BidResult {
+        let body = Some(bid.body.clone());
+        match self
+            .exchange(
+                reqwest::Method::POST,
+                url,
+                headers,
+                &bid.trace_headers,
+                body,
+            )
+            .await
+        {
+            Exchange::Failed { reason, reached } => BidResult::Transient {
+                reason,
+                retry_after: None,
+                status: None,
+                reached,
+            },
+            Exchange::Answered {
+                status,
+                retry_after,
+                body,
+            } => classify(&Answer {
+                status,
+                retry_after: retry_after.as_deref(),
+                body: &body,
+            }),
+        }
+    }
+
+    /// GETs `url` with `headers`, in `trace`.
+    pub async fn get(
+        &self,
+        url: url::Url,
+        headers: HeaderMap,
+        trace: &BTreeMap<String, String>,
+    ) -> Exchange {
+        self.exchange(reqwest::Method::GET, url, headers, trace, None)
+            .await
     }
 }
 

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
-use super::classify::{Answer, classify};
+use super::classify::classify;
 use super::client::{Api, Endpoint, Exchange, secret_header};
 use super::{
     BidRequest, BidResult, BidTerms, Capabilities, LiveCheck, Lookup, LookupRequest, RequestRefusal,
@@ -100,36 +100,11 @@ impl Api for ContractApi {
         let url = self
             .endpoint
             .url(&["v1", "postings", bid.key.posting_id(), "bids"]);
-        let exchanged = self
-            .endpoint
-            .exchange(
-                reqwest::Method::POST,
-                url,
-                headers,
-                &bid.trace_headers,
-                Some(bid.body.clone()),
-            )
-            .await;
-        match exchanged {
-            Exchange::Failed { reason, reached } => BidResult::Transient {
-                reason,
-                retry_after: None,
-                status: None,
-                reached,
-            },
-            Exchange::Answered {
-                status,
-                retry_after,
-                body,
-            } => {
-                let answer = Answer {
-                    status,
-                    retry_after: retry_after.as_deref(),
-                    body: &body,
-                };
-                classify(&answer, token, chrono::Utc::now())
-            }
-        }
+        self.endpoint
+            .send_bid(url, headers, bid, |answer| {
+                classify(answer, token, chrono::Utc::now())
+            })
+            .await
     }
 
     /// The contract has no lookup: nothing can be known this way.
@@ -146,13 +121,7 @@ impl Api for ContractApi {
         let url = self.endpoint.url(&[]);
         match self
             .endpoint
-            .exchange(
-                reqwest::Method::GET,
-                url,
-                HeaderMap::new(),
-                &Default::default(),
-                None,
-            )
+            .get(url, HeaderMap::new(), &Default::default())
             .await
         {
             Exchange::Answered { status, .. } => LiveCheck {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::OnceCell;
 
-use super::classify::{Answer, classify_error, excerpt, unknown_success};
+use super::classify::{classify_error, excerpt, unknown_success};
 use super::client::{Api, Endpoint, Exchange, secret_header};
 use super::{
     BidRequest, BidResult, BidTerms, Capabilities, LiveCheck, Lookup, LookupRequest, RequestRefusal,
@@ -158,13 +158,7 @@ impl FreelancerApi {
         let url = self.endpoint.url(&["api", "users", "0.1", "self", ""]);
         let exchanged = self
             .endpoint
-            .exchange(
-                reqwest::Method::GET,
-                url,
-                self.headers(),
-                &Default::default(),
-                None,
-            )
+            .get(url, self.headers(), &Default::default())
             .await;
         match exchanged {
             Exchange::Failed { reason, .. } => Err(format!("/self did not answer: {reason}")),
@@ -234,13 +228,7 @@ impl FreelancerApi {
             .append_pair("offset", &offset.to_string());
         let exchanged = self
             .endpoint
-            .exchange(
-                reqwest::Method::GET,
-                url,
-                self.headers(),
-                &lookup.trace_headers,
-                None,
-            )
+            .get(url, self.headers(), &lookup.trace_headers)
             .await;
         match exchanged {
             Exchange::Failed { reason, .. } => Err(Lookup::Unanswered {
@@ -310,47 +298,19 @@ impl Api for FreelancerApi {
     }
 
     async fn place(&self, bid: &BidRequest) -> BidResult {
-        let exchanged = self
-            .endpoint
-            .exchange(
-                reqwest::Method::POST,
-                self.bids_url(),
-                self.headers(),
-                &bid.trace_headers,
-                Some(bid.body.clone()),
-            )
-            .await;
-        match exchanged {
-            Exchange::Failed { reason, reached } => BidResult::Transient {
-                reason,
-                retry_after: None,
-                status: None,
-                reached,
-            },
-            Exchange::Answered {
-                status: status @ (200 | 201),
-                body,
-                ..
-            } => match success::<WithId>(&body) {
-                Some(bid) => BidResult::Placed {
-                    bid_id: bid.id.to_string(),
-                    replay: false,
-                },
-                None => unknown_success(status),
-            },
-            Exchange::Answered {
-                status,
-                retry_after,
-                body,
-            } => {
-                let answer = Answer {
-                    status,
-                    retry_after: retry_after.as_deref(),
-                    body: &body,
-                };
-                classify_error(&answer, self.endpoint.token(), chrono::Utc::now())
-            }
-        }
+        let token = self.endpoint.token();
+        self.endpoint
+            .send_bid(self.bids_url(), self.headers(), bid, |answer| {
+                match (answer.status, success::<WithId>(answer.body)) {
+                    (200 | 201, Some(bid)) => BidResult::Placed {
+                        bid_id: bid.id.to_string(),
+                        replay: false,
+                    },
+                    (status @ (200 | 201), None) => unknown_success(status),
+                    _ => classify_error(answer, token, chrono::Utc::now()),
+                }
+            })
+            .await
     }
 
     /// Reads the project's bids page by page until ours or the end: ours is by our bidder id and

@@ -244,25 +244,11 @@ impl Pipeline {
                     )
                     .await;
             }
-            let probe_now = match self.ready(key, &claimed, held, probe).await {
-                ControlFlow::Continue(probe) => probe,
-                ControlFlow::Break((pending, outcome)) => {
-                    return self
-                        .finish_uncalled(key, claimed.epoch, pending, outcome)
-                        .await;
-                }
-            };
+            let probe_now = go_on!(self.ready(key, &claimed, held, probe).await);
             claimed = go_on!(self.verify(key, &claimed, probe_now, context).await);
             probe = None;
         }
-        let probe = match self.ready(key, &claimed, held, probe).await {
-            ControlFlow::Continue(probe) => probe,
-            ControlFlow::Break((pending, outcome)) => {
-                return self
-                    .finish_uncalled(key, claimed.epoch, pending, outcome)
-                    .await;
-            }
-        };
+        let probe = go_on!(self.ready(key, &claimed, held, probe).await);
         let (finish, outcome) = self.call(key, &claimed, probe, context).await;
         self.finish_called(key, claimed.epoch, finish, outcome)
             .await

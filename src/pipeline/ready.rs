@@ -29,9 +29,27 @@ impl Pipeline {
     }
 
     /// Checks, right before the call, that `claimed` may go out: `probe` is the permit taken
-    /// before the lease, if the attempt meant to call; a broken check says why the attempt ends
-    /// pending and with what outcome.
+    /// before the lease, if the attempt meant to call. A broken check ends the attempt pending
+    /// (recorded, with why) and gives the outcome.
     pub(super) async fn ready(
+        &self,
+        key: &PostingKey,
+        claimed: &Claimed,
+        held: &HeldLease,
+        probe: Option<ProbeGuard>,
+    ) -> Step<Option<ProbeGuard>> {
+        match self.checks(key, claimed, held, probe).await {
+            ControlFlow::Continue(probe) => ControlFlow::Continue(probe),
+            ControlFlow::Break((pending, outcome)) => ControlFlow::Break(
+                self.finish_uncalled(key, claimed.epoch, pending, outcome)
+                    .await,
+            ),
+        }
+    }
+
+    /// The checks of [`ready`](Self::ready): the permit still to take (if any), the lease, the
+    /// rate; a broken one says why the attempt ends pending and with what outcome.
+    async fn checks(
         &self,
         key: &PostingKey,
         claimed: &Claimed,

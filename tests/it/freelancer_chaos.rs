@@ -30,32 +30,39 @@ const REVOKED: Duration = Duration::from_secs(30);
 /// Longer than the default lease (30 s) and `lookup_delay` (twice the 5 s request timeout).
 const FROZEN: Duration = Duration::from_secs(35);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_on_an_api_without_idempotency_keys_lose_answers_die_and_never_bid_twice() {
-    let Some(mut scenario) = Scenario::start(
-        "flchaos",
-        SandboxOptions {
-            fail_rate: 0.1,
-            lose_rate: 0.15,
-            latency: Duration::from_millis(5),
-            seed: 11,
-            refuse_second_bid: false,
-            rival_bids: 3,
-            ..SandboxOptions::default()
-        },
-        &[(
-            "BIDORCH__MARKETPLACES__FREELANCER__API",
-            "freelancer".to_owned(),
-        )],
-    )
-    .await
-    else {
-        return; // skipped, said by the check
+/// [`WORKERS`] workers with the default configuration and `freelancer` on the Freelancer API,
+/// ready, against a sandbox that answers slowly (5 ms) and lists rivals' bids on each project.
+async fn fleet(prefix: &str, sandbox: SandboxOptions) -> Option<Scenario> {
+    let sandbox = SandboxOptions {
+        latency: Duration::from_millis(5),
+        rival_bids: 3,
+        ..sandbox
     };
+    let api = [(
+        "BIDORCH__MARKETPLACES__FREELANCER__API",
+        "freelancer".to_owned(),
+    )];
+    let mut scenario = Scenario::start(prefix, sandbox, &api).await?;
     for i in 0..WORKERS {
         scenario.spawn_worker(&format!("w{i}"));
     }
     scenario.wait_ready().await;
+    Some(scenario)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_an_api_without_idempotency_keys_lose_answers_die_and_never_bid_twice() {
+    let sandbox = SandboxOptions {
+        fail_rate: 0.1,
+        lose_rate: 0.15,
+        seed: 11,
+        // Any second send would be a second bid.
+        refuse_second_bid: false,
+        ..SandboxOptions::default()
+    };
+    let Some(mut scenario) = fleet("flchaos", sandbox).await else {
+        return; // skipped, said by the check
+    };
     let load = api_load(POSTINGS, COPIES, false);
     let eligible = load.eligible.len() as u64;
     let started = Instant::now();
@@ -93,30 +100,16 @@ async fn workers_on_an_api_without_idempotency_keys_lose_answers_die_and_never_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_and_a_frozen_worker_on_both_apis_reject_and_park_nothing() {
-    let Some(mut scenario) = Scenario::start(
-        "flfrozen",
-        SandboxOptions {
-            lose_rate: 0.1,
-            latency: Duration::from_millis(5),
-            seed: 5,
-            // As Freelancer does.
-            refuse_second_bid: true,
-            rival_bids: 3,
-            ..SandboxOptions::default()
-        },
-        &[(
-            "BIDORCH__MARKETPLACES__FREELANCER__API",
-            "freelancer".to_owned(),
-        )],
-    )
-    .await
-    else {
+    let sandbox = SandboxOptions {
+        lose_rate: 0.1,
+        seed: 5,
+        // As Freelancer does.
+        refuse_second_bid: true,
+        ..SandboxOptions::default()
+    };
+    let Some(mut scenario) = fleet("flfrozen", sandbox).await else {
         return; // skipped, said by the check
     };
-    for i in 0..WORKERS {
-        scenario.spawn_worker(&format!("w{i}"));
-    }
-    scenario.wait_ready().await;
     let load = api_load(POSTINGS, COPIES, true);
     let eligible = load.eligible.len() as u64;
     let started = Instant::now();

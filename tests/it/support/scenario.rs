@@ -42,10 +42,33 @@ impl Load {
 /// `n` postings over two marketplaces, every fifth under the minimum budget, each published
 /// `copies` times, the copies interleaved far apart.
 pub fn load(prefix: &str, n: usize, copies: usize) -> Load {
-    let (mut bodies, mut eligible, mut ineligible) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
+    let postings = (0..n).map(|i| {
         let marketplace = if i % 2 == 0 { "upwork" } else { "freelancer" };
-        let posting_id = format!("{prefix}_{i:04}");
+        (marketplace, format!("{prefix}_{i:04}"))
+    });
+    load_of(postings.collect(), copies)
+}
+
+/// `n` postings for a `freelancer` marketplace on the Freelancer API, with project ids (every
+/// other one on `upwork`, the contract, when `mixed`), every fifth under the minimum budget, each
+/// published `copies` times, the copies far apart.
+pub fn api_load(n: usize, copies: usize, mixed: bool) -> Load {
+    let postings = (0..n).map(|i| {
+        if mixed && i % 2 == 1 {
+            ("upwork", format!("job_{i:05}"))
+        } else {
+            ("freelancer", (70_000_000 + i).to_string())
+        }
+    });
+    load_of(postings.collect(), copies)
+}
+
+/// The events of `postings` (every fifth under the minimum budget), each published `copies`
+/// times, the copies interleaved far apart.
+fn load_of(postings: Vec<(&str, String)>, copies: usize) -> Load {
+    let n = postings.len();
+    let (mut bodies, mut eligible, mut ineligible) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (marketplace, posting_id)) in postings.into_iter().enumerate() {
         let cheap = i % 5 == 4;
         let key = format!("{marketplace}:{posting_id}");
         if cheap {
@@ -68,45 +91,6 @@ pub fn load(prefix: &str, n: usize, copies: usize) -> Load {
             events.push(bodies[(i + round * 37) % n].clone());
         }
     }
-    Load {
-        events,
-        eligible,
-        ineligible,
-        poison: 0,
-    }
-}
-
-/// `n` postings for a `freelancer` marketplace on the Freelancer API, with project ids (every
-/// other one on `upwork`, the contract, when `mixed`), every fifth under the minimum budget, each published `copies` times, the copies
-/// far apart.
-pub fn api_load(n: usize, copies: usize, mixed: bool) -> Load {
-    let (mut bodies, mut eligible, mut ineligible) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        let (marketplace, posting_id) = if mixed && i % 2 == 1 {
-            ("upwork", format!("job_{i:05}"))
-        } else {
-            ("freelancer", (70_000_000 + i).to_string())
-        };
-        let cheap = i % 5 == 4;
-        let key = format!("{marketplace}:{posting_id}");
-        if cheap {
-            ineligible.push(key);
-        } else {
-            eligible.push(key);
-        }
-        let body = json!({
-            "event_id": uuid::Uuid::new_v4().to_string(),
-            "marketplace": marketplace,
-            "posting_id": posting_id,
-            "title": "Keep the promise without idempotency keys",
-            "budget": {"min": 10, "max": if cheap { "50" } else { "1200.00" }, "currency": "USD"},
-        });
-        bodies.push(OutgoingEvent::parse(body.to_string()).expect("valid event"));
-    }
-    let events = (0..copies)
-        .flat_map(|round| (0..n).map(move |i| (i + round * 41) % n))
-        .map(|i| bodies[i].clone())
-        .collect();
     Load {
         events,
         eligible,
