@@ -73,6 +73,12 @@ enum Command {
     },
     /// Try the should-bid policy on posting events (`policy check`).
     Policy(commands::PolicyArgs),
+    /// Stop the whole fleet bidding on marketplaces (or all), with a reason, until resumed.
+    Pause(commands::PauseArgs),
+    /// End a manual pause.
+    Resume(commands::ResumeArgs),
+    /// The fleet at a glance: marketplaces, queues, workers, unresolved sends.
+    Status(commands::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -161,6 +167,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => commands::inspect(&settings, args).await?,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await?,
         Command::Bench(args) => commands::bench(&settings, args).await?,
+        Command::Pause(args) => commands::pause(&settings, args).await?,
+        Command::Resume(args) => commands::resume(&settings, args).await?,
+        Command::Status(args) => commands::status(&settings, args).await?,
         // Answered above, before the settings are loaded.
         Command::Healthcheck(_) => {}
     }

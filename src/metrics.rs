@@ -30,6 +30,8 @@ pub const UNRESOLVED_SENDS: &str = "bidorch_ledger_unresolved_sends";
 pub const MISMATCHES: &str = "bidorch_ledger_mismatches_total";
 /// Gauge: 1 while a dependency (`lock_store`, `ledger`, or a marketplace) is paused, by reason.
 pub const PAUSED: &str = "bidorch_paused";
+/// Gauge: 1 while a marketplace (`*`: all) is paused by hand (`bidorch pause`), else 0.
+pub const MANUAL_PAUSE: &str = "bidorch_manual_pause";
 /// Gauge: 1 while the worker is consuming (not paused, not stopped), else 0.
 pub const CONSUMING: &str = "bidorch_consuming";
 /// Gauge: 1 while `/readyz` would answer 200, else 0 (evaluated at each scrape).
@@ -107,6 +109,12 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         Kind::Gauge,
         &["dependency", "reason"],
         "1 while a dependency (lock_store, ledger, marketplace:NAME) is paused, by reason.",
+    ),
+    (
+        MANUAL_PAUSE,
+        Kind::Gauge,
+        &["marketplace"],
+        "1 while a marketplace (`*`: every one) is paused by hand with `bidorch pause`, 0 once resumed.",
     ),
     (
         "bidorch_pipeline_seconds",

@@ -14,7 +14,8 @@
 use std::sync::Arc;
 
 use crate::config::{LedgerKind, LockKind, MarketplaceKind, Settings, SourceKind};
-use crate::ledger::{BidLedger, LedgerError, LedgerReports};
+use crate::control::{Identity, PauseBoard};
+use crate::ledger::{BidLedger, ControlStore, LedgerError, LedgerReports};
 use crate::lock::{LockError, LockStore, Rate, RateLimiter};
 use crate::marketplace::sandbox::{Sandbox, SandboxOptions, SandboxServer};
 use crate::marketplace::{HttpMarketplace, Marketplace, MarketplaceError};
@@ -88,6 +89,8 @@ pub struct Ports {
     /// The marketplaces' fleet-wide request rates.
     pub rates: Arc<dyn RateLimiter>,
     pub marketplace: Arc<dyn Marketplace>,
+    /// Operators' pauses, their audit history, the workers' reports.
+    pub controls: Arc<dyn ControlStore>,
 }
 
 /// Builds a [`System`]; see the module docs.
@@ -183,7 +186,17 @@ impl SystemBuilder {
             locks,
             rates: configured.rates,
             marketplace,
+            controls: ledger.controls,
         };
+        // Read once before anything is worked on: a system started during a pause starts paused.
+        let board = PauseBoard::new();
+        match ports.controls.pause_state().await {
+            Ok(state) => board.publish(state),
+            Err(e) => tracing::warn!(
+                error = %crate::error::Chain(&e),
+                "Cannot read the pause state yet; postings wait until it is read"
+            ),
+        }
         let pipeline = Pipeline::new(
             ports.ledger.clone(),
             ports.locks.clone(),
@@ -192,6 +205,7 @@ impl SystemBuilder {
             settings.lock.ttl,
         )
         .with_instance(instance.clone())
+        .with_pause_board(board.clone())
         .with_lock_held_recheck(settings.worker.retry_lock_held)
         .with_rates(
             ports.rates.clone(),
@@ -206,6 +220,12 @@ impl SystemBuilder {
             None => pipeline,
         };
         let pipeline = Arc::new(pipeline);
+        let controls = tokio::spawn(crate::control::poll(
+            ports.controls.clone(),
+            board,
+            pipeline.breakers().clone(),
+            Identity::new(instance),
+        ));
         let queue = match settings.source.kind {
             SourceKind::Memory => Some(
                 self.queue
@@ -220,6 +240,7 @@ impl SystemBuilder {
             queue,
             sandbox,
             tally: self.tally,
+            controls: controls.abort_handle(),
         })
     }
 }
@@ -314,6 +335,14 @@ pub struct System {
     /// The in-process sandbox when `marketplace.kind = "sandbox"`; stops when the system drops.
     sandbox: Option<SandboxServer>,
     tally: Option<Arc<Tally>>,
+    /// The task keeping the pause board current and reporting this process; ends with it.
+    controls: tokio::task::AbortHandle,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.controls.abort();
+    }
 }
 
 impl System {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use crate::config::{DatabaseSettings, LedgerKind, LockKind, RedisSettings};
 use crate::ledger::{
-    Batched, BidLedger, Deadline, LedgerBackend, LedgerError, LedgerReports, PgBidLedger,
-    SqliteBidLedger,
+    Batched, BidLedger, ControlStore, Deadline, LedgerBackend, LedgerError, LedgerReports,
+    PgBidLedger, SqliteBidLedger,
 };
 use crate::lock::{
     BatchingLocks, LockError, LockStore, MemoryLockStore, MeteredLockStore, RateLimiter,
@@ -28,6 +28,8 @@ pub struct LedgerPorts {
     pub ledger: Arc<dyn BidLedger>,
     /// Reconcile, inspect and the gauges.
     pub reports: Arc<dyn LedgerReports>,
+    /// Operators' pauses, their audit history, the workers' reports.
+    pub controls: Arc<dyn ControlStore>,
 }
 
 /// Opens the ledger `settings.kind` names, applies its migrations, and stacks it (see the module
@@ -35,7 +37,7 @@ pub struct LedgerPorts {
 /// `schema` and `max_connections`; SQLite uses `url` (`sqlite://file.db` or `sqlite::memory:`)
 /// and `max_connections`.
 pub async fn ledger(settings: &DatabaseSettings) -> Result<LedgerPorts, LedgerError> {
-    let backend: Arc<dyn LedgerBackend> = match settings.kind {
+    let (backend, controls): (Arc<dyn LedgerBackend>, Arc<dyn ControlStore>) = match settings.kind {
         LedgerKind::Postgres => {
             let ledger = PgBidLedger::connect_and_migrate(settings).await?;
             // As many connections as a busy worker's lanes use at once (a batch of steps in
@@ -47,20 +49,21 @@ pub async fn ledger(settings: &DatabaseSettings) -> Result<LedgerPorts, LedgerEr
                     "Ledger warm-up failed; the first postings may be slower"
                 );
             }
-            Arc::new(ledger)
+            (Arc::new(ledger.clone()), Arc::new(ledger))
         }
         LedgerKind::Sqlite => {
             let ledger =
                 SqliteBidLedger::connect_with(settings.url.expose(), settings.max_connections)
                     .await?;
             ledger.migrate().await?;
-            Arc::new(ledger)
+            (Arc::new(ledger.clone()), Arc::new(ledger))
         }
     };
     let bounded: Arc<dyn LedgerBackend> = Arc::new(Deadline::new(backend, settings.call_timeout));
     Ok(LedgerPorts {
         ledger: Arc::new(Batched::new(bounded.clone())),
         reports: bounded,
+        controls,
     })
 }
 

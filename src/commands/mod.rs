@@ -28,9 +28,11 @@ mod healthcheck;
 mod inspect;
 mod marketplace;
 mod migrate;
+mod pause;
 mod policy;
 mod publish;
 mod reconcile;
+mod status;
 
 pub use self::bench::{BenchArgs, bench};
 pub use self::config::{ConfigAction, config};
@@ -40,9 +42,11 @@ pub use self::healthcheck::{HealthcheckArgs, healthcheck};
 pub use self::inspect::{InspectArgs, inspect};
 pub use self::marketplace::{MarketplaceArgs, marketplace};
 pub use self::migrate::migrate;
+pub use self::pause::{PauseArgs, ResumeArgs, pause, resume};
 pub use self::policy::{PolicyArgs, policy};
 pub use self::publish::publish;
 pub use self::reconcile::{ReconcileArgs, reconcile};
+pub use self::status::{StatusArgs, status};
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {

@@ -408,15 +408,20 @@ impl Settings {
         if !self.worker.instance_id.is_empty() {
             return self.worker.instance_id.clone();
         }
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .or_else(|| {
-                std::fs::read_to_string("/etc/hostname")
-                    .ok()
-                    .map(|h| h.trim().to_owned())
-            })
-            .unwrap_or_else(|| "bidorch".to_owned());
-        format!("{host}-{}", std::process::id())
+        format!("{}-{}", hostname(), std::process::id())
     }
+}
+
+/// This machine's name: `HOSTNAME`, else `/etc/hostname`, else `bidorch`.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "bidorch".to_owned())
 }

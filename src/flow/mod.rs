@@ -31,6 +31,8 @@ pub enum PauseReason {
     RateLimited,
     /// It answers 404 for everything: its `base_url` is wrong.
     NotFound,
+    /// An operator paused it (`bidorch pause`), or the pause state is not known.
+    Manual,
 }
 
 impl PauseReason {
@@ -41,6 +43,7 @@ impl PauseReason {
             Self::Credentials => "credentials",
             Self::RateLimited => "rate_limited",
             Self::NotFound => "not_found",
+            Self::Manual => "manual",
         }
     }
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     AttemptRecord, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry, LedgerError,
-    LedgerReports, LedgerState,
+    LedgerReports, LedgerState, Search,
 };
 use crate::posting::PostingKey;
 
@@ -85,5 +85,13 @@ impl LedgerReports for Deadline {
 
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
         self.bounded(self.inner.counts_by_state()).await
+    }
+
+    async fn placed_since(&self, since: DateTime<Utc>) -> Result<Vec<(String, u64)>, LedgerError> {
+        self.bounded(self.inner.placed_since(since)).await
+    }
+
+    async fn search(&self, search: &Search) -> Result<Vec<LedgerEntry>, LedgerError> {
+        self.bounded(self.inner.search(search)).await
     }
 }

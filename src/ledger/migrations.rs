@@ -45,6 +45,12 @@ const MIGRATIONS: &[Entry] = &[
         include_str!("../../migrations/postgres/0005_send_state_and_verify.sql"),
         include_str!("../../migrations/sqlite/0005_send_state_and_verify.sql"),
     ),
+    (
+        6,
+        "operator controls",
+        include_str!("../../migrations/postgres/0006_operator_controls.sql"),
+        include_str!("../../migrations/sqlite/0006_operator_controls.sql"),
+    ),
 ];
 
 fn migrator(sql: fn(&'static Entry) -> &'static str) -> Migrator {

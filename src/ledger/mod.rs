@@ -20,11 +20,12 @@
 //! [`BidLedger`] by batching concurrent postings' calls. The composition root stacks them.
 
 pub(crate) mod batch;
+pub mod controls;
 mod deadline;
 mod loopback;
 mod migrations;
 pub mod postgres;
-mod sql;
+pub(crate) mod sql;
 pub mod sqlite;
 mod types;
 
@@ -34,6 +35,9 @@ use chrono::{DateTime, Utc};
 use crate::posting::PostingKey;
 
 pub use self::batch::Batched;
+pub use self::controls::{
+    AuditEntry, ControlStore, Pause, PauseState, Scope, WorkerBeat, WorkerSeen,
+};
 pub use self::deadline::Deadline;
 pub use self::postgres::PgBidLedger;
 pub use self::sqlite::SqliteBidLedger;
@@ -104,6 +108,43 @@ pub trait LedgerReports: Send + Sync + 'static {
 
     /// How many rows are in each state: all four states, in declaration order, zero if none.
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError>;
+
+    /// Postings recorded `placed` since `since`, by marketplace.
+    async fn placed_since(&self, since: DateTime<Utc>) -> Result<Vec<(String, u64)>, LedgerError>;
+
+    /// Rows matching `search`, latest change first, one page.
+    async fn search(&self, search: &Search) -> Result<Vec<LedgerEntry>, LedgerError>;
+}
+
+/// What the console's posting search asks for; every part optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Search {
+    pub marketplace: Option<String>,
+    /// The posting id starts with it.
+    pub id_prefix: Option<String>,
+    pub state: Option<LedgerState>,
+    /// The detail (skip reasons, a rejection) contains it, case aside.
+    pub reason: Option<String>,
+    /// Last changed at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Last changed before.
+    pub until: Option<DateTime<Utc>>,
+    pub offset: u32,
+    pub limit: u32,
+}
+
+impl Search {
+    /// `text` with the `LIKE` wildcards escaped (`\` is the escape).
+    pub fn like_escaped(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    }
 }
 
 /// A database holding the ledger ([`PgBidLedger`], [`SqliteBidLedger`]): the calls of many

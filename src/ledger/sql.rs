@@ -322,3 +322,33 @@ pub fn counts(rows: Vec<(String, i64)>) -> Result<Vec<(LedgerState, u64)>, Ledge
     }
     Ok(out)
 }
+
+/// A `bid_workers` row (its columns in the table's order, from `instance`).
+pub fn worker_seen<R>(r: &R) -> Result<super::WorkerSeen, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i32: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let auto: String = r.try_get(7)?;
+    let in_flight: i32 = r.try_get(6)?;
+    Ok(super::WorkerSeen {
+        beat: super::WorkerBeat {
+            instance: r.try_get(0)?,
+            host: r.try_get(1)?,
+            version: r.try_get(2)?,
+            started_at: r.try_get(3)?,
+            generation: r.try_get(5)?,
+            in_flight: u32::try_from(in_flight).unwrap_or(0),
+            auto_paused: auto
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        },
+        seen_at: r.try_get(4)?,
+    })
+}

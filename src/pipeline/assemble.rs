@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Pipeline, Scoring};
+use crate::control::PauseBoard;
 use crate::flow::{Breakers, Dependency};
 use crate::ledger::BidLedger;
 use crate::lock::{LockStore, Rate, RateLimiter};
@@ -34,7 +35,20 @@ impl Pipeline {
             rates: BTreeMap::new(),
             limiter: None,
             scoring: None,
+            board: None,
         }
+    }
+
+    /// Holds back every call to a marketplace `board` says is paused by hand (checked before
+    /// the lease and right before each call). Without one, nothing is paused by hand.
+    pub fn with_pause_board(mut self, board: PauseBoard) -> Self {
+        self.board = Some(board);
+        self
+    }
+
+    /// The manual pauses as this pipeline sees them, if it has a board.
+    pub fn pause_board(&self) -> Option<&PauseBoard> {
+        self.board.as_ref()
     }
 
     /// Asks `scoring` about every posting the rules would bid on.

@@ -142,6 +142,8 @@ pub struct Pipeline {
     limiter: Option<Arc<dyn RateLimiter>>,
     /// The remote scoring service, if configured.
     scoring: Option<Scoring>,
+    /// The fleet-wide manual pauses, if this pipeline honours them (every system's does).
+    board: Option<crate::control::PauseBoard>,
 }
 
 /// A step's verdict: go on with `T`, or end the attempt with this outcome.

@@ -10,15 +10,17 @@ use std::time::Instant;
 
 use super::claim::Claimed;
 use super::{Component, Outcome, Pipeline, Step};
-use crate::flow::{Permit, ProbeGuard};
+use crate::flow::{PauseReason, Permit, ProbeGuard};
 use crate::ledger::Pending;
 use crate::lock::{Admission, HeldLease};
 use crate::posting::PostingKey;
 
 impl Pipeline {
-    /// Whether `marketplace` may be called now: go, go as the probe of a paused marketplace
-    /// (its slot held until the answer is recorded), or wait for its pause to end.
+    /// Whether `marketplace` may be called now: not while an operator paused it; else go, go
+    /// as the probe of a paused marketplace (its slot held until the answer is recorded), or
+    /// wait for its pause to end.
     pub(super) fn permit(&self, marketplace: &str) -> Step<Option<ProbeGuard>> {
+        self.by_hand(marketplace)?;
         match self.breakers.permit(marketplace, Instant::now()) {
             Permit::Go => ControlFlow::Continue(None),
             Permit::Probe(guard) => ControlFlow::Continue(Some(guard)),
@@ -47,8 +49,24 @@ impl Pipeline {
         }
     }
 
-    /// The checks of [`ready`](Self::ready): the permit still to take (if any), the lease, the
-    /// rate; a broken one says why the attempt ends pending and with what outcome.
+    /// Whether an operator holds `marketplace` back: checked before the lease and again right
+    /// before every call (a pause applies to calls already on their way).
+    fn by_hand(&self, marketplace: &str) -> Step<()> {
+        match self.board.as_ref().and_then(|b| b.check(marketplace)) {
+            None => ControlFlow::Continue(()),
+            Some(held) => {
+                tracing::debug!(marketplace, reason = %held.reason, "Held back by hand");
+                ControlFlow::Break(Outcome::MarketplacePaused {
+                    reason: PauseReason::Manual,
+                    retry_in: held.retry_in,
+                })
+            }
+        }
+    }
+
+    /// The checks of [`ready`](Self::ready): a manual pause, the permit still to take (if any),
+    /// the lease, the rate; a broken one says why the attempt ends pending and with what
+    /// outcome.
     async fn checks(
         &self,
         key: &PostingKey,
@@ -56,6 +74,9 @@ impl Pipeline {
         held: &HeldLease,
         probe: Option<ProbeGuard>,
     ) -> ControlFlow<(Pending, Outcome), Option<ProbeGuard>> {
+        if let ControlFlow::Break(outcome) = self.by_hand(key.marketplace()) {
+            return ControlFlow::Break((Pending::MarketplacePaused, outcome));
+        }
         // A request an earlier attempt sent came back although this one meant to skip: it is sent
         // again, so the marketplace must be callable now (the only permit this attempt takes).
         let probe = if claimed.permitted {

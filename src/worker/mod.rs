@@ -174,7 +174,13 @@ pub async fn run(
                 Some(Ok(delivery)) => {
                     report.received += 1;
                     let (pipeline, options, gate) = (pipeline.clone(), options.clone(), status.gate.clone());
-                    in_flight.spawn(async move { handle::handle(delivery, &pipeline, &options, &gate).await });
+                    // Counted in the process's report to operators while it is worked on.
+                    let working = pipeline.pause_board().map(crate::control::PauseBoard::working);
+                    in_flight.spawn(async move {
+                        let handled = handle::handle(delivery, &pipeline, &options, &gate).await;
+                        drop(working);
+                        handled
+                    });
                 }
             }
         }

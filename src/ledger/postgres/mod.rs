@@ -17,11 +17,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS};
 use super::{
     AttemptRecord, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry, LedgerError,
-    LedgerReports, LedgerState,
+    LedgerReports, LedgerState, Search,
 };
 use crate::config::DatabaseSettings;
 use crate::posting::PostingKey;
 
+mod controls;
 mod rows;
 mod steps;
 
@@ -322,5 +323,55 @@ impl LedgerReports for PgBidLedger {
                 .await
                 .map_err(|e| sql::query_error(None, e))?;
         sql::counts(rows)
+    }
+    async fn placed_since(&self, since: DateTime<Utc>) -> Result<Vec<(String, u64)>, LedgerError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT marketplace, count(*) FROM bid_ledger \
+             WHERE state = 'placed' AND updated_at >= $1 GROUP BY marketplace ORDER BY 1",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| sql::query_error(None, e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(m, n)| (m, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
+    async fn search(&self, search: &Search) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let sql = format!(
+            "SELECT marketplace, posting_id, {ROW_COLUMNS} FROM bid_ledger \
+             WHERE ($1::text IS NULL OR marketplace = $1) \
+               AND ($2::text IS NULL OR posting_id LIKE $2 ESCAPE '\\') \
+               AND ($3::text IS NULL OR state = $3) \
+               AND ($4::text IS NULL OR detail ILIKE $4 ESCAPE '\\') \
+               AND ($5::timestamptz IS NULL OR updated_at >= $5) \
+               AND ($6::timestamptz IS NULL OR updated_at < $6) \
+             ORDER BY updated_at DESC, marketplace, posting_id LIMIT $7 OFFSET $8"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&search.marketplace)
+            .bind(
+                search
+                    .id_prefix
+                    .as_deref()
+                    .map(|p| format!("{}%", Search::like_escaped(p))),
+            )
+            .bind(search.state.map(LedgerState::as_str))
+            .bind(
+                search
+                    .reason
+                    .as_deref()
+                    .map(|r| format!("%{}%", Search::like_escaped(r))),
+            )
+            .bind(search.since)
+            .bind(search.until)
+            .bind(i64::from(search.limit))
+            .bind(i64::from(search.offset))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql::query_error(None, e))?;
+        rows.iter().map(sql::keyed_entry).collect()
     }
 }

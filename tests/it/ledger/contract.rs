@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bidorch::ledger::{
-    Batched, BidLedger, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerBackend,
-    LedgerEntry, LedgerError, LedgerState, StoredRequest,
+    Batched, BidLedger, Claim, ClaimRequest, ControlStore, Fenced, FinalOutcome, Finish, Intent,
+    LedgerBackend, LedgerEntry, LedgerError, LedgerState, Scope, Search, StoredRequest, WorkerBeat,
 };
 use bidorch::marketplace::{BidTerms, contract};
 use bidorch::posting::PostingKey;
@@ -20,13 +20,16 @@ use rust_decimal::Decimal;
 pub struct Ledger {
     backend: Arc<dyn LedgerBackend>,
     single: Arc<dyn BidLedger>,
+    /// The operators' side of the same database.
+    pub controls: Arc<dyn ControlStore>,
 }
 
 impl Ledger {
-    pub fn new(backend: Arc<dyn LedgerBackend>) -> Self {
+    pub fn new(backend: Arc<dyn LedgerBackend>, controls: Arc<dyn ControlStore>) -> Self {
         Self {
             single: Arc::new(Batched::new(backend.clone())),
             backend,
+            controls,
         }
     }
 
@@ -790,4 +793,187 @@ pub async fn a_finish_without_a_claim_is_an_error(ledger: Ledger) {
 /// The backend answers its health check.
 pub async fn health_answers(ledger: Ledger) {
     ledger.health().await.expect("healthy");
+}
+
+/// A pause holds its scopes until resumed or its `until`, each change bumps the generation, and
+/// every change is in the audit history with who and why.
+pub async fn pauses_are_durable_audited_and_counted(ledger: Ledger) {
+    let c = &ledger.controls;
+    let start = c.pause_state().await.expect("state");
+    assert!(start.pauses.is_empty());
+    let upwork = Scope::Marketplace("upwork".into());
+    let g1 = c
+        .pause(&[upwork.clone()], "contract talks", "ana@ops", None)
+        .await
+        .expect("pause");
+    assert!(g1 > start.generation);
+    let later = Utc::now() + Duration::minutes(30);
+    let g2 = c
+        .pause(&[Scope::All], "incident 42", "loopback", Some(later))
+        .await
+        .expect("pause all");
+    assert!(g2 > g1);
+    // An expired one is not in force.
+    c.pause(
+        &[Scope::Marketplace("toptal".into())],
+        "over",
+        "ana@ops",
+        Some(Utc::now() - Duration::seconds(1)),
+    )
+    .await
+    .expect("pause");
+    let state = c.pause_state().await.expect("state");
+    let scopes: Vec<&Scope> = state.pauses.iter().map(|p| &p.scope).collect();
+    assert_eq!(
+        scopes,
+        [&Scope::All, &upwork],
+        "the expired pause is not in force"
+    );
+    assert_eq!(
+        state
+            .pause_of("freelancer", Utc::now())
+            .map(|p| p.reason.as_str()),
+        Some("incident 42")
+    );
+
+    let (g3, ended) = c.resume(&[Scope::All], "bo@ops").await.expect("resume");
+    assert!(g3 > g2);
+    assert_eq!(ended.len(), 3, "--all ends every pause: {ended:?}");
+    let state = c.pause_state().await.expect("state");
+    assert!(state.pauses.is_empty());
+    assert_eq!(state.generation, g3);
+
+    let history = c.history(10).await.expect("history");
+    let story: Vec<(String, Option<String>, String)> = history
+        .iter()
+        .map(|a| (a.action.clone(), a.scope.clone(), a.who.clone()))
+        .collect();
+    assert_eq!(
+        story,
+        [
+            ("resume".into(), Some("*".into()), "bo@ops".into()),
+            ("pause".into(), Some("toptal".into()), "ana@ops".into()),
+            ("pause".into(), Some("*".into()), "loopback".into()),
+            ("pause".into(), Some("upwork".into()), "ana@ops".into()),
+        ]
+    );
+    assert_eq!(history[2].reason.as_deref(), Some("incident 42"));
+    assert!(history[2].until.is_some());
+    assert!(
+        history[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("upwork")),
+        "the resume says what it ended: {:?}",
+        history[0].detail
+    );
+}
+
+/// Each worker's latest report replaces its previous one; `workers` lists those seen lately.
+pub async fn workers_report_themselves(ledger: Ledger) {
+    let c = &ledger.controls;
+    let beat = |instance: &str, generation: i64| WorkerBeat {
+        instance: instance.to_owned(),
+        host: "node-1".to_owned(),
+        version: "1.2.3".to_owned(),
+        started_at: Utc::now() - Duration::minutes(5),
+        generation,
+        in_flight: 7,
+        auto_paused: vec!["upwork:credentials".to_owned()],
+    };
+    c.report(&beat("w1", 1)).await.expect("report");
+    c.report(&beat("w2", 1)).await.expect("report");
+    c.report(&beat("w1", 2)).await.expect("report again");
+    let seen = c
+        .workers(Utc::now() - Duration::seconds(30))
+        .await
+        .expect("workers");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].beat.instance, "w1");
+    assert_eq!(seen[0].beat.generation, 2, "the latest report");
+    assert_eq!(seen[0].beat.auto_paused, ["upwork:credentials"]);
+    assert_eq!(seen[0].beat.in_flight, 7);
+    assert!(
+        c.workers(Utc::now() + Duration::seconds(30))
+            .await
+            .expect("workers")
+            .is_empty(),
+        "not seen since"
+    );
+}
+
+/// The console's search: by key prefix (wildcards taken literally), state, reason and time;
+/// placed_since counts today's bids.
+pub async fn search_finds_postings_by_prefix_state_and_reason(ledger: Ledger) {
+    for id in ["job_1", "job_10", "jobx1", "other"] {
+        let k = key("upwork", id);
+        let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
+        ledger
+            .finish(&k, epoch, placed(&format!("b-{id}")))
+            .await
+            .expect("finish");
+    }
+    let skipped = key("toptal", "job_9");
+    ledger
+        .claim(&claim_of(
+            &skipped,
+            Intent::Skip(vec!["blocked_keyword:crypto".into()]),
+        ))
+        .await
+        .expect("claim");
+    let found = |s: Search| {
+        let ledger = ledger.clone();
+        async move {
+            let mut keys: Vec<String> = ledger
+                .search(&Search { limit: 50, ..s })
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|e| e.key.to_string())
+                .collect();
+            keys.sort();
+            keys
+        }
+    };
+    assert_eq!(
+        found(Search {
+            marketplace: Some("upwork".into()),
+            id_prefix: Some("job_1".into()),
+            ..Search::default()
+        })
+        .await,
+        ["upwork:job_1", "upwork:job_10"],
+        "`_` is a character, not a wildcard"
+    );
+    assert_eq!(
+        found(Search {
+            state: Some(LedgerState::Skipped),
+            reason: Some("CRYPTO".into()),
+            ..Search::default()
+        })
+        .await,
+        ["toptal:job_9"]
+    );
+    assert!(
+        found(Search {
+            since: Some(Utc::now() + Duration::minutes(1)),
+            ..Search::default()
+        })
+        .await
+        .is_empty()
+    );
+    let page = ledger
+        .search(&Search {
+            limit: 2,
+            offset: 4,
+            ..Search::default()
+        })
+        .await
+        .expect("search");
+    assert_eq!(page.len(), 1, "five rows, the last page");
+    let placed = ledger
+        .placed_since(Utc::now() - Duration::hours(1))
+        .await
+        .expect("placed");
+    assert_eq!(placed, [("upwork".to_owned(), 4)]);
 }

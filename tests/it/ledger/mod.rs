@@ -58,7 +58,11 @@ where
     let ledger = PgBidLedger::connect_and_migrate(&pg_settings(&support::database_url(), &schema))
         .await
         .expect("connect and migrate");
-    let outcome = run_then(test(contract::Ledger::new(Arc::new(ledger.clone())))).await;
+    let outcome = run_then(test(contract::Ledger::new(
+        Arc::new(ledger.clone()),
+        Arc::new(ledger.clone()),
+    )))
+    .await;
     ledger.close().await;
     drop_schema(&schema).await;
     if let Err(panic) = outcome {
@@ -88,7 +92,11 @@ where
     let ledger = SqliteBidLedger::connect_and_migrate(&format!("sqlite://{}", path.display()))
         .await
         .expect("open and migrate");
-    let outcome = run_then(test(contract::Ledger::new(Arc::new(ledger.clone())))).await;
+    let outcome = run_then(test(contract::Ledger::new(
+        Arc::new(ledger.clone()),
+        Arc::new(ledger.clone()),
+    )))
+    .await;
     ledger.close().await;
     remove_db_files(&path);
     if let Err(panic) = outcome {
@@ -105,7 +113,11 @@ where
     let ledger = SqliteBidLedger::connect_and_migrate("sqlite::memory:")
         .await
         .expect("open and migrate");
-    test(contract::Ledger::new(Arc::new(ledger))).await;
+    test(contract::Ledger::new(
+        Arc::new(ledger.clone()),
+        Arc::new(ledger),
+    ))
+    .await;
 }
 
 /// One test per contract fn per backend: `postgres::x`, `sqlite_file::x`, `sqlite_memory::x`.
@@ -156,6 +168,9 @@ contract_suite!(
     unresolved_sends_are_found_until_recorded,
     each_send_is_unknown_until_its_answer_says_otherwise,
     a_verifying_claim_of_an_unknown_send_is_a_lookup,
+    pauses_are_durable_audited_and_counted,
+    workers_report_themselves,
+    search_finds_postings_by_prefix_state_and_reason,
     a_batch_claims_and_finishes_in_order,
     a_batch_at_the_cap_spends_exactly_the_slots_left,
     finishes_and_claims_of_one_call_read_as_made_in_that_order,
@@ -324,7 +339,7 @@ async fn postgres_warm_up_opens_the_connections_and_writes_nothing() {
         assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
         // A ledger with rows: warmed again (another worker starting), its rows untouched.
         let key = PostingKey::new("upwork", "warm-1").expect("key");
-        let view = contract::Ledger::new(Arc::new(ledger.clone()));
+        let view = contract::Ledger::new(Arc::new(ledger.clone()), Arc::new(ledger.clone()));
         let claim = view
             .claim(&contract::claim_of(&key, Intent::Skip(vec!["test".into()])))
             .await
@@ -351,7 +366,7 @@ async fn sqlite_file_keeps_outcomes_across_reopen() {
             let opened = SqliteBidLedger::connect_and_migrate(&url)
                 .await
                 .expect("open");
-            let first = contract::Ledger::new(Arc::new(opened.clone()));
+            let first = contract::Ledger::new(Arc::new(opened.clone()), Arc::new(opened.clone()));
             let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
             let Claim::Send { epoch, .. } = first.claim(&bid).await.expect("claim") else {
                 panic!("fresh posting must be claimable");
@@ -373,7 +388,7 @@ async fn sqlite_file_keeps_outcomes_across_reopen() {
             let again = SqliteBidLedger::connect_and_migrate(&url)
                 .await
                 .expect("reopen and migrate again");
-            let reopened = contract::Ledger::new(Arc::new(again.clone()));
+            let reopened = contract::Ledger::new(Arc::new(again.clone()), Arc::new(again.clone()));
             let entry = reopened
                 .lookup(&key)
                 .await

@@ -87,6 +87,7 @@ async fn an_unreachable_ledger_fails_closed_before_and_after_the_call() {
                     armed: AtomicBool::new(true),
                 }),
                 reports: ledger.reports,
+                controls: ledger.controls,
             };
             let system = stack.system(&settings, Some(hooked), None).await;
             let k = key("pg-lost-after-call");

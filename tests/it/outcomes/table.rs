@@ -236,6 +236,7 @@ async fn a_claim_superseded_at_record_time_writes_nothing_and_the_rival_records_
                 armed: AtomicBool::new(true),
             }),
             reports: ledger.reports.clone(),
+            controls: ledger.controls.clone(),
         };
         let system = stack.system(&settings, Some(hooked), None).await;
         let k = key("superseded");

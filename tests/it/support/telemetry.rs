@@ -67,14 +67,14 @@ impl Embedded {
             Some(TOKEN.to_owned())
         })
         .unwrap();
-        let backend = Arc::new(Detached(
-            SqliteBidLedger::connect_and_migrate("sqlite::memory:")
-                .await
-                .unwrap(),
-        ));
+        let sqlite = SqliteBidLedger::connect_and_migrate("sqlite::memory:")
+            .await
+            .unwrap();
+        let backend = Arc::new(Detached(sqlite.clone()));
         let ledger = LedgerPorts {
             ledger: Arc::new(Batched::new(backend.clone())),
             reports: backend,
+            controls: Arc::new(sqlite),
         };
         let policy = Policy::new(&BiddingSettings {
             min_budget: Decimal::new(100, 0).into(),
@@ -212,6 +212,15 @@ impl LedgerReports for Detached {
     }
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
         self.0.counts_by_state().instrument(detached()).await
+    }
+    async fn placed_since(&self, since: DateTime<Utc>) -> Result<Vec<(String, u64)>, LedgerError> {
+        self.0.placed_since(since).instrument(detached()).await
+    }
+    async fn search(
+        &self,
+        search: &bidorch::ledger::Search,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
+        self.0.search(search).instrument(detached()).await
     }
 }
 
