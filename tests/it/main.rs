@@ -29,6 +29,7 @@ mod marketplace;
 mod ops;
 mod outages;
 mod outcomes;
+mod pause;
 mod publisher_input;
 mod queue_amqp;
 mod queue_dlq;
