@@ -66,6 +66,19 @@ pub struct DlqListing {
 pub enum ReplayFilter {
     All,
     EventId(String),
+    /// Those parked for this reason (`max_attempts`, `delivery_limit`, …).
+    Reason(String),
+}
+
+impl ReplayFilter {
+    /// Whether `message` is one to replay.
+    pub fn matches(&self, message: &ParkedMessage) -> bool {
+        match self {
+            Self::All => true,
+            Self::EventId(wanted) => message.event_id.as_deref() == Some(wanted.as_str()),
+            Self::Reason(wanted) => message.reason == *wanted,
+        }
+    }
 }
 
 /// What `dlq replay` did.
@@ -235,12 +248,7 @@ pub async fn replay(
             }
         };
         let view = parked(&message);
-        let id = view.event_id.clone();
-        let wanted = match filter {
-            ReplayFilter::All => true,
-            ReplayFilter::EventId(wanted) => id.as_deref() == Some(wanted.as_str()),
-        };
-        if !wanted {
+        if !filter.matches(&view) {
             handed_back = Some(message.delivery_tag);
             summary.kept += 1;
             continue;
@@ -251,7 +259,9 @@ pub async fn replay(
             break;
         }
         match message.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => summary.replayed.push(id.unwrap_or_else(|| "?".to_owned())),
+            Ok(true) => summary
+                .replayed
+                .push(view.event_id.clone().unwrap_or_else(|| "?".to_owned())),
             Ok(false) => {
                 failure = Some(AmqpError::ChannelClosed);
                 break;

@@ -55,6 +55,7 @@ pub mod amqp;
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod demo;
 pub mod dlq;

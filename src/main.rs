@@ -79,6 +79,8 @@ enum Command {
     Resume(commands::ResumeArgs),
     /// The fleet at a glance: marketplaces, queues, workers, unresolved sends.
     Status(commands::StatusArgs),
+    /// The operators' web console: status, postings, dead letters, pause and resume.
+    Console(commands::ConsoleArgs),
 }
 
 fn main() -> ExitCode {
@@ -170,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause(args) => commands::pause(&settings, args).await?,
         Command::Resume(args) => commands::resume(&settings, args).await?,
         Command::Status(args) => commands::status(&settings, args).await?,
+        Command::Console(args) => commands::console(&settings, args).await?,
         // Answered above, before the settings are loaded.
         Command::Healthcheck(_) => {}
     }

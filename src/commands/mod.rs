@@ -22,6 +22,7 @@ macro_rules! out_raw {
 
 mod bench;
 mod config;
+mod console;
 mod demo;
 mod dlq;
 mod healthcheck;
@@ -36,6 +37,7 @@ mod status;
 
 pub use self::bench::{BenchArgs, bench};
 pub use self::config::{ConfigAction, config};
+pub use self::console::{ConsoleArgs, console};
 pub use self::demo::{DemoArgs, demo};
 pub use self::dlq::{DlqAction, dlq};
 pub use self::healthcheck::{HealthcheckArgs, healthcheck};

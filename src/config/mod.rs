@@ -199,6 +199,33 @@ pub struct HttpSettings {
     pub addr: SocketAddr,
 }
 
+/// `[console]`: the operators' web console (`bidorch console`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Where it listens. Loopback by default; any other address requires a token.
+    pub addr: SocketAddr,
+    /// The environment variable holding the console's token(s): `TOKEN`, or `name=TOKEN` pairs
+    /// separated by commas (the name is who the audit history records). Empty: no token, which
+    /// only a loopback `addr` allows.
+    #[serde(default)]
+    pub token_env: String,
+    /// A link to each attempt's trace, `{trace_id}` replaced (`http://jaeger:16686/trace/{trace_id}`).
+    /// Empty: trace ids shown without a link.
+    #[serde(default)]
+    pub trace_url: String,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            token_env: String::new(),
+            trace_url: String::new(),
+        }
+    }
+}
+
 /// `[marketplace]`: how bids are sent (where is `[marketplaces.<name>]`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -366,6 +393,8 @@ pub struct Settings {
     pub bidding: BiddingSettings,
     #[serde(default)]
     pub scoring: ScoringSettings,
+    #[serde(default)]
+    pub console: ConsoleSettings,
     pub worker: WorkerSettings,
     pub reconcile: ReconcileSettings,
     pub telemetry: TelemetrySettings,

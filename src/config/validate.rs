@@ -19,8 +19,36 @@ impl Settings {
             marketplace(name, m, &self.lock)?;
         }
         scoring(&self.scoring)?;
+        console(&self.console)?;
         bidding(self)
     }
+}
+
+fn console(c: &crate::config::ConsoleSettings) -> Result<(), ConfigError> {
+    if !c.token_env.is_empty() {
+        variable_name("console.token_env", &c.token_env)?;
+    }
+    if !c.trace_url.is_empty() {
+        if !c.trace_url.contains("{trace_id}") {
+            return Err(invalid(
+                "console.trace_url",
+                "must contain {trace_id}, where each trace's id goes",
+            ));
+        }
+        let sample = c
+            .trace_url
+            .replace("{trace_id}", "0af7651916cd43dd8448eb211c80319c");
+        match url::Url::parse(&sample) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(invalid(
+                    "console.trace_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn scoring(s: &crate::config::ScoringSettings) -> Result<(), ConfigError> {

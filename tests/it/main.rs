@@ -11,6 +11,7 @@ mod bench;
 mod broker_chaos;
 mod chaos;
 mod cli;
+mod console;
 mod demo;
 mod e2e;
 mod freelancer;

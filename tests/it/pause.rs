@@ -91,12 +91,16 @@ async fn a_paused_marketplace_gets_no_bid_until_resumed_and_each_held_posting_on
     // A worker started during the pause starts paused.
     let late = scenario.spawn_worker("late");
     scenario.wait_ready().await;
-    eventually(Duration::from_secs(30), "the late worker reports the pause", || async {
-        scenario.workers[late]
-            .metric("bidorch_manual_pause{marketplace=\"upwork\"}")
-            .await
-            == Some(1.0)
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the late worker reports the pause",
+        || async {
+            scenario.workers[late]
+                .metric("bidorch_manual_pause{marketplace=\"upwork\"}")
+                .await
+                == Some(1.0)
+        },
+    )
     .await;
 
     // A worker that cannot apply a change is named; the change stands.

@@ -803,7 +803,12 @@ pub async fn pauses_are_durable_audited_and_counted(ledger: Ledger) {
     assert!(start.pauses.is_empty());
     let upwork = Scope::Marketplace("upwork".into());
     let g1 = c
-        .pause(&[upwork.clone()], "contract talks", "ana@ops", None)
+        .pause(
+            std::slice::from_ref(&upwork),
+            "contract talks",
+            "ana@ops",
+            None,
+        )
         .await
         .expect("pause");
     assert!(g1 > start.generation);

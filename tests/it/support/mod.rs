@@ -4,6 +4,7 @@
 //! `BIDORCH_REQUIRE_SERVICES` is unset; CI sets it, so there the test fails instead.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod lock;
 pub mod ops;
 pub mod process;
