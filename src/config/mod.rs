@@ -27,7 +27,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 pub use self::bidding::{
-    BiddingOverrides, BiddingSettings, Fraction, Money, PricingOverrides, SkillsMatch,
+    BidCost, BiddingOverrides, BudgetPeriod, BudgetSettings, BiddingSettings, Fraction, Money, PricingOverrides, SkillsMatch,
 };
 pub use self::scoring::{OnScoringFailure, ScoringSettings};
 pub use self::secret::{EndpointUrl, SecretUrl};

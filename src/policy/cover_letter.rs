@@ -156,6 +156,7 @@ fn sample_posting() -> Posting {
         client: ClientInfo::default(),
         posted_at: None,
         url: Some("https://example.invalid/sample".to_owned()),
+        bid_cost: None,
     }
 }
 

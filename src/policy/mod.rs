@@ -122,6 +122,11 @@ impl Policy {
         self.rule_set(marketplace).daily_cap
     }
 
+    /// The credit budget of `marketplace` (`[bidding.budget]`, or its own), if it has one.
+    pub fn budget(&self, marketplace: &str) -> Option<&crate::config::BudgetSettings> {
+        self.rule_set(marketplace).budget.as_ref()
+    }
+
     /// Decides on one posting, at `now`.
     pub fn decide(&self, posting: &Posting, now: DateTime<Utc>) -> Decision {
         let set = self.rule_set(posting.key.marketplace());

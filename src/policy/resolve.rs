@@ -15,7 +15,9 @@ use super::amount::AmountStrategy;
 use super::keywords::normalize;
 use super::rules::{Pricing, Rules};
 use super::values::{codes, invalid, non_negative, ordered};
-use crate::config::{BiddingOverrides, BiddingSettings, Money, PricingOverrides};
+use crate::config::{
+    BidCost, BiddingOverrides, BiddingSettings, BudgetSettings, Money, PricingOverrides,
+};
 use crate::posting::BudgetKind;
 
 /// Everything the policy needs for one marketplace.
@@ -26,6 +28,8 @@ pub struct RuleSet {
     pub hourly: Pricing,
     /// `None`: no cap.
     pub daily_cap: Option<u64>,
+    /// `None`: no credit budget.
+    pub budget: Option<BudgetSettings>,
     /// Configuration key of the cover letter template (its name in [`super::CoverLetters`]).
     pub letter_key: String,
     pub letter_max_chars: usize,
@@ -131,6 +135,7 @@ pub fn rule_set(
         daily_cap: pick(&layers, |v| v.daily_bid_cap.as_ref())
             .map(|(_, cap)| cap)
             .filter(|cap| *cap > 0),
+        budget: budget(&layers)?,
         letter_key: format!(
             "{}.cover_letter",
             letter_prefix.unwrap_or_else(|| "bidding".to_owned())
@@ -172,7 +177,29 @@ fn base_layer(s: &BiddingSettings) -> BiddingOverrides {
         cover_letter_max_chars: Some(s.cover_letter_max_chars),
         fixed: s.fixed.clone(),
         hourly: s.hourly.clone(),
+        budget: s.budget.clone(),
     }
+}
+
+/// The credit budget of the layers, its values checked under the key that set it.
+fn budget(layers: &[Layer<'_>]) -> Result<Option<BudgetSettings>, PolicyError> {
+    let Some((prefix, budget)) = pick(layers, |v| v.budget.as_ref()) else {
+        return Ok(None);
+    };
+    let key = |name: &str| format!("{prefix}.budget.{name}");
+    let negative = |d: Decimal| d.is_sign_negative() && !d.is_zero();
+    if negative(budget.credits) {
+        return Err(invalid(key("credits"), "must not be negative"));
+    }
+    if negative(budget.default_cost) {
+        return Err(invalid(key("default_cost"), "must not be negative"));
+    }
+    if let BidCost::Fixed(cost) = budget.cost
+        && negative(cost)
+    {
+        return Err(invalid(key("cost"), "must not be negative"));
+    }
+    Ok(Some(budget))
 }
 
 /// The pricing for one kind, each value from the most specific layer that sets it.

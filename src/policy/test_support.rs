@@ -34,5 +34,6 @@ pub fn posting() -> Posting {
         },
         posted_at: Some(at("2026-11-26T10:00:00Z")),
         url: Some("https://example.invalid/jobs/123".into()),
+        bid_cost: None,
     }
 }

@@ -96,6 +96,8 @@ pub struct Posting {
     pub client: ClientInfo,
     pub posted_at: Option<DateTime<Utc>>,
     pub url: Option<String>,
+    /// What bidding costs in the marketplace's credits, if the publisher says.
+    pub bid_cost: Option<Decimal>,
 }
 
 /// Why a body is poison. Each variant maps to a stable, bounded [`reason`](Self::reason).

@@ -26,6 +26,8 @@ pub struct WireEvent {
     pub client: Option<WireClient>,
     pub posted_at: Option<String>,
     pub url: Option<String>,
+    /// What bidding on it costs in the marketplace's credits (`[bidding.budget] cost = "event"`).
+    pub bid_cost: Option<WireAmount>,
 }
 
 /// `budget`.
@@ -143,6 +145,7 @@ impl TryFrom<WireEvent> for Posting {
             },
             posted_at,
             url: w.url,
+            bid_cost: w.bid_cost.map(|c| c.0),
         })
     }
 }

@@ -158,6 +158,16 @@ fn cases() -> Vec<(&'static str, String, Verdict)> {
             with_budget(r#"{"min":-5}"#),
             Poison("invalid_field"),
         ),
+        (
+            "negative bid_cost",
+            event(serde_json::json!({"bid_cost": -1})),
+            Poison("invalid_field"),
+        ),
+        (
+            "bid_cost not a decimal",
+            event(serde_json::json!({"bid_cost": "two"})),
+            Poison("invalid_field"),
+        ),
         // The unit test's two cases that are not schema matters.
         (
             "unknown marketplace",
@@ -263,6 +273,11 @@ fn cases() -> Vec<(&'static str, String, Verdict)> {
         ),
         // Valid shapes.
         ("the spec's example", s(SPEC_EXAMPLE), Valid),
+        (
+            "a bid_cost",
+            event(serde_json::json!({"bid_cost": "4.5"})),
+            Valid,
+        ),
         ("the README's example", readme_example(), Valid),
         ("required fields only", event(serde_json::json!({})), Valid),
         (
