@@ -32,6 +32,10 @@ pub const MISMATCHES: &str = "bidorch_ledger_mismatches_total";
 pub const PAUSED: &str = "bidorch_paused";
 /// Gauge: 1 while a marketplace (`*`: all) is paused by hand (`bidorch pause`), else 0.
 pub const MANUAL_PAUSE: &str = "bidorch_manual_pause";
+/// Gauge: credits a marketplace's budget allows in the current period.
+pub const BUDGET_CREDITS: &str = "bidorch_budget_credits";
+/// Gauge: credits a marketplace's budget has left in the current period.
+pub const BUDGET_REMAINING: &str = "bidorch_budget_remaining";
 /// Gauge: 1 while the worker is consuming (not paused, not stopped), else 0.
 pub const CONSUMING: &str = "bidorch_consuming";
 /// Gauge: 1 while `/readyz` would answer 200, else 0 (evaluated at each scrape).
@@ -115,6 +119,18 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         Kind::Gauge,
         &["marketplace"],
         "1 while a marketplace (`*`: every one) is paused by hand with `bidorch pause`, 0 once resumed.",
+    ),
+    (
+        BUDGET_CREDITS,
+        Kind::Gauge,
+        &["marketplace"],
+        "Credits the marketplace's budget allows in the current period ([bidding.budget]).",
+    ),
+    (
+        BUDGET_REMAINING,
+        Kind::Gauge,
+        &["marketplace"],
+        "Credits the marketplace's budget has left in the current period.",
     ),
     (
         "bidorch_pipeline_seconds",

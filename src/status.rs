@@ -42,6 +42,21 @@ pub struct MarketplaceView {
     /// Bids recorded `placed` since midnight UTC.
     pub placed_today: u64,
     pub daily_cap: Option<u64>,
+    pub budget: Option<BudgetView>,
+}
+
+/// A marketplace's credit budget in the current period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BudgetView {
+    /// `day`, `week` or `month`.
+    pub period: &'static str,
+    pub period_start: chrono::NaiveDate,
+    /// Decimal text, exact.
+    pub credits: String,
+    pub spent: String,
+    pub remaining: String,
+    /// Share of the credits spent, in percent (rounded down).
+    pub used_percent: u32,
 }
 
 /// One queue's depth.
@@ -107,6 +122,34 @@ pub async fn gather(
     let older = chrono::Duration::from_std(settings.reconcile.older_than).unwrap_or_default();
     let unresolved_sends = reports.count_unresolved(now - older).await?;
     let policy = Policy::new(&settings.bidding).ok();
+    let mut budgets = BTreeMap::new();
+    for name in settings.marketplaces.keys() {
+        if let Some(b) = policy.as_ref().and_then(|p| p.budget(name)) {
+            let start = b.period.start_of(now.date_naive());
+            let spent = reports.budget_spent(name, start).await?;
+            let remaining = (b.credits - spent).max(rust_decimal::Decimal::ZERO);
+            let used = if b.credits.is_zero() {
+                100
+            } else {
+                (spent * rust_decimal::Decimal::ONE_HUNDRED / b.credits)
+                    .floor()
+                    .to_string()
+                    .parse()
+                    .unwrap_or(100)
+            };
+            budgets.insert(
+                name.clone(),
+                BudgetView {
+                    period: b.period.as_str(),
+                    period_start: start,
+                    credits: b.credits.normalize().to_string(),
+                    spent: spent.normalize().to_string(),
+                    remaining: remaining.normalize().to_string(),
+                    used_percent: used,
+                },
+            );
+        }
+    }
 
     let mut warnings = Vec::new();
     let marketplaces = settings
@@ -147,6 +190,7 @@ pub async fn gather(
                 automatic,
                 placed_today: placed.get(name).copied().unwrap_or(0),
                 daily_cap: policy.as_ref().and_then(|p| p.daily_cap(name)),
+                budget: budgets.get(name).cloned(),
             }
         })
         .collect();

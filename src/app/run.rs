@@ -56,6 +56,10 @@ impl System {
             self.ports.reports.clone(),
             self.settings.reconcile.older_than,
         ));
+        let budgets = tokio::spawn(watch_budgets(
+            self.ports.reports.clone(),
+            self.settings.clone(),
+        ));
         tracing::info!(
             instance = %instance,
             queue = %self.settings.amqp.queue,
@@ -72,6 +76,7 @@ impl System {
         .await;
         mirror.abort();
         unresolved.abort();
+        budgets.abort();
         let _ = http_stop.send(());
         if let Some(task) = http_task {
             let _ = task.await;
@@ -124,6 +129,34 @@ async fn mirror_health(mut health: SourceHealth, consuming: Arc<AtomicBool>) {
             consuming.store(false, Ordering::SeqCst);
             return;
         }
+    }
+}
+
+/// How often the worker reads its marketplaces' budgets.
+const BUDGETS_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Keeps `bidorch_budget_credits` and `bidorch_budget_remaining` current for every marketplace
+/// with a credit budget: one indexed read each, every 15 s.
+async fn watch_budgets(ledger: Arc<dyn LedgerReports>, settings: Settings) {
+    let Ok(policy) = crate::policy::Policy::new(&settings.bidding) else {
+        return;
+    };
+    loop {
+        let today = chrono::Utc::now().date_naive();
+        for name in settings.marketplaces.keys() {
+            let Some(budget) = policy.budget(name) else {
+                continue;
+            };
+            let start = budget.period.start_of(today);
+            if let Ok(spent) = ledger.budget_spent(name, start).await {
+                let f = |d: rust_decimal::Decimal| d.to_string().parse::<f64>().unwrap_or(0.0);
+                metrics::gauge!(crate::metrics::BUDGET_CREDITS, "marketplace" => name.clone())
+                    .set(f(budget.credits));
+                metrics::gauge!(crate::metrics::BUDGET_REMAINING, "marketplace" => name.clone())
+                    .set(f((budget.credits - spent).max(rust_decimal::Decimal::ZERO)));
+            }
+        }
+        tokio::time::sleep(BUDGETS_EVERY).await;
     }
 }
 

@@ -56,6 +56,17 @@ fn print_text(s: &Status) -> std::io::Result<()> {
             m.placed_today,
             m.api
         )?;
+        if let Some(b) = &m.budget {
+            out!(
+                "      budget: {} of {} credits spent this {} (from {}), {} left ({}% used)",
+                b.spent,
+                b.credits,
+                b.period,
+                b.period_start,
+                b.remaining,
+                b.used_percent
+            )?;
+        }
         if let Some(p) = &m.pause {
             let until = p
                 .until

@@ -182,9 +182,7 @@ impl BudgetPeriod {
         use chrono::Datelike;
         match self {
             Self::Day => day,
-            Self::Week => {
-                day - chrono::Days::new(u64::from(day.weekday().num_days_from_monday()))
-            }
+            Self::Week => day - chrono::Days::new(u64::from(day.weekday().num_days_from_monday())),
             Self::Month => day.with_day(1).unwrap_or(day),
         }
     }
@@ -216,9 +214,9 @@ impl<'de> Deserialize<'de> for BidCost {
             Int(i64),
             Text(String),
         }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a decimal cost (\"4\") or \"event\"")
-        })? {
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a decimal cost (\"4\") or \"event\""))?
+        {
             Raw::Int(n) => Ok(Self::Fixed(Decimal::from(n))),
             Raw::Text(t) if t.trim().eq_ignore_ascii_case("event") => Ok(Self::Event),
             Raw::Text(t) => t.trim().parse::<Decimal>().map(Self::Fixed).map_err(|_| {

@@ -27,7 +27,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 pub use self::bidding::{
-    BidCost, BiddingOverrides, BudgetPeriod, BudgetSettings, BiddingSettings, Fraction, Money, PricingOverrides, SkillsMatch,
+    BidCost, BiddingOverrides, BiddingSettings, BudgetPeriod, BudgetSettings, Fraction, Money,
+    PricingOverrides, SkillsMatch,
 };
 pub use self::scoring::{OnScoringFailure, ScoringSettings};
 pub use self::secret::{EndpointUrl, SecretUrl};

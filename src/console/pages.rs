@@ -537,21 +537,79 @@ pub(super) async fn replay_preview(
         Ok(listing) => listing,
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &crate::error::chain(&e)),
     };
-    let matching = listing
+    let matched: Vec<&crate::dlq::ParkedMessage> = listing
         .messages
         .iter()
         .filter(|m| filter.matches(m))
-        .count();
+        .collect();
+    let matching = matched.len();
+    let cost = replay_cost(&console, &matched).await;
     render(
         &console,
         "replay.html",
         context! {
             title => "Replay", page => "dlq", who => visitor.who, csrf => visitor.csrf,
             signed_in => visitor.signed_in, what => what, kind => kind, value => value,
-            matching => matching, looked_at => listing.messages.len(),
+            matching => matching, looked_at => listing.messages.len(), cost => cost,
             capped => (listing.total as usize) > listing.messages.len(),
         },
     )
+}
+
+/// What replaying `messages` could cost against the marketplaces' credit budgets: per budgeted
+/// marketplace, the credits their bids would take at most and what is left this period.
+async fn replay_cost(console: &Console, messages: &[&crate::dlq::ParkedMessage]) -> Option<String> {
+    let policy = crate::policy::Policy::new(&console.settings.bidding).ok()?;
+    let mut per: BTreeMap<String, rust_decimal::Decimal> = BTreeMap::new();
+    for m in messages {
+        let Ok(body) = serde_json::from_slice::<serde_json::Value>(&m.body) else {
+            continue;
+        };
+        let Some(marketplace) = body.get("marketplace").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let Some(budget) = policy.budget(marketplace) else {
+            continue;
+        };
+        let event_cost = body.get("bid_cost").and_then(|v| match v {
+            serde_json::Value::String(s) => s.parse().ok(),
+            serde_json::Value::Number(n) => n.to_string().parse().ok(),
+            _ => None,
+        });
+        let cost = match budget.cost {
+            crate::config::BidCost::Fixed(c) => c,
+            crate::config::BidCost::Event => event_cost.unwrap_or(budget.default_cost),
+        };
+        *per.entry(marketplace.to_owned()).or_default() += cost;
+    }
+    if per.is_empty() {
+        return None;
+    }
+    let today = Utc::now().date_naive();
+    let mut parts = Vec::new();
+    for (marketplace, cost) in per {
+        let Some(budget) = policy.budget(&marketplace) else {
+            continue;
+        };
+        let start = budget.period.start_of(today);
+        let left = match console
+            .ledger
+            .reports
+            .budget_spent(&marketplace, start)
+            .await
+        {
+            Ok(spent) => (budget.credits - spent)
+                .max(rust_decimal::Decimal::ZERO)
+                .to_string(),
+            Err(_) => "?".to_owned(),
+        };
+        parts.push(format!(
+            "{} credits of {marketplace}'s {left} left this {}",
+            cost.normalize(),
+            budget.period.as_str()
+        ));
+    }
+    Some(parts.join("; "))
 }
 
 #[derive(Deserialize)]

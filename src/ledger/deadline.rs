@@ -94,4 +94,13 @@ impl LedgerReports for Deadline {
     async fn search(&self, search: &Search) -> Result<Vec<LedgerEntry>, LedgerError> {
         self.bounded(self.inner.search(search)).await
     }
+
+    async fn budget_spent(
+        &self,
+        marketplace: &str,
+        period_start: chrono::NaiveDate,
+    ) -> Result<rust_decimal::Decimal, LedgerError> {
+        self.bounded(self.inner.budget_spent(marketplace, period_start))
+            .await
+    }
 }

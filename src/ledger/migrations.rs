@@ -51,6 +51,12 @@ const MIGRATIONS: &[Entry] = &[
         include_str!("../../migrations/postgres/0006_operator_controls.sql"),
         include_str!("../../migrations/sqlite/0006_operator_controls.sql"),
     ),
+    (
+        7,
+        "credit budgets",
+        include_str!("../../migrations/postgres/0007_credit_budgets.sql"),
+        include_str!("../../migrations/sqlite/0007_credit_budgets.sql"),
+    ),
 ];
 
 fn migrator(sql: fn(&'static Entry) -> &'static str) -> Migrator {

@@ -42,8 +42,8 @@ pub use self::deadline::Deadline;
 pub use self::postgres::PgBidLedger;
 pub use self::sqlite::SqliteBidLedger;
 pub use self::types::{
-    AttemptRecord, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerEntry,
-    LedgerState, Pending, StoredRequest, sha256_hex,
+    AttemptRecord, BudgetClaim, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent,
+    LedgerEntry, LedgerState, Pending, StoredRequest, sha256_hex,
 };
 
 /// A ledger failure: the database could not answer or rejected the statement.
@@ -114,6 +114,13 @@ pub trait LedgerReports: Send + Sync + 'static {
 
     /// Rows matching `search`, latest change first, one page.
     async fn search(&self, search: &Search) -> Result<Vec<LedgerEntry>, LedgerError>;
+
+    /// Credits spent on `marketplace` in the budget period starting `period_start`.
+    async fn budget_spent(
+        &self,
+        marketplace: &str,
+        period_start: chrono::NaiveDate,
+    ) -> Result<rust_decimal::Decimal, LedgerError>;
 }
 
 /// What the console's posting search asks for; every part optional.

@@ -352,3 +352,14 @@ where
         seen_at: r.try_get(4)?,
     })
 }
+
+/// A stored decimal (`None`: nothing spent yet), or the row is corrupt.
+pub fn decimal_or_zero(text: Option<String>) -> Result<rust_decimal::Decimal, LedgerError> {
+    match text {
+        None => Ok(rust_decimal::Decimal::ZERO),
+        Some(t) => t.parse().map_err(|_| LedgerError::Corrupt {
+            key: "(budget)".to_owned(),
+            problem: format!("spent {t:?} is not a decimal"),
+        }),
+    }
+}

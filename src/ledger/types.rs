@@ -115,6 +115,19 @@ pub struct ClaimRequest {
     /// The marketplace's API has no idempotency keys: a posting with a send of unknown fate is
     /// looked up ([`Claim::Verify`]) instead of sent again.
     pub verify: bool,
+    /// The credit budget a bid must fit in (`None`: no budget).
+    pub budget: Option<BudgetClaim>,
+}
+
+/// What a bid takes from its marketplace's credit budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetClaim {
+    /// The first day of the period (UTC) the credits count in.
+    pub period_start: NaiveDate,
+    /// Credits the period allows.
+    pub credits: rust_decimal::Decimal,
+    /// What this bid costs.
+    pub cost: rust_decimal::Decimal,
 }
 
 /// What a claim decided, atomically, under the posting's row lock.

@@ -8,7 +8,8 @@ use std::ops::ControlFlow;
 use chrono::{DateTime, Utc};
 
 use super::{AttemptContext, Component, Outcome, Pipeline, Step};
-use crate::ledger::{Claim, ClaimRequest, Intent, LedgerState, StoredRequest};
+use crate::config::BidCost;
+use crate::ledger::{BudgetClaim, Claim, ClaimRequest, Intent, LedgerState, StoredRequest};
 use crate::posting::PostingKey;
 
 /// A claim that goes to the marketplace: the attempt's epoch and the stored request, in which
@@ -32,8 +33,22 @@ impl Pipeline {
         &self,
         key: &PostingKey,
         intent: Intent,
+        bid_cost: Option<rust_decimal::Decimal>,
         context: &AttemptContext,
     ) -> Step<Claimed> {
+        let today = chrono::Utc::now().date_naive();
+        // A bid takes its cost from the marketplace's credit budget, if it has one.
+        let budget = match (&intent, self.policy.budget(key.marketplace())) {
+            (Intent::Bid(_), Some(b)) => Some(BudgetClaim {
+                period_start: b.period.start_of(today),
+                credits: b.credits,
+                cost: match b.cost {
+                    BidCost::Fixed(cost) => cost,
+                    BidCost::Event => bid_cost.unwrap_or(b.default_cost),
+                },
+            }),
+            _ => None,
+        };
         let permitted = !matches!(intent, Intent::Skip(_));
         let verify = self.verifies(key);
         let request = ClaimRequest {
@@ -44,8 +59,9 @@ impl Pipeline {
             trace_id: context.trace_id.clone(),
             trace_parent: context.trace_parent.clone(),
             daily_cap: self.policy.daily_cap(key.marketplace()),
-            day: chrono::Utc::now().date_naive(),
+            day: today,
             verify,
+            budget,
         };
         let claimed = step!("ledger.claim", self.ledger.claim(&request), |r: &Result<
             Claim,

@@ -182,7 +182,8 @@ impl Pipeline {
         );
         let processed = async {
             let intent = go_on!(self.decide(posting, context).await);
-            self.attempt(&posting.key, intent, context).await
+            self.attempt(&posting.key, intent, posting.bid_cost, context)
+                .await
         }
         .instrument(span.clone())
         .await;
@@ -200,7 +201,7 @@ impl Pipeline {
             outcome = Empty
         );
         let outcome = self
-            .attempt(key, Intent::Resend, context)
+            .attempt(key, Intent::Resend, None, context)
             .instrument(span.clone())
             .await
             .release()
@@ -214,10 +215,13 @@ impl Pipeline {
         &self,
         key: &PostingKey,
         intent: Intent,
+        bid_cost: Option<rust_decimal::Decimal>,
         context: &AttemptContext,
     ) -> Processed {
         let (held, probe) = go_on!(self.lease(key, &intent).await);
-        let outcome = self.under_lease(key, intent, context, &held, probe).await;
+        let outcome = self
+            .under_lease(key, intent, bid_cost, context, &held, probe)
+            .await;
         Processed {
             outcome,
             lease: Some(held),
@@ -229,11 +233,12 @@ impl Pipeline {
         &self,
         key: &PostingKey,
         intent: Intent,
+        bid_cost: Option<rust_decimal::Decimal>,
         context: &AttemptContext,
         held: &HeldLease,
         probe: Option<ProbeGuard>,
     ) -> Outcome {
-        let mut claimed = go_on!(self.claim(key, intent, context).await);
+        let mut claimed = go_on!(self.claim(key, intent, bid_cost, context).await);
         let mut probe = probe;
         if let Some(sent_at) = claimed.verify {
             if let Some(retry_in) = self.lookup_due_in(key.marketplace(), sent_at) {

@@ -70,7 +70,7 @@ impl Pipeline {
 
     /// The claim that sends again after a lookup found nothing.
     async fn claim_resend(&self, key: &PostingKey, context: &AttemptContext) -> Step<Claimed> {
-        let mut again = self.claim(key, Intent::Resend, context).await?;
+        let mut again = self.claim(key, Intent::Resend, None, context).await?;
         if again.verify.is_some() {
             // Another send of unknown fate appeared since the lookup: only a holder that lost
             // its lease can have made it. Its own lookup will settle it.

@@ -374,4 +374,19 @@ impl LedgerReports for PgBidLedger {
             .map_err(|e| sql::query_error(None, e))?;
         rows.iter().map(sql::keyed_entry).collect()
     }
+    async fn budget_spent(
+        &self,
+        marketplace: &str,
+        period_start: chrono::NaiveDate,
+    ) -> Result<rust_decimal::Decimal, LedgerError> {
+        let spent: Option<String> = sqlx::query_scalar(
+            "SELECT spent::text FROM bid_budget_spend WHERE marketplace = $1 AND period_start = $2",
+        )
+        .bind(marketplace)
+        .bind(period_start)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| sql::query_error(None, e))?;
+        sql::decimal_or_zero(spent)
+    }
 }

@@ -15,9 +15,15 @@ const COLUMNS: &str = "o_idx, o_result, o_written, o_epoch, o_state, o_sends, o_
      o_request_sha256, o_request_amount, o_request_currency, o_trace_parent, o_request_api, \
      o_unknown_since";
 
-/// `bidorch_claim`'s parameters from `$first` on.
+/// `bidorch_claim`'s parameters from `$first` on (the budget's credits and costs go as decimal
+/// text, cast to `numeric` by the server: exact either way).
 fn claim_call(first: usize) -> String {
-    let args: Vec<String> = (first..first + 16).map(|n| format!("${n}")).collect();
+    let args: Vec<String> = (first..first + 19)
+        .map(|n| match n - first {
+            17 | 18 => format!("${n}::numeric[]"),
+            _ => format!("${n}"),
+        })
+        .collect();
     format!(
         "SELECT 'c'::text AS o_kind, {COLUMNS} FROM bidorch_claim({})",
         args.join(", ")
@@ -130,7 +136,7 @@ fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]
         .bind(send_states)
 }
 
-/// Binds a batch of claims as `bidorch_claim`'s sixteen parameters (the day is the first
+/// Binds a batch of claims as `bidorch_claim`'s nineteen parameters (the day is the first
 /// claim's: a batch is made within moments).
 fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
     let n = claims.len();
@@ -144,6 +150,9 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
     let mut currencies = Vec::with_capacity(n);
     let mut apis = Vec::with_capacity(n);
     let mut verifies = Vec::with_capacity(n);
+    let mut periods = Vec::with_capacity(n);
+    let mut credits: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut costs: Vec<Option<String>> = Vec::with_capacity(n);
     let mut reasons = Vec::with_capacity(n);
     let mut instances = Vec::with_capacity(n);
     let mut traces = Vec::with_capacity(n);
@@ -157,6 +166,13 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
         traces.push(c.trace_id.as_deref());
         parents.push(c.trace_parent.as_deref());
         verifies.push(c.verify);
+        let budget = c
+            .budget
+            .as_ref()
+            .filter(|_| matches!(c.intent, Intent::Bid(_)));
+        periods.push(budget.map(|b| b.period_start));
+        credits.push(budget.map(|b| b.credits.to_string()));
+        costs.push(budget.map(|b| b.cost.to_string()));
         caps.push(
             c.daily_cap
                 .map(|cap| i64::try_from(cap).unwrap_or(i64::MAX)),
@@ -194,4 +210,7 @@ fn bind_claims<'q>(query: Query<'q>, claims: &'q [ClaimRequest]) -> Query<'q> {
         .bind(verifies)
         .bind(caps)
         .bind(day)
+        .bind(periods)
+        .bind(credits)
+        .bind(costs)
 }

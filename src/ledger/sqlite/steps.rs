@@ -4,7 +4,11 @@
 use chrono::{DateTime, Utc};
 
 use super::super::sql::{self, ROW_COLUMNS, Row};
-use super::super::{Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerError};
+use rust_decimal::Decimal;
+
+use super::super::{
+    BudgetClaim, Claim, ClaimRequest, Fenced, FinalOutcome, Finish, Intent, LedgerError,
+};
 use crate::posting::PostingKey;
 
 pub(super) const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -102,37 +106,46 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
             }
             Intent::Bid(request) => {
                 let day = c.day.to_string();
-                let took = match c.daily_cap {
+                let cap_ok = match c.daily_cap {
                     None => true,
-                    Some(cap) => {
+                    Some(cap) => cap_left(tx, key, &day, cap).await?,
+                };
+                let budget = match &c.budget {
+                    None => None,
+                    Some(b) => Some((b, spent_of(tx, key, b).await?)),
+                };
+                let budget_ok = budget
+                    .as_ref()
+                    .is_none_or(|(b, spent)| *spent + b.cost <= b.credits);
+                if cap_ok && budget_ok {
+                    if c.daily_cap.is_some() {
                         sqlx::query(
-                            "INSERT OR IGNORE INTO bid_daily_spend (marketplace, day) VALUES (?1, ?2)",
+                            "UPDATE bid_daily_spend SET reserved = reserved + 1 \
+                             WHERE marketplace = ?1 AND day = ?2",
                         )
                         .bind(key.marketplace())
                         .bind(&day)
                         .execute(&mut **tx)
                         .await
                         .map_err(|e| sql::query_error(Some(key), e))?;
+                    }
+                    if let Some((b, spent)) = &budget {
                         sqlx::query(
-                            "UPDATE bid_daily_spend SET reserved = reserved + 1 \
-                             WHERE marketplace = ?1 AND day = ?2 AND reserved < ?3",
+                            "UPDATE bid_budget_spend SET spent = ?3 \
+                             WHERE marketplace = ?1 AND period_start = ?2",
                         )
                         .bind(key.marketplace())
-                        .bind(&day)
-                        .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+                        .bind(b.period_start.to_string())
+                        .bind((*spent + b.cost).to_string())
                         .execute(&mut **tx)
                         .await
-                        .map_err(|e| sql::query_error(Some(key), e))?
-                        .rows_affected()
-                            == 1
+                        .map_err(|e| sql::query_error(Some(key), e))?;
                     }
-                };
-                if took {
                     let set = format!(
                         "epoch = ?3, sends = 1, request_body = ?4, request_sha256 = ?5, \
                          request_amount = ?6, request_currency = ?7, reserved_day = ?8, \
-                         event_id = ?9, request_api = ?10, sent_at = {NOW}, \
-                         unknown_since = {NOW}"
+                         event_id = ?9, request_api = ?10, budget_period = ?11, \
+                         budget_cost = ?12, sent_at = {NOW}, unknown_since = {NOW}"
                     );
                     let binds = [
                         epoch_text,
@@ -143,11 +156,22 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
                         c.daily_cap.map(|_| day),
                         event,
                         Some(request.api.clone()),
+                        budget.as_ref().map(|(b, _)| b.period_start.to_string()),
+                        budget.as_ref().map(|(b, _)| b.cost.to_string()),
                     ];
                     ("send", update(tx, key, &set, &binds).await?)
                 } else {
-                    let set = "epoch = ?3, state = 'skipped', detail = 'daily_cap', event_id = ?4";
-                    ("capped", update(tx, key, set, &[epoch_text, event]).await?)
+                    // Every limit that binds is a reason.
+                    let reasons: Vec<&str> = [
+                        (!budget_ok).then_some("budget_exhausted"),
+                        (!cap_ok).then_some("daily_cap"),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    let set = "epoch = ?3, state = 'skipped', detail = ?4, event_id = ?5";
+                    let binds = [epoch_text, Some(reasons.join(",")), event];
+                    ("capped", update(tx, key, set, &binds).await?)
                 }
             }
         }
@@ -183,6 +207,96 @@ pub(super) async fn claim_in(tx: &mut Tx<'_>, c: &ClaimRequest) -> Result<Claim,
     sql::claim_of(key, result, row)
 }
 
+/// Whether the day's cap of `key`'s marketplace has a slot left (its row made if missing).
+async fn cap_left(
+    tx: &mut Tx<'_>,
+    key: &PostingKey,
+    day: &str,
+    cap: u64,
+) -> Result<bool, LedgerError> {
+    sqlx::query("INSERT OR IGNORE INTO bid_daily_spend (marketplace, day) VALUES (?1, ?2)")
+        .bind(key.marketplace())
+        .bind(day)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| sql::query_error(Some(key), e))?;
+    let reserved: i64 = sqlx::query_scalar(
+        "SELECT reserved FROM bid_daily_spend WHERE marketplace = ?1 AND day = ?2",
+    )
+    .bind(key.marketplace())
+    .bind(day)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(|e| sql::query_error(Some(key), e))?;
+    Ok(u64::try_from(reserved).unwrap_or(0) < cap)
+}
+
+/// Credits spent in `budget`'s period on `key`'s marketplace (its row made if missing).
+async fn spent_of(
+    tx: &mut Tx<'_>,
+    key: &PostingKey,
+    budget: &BudgetClaim,
+) -> Result<Decimal, LedgerError> {
+    let period = budget.period_start.to_string();
+    sqlx::query(
+        "INSERT OR IGNORE INTO bid_budget_spend (marketplace, period_start) VALUES (?1, ?2)",
+    )
+    .bind(key.marketplace())
+    .bind(&period)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| sql::query_error(Some(key), e))?;
+    let spent: String = sqlx::query_scalar(
+        "SELECT spent FROM bid_budget_spend WHERE marketplace = ?1 AND period_start = ?2",
+    )
+    .bind(key.marketplace())
+    .bind(&period)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(|e| sql::query_error(Some(key), e))?;
+    spent.parse().map_err(|_| LedgerError::Corrupt {
+        key: key.to_string(),
+        problem: format!("budget spend {spent:?} is not a decimal"),
+    })
+}
+
+/// Gives back the credits `key`'s bid took from its period's budget, if it took any.
+async fn give_back_credits(tx: &mut Tx<'_>, key: &PostingKey) -> Result<(), LedgerError> {
+    let taken: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT budget_period, budget_cost FROM bid_ledger WHERE marketplace = ?1 AND posting_id = ?2",
+    )
+    .bind(key.marketplace())
+    .bind(key.posting_id())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(|e| sql::query_error(Some(key), e))?;
+    let Some((Some(period), Some(cost))) = taken else {
+        return Ok(());
+    };
+    let spent: Option<String> = sqlx::query_scalar(
+        "SELECT spent FROM bid_budget_spend WHERE marketplace = ?1 AND period_start = ?2",
+    )
+    .bind(key.marketplace())
+    .bind(&period)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(|e| sql::query_error(Some(key), e))?;
+    let (Some(spent), Ok(cost)) = (spent, cost.parse::<Decimal>()) else {
+        return Ok(());
+    };
+    let left = spent.parse::<Decimal>().unwrap_or_default() - cost;
+    sqlx::query(
+        "UPDATE bid_budget_spend SET spent = ?3 WHERE marketplace = ?1 AND period_start = ?2",
+    )
+    .bind(key.marketplace())
+    .bind(&period)
+    .bind(left.max(Decimal::ZERO).to_string())
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| sql::query_error(Some(key), e))?;
+    Ok(())
+}
+
 /// One finish inside `tx`: the same as PostgreSQL's `bidorch_finish`.
 pub(super) async fn finish_in(
     tx: &mut Tx<'_>,
@@ -203,6 +317,7 @@ pub(super) async fn finish_in(
     let attempt_detail = finish.attempt_detail();
     if let Finish::Final(outcome) = finish {
         if matches!(outcome, FinalOutcome::Rejected { .. }) {
+            give_back_credits(tx, key).await?;
             // A rejection gives back the cap slot the posting held.
             sqlx::query(
                 "UPDATE bid_daily_spend SET reserved = max(reserved - 1, 0) \
@@ -217,7 +332,8 @@ pub(super) async fn finish_in(
         }
         let release = matches!(outcome, FinalOutcome::Rejected { .. });
         let set = if release {
-            "state = ?3, bid_id = ?4, detail = ?5, reserved_day = NULL, unknown_since = NULL"
+            "state = ?3, bid_id = ?4, detail = ?5, reserved_day = NULL, budget_period = NULL, \
+             unknown_since = NULL"
         } else {
             "state = ?3, bid_id = ?4, detail = ?5, unknown_since = NULL"
         };

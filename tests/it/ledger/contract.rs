@@ -95,6 +95,7 @@ pub fn claim_of(key: &PostingKey, intent: Intent) -> ClaimRequest {
         daily_cap: None,
         day: today(),
         verify: false,
+        budget: None,
     }
 }
 
@@ -981,4 +982,115 @@ pub async fn search_finds_postings_by_prefix_state_and_reason(ledger: Ledger) {
         .await
         .expect("placed");
     assert_eq!(placed, [("upwork".to_owned(), 4)]);
+}
+
+/// A bid with its credit budget.
+fn budgeted(key: &PostingKey, credits: i64, cost: Decimal) -> ClaimRequest {
+    ClaimRequest {
+        budget: Some(bidorch::ledger::BudgetClaim {
+            period_start: today(),
+            credits: Decimal::from(credits),
+            cost,
+        }),
+        ..bid(key, 450)
+    }
+}
+
+/// Concurrent claims never spend more than the period's credits (costs of their own, exact
+/// decimals); a skip names every limit that binds; a rejection gives back exactly its cost.
+pub async fn a_credit_budget_is_exact_and_a_rejection_gives_back_its_cost(ledger: Ledger) {
+    // 10 credits, bids of 1.5 each: six fit (9.0), the seventh would make 10.5.
+    let keys: Vec<PostingKey> = (0..20)
+        .map(|i| key("upwork", &format!("b{i:02}")))
+        .collect();
+    let claims = keys.iter().map(|k| {
+        let ledger = ledger.clone();
+        let claim = budgeted(k, 10, Decimal::new(15, 1));
+        async move { ledger.claim(&claim).await.expect("claim") }
+    });
+    let claimed = futures_join_all(claims).await;
+    let sent: Vec<usize> = claimed
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c, Claim::Send { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(sent.len(), 6, "10 credits hold six bids of 1.5");
+    for c in &claimed {
+        if let Claim::Skipped { reasons, capped } = c {
+            assert!(capped);
+            assert_eq!(reasons, &["budget_exhausted"]);
+        }
+    }
+    // A cheap bid still fits in what is left (1.0 of 10 - 9.0).
+    let cheap = key("upwork", "cheap");
+    assert!(matches!(
+        ledger
+            .claim(&budgeted(&cheap, 10, Decimal::ONE))
+            .await
+            .unwrap(),
+        Claim::Send { .. }
+    ));
+    // Both limits bind: both reasons.
+    let both = key("upwork", "both");
+    let claim = ClaimRequest {
+        daily_cap: Some(0),
+        ..budgeted(&both, 10, Decimal::ONE)
+    };
+    let Claim::Skipped { reasons, .. } = ledger.claim(&claim).await.unwrap() else {
+        panic!("skipped");
+    };
+    assert_eq!(reasons, ["budget_exhausted", "daily_cap"]);
+
+    // A rejection gives back its 1.5: another bid of 1.5 fits again, one more does not.
+    let first = &keys[sent[0]];
+    let epoch = ledger.lookup(first).await.unwrap().unwrap().epoch;
+    let rejected = Finish::Final(FinalOutcome::Rejected {
+        status: 422,
+        body_excerpt: "closed".into(),
+    });
+    ledger.finish(first, epoch, rejected).await.expect("finish");
+    let again = key("upwork", "again");
+    assert!(matches!(
+        ledger
+            .claim(&budgeted(&again, 10, Decimal::new(15, 1)))
+            .await
+            .unwrap(),
+        Claim::Send { .. }
+    ));
+    let over = key("upwork", "over");
+    assert!(
+        matches!(
+            ledger
+                .claim(&budgeted(&over, 10, Decimal::new(1, 2)))
+                .await
+                .unwrap(),
+            Claim::Skipped { .. }
+        ),
+        "10.00 spent: not even 0.01 more"
+    );
+    // Another marketplace has a pool of its own.
+    let other = key("toptal", "t1");
+    assert!(matches!(
+        ledger
+            .claim(&budgeted(&other, 10, Decimal::new(15, 1)))
+            .await
+            .unwrap(),
+        Claim::Send { .. }
+    ));
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
 }

@@ -171,6 +171,7 @@ contract_suite!(
     pauses_are_durable_audited_and_counted,
     workers_report_themselves,
     search_finds_postings_by_prefix_state_and_reason,
+    a_credit_budget_is_exact_and_a_rejection_gives_back_its_cost,
     a_batch_claims_and_finishes_in_order,
     a_batch_at_the_cap_spends_exactly_the_slots_left,
     finishes_and_claims_of_one_call_read_as_made_in_that_order,

@@ -164,6 +164,7 @@ impl BidLedger for Hooked {
                         daily_cap: None,
                         day: Utc::now().date_naive(),
                         verify: false,
+                        budget: None,
                     };
                     let claimed = self.inner.claim(&rival).await.expect("the rival claims");
                     assert!(

@@ -222,6 +222,16 @@ impl LedgerReports for Detached {
     ) -> Result<Vec<LedgerEntry>, LedgerError> {
         self.0.search(search).instrument(detached()).await
     }
+    async fn budget_spent(
+        &self,
+        marketplace: &str,
+        period_start: chrono::NaiveDate,
+    ) -> Result<rust_decimal::Decimal, LedgerError> {
+        self.0
+            .budget_spent(marketplace, period_start)
+            .instrument(detached())
+            .await
+    }
 }
 
 /// A posting event body; `max` is the budget's maximum in USD.
