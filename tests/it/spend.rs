@@ -160,7 +160,11 @@ async fn eight_racing_workers_with_one_killed_spend_exactly_the_credit_budget() 
             .next()
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        let cost = if (n / 2).is_multiple_of(2) { "1" } else { "2.5" };
+        let cost = if (n / 2).is_multiple_of(2) {
+            "1"
+        } else {
+            "2.5"
+        };
         body["bid_cost"] = serde_json::json!(cost);
         let key = format!("{}:{id}", body["marketplace"].as_str().unwrap_or_default());
         cost_of.insert(key, cost.parse().expect("a decimal"));
