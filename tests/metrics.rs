@@ -142,6 +142,10 @@ async fn metrics_expose_the_documented_names_with_exact_counts_after_a_small_run
         // Labelled by what is paused: present once something has been.
         bidorch::metrics::PAUSED,
         bidorch::metrics::MISMATCHES,
+        // Labelled by marketplace: present once one is paused by hand, or has a budget.
+        bidorch::metrics::MANUAL_PAUSE,
+        bidorch::metrics::BUDGET_CREDITS,
+        bidorch::metrics::BUDGET_REMAINING,
     ];
     for (name, kind, _, _) in CATALOGUE {
         if not_exercised.contains(name) {
