@@ -290,16 +290,20 @@ async fn queues(settings: &Settings) -> (Vec<QueueView>, Option<String>) {
         Err(_) => return unknown("the broker did not answer within 5s".to_owned()),
     };
     let mut views = Vec::with_capacity(names.len());
+    let mut declared = true;
     for (name, kind) in &names {
+        // No work queue: no worker has declared the topology yet; asking for each other queue
+        // would only make the broker close a channel (and lapin log it) once more each.
         let messages = match connection.create_channel().await {
-            Ok(channel) => {
+            Ok(channel) if declared => {
                 let n = crate::amqp::topology::message_count(&channel, name)
                     .await
                     .ok();
                 let _ = channel.close(200, "status read".into()).await;
+                declared = n.is_some() || *kind != "work";
                 n
             }
-            Err(_) => None,
+            _ => None,
         };
         views.push(QueueView {
             name: name.clone(),
@@ -308,5 +312,7 @@ async fn queues(settings: &Settings) -> (Vec<QueueView>, Option<String>) {
         });
     }
     let _ = connection.close(200, "status read".into()).await;
-    (views, None)
+    let why =
+        (!declared).then(|| "no work queue yet: no worker has declared the topology".to_owned());
+    (views, why)
 }

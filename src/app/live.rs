@@ -99,10 +99,12 @@ async fn postgres(settings: &Settings) -> Result<String, String> {
     let mut connection = sqlx::PgConnection::connect(settings.database.url.expose())
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
-    let version: String = sqlx::query_scalar("SHOW server_version")
+    // The simple protocol: safe through a transaction-mode pooler.
+    let row = sqlx::raw_sql("SHOW server_version")
         .fetch_one(&mut connection)
         .await
         .map_err(|e| format!("does not answer: {e}"))?;
+    let version: String = sqlx::Row::try_get(&row, 0).unwrap_or_default();
     let _ = connection.close().await;
     Ok(format!("answers (PostgreSQL {version})"))
 }

@@ -191,6 +191,17 @@ pub struct DatabaseSettings {
     /// the ledger counts as unreachable (the worker pauses and probes).
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// Where migrations run (they hold a session advisory lock, which a transaction-mode pooler
+    /// cannot keep): a direct connection to PostgreSQL. Unset: `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_url: Option<SecretUrl>,
+}
+
+impl DatabaseSettings {
+    /// The URL migrations run through: `migration_url`, else `url`.
+    pub fn migrations_url(&self) -> &SecretUrl {
+        self.migration_url.as_ref().unwrap_or(&self.url)
+    }
 }
 
 /// `[http]`

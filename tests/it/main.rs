@@ -31,6 +31,7 @@ mod ops;
 mod outages;
 mod outcomes;
 mod pause;
+mod pgbouncer;
 mod publisher_input;
 mod queue_amqp;
 mod queue_dlq;

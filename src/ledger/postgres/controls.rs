@@ -1,6 +1,6 @@
-//! [`ControlStore`] in PostgreSQL: each call one statement (a pause or resume writes the pauses,
-//! its audit rows and the new generation in one statement, so atomically), nothing kept in the
-//! session — what a transaction-mode pooler needs.
+//! [`ControlStore`] in PostgreSQL: each call one statement in a transaction of the ledger's (a
+//! pause or resume writes the pauses, its audit rows and the new generation in one statement,
+//! so atomically), nothing kept in the session — what a transaction-mode pooler needs.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -23,15 +23,18 @@ fn scopes_text(scopes: &[Scope]) -> Vec<&str> {
 #[async_trait]
 impl ControlStore for PgBidLedger {
     async fn pause_state(&self) -> Result<PauseState, LedgerError> {
+        let mut tx = self.tx().await?;
         let rows = sqlx::query(
             "SELECT c.generation, p.scope, p.reason, p.paused_by, p.paused_at, p.until \
              FROM bid_control c \
              LEFT JOIN bid_pauses p ON p.until IS NULL OR p.until > now() \
              ORDER BY p.scope",
         )
-        .fetch_all(&self.pool)
+        .persistent(false)
+        .fetch_all(&mut *tx)
         .await
         .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
         let mut state = PauseState::default();
         for row in rows {
             state.generation = row.try_get(0).map_err(failed)?;
@@ -56,7 +59,8 @@ impl ControlStore for PgBidLedger {
         by: &str,
         until: Option<DateTime<Utc>>,
     ) -> Result<i64, LedgerError> {
-        sqlx::query_scalar(
+        let mut tx = self.tx().await?;
+        let generation = sqlx::query_scalar(
             "WITH paused AS ( \
                  INSERT INTO bid_pauses (scope, reason, paused_by, paused_at, until) \
                  SELECT s, $2, $3, now(), $4 FROM unnest($1::text[]) AS s \
@@ -73,13 +77,17 @@ impl ControlStore for PgBidLedger {
         .bind(reason)
         .bind(by)
         .bind(until)
-        .fetch_one(&self.pool)
+        .persistent(false)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(failed)
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(generation)
     }
 
     async fn resume(&self, scopes: &[Scope], by: &str) -> Result<(i64, Vec<Scope>), LedgerError> {
         let all = scopes.contains(&Scope::All);
+        let mut tx = self.tx().await?;
         let row = sqlx::query(
             "WITH ended AS ( \
                  DELETE FROM bid_pauses WHERE scope = ANY($1::text[]) OR $2 RETURNING scope \
@@ -97,9 +105,11 @@ impl ControlStore for PgBidLedger {
         .bind(scopes_text(scopes))
         .bind(all)
         .bind(by)
-        .fetch_one(&self.pool)
+        .persistent(false)
+        .fetch_one(&mut *tx)
         .await
         .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
         let ended: Vec<String> = row.try_get(1).map_err(failed)?;
         Ok((
             row.try_get(0).map_err(failed)?,
@@ -108,6 +118,7 @@ impl ControlStore for PgBidLedger {
     }
 
     async fn report(&self, beat: &WorkerBeat) -> Result<(), LedgerError> {
+        let mut tx = self.tx().await?;
         sqlx::query(
             "INSERT INTO bid_workers (instance, host, version, started_at, seen_at, generation, \
                                       in_flight, auto_paused) \
@@ -124,22 +135,26 @@ impl ControlStore for PgBidLedger {
         .bind(beat.generation)
         .bind(i32::try_from(beat.in_flight).unwrap_or(i32::MAX))
         .bind(beat.auto_paused.join(","))
-        .execute(&self.pool)
+        .persistent(false)
+        .execute(&mut *tx)
         .await
-        .map(drop)
-        .map_err(failed)
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)
     }
 
     async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerSeen>, LedgerError> {
+        let mut tx = self.tx().await?;
         let rows = sqlx::query(
             "SELECT instance, host, version, started_at, seen_at, generation, in_flight, \
                     auto_paused \
              FROM bid_workers WHERE seen_at >= $1 ORDER BY instance",
         )
         .bind(since)
-        .fetch_all(&self.pool)
+        .persistent(false)
+        .fetch_all(&mut *tx)
         .await
         .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
         rows.iter()
             .map(sql::worker_seen)
             .collect::<Result<_, _>>()
@@ -147,6 +162,7 @@ impl ControlStore for PgBidLedger {
     }
 
     async fn audit(&self, entry: &AuditEntry) -> Result<(), LedgerError> {
+        let mut tx = self.tx().await?;
         sqlx::query(
             "INSERT INTO bid_audit (at, who, action, scope, reason, until, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -158,21 +174,25 @@ impl ControlStore for PgBidLedger {
         .bind(&entry.reason)
         .bind(entry.until)
         .bind(&entry.detail)
-        .execute(&self.pool)
+        .persistent(false)
+        .execute(&mut *tx)
         .await
-        .map(drop)
-        .map_err(failed)
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)
     }
 
     async fn history(&self, limit: u32) -> Result<Vec<AuditEntry>, LedgerError> {
+        let mut tx = self.tx().await?;
         let rows = sqlx::query(
             "SELECT at, who, action, scope, reason, until, detail FROM bid_audit \
              ORDER BY id DESC LIMIT $1",
         )
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .persistent(false)
+        .fetch_all(&mut *tx)
         .await
         .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
         rows.iter()
             .map(|r| {
                 Ok(AuditEntry {

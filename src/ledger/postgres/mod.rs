@@ -1,7 +1,15 @@
 //! PostgreSQL ledger (production): the claim and the finish are PL/pgSQL functions
-//! (`bidorch_claim`, `bidorch_finish`, in `migrations/postgres/0003_*.sql`) that take a whole
-//! batch as arrays ([`steps`]); a batch of finishes and claims together is one statement, one
-//! round trip and one transaction.
+//! (`bidorch_claim`, `bidorch_finish`, in `migrations/postgres/`) that take a whole batch as
+//! arrays ([`steps`]); a batch of finishes and claims together is one statement in one
+//! transaction.
+//!
+//! **Through a transaction-mode pooler** (PgBouncer, RDS Proxy, Supavisor) as well as direct:
+//! nothing is kept in a session. Every call runs in an explicit transaction that starts by
+//! setting its timeouts and schema (`SET LOCAL`, in the same round trip as `BEGIN`), so the
+//! statement's Parse and Bind reach the server connection the pooler gave the transaction; no
+//! named prepared statement outlives it (statement cache off), no startup `options`, no
+//! `extra_float_digits`; migrations, which hold a session advisory lock, run over
+//! `database.migration_url`.
 //!
 //! Concurrency rests on PostgreSQL's row locks, taken in one global order (the day's cap rows by
 //! marketplace, then the postings by key), so concurrent claims get distinct epochs, a
@@ -32,6 +40,10 @@ use self::rows::{Step, in_order};
 #[derive(Clone, Debug)]
 pub struct PgBidLedger {
     pool: PgPool,
+    /// `BEGIN` and the transaction's settings, one simple-protocol round trip.
+    begin: std::sync::Arc<str>,
+    /// Where migrations run, and in which schema.
+    migrations: (crate::config::SecretUrl, Option<String>),
 }
 
 impl PgBidLedger {
@@ -47,54 +59,51 @@ impl PgBidLedger {
                 source,
             }))
         };
-        let mut options =
-            PgConnectOptions::from_str(settings.url.expose()).map_err(connect_error)?;
-        options = options.application_name("bidorch");
-        if super::loopback::on_loopback(settings.url.expose()) {
-            // libpq's default `sslmode=prefer` encrypts even a loopback connection, which costs a
-            // fifth of the throughput and protects nothing; an explicit `sslmode` still wins.
-            options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
-        }
+        let options = connect_options(settings.url.expose()).map_err(connect_error)?;
         let schema = (!settings.schema.is_empty()).then(|| quote_ident(&settings.schema));
         // The server bounds its side of every statement too: a stuck lock or a runaway query
         // ends as an error (retried later), never as a worker waiting forever.
-        let ms = |d: std::time::Duration| format!("{}ms", d.as_millis().max(1));
-        let statement_timeout = ms(settings.statement_timeout);
-        let lock_timeout = ms(settings.statement_timeout / 2);
-        let mut server_options = vec![
-            ("statement_timeout", statement_timeout.as_str()),
-            ("lock_timeout", lock_timeout.as_str()),
-            (
-                "idle_in_transaction_session_timeout",
-                statement_timeout.as_str(),
-            ),
-        ];
+        let ms = |d: std::time::Duration| format!("'{}ms'", d.as_millis().max(1));
+        let mut begin = format!(
+            "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
+             SET LOCAL idle_in_transaction_session_timeout = {}",
+            ms(settings.statement_timeout),
+            ms(settings.statement_timeout / 2),
+            ms(settings.statement_timeout)
+        );
         if let Some(schema) = &schema {
             // Only the schema: nothing of ours may land in `public` by accident.
-            server_options.push(("search_path", schema.as_str()));
+            begin.push_str(&format!("; SET LOCAL search_path = {schema}"));
         }
-        options = options.options(server_options);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(connect_error)?;
+        let ledger = Self {
+            pool,
+            begin: begin.into(),
+            migrations: (settings.migrations_url().clone(), schema.clone()),
+        };
         if let Some(schema) = &schema {
             // Look first: CREATE SCHEMA checks the CREATE privilege even when the schema exists,
             // and a production role may only own its pre-created schema.
+            let mut tx = ledger.tx().await?;
             let exists: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
                     .bind(&settings.schema)
-                    .fetch_one(&pool)
+                    .persistent(false)
+                    .fetch_one(&mut *tx)
                     .await
                     .map_err(|e| sql::query_error(None, e))?;
+            commit(tx).await?;
             if exists {
-                return Ok(Self { pool });
+                return Ok(ledger);
             }
             let statement = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
             match sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                .execute(&pool)
+                .execute(&ledger.pool)
                 .await
             {
                 Ok(_) => {}
@@ -104,7 +113,20 @@ impl PgBidLedger {
                 Err(e) => return Err(sql::query_error(None, e)),
             }
         }
-        Ok(Self { pool })
+        Ok(ledger)
+    }
+
+    /// A transaction with the ledger's settings in force: every call runs in one.
+    pub(crate) async fn tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, LedgerError> {
+        self.begin_tx().await.map_err(|e| sql::query_error(None, e))
+    }
+
+    async fn begin_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool
+            .begin_with(sqlx::AssertSqlSafe(self.begin.to_string()))
+            .await
     }
 
     /// [`connect`](Self::connect), then [`migrate`](Self::migrate): what worker start and
@@ -116,12 +138,39 @@ impl PgBidLedger {
     }
 
     /// Applies the embedded migrations not yet applied (idempotent; concurrent callers are
-    /// serialised by sqlx's advisory lock). The migration history lives in the same schema.
+    /// serialised by sqlx's session advisory lock), over one direct connection to
+    /// `database.migration_url` (`url` by default) in the ledger's schema. The migration history
+    /// lives in the same schema.
     pub async fn migrate(&self) -> Result<(), LedgerError> {
-        super::migrations::postgres()
-            .run(&self.pool)
+        let (url, schema) = &self.migrations;
+        let connect_error = |source: sqlx::Error| {
+            if source.to_string().contains("unsupported startup parameter") {
+                return LedgerError::Migration(Box::new(ThroughPooler {
+                    url: url.redacted(),
+                }));
+            }
+            LedgerError::Unavailable(Box::new(ConnectError {
+                url: url.redacted(),
+                source,
+            }))
+        };
+        let mut options = connect_options(url.expose()).map_err(connect_error)?;
+        if let Some(schema) = schema {
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        // A pool of one (not a bare connection, whose migrator future is not `Send`).
+        let direct = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
             .await
-            .map_err(sql::migrate_error)
+            .map_err(connect_error)?;
+        let ran = super::migrations::postgres()
+            .run(&direct)
+            .await
+            .map_err(sql::migrate_error);
+        direct.close().await;
+        ran
     }
 
     /// Opens up to `connections` pooled connections and runs the batch statements on each with
@@ -137,16 +186,21 @@ impl PgBidLedger {
             held.push(self.pool.acquire().await.map_err(failed)?);
         }
         for connection in &mut held {
-            let mut tx = sqlx::Connection::begin(&mut **connection)
-                .await
-                .map_err(failed)?;
+            let mut tx = sqlx::Connection::begin_with(
+                &mut **connection,
+                sqlx::AssertSqlSafe(self.begin.to_string()),
+            )
+            .await
+            .map_err(failed)?;
             for (finishes, claims) in [(true, true), (false, true), (true, false)] {
                 steps::steps_query(finishes.then_some(&[]), claims.then_some(&[]))
+                    .persistent(false)
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(failed)?;
             }
             steps::lookup_query(Vec::new(), Vec::new())
+                .persistent(false)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(failed)?;
@@ -187,6 +241,37 @@ impl PgBidLedger {
     }
 }
 
+/// Migrations pointed at a transaction-mode pooler.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot run migrations through {url}: it refuses session settings, as a transaction-mode \
+     pooler does (migrations hold a session lock); set database.migration_url to a direct \
+     connection to PostgreSQL"
+)]
+struct ThroughPooler {
+    url: String,
+}
+
+/// How every connection of ours is opened: safe through a transaction-mode pooler (no statement
+/// kept by name, no startup settings a pooler would refuse or drop).
+fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let mut options = PgConnectOptions::from_str(url)?
+        .application_name("bidorch")
+        .statement_cache_capacity(0)
+        .extra_float_digits(None);
+    if super::loopback::on_loopback(url) {
+        // libpq's default `sslmode=prefer` encrypts even a loopback connection, which costs a
+        // fifth of the throughput and protects nothing; an explicit `sslmode` still wins.
+        options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    }
+    Ok(options)
+}
+
+/// Commits `tx`.
+async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), LedgerError> {
+    tx.commit().await.map_err(|e| sql::query_error(None, e))
+}
+
 /// `"name"` with embedded quotes doubled: a safe SQL identifier whatever the configuration says.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -203,10 +288,13 @@ impl LedgerBackend for PgBidLedger {
         }
         let marketplaces: Vec<&str> = keys.iter().map(PostingKey::marketplace).collect();
         let postings: Vec<&str> = keys.iter().map(PostingKey::posting_id).collect();
+        let mut tx = self.tx().await?;
         let found = steps::lookup_query(marketplaces, postings)
-            .fetch_all(&self.pool)
+            .persistent(false)
+            .fetch_all(&mut *tx)
             .await
             .map_err(|e| sql::query_error(None, e))?;
+        commit(tx).await?;
         let mut out: Vec<Option<LedgerEntry>> = vec![None; keys.len()];
         for row in found {
             let step = Step::read(row)?;
@@ -233,12 +321,17 @@ impl LedgerBackend for PgBidLedger {
             .map(|f| &f.0)
             .or_else(|| claims.first().map(|c| &c.key));
         let rows = self
-            .retrying(|| {
-                steps::steps_query(
+            .retrying(|| async {
+                let mut tx = self.begin_tx().await?;
+                let rows = steps::steps_query(
                     (!finishes.is_empty()).then_some(finishes),
                     (!claims.is_empty()).then_some(claims),
                 )
-                .fetch_all(&self.pool)
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(rows)
             })
             .await
             .map_err(|e| sql::query_error(first_key, e))?;
@@ -262,7 +355,8 @@ impl LedgerBackend for PgBidLedger {
     }
 
     async fn health(&self) -> Result<(), LedgerError> {
-        sqlx::query("SELECT 1")
+        // The simple protocol: one message, safe through a pooler without a transaction.
+        sqlx::raw_sql("SELECT 1")
             .execute(&self.pool)
             .await
             .map(drop)
@@ -282,57 +376,73 @@ impl LedgerReports for PgBidLedger {
              WHERE unknown_since < $1 AND state = 'pending' \
              ORDER BY unknown_since LIMIT $2"
         );
+        let mut tx = self.tx().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(before)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .persistent(false)
+            .fetch_all(&mut *tx)
             .await
             .map_err(|e| sql::query_error(None, e))?;
+        commit(tx).await?;
         rows.iter().map(sql::keyed_entry).collect()
     }
 
     async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
+        let mut tx = self.tx().await?;
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM bid_ledger WHERE unknown_since < $1 AND state = 'pending'",
         )
         .bind(before)
-        .fetch_one(&self.pool)
+        .persistent(false)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| sql::query_error(None, e))?;
+        commit(tx).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn attempts(&self, key: &PostingKey) -> Result<Vec<AttemptRecord>, LedgerError> {
-        sqlx::query_as::<_, sql::AttemptRow>(
+        let mut tx = self.tx().await?;
+        let attempts = sqlx::query_as::<_, sql::AttemptRow>(
             "SELECT epoch, instance, event_id, trace_id, claim, started_at, finished_at, result, \
                     http_status, detail, send \
              FROM bid_attempts WHERE marketplace = $1 AND posting_id = $2 ORDER BY epoch",
         )
         .bind(key.marketplace())
         .bind(key.posting_id())
-        .fetch_all(&self.pool)
+        .persistent(false)
+        .fetch_all(&mut *tx)
         .await
         .map(|rows| rows.into_iter().map(sql::AttemptRow::record).collect())
-        .map_err(|e| sql::query_error(Some(key), e))
+        .map_err(|e| sql::query_error(Some(key), e))?;
+        commit(tx).await?;
+        Ok(attempts)
     }
 
     async fn counts_by_state(&self) -> Result<Vec<(LedgerState, u64)>, LedgerError> {
+        let mut tx = self.tx().await?;
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM bid_ledger GROUP BY state")
-                .fetch_all(&self.pool)
+                .persistent(false)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(|e| sql::query_error(None, e))?;
+        commit(tx).await?;
         sql::counts(rows)
     }
     async fn placed_since(&self, since: DateTime<Utc>) -> Result<Vec<(String, u64)>, LedgerError> {
+        let mut tx = self.tx().await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT marketplace, count(*) FROM bid_ledger \
              WHERE state = 'placed' AND updated_at >= $1 GROUP BY marketplace ORDER BY 1",
         )
         .bind(since)
-        .fetch_all(&self.pool)
+        .persistent(false)
+        .fetch_all(&mut *tx)
         .await
         .map_err(|e| sql::query_error(None, e))?;
+        commit(tx).await?;
         Ok(rows
             .into_iter()
             .map(|(m, n)| (m, u64::try_from(n).unwrap_or(0)))
@@ -350,6 +460,7 @@ impl LedgerReports for PgBidLedger {
                AND ($6::timestamptz IS NULL OR updated_at < $6) \
              ORDER BY updated_at DESC, marketplace, posting_id LIMIT $7 OFFSET $8"
         );
+        let mut tx = self.tx().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&search.marketplace)
             .bind(
@@ -369,9 +480,11 @@ impl LedgerReports for PgBidLedger {
             .bind(search.until)
             .bind(i64::from(search.limit))
             .bind(i64::from(search.offset))
-            .fetch_all(&self.pool)
+            .persistent(false)
+            .fetch_all(&mut *tx)
             .await
             .map_err(|e| sql::query_error(None, e))?;
+        commit(tx).await?;
         rows.iter().map(sql::keyed_entry).collect()
     }
     async fn budget_spent(
@@ -379,14 +492,17 @@ impl LedgerReports for PgBidLedger {
         marketplace: &str,
         period_start: chrono::NaiveDate,
     ) -> Result<rust_decimal::Decimal, LedgerError> {
+        let mut tx = self.tx().await?;
         let spent: Option<String> = sqlx::query_scalar(
             "SELECT spent::text FROM bid_budget_spend WHERE marketplace = $1 AND period_start = $2",
         )
         .bind(marketplace)
         .bind(period_start)
-        .fetch_optional(&self.pool)
+        .persistent(false)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| sql::query_error(None, e))?;
+        commit(tx).await?;
         sql::decimal_or_zero(spent)
     }
 }

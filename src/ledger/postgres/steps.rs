@@ -62,7 +62,8 @@ pub(super) fn steps_query<'q>(
     finishes: Option<&'q [(PostingKey, i64, Finish)]>,
     claims: Option<&'q [ClaimRequest]>,
 ) -> Query<'q> {
-    let mut query = sqlx::query(statement(finishes.is_some(), claims.is_some()));
+    // Unnamed: a named statement would outlive the transaction on a pooler's server connection.
+    let mut query = sqlx::query(statement(finishes.is_some(), claims.is_some())).persistent(false);
     if let Some(finishes) = finishes {
         query = bind_finishes(query, finishes);
     }
@@ -75,6 +76,7 @@ pub(super) fn steps_query<'q>(
 /// `bidorch_lookup` of the keys whose marketplaces and posting ids these are, bound.
 pub(super) fn lookup_query<'q>(marketplaces: Vec<&'q str>, postings: Vec<&'q str>) -> Query<'q> {
     sqlx::query(lookup_statement())
+        .persistent(false)
         .bind(marketplaces)
         .bind(postings)
 }

@@ -24,6 +24,7 @@ fn pg_settings(url: &str, schema: &str) -> DatabaseSettings {
         max_connections: 8,
         statement_timeout: std::time::Duration::from_secs(10),
         call_timeout: std::time::Duration::from_secs(15),
+        migration_url: None,
     }
 }
 
@@ -416,6 +417,7 @@ async fn the_composition_root_opens_a_migrated_sqlite_memory_ledger() {
         max_connections: 8,
         statement_timeout: std::time::Duration::from_secs(10),
         call_timeout: std::time::Duration::from_secs(15),
+        migration_url: None,
     };
     let ledger = bidorch::app::ledger(&settings).await.expect("open").ledger;
     let key = PostingKey::new("upwork", "job_1").expect("valid key");

@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod lock;
 pub mod ops;
+pub mod pgbouncer;
 pub mod process;
 pub mod proxy;
 pub mod queue;
