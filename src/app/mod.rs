@@ -201,7 +201,7 @@ impl SystemBuilder {
             ports.ledger.clone(),
             ports.locks.clone(),
             ports.marketplace.clone(),
-            Policy::new(&settings.bidding)?,
+            Policy::new(&settings.bidding)?.with_retention(settings.ledger.retention),
             settings.lock.ttl,
         )
         .with_instance(instance.clone())

@@ -380,6 +380,46 @@ pub struct ReconcileSettings {
     /// what `bidorch reconcile` settles by default).
     #[serde(with = "humantime_serde")]
     pub older_than: Duration,
+    /// Workers settle unresolved sends themselves, one at a time across the fleet.
+    #[serde(default = "yes")]
+    pub auto: bool,
+    /// How often a worker looks for unresolved sends to settle.
+    #[serde(default = "minute", with = "humantime_serde")]
+    pub auto_every: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn minute() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `[ledger]`: the ledger's lifecycle.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// Final rows (and their attempts) whose outcome is older than this are deleted in the
+    /// background; `pending` rows never. Must be longer than `amqp.retry_budget`.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often a worker prunes (one at a time across the fleet).
+    #[serde(with = "humantime_serde")]
+    pub prune_every: Duration,
+    /// Rows deleted per transaction.
+    #[serde(deserialize_with = "whole::whole")]
+    pub prune_batch: u32,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(90 * 86_400),
+            prune_every: Duration::from_secs(60),
+            prune_batch: 1000,
+        }
+    }
 }
 
 /// `[telemetry]`
@@ -407,6 +447,8 @@ pub struct Settings {
     pub scoring: ScoringSettings,
     #[serde(default)]
     pub console: ConsoleSettings,
+    #[serde(default)]
+    pub ledger: LedgerSettings,
     pub worker: WorkerSettings,
     pub reconcile: ReconcileSettings,
     pub telemetry: TelemetrySettings,

@@ -20,6 +20,7 @@ impl Settings {
         }
         scoring(&self.scoring)?;
         console(&self.console)?;
+        ledger(&self.ledger, &self.amqp)?;
         bidding(self)
     }
 }
@@ -185,6 +186,27 @@ fn worker(w: &WorkerSettings, a: &AmqpSettings) -> Result<(), ConfigError> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+fn ledger(l: &crate::config::LedgerSettings, a: &AmqpSettings) -> Result<(), ConfigError> {
+    if l.retention <= a.retry_budget {
+        return Err(invalid(
+            "ledger.retention",
+            format!(
+                "({}) must be longer than amqp.retry_budget ({}): a copy of a posting still \
+                 waiting in the queues could outlive its ledger row and be bid again",
+                humantime::format_duration(l.retention),
+                humantime::format_duration(a.retry_budget)
+            ),
+        ));
+    }
+    if l.prune_every.is_zero() {
+        return Err(invalid("ledger.prune_every", "must be above 0"));
+    }
+    if !(1..=100_000).contains(&l.prune_batch) {
+        return Err(invalid("ledger.prune_batch", "must be from 1 to 100000"));
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     AttemptRecord, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry, LedgerError,
-    LedgerReports, LedgerState, Search,
+    LedgerReports, LedgerSize, LedgerState, Pruned, Search,
 };
 use crate::posting::PostingKey;
 
@@ -102,5 +102,21 @@ impl LedgerReports for Deadline {
     ) -> Result<rust_decimal::Decimal, LedgerError> {
         self.bounded(self.inner.budget_spent(marketplace, period_start))
             .await
+    }
+
+    async fn prune(
+        &self,
+        before: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<Option<Pruned>, LedgerError> {
+        self.bounded(self.inner.prune(before, batch)).await
+    }
+
+    async fn prunable(&self, before: DateTime<Utc>) -> Result<Pruned, LedgerError> {
+        self.bounded(self.inner.prunable(before)).await
+    }
+
+    async fn size(&self) -> Result<LedgerSize, LedgerError> {
+        self.bounded(self.inner.size()).await
     }
 }

@@ -57,6 +57,12 @@ const MIGRATIONS: &[Entry] = &[
         include_str!("../../migrations/postgres/0007_credit_budgets.sql"),
         include_str!("../../migrations/sqlite/0007_credit_budgets.sql"),
     ),
+    (
+        8,
+        "lifecycle",
+        include_str!("../../migrations/postgres/0008_lifecycle.sql"),
+        include_str!("../../migrations/sqlite/0008_lifecycle.sql"),
+    ),
 ];
 
 fn migrator(sql: fn(&'static Entry) -> &'static str) -> Migrator {

@@ -22,6 +22,7 @@
 pub(crate) mod batch;
 pub mod controls;
 mod deadline;
+pub mod lifecycle;
 mod loopback;
 mod migrations;
 pub mod postgres;
@@ -39,6 +40,7 @@ pub use self::controls::{
     AuditEntry, ControlStore, Pause, PauseState, Scope, WorkerBeat, WorkerSeen,
 };
 pub use self::deadline::Deadline;
+pub use self::lifecycle::{LedgerSize, Pruned};
 pub use self::postgres::PgBidLedger;
 pub use self::sqlite::SqliteBidLedger;
 pub use self::types::{
@@ -121,6 +123,19 @@ pub trait LedgerReports: Send + Sync + 'static {
         marketplace: &str,
         period_start: chrono::NaiveDate,
     ) -> Result<rust_decimal::Decimal, LedgerError>;
+
+    /// Deletes, in one short transaction, at most `batch` final rows whose outcome was written
+    /// before `before`, oldest first, with their attempts, and the side tables' rows past it
+    /// (audit entries, daily-cap days and budget periods over, workers not seen since).
+    /// `pending` rows never. `None`: another pruner is at it (one at a time).
+    async fn prune(&self, before: DateTime<Utc>, batch: u32)
+    -> Result<Option<Pruned>, LedgerError>;
+
+    /// What pruning at `before` would delete, counted (`ledger prune --dry-run`).
+    async fn prunable(&self, before: DateTime<Utc>) -> Result<Pruned, LedgerError>;
+
+    /// Rows by state and the oldest final row, cheap on a large ledger (the gauges).
+    async fn size(&self) -> Result<LedgerSize, LedgerError>;
 }
 
 /// What the console's posting search asks for; every part optional.

@@ -302,6 +302,9 @@ pub enum Finish {
         reason: Pending,
         http_status: Option<u16>,
         detail: Option<String>,
+        /// When the posting's own message comes back, if the marketplace said (a
+        /// `Retry-After`): reconcile leaves the posting to it until then.
+        back_at: Option<DateTime<Utc>>,
     },
 }
 
@@ -341,6 +344,15 @@ impl Finish {
             reason,
             http_status: None,
             detail: None,
+            back_at: None,
+        }
+    }
+
+    /// When the posting's message comes back, for a pending end that says.
+    pub fn back_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Pending { back_at, .. } => *back_at,
+            Self::Final(_) => None,
         }
     }
 }

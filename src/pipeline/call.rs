@@ -79,6 +79,7 @@ impl Pipeline {
                         reason: Pending::CallFailed,
                         http_status: None,
                         detail: Some(error.clone()),
+                        back_at: None,
                     },
                     Outcome::Unavailable {
                         component: Component::Marketplace,
@@ -103,6 +104,7 @@ impl Pipeline {
                 reason,
                 http_status: status,
                 detail,
+                back_at: None,
             };
         match result {
             BidResult::Placed { bid_id, replay } => (
@@ -167,15 +169,21 @@ impl Pipeline {
                 status,
                 reached,
             } => (
-                pending(
-                    if reached {
+                Finish::Pending {
+                    reason: if reached {
                         Pending::Transient
                     } else {
                         Pending::Unreached
                     },
-                    status,
-                    Some(reason.clone()),
-                ),
+                    http_status: status,
+                    detail: Some(reason.clone()),
+                    // The marketplace said when to come back: reconcile leaves it till then.
+                    back_at: retry_after.and_then(|d| {
+                        chrono::Duration::from_std(d)
+                            .ok()
+                            .map(|d| chrono::Utc::now() + d)
+                    }),
+                },
                 Outcome::Transient {
                     reason,
                     retry_after,

@@ -101,6 +101,7 @@ impl Pipeline {
                 reason,
                 http_status: status,
                 detail,
+                back_at: None,
             };
         ControlFlow::Break(match found {
             Lookup::NotFound => return ControlFlow::Continue(()),

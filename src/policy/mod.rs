@@ -77,6 +77,8 @@ pub struct Policy {
     /// Marketplaces with a `[bidding.marketplaces.<name>]` section.
     marketplaces: BTreeMap<String, RuleSet>,
     letters: CoverLetters,
+    /// How long the ledger remembers a posting (`ledger.retention`); `None`: forever.
+    retention: Option<std::time::Duration>,
 }
 
 impl Policy {
@@ -109,7 +111,19 @@ impl Policy {
             base,
             marketplaces,
             letters,
+            retention: None,
         })
+    }
+
+    /// Skips (`beyond_retention`) every posting whose `posted_at` is older than `retention`:
+    /// the ledger may have pruned its row, so it could not tell a second bid from a first.
+    /// A row is pruned only once its outcome is older than `retention`, and an outcome comes
+    /// after the posting, so a posting inside the window still has its row. An undated
+    /// posting cannot be judged and is decided as usual (`bidding.max_posting_age` refuses
+    /// those too).
+    pub fn with_retention(mut self, retention: std::time::Duration) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
     fn rule_set(&self, marketplace: &str) -> &RuleSet {
@@ -143,6 +157,12 @@ impl Policy {
                 .map(|amount| (amount, budget.currency.clone())),
         };
         set.rules.evaluate(posting, now, &mut reasons);
+        if let (Some(retention), Some(posted)) = (self.retention, posting.posted_at) {
+            let age = (now - posted).to_std().unwrap_or(std::time::Duration::ZERO);
+            if age > retention {
+                reasons.push(SkipReason::BeyondRetention { age, retention });
+            }
+        }
         let (Some((amount, currency)), true) = (priced, reasons.is_empty()) else {
             return Decision::Skip(reasons);
         };
@@ -209,6 +229,23 @@ mod tests {
         empty.budget.as_mut().unwrap().min = None;
         empty.budget.as_mut().unwrap().max = None;
         assert_eq!(codes(&p.decide(&empty, now())), ["no_budget"]);
+    }
+
+    #[test]
+    fn postings_older_than_the_retention_are_skipped_and_undated_ones_decided() {
+        let day = std::time::Duration::from_secs(86_400);
+        let p = Policy::new(&BiddingSettings::default())
+            .unwrap()
+            .with_retention(90 * day);
+        let mut old = posting();
+        old.posted_at = Some(now() - chrono::Duration::days(91));
+        assert_eq!(codes(&p.decide(&old, now())), ["beyond_retention"]);
+        let mut inside = posting();
+        inside.posted_at = Some(now() - chrono::Duration::days(89));
+        assert!(matches!(p.decide(&inside, now()), Decision::Bid { .. }));
+        let mut undated = posting();
+        undated.posted_at = None;
+        assert!(matches!(p.decide(&undated, now()), Decision::Bid { .. }));
     }
 
     #[test]

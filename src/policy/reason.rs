@@ -46,6 +46,8 @@ pub enum SkipReason {
     PostedAtUnknown,
     /// The posting is older than `max_posting_age` at decision time.
     PostingTooOld { age: Duration, max: Duration },
+    /// The posting is older than `ledger.retention`: its row may be pruned.
+    BeyondRetention { age: Duration, retention: Duration },
     /// `allowed_client_countries` is set but the posting does not give the client's country.
     ClientCountryUnknown,
     /// The client's country is not in `allowed_client_countries`.
@@ -72,6 +74,7 @@ pub const CODES: &[&str] = &[
     "payment_not_verified",
     "posted_at_unknown",
     "posting_too_old",
+    "beyond_retention",
     "client_country_unknown",
     "client_country_not_allowed",
     "client_country_blocked",
@@ -99,6 +102,7 @@ impl SkipReason {
             Self::PaymentNotVerified => "payment_not_verified",
             Self::PostedAtUnknown => "posted_at_unknown",
             Self::PostingTooOld { .. } => "posting_too_old",
+            Self::BeyondRetention { .. } => "beyond_retention",
             Self::ClientCountryUnknown => "client_country_unknown",
             Self::ClientCountryNotAllowed { .. } => "client_country_not_allowed",
             Self::ClientCountryBlocked { .. } => "client_country_blocked",
@@ -135,6 +139,16 @@ impl SkipReason {
                 "{} > {}",
                 humantime::format_duration(Duration::from_secs(age.as_secs())),
                 humantime::format_duration(*max)
+            ),
+            // In days, as retention is set: humantime would say "2months 29days 2h 52m 48s".
+            Self::BeyondRetention { age, retention } => format!(
+                "{}d > ledger.retention {}",
+                age.as_secs() / 86_400,
+                if retention.as_secs() % 86_400 == 0 {
+                    format!("{}d", retention.as_secs() / 86_400)
+                } else {
+                    humantime::format_duration(*retention).to_string()
+                }
             ),
             Self::ClientCountryNotAllowed { country } | Self::ClientCountryBlocked { country } => {
                 country.clone()
@@ -197,6 +211,10 @@ mod tests {
             SkipReason::ClientCountryBlocked {
                 country: "KP".into(),
             },
+            SkipReason::BeyondRetention {
+                age: Duration::from_secs(91 * 86_400),
+                retention: Duration::from_secs(90 * 86_400),
+            },
         ];
         for r in &all {
             assert!(CODES.contains(&r.code()), "{r:?}");
@@ -208,6 +226,10 @@ mod tests {
             "the detail lists what is missing"
         );
         assert_eq!(all[4].describe(), "posting_too_old:1day 1h 1m 1s > 1day");
+        assert_eq!(
+            all[6].describe(),
+            "beyond_retention:91d > ledger.retention 90d"
+        );
     }
 
     #[test]

@@ -25,12 +25,13 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS};
 use super::{
     AttemptRecord, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry, LedgerError,
-    LedgerReports, LedgerState, Search,
+    LedgerReports, LedgerSize, LedgerState, Pruned, Search,
 };
 use crate::config::DatabaseSettings;
 use crate::posting::PostingKey;
 
 mod controls;
+mod lifecycle;
 mod rows;
 mod steps;
 
@@ -374,6 +375,7 @@ impl LedgerReports for PgBidLedger {
         let sql = format!(
             "SELECT marketplace, posting_id, {ROW_COLUMNS} FROM bid_ledger \
              WHERE unknown_since < $1 AND state = 'pending' \
+               AND (not_before IS NULL OR not_before <= now()) \
              ORDER BY unknown_since LIMIT $2"
         );
         let mut tx = self.tx().await?;
@@ -391,7 +393,8 @@ impl LedgerReports for PgBidLedger {
     async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
         let mut tx = self.tx().await?;
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM bid_ledger WHERE unknown_since < $1 AND state = 'pending'",
+            "SELECT count(*) FROM bid_ledger WHERE unknown_since < $1 AND state = 'pending' \
+             AND (not_before IS NULL OR not_before <= now())",
         )
         .bind(before)
         .persistent(false)
@@ -504,5 +507,21 @@ impl LedgerReports for PgBidLedger {
         .map_err(|e| sql::query_error(None, e))?;
         commit(tx).await?;
         sql::decimal_or_zero(spent)
+    }
+
+    async fn prune(
+        &self,
+        before: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<Option<Pruned>, LedgerError> {
+        self.prune_batch(before, batch).await
+    }
+
+    async fn prunable(&self, before: DateTime<Utc>) -> Result<Pruned, LedgerError> {
+        self.count_prunable(before).await
+    }
+
+    async fn size(&self) -> Result<LedgerSize, LedgerError> {
+        self.measure().await
     }
 }

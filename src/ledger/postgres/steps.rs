@@ -32,7 +32,7 @@ fn claim_call(first: usize) -> String {
 
 /// `bidorch_finish`'s parameters from `$first` on.
 fn finish_call(first: usize) -> String {
-    let args: Vec<String> = (first..first + 10).map(|n| format!("${n}")).collect();
+    let args: Vec<String> = (first..first + 11).map(|n| format!("${n}")).collect();
     format!(
         "SELECT 'f'::text AS o_kind, {COLUMNS} FROM bidorch_finish({})",
         args.join(", ")
@@ -48,7 +48,7 @@ fn statement(finishes: bool, claims: bool) -> &'static str {
     static FINISHES: OnceLock<String> = OnceLock::new();
     match (finishes, claims) {
         (true, true) => {
-            BOTH.get_or_init(|| format!("{} UNION ALL {}", finish_call(1), claim_call(11)))
+            BOTH.get_or_init(|| format!("{} UNION ALL {}", finish_call(1), claim_call(12)))
         }
         (false, _) => CLAIMS.get_or_init(|| claim_call(1)),
         (true, false) => FINISHES.get_or_init(|| finish_call(1)),
@@ -90,7 +90,7 @@ fn lookup_statement() -> &'static str {
     })
 }
 
-/// Binds a batch of finishes as `bidorch_finish`'s ten arrays.
+/// Binds a batch of finishes as `bidorch_finish`'s eleven arrays.
 fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]) -> Query<'q> {
     let n = finishes.len();
     let mut ms = Vec::with_capacity(n);
@@ -103,12 +103,14 @@ fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]
     let mut statuses = Vec::with_capacity(n);
     let mut attempt_details = Vec::with_capacity(n);
     let mut send_states = Vec::with_capacity(n);
+    let mut back_ats = Vec::with_capacity(n);
     for (key, epoch, finish) in finishes {
         ms.push(key.marketplace());
         ps.push(key.posting_id());
         epochs.push(*epoch);
         results.push(finish.result());
         send_states.push(finish.send_state());
+        back_ats.push(finish.back_at());
         match finish {
             Finish::Final(outcome) => {
                 states.push(Some(outcome.state().as_str()));
@@ -136,6 +138,7 @@ fn bind_finishes<'q>(query: Query<'q>, finishes: &'q [(PostingKey, i64, Finish)]
         .bind(statuses)
         .bind(attempt_details)
         .bind(send_states)
+        .bind(back_ats)
 }
 
 /// Binds a batch of claims as `bidorch_claim`'s nineteen parameters (the day is the first

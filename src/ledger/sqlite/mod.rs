@@ -17,12 +17,13 @@ use sqlx::sqlite::{
 use super::sql::{self, ACQUIRE_TIMEOUT, ConnectError, ROW_COLUMNS, Row};
 use super::{
     AttemptRecord, Claim, ClaimRequest, Fenced, Finish, LedgerBackend, LedgerEntry, LedgerError,
-    LedgerReports, LedgerState, Search,
+    LedgerReports, LedgerSize, LedgerState, Pruned, Search,
 };
 use crate::config::SecretUrl;
 use crate::posting::PostingKey;
 
 mod controls;
+mod lifecycle;
 mod steps;
 
 use self::steps::{Tx, claim_in, finish_in, timestamp};
@@ -171,7 +172,9 @@ impl LedgerReports for SqliteBidLedger {
     ) -> Result<Vec<LedgerEntry>, LedgerError> {
         let sql = format!(
             "SELECT marketplace, posting_id, {ROW_COLUMNS} FROM bid_ledger \
-             WHERE unknown_since < ?1 AND state = 'pending' ORDER BY unknown_since LIMIT ?2"
+             WHERE unknown_since < ?1 AND state = 'pending' \
+               AND (not_before IS NULL OR not_before <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+             ORDER BY unknown_since LIMIT ?2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(timestamp(before))
@@ -184,7 +187,8 @@ impl LedgerReports for SqliteBidLedger {
 
     async fn count_unresolved(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM bid_ledger WHERE unknown_since < ?1 AND state = 'pending'",
+            "SELECT count(*) FROM bid_ledger WHERE unknown_since < ?1 AND state = 'pending' \
+             AND (not_before IS NULL OR not_before <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
         )
         .bind(timestamp(before))
         .fetch_one(&self.pool)
@@ -279,6 +283,22 @@ impl LedgerReports for SqliteBidLedger {
         .await
         .map_err(|e| sql::query_error(None, e))?;
         sql::decimal_or_zero(spent)
+    }
+
+    async fn prune(
+        &self,
+        before: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<Option<Pruned>, LedgerError> {
+        self.prune_batch(before, batch).await
+    }
+
+    async fn prunable(&self, before: DateTime<Utc>) -> Result<Pruned, LedgerError> {
+        self.count_prunable(before).await
+    }
+
+    async fn size(&self) -> Result<LedgerSize, LedgerError> {
+        self.measure().await
     }
 }
 

@@ -335,7 +335,7 @@ pub(super) async fn finish_in(
             "state = ?3, bid_id = ?4, detail = ?5, reserved_day = NULL, budget_period = NULL, \
              unknown_since = NULL"
         } else {
-            "state = ?3, bid_id = ?4, detail = ?5, unknown_since = NULL"
+            "state = ?3, bid_id = ?4, detail = ?5, unknown_since = NULL, not_before = NULL"
         };
         let binds = [
             Some(outcome.state().as_str().to_owned()),
@@ -375,8 +375,9 @@ pub(super) async fn finish_in(
     }
     if matches!(finish, Finish::Pending { .. }) {
         let set = "unknown_since = (SELECT min(a.started_at) FROM bid_attempts a \
-                   WHERE a.marketplace = ?1 AND a.posting_id = ?2 AND a.send = 'unknown')";
-        update(tx, key, set, &[]).await?;
+                   WHERE a.marketplace = ?1 AND a.posting_id = ?2 AND a.send = 'unknown'), \
+                   not_before = ?3";
+        update(tx, key, set, &[finish.back_at().map(timestamp)]).await?;
     }
     Ok(Fenced::Written)
 }

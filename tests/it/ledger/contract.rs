@@ -128,6 +128,7 @@ fn transient() -> Finish {
         reason: bidorch::ledger::Pending::Transient,
         http_status: Some(503),
         detail: Some("HTTP 503".to_owned()),
+        back_at: None,
     }
 }
 
@@ -1093,4 +1094,136 @@ where
         out.push(h.await.expect("task"));
     }
     out
+}
+
+/// Retention deletes final rows (oldest outcome first, a batch at a time) with their attempts
+/// and the side tables' old rows; a pending row — an unknown send, a Retry-After — never. The
+/// rows are made now and pruned with a cutoff in the future: what a row past the window sees.
+pub async fn retention_prunes_final_rows_and_their_attempts_never_pending_ones(ledger: Ledger) {
+    let placed_key = key("upwork", "old_placed");
+    let (epoch, _, _) = sent(&ledger, &bid(&placed_key, 300)).await;
+    ledger
+        .finish(&placed_key, epoch, placed("bid-old"))
+        .await
+        .expect("finish");
+    let skipped_key = key("upwork", "old_skipped");
+    ledger
+        .claim(&claim_of(
+            &skipped_key,
+            Intent::Skip(vec!["below_min_budget".into()]),
+        ))
+        .await
+        .expect("skip");
+    let rejected_key = key("fiverr", "old_rejected");
+    let (epoch, _, _) = sent(&ledger, &bid(&rejected_key, 300)).await;
+    ledger
+        .finish(
+            &rejected_key,
+            epoch,
+            Finish::Final(FinalOutcome::Rejected {
+                status: 422,
+                body_excerpt: "closed".to_owned(),
+            }),
+        )
+        .await
+        .expect("finish");
+    let unknown_key = key("upwork", "old_unknown");
+    sent(&ledger, &bid(&unknown_key, 300)).await;
+    let waiting_key = key("upwork", "old_waiting");
+    let (epoch, _, _) = sent(&ledger, &bid(&waiting_key, 300)).await;
+    ledger
+        .finish(&waiting_key, epoch, transient())
+        .await
+        .expect("finish");
+    ledger
+        .controls
+        .pause(
+            &[Scope::Marketplace("upwork".into())],
+            "old pause",
+            "ana@ops",
+            None,
+        )
+        .await
+        .expect("an audit entry");
+
+    let past = Utc::now() - Duration::hours(1);
+    let future = Utc::now() + Duration::seconds(5);
+    let size = ledger.size().await.expect("size");
+    let count = |state: LedgerState| {
+        size.by_state
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(count(LedgerState::Pending), Some(2));
+    assert_eq!(count(LedgerState::Placed), Some(1));
+    assert!(!size.estimated, "a small ledger is counted");
+    let oldest = size.oldest_final.expect("the oldest final row");
+    assert!(oldest <= Utc::now() && oldest > past, "{oldest}");
+
+    assert_eq!(
+        ledger.prunable(past).await.expect("prunable").total(),
+        0,
+        "nothing is past a window that ended an hour ago"
+    );
+    let would = ledger.prunable(future).await.expect("prunable");
+    assert_eq!((would.postings, would.attempts), (3, 3), "{would:?}");
+    assert!(would.other >= 1, "the audit entry: {would:?}");
+
+    let first = ledger.prune(future, 2).await.expect("prune").expect("ours");
+    assert_eq!(first.postings, 2, "a batch at most: {first:?}");
+    let second = ledger.prune(future, 2).await.expect("prune").expect("ours");
+    assert_eq!(second.postings, 1, "{second:?}");
+    let third = ledger.prune(future, 2).await.expect("prune").expect("ours");
+    assert_eq!(third.postings + third.attempts, 0, "{third:?}");
+    assert_eq!(
+        first.attempts + second.attempts,
+        3,
+        "every pruned posting's attempts went with it"
+    );
+    assert!(first.other + second.other >= 1);
+
+    for gone in [&placed_key, &skipped_key, &rejected_key] {
+        assert!(
+            ledger.lookup(gone).await.expect("lookup").is_none(),
+            "{gone}"
+        );
+        assert!(ledger.attempts(gone).await.expect("attempts").is_empty());
+    }
+    for kept in [&unknown_key, &waiting_key] {
+        let row = ledger.lookup(kept).await.expect("lookup").expect("kept");
+        assert_eq!(row.state, LedgerState::Pending, "{kept}");
+        assert_eq!(ledger.attempts(kept).await.expect("attempts").len(), 1);
+    }
+    assert_eq!(ledger.size().await.expect("size").oldest_final, None);
+    assert_eq!(ledger.prunable(future).await.expect("prunable").total(), 0);
+}
+
+/// A send the marketplace said to retry later (a Retry-After) is not unresolved while its
+/// message is coming back: reconcile leaves it to the message.
+pub async fn a_send_waiting_out_a_retry_after_is_left_to_its_message(ledger: Ledger) {
+    let k = key("upwork", "job_back_later");
+    let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
+    ledger
+        .finish(
+            &k,
+            epoch,
+            Finish::Pending {
+                reason: bidorch::ledger::Pending::Transient,
+                http_status: Some(503),
+                detail: Some("HTTP 503".to_owned()),
+                back_at: Some(Utc::now() + Duration::minutes(10)),
+            },
+        )
+        .await
+        .expect("finish");
+    let later = Utc::now() + Duration::seconds(5);
+    assert_eq!(ledger.count_unresolved(later).await.expect("count"), 0);
+    assert!(
+        ledger
+            .unresolved(later, 10)
+            .await
+            .expect("unresolved")
+            .is_empty()
+    );
 }

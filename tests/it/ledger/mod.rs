@@ -179,6 +179,8 @@ contract_suite!(
     counts_by_state_counts_every_state,
     a_finish_without_a_claim_is_an_error,
     health_answers,
+    retention_prunes_final_rows_and_their_attempts_never_pending_ones,
+    a_send_waiting_out_a_retry_after_is_left_to_its_message,
 );
 
 fn migration_versions(dir: &str) -> Vec<i64> {

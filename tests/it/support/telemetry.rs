@@ -232,6 +232,22 @@ impl LedgerReports for Detached {
             .instrument(detached())
             .await
     }
+    async fn prune(
+        &self,
+        before: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<Option<bidorch::ledger::Pruned>, LedgerError> {
+        self.0.prune(before, batch).instrument(detached()).await
+    }
+    async fn prunable(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<bidorch::ledger::Pruned, LedgerError> {
+        self.0.prunable(before).instrument(detached()).await
+    }
+    async fn size(&self) -> Result<bidorch::ledger::LedgerSize, LedgerError> {
+        self.0.size().instrument(detached()).await
+    }
 }
 
 /// A posting event body; `max` is the budget's maximum in USD.
