@@ -17,9 +17,11 @@ use lapin::{Channel, Connection};
 use crate::amqp::AmqpError;
 use crate::amqp::confirm::publish_confirmed;
 use crate::amqp::connection::{classify, confirm_channel, open_connection, short};
-use crate::amqp::headers::{copy_headers, copy_properties, read_attempt, string_headers};
+use crate::amqp::headers::{
+    copy_headers, copy_properties, read_attempt, read_number, string_headers,
+};
 use crate::config::AmqpSettings;
-use crate::source::{ATTEMPT_HEADER, DETAIL_HEADER, REASON_HEADER};
+use crate::source::{ATTEMPT_HEADER, DETAIL_HEADER, FIRST_SEEN_HEADER, REASON_HEADER};
 
 /// Header a replayed message carries: the reason it had been parked for. For the record only,
 /// so outside the `x-bidorch-*` namespace that the worker trusts only from its own wait queues.
@@ -50,6 +52,9 @@ pub struct ParkedMessage {
     /// String headers, lower-cased (trace context, reasons, rendered `x-death`).
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// When bidorch first took the message (`x-bidorch-first-seen`, set when parking), else
+    /// when it was published (the `timestamp` property), if either says.
+    pub first_seen: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What `dlq list` saw.
@@ -88,6 +93,10 @@ pub struct ReplaySummary {
     pub replayed: Vec<String>,
     /// Messages looked at and left in place.
     pub kept: usize,
+    /// Event ids (or `?`) of matching messages left in place because bidorch first saw them
+    /// longer ago than `ledger.retention`: their ledger rows may be pruned, so a replay could
+    /// bid on them a second time. Counted in `kept` too.
+    pub beyond_retention: Vec<String>,
 }
 
 /// How long closing the channel and the connection may take before the command moves on.
@@ -166,6 +175,13 @@ fn parked(message: &lapin::message::Delivery) -> ParkedMessage {
         reason,
         detail: headers.get(DETAIL_HEADER).cloned(),
         attempt: read_attempt(&table),
+        first_seen: read_number(&table, FIRST_SEEN_HEADER)
+            .and_then(|ms| i64::try_from(ms).ok())
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .or_else(|| {
+                let secs = message.properties.timestamp().as_ref().copied()?;
+                chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, 0)
+            }),
         headers,
         body: message.data.clone(),
     }
@@ -220,10 +236,16 @@ fn route(settings: &AmqpSettings, body: &[u8]) -> (String, String) {
 
 /// Republishes the parked messages matching `filter` to the work exchange, attempts reset, and
 /// removes each from the parking lot once its copy is confirmed. Others stay, in order.
+///
+/// A message bidorch first saw longer ago than `retention` is left parked and reported
+/// ([`ReplaySummary::beyond_retention`]); one that does not say when is replayed (a dated
+/// posting is then skipped by its `posted_at`).
 pub async fn replay(
     settings: &AmqpSettings,
     filter: &ReplayFilter,
+    retention: std::time::Duration,
 ) -> Result<ReplaySummary, DlqError> {
+    let cutoff = crate::retention::cutoff(retention);
     let (session, total) = Session::open(settings).await?;
     let publish = match confirm_channel(&session.connection).await {
         Ok(channel) => channel,
@@ -251,6 +273,14 @@ pub async fn replay(
         if !filter.matches(&view) {
             handed_back = Some(message.delivery_tag);
             summary.kept += 1;
+            continue;
+        }
+        if view.first_seen.is_some_and(|t| t < cutoff) {
+            handed_back = Some(message.delivery_tag);
+            summary.kept += 1;
+            summary
+                .beyond_retention
+                .push(view.event_id.clone().unwrap_or_else(|| "?".to_owned()));
             continue;
         }
         if let Err(e) = republish(settings, &publish, &message, &view).await {

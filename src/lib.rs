@@ -74,6 +74,7 @@ pub mod policy;
 pub mod posting;
 pub mod publish;
 pub mod reconcile;
+pub mod retention;
 pub mod scorer;
 pub mod source;
 pub mod status;

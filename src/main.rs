@@ -62,6 +62,11 @@ enum Command {
     Inspect(commands::InspectArgs),
     /// Settle postings whose bid was sent but never recorded.
     Reconcile(commands::ReconcileArgs),
+    /// The ledger's lifecycle: `ledger prune [--dry-run]`.
+    Ledger {
+        #[command(subcommand)]
+        action: commands::LedgerAction,
+    },
     /// Measure throughput and latency as ratios to the broker's own consume+ack rate.
     Bench(commands::BenchArgs),
     /// Ask a running worker's /readyz: exit 0 when ready, 1 otherwise (container healthchecks).
@@ -168,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(args) => commands::policy(&settings, args)?,
         Command::Inspect(args) => commands::inspect(&settings, args).await?,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await?,
+        Command::Ledger { action } => commands::ledger(&settings, action).await?,
         Command::Bench(args) => commands::bench(&settings, args).await?,
         Command::Pause(args) => commands::pause(&settings, args).await?,
         Command::Resume(args) => commands::resume(&settings, args).await?,

@@ -36,6 +36,14 @@ pub const MANUAL_PAUSE: &str = "bidorch_manual_pause";
 pub const BUDGET_CREDITS: &str = "bidorch_budget_credits";
 /// Gauge: credits a marketplace's budget has left in the current period.
 pub const BUDGET_REMAINING: &str = "bidorch_budget_remaining";
+/// Gauge: ledger rows by `state` (the planner's estimate on a large PostgreSQL table).
+pub const LEDGER_ROWS: &str = "bidorch_ledger_rows";
+/// Gauge: age in seconds of the oldest final row's outcome (what retention deletes next).
+pub const LEDGER_OLDEST: &str = "bidorch_ledger_oldest_row_seconds";
+/// Counter: rows retention deleted, by `table` (`postings`, `attempts`, `other`).
+pub const LEDGER_PRUNED: &str = "bidorch_ledger_pruned_total";
+/// Counter: automatic reconcile runs' postings, by `outcome`.
+pub const AUTO_RECONCILED: &str = "bidorch_reconcile_auto_total";
 /// Gauge: 1 while the worker is consuming (not paused, not stopped), else 0.
 pub const CONSUMING: &str = "bidorch_consuming";
 /// Gauge: 1 while `/readyz` would answer 200, else 0 (evaluated at each scrape).
@@ -131,6 +139,30 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         Kind::Gauge,
         &["marketplace"],
         "Credits the marketplace's budget has left in the current period.",
+    ),
+    (
+        LEDGER_ROWS,
+        Kind::Gauge,
+        &["state"],
+        "Ledger rows by state (estimated from the planner's statistics on a large table).",
+    ),
+    (
+        LEDGER_OLDEST,
+        Kind::Gauge,
+        &[],
+        "Age of the oldest final ledger row's outcome, in seconds (retention deletes it next).",
+    ),
+    (
+        LEDGER_PRUNED,
+        Kind::Counter,
+        &["table"],
+        "Rows deleted by ledger.retention: postings, their attempts, other (audit, spend, workers).",
+    ),
+    (
+        AUTO_RECONCILED,
+        Kind::Counter,
+        &["outcome"],
+        "Unresolved sends the workers' automatic reconcile settled, by outcome.",
     ),
     (
         "bidorch_pipeline_seconds",

@@ -11,6 +11,16 @@ fn unsafe_char(c: char) -> bool {
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// A duration as people set long ones: whole days as `90d` (humantime would say
+/// `2months 29days 2h 52m 48s`), anything else as humantime writes it.
+pub fn duration(d: std::time::Duration) -> String {
+    if d.as_secs() >= 86_400 && d.as_secs().is_multiple_of(86_400) && d.subsec_nanos() == 0 {
+        format!("{}d", d.as_secs() / 86_400)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 /// `s` with every unsafe character escaped (`\n`, `\t`, `\u{1b}`, `\u{202e}`); borrowed when
 /// there is none.
 pub fn escape_controls(s: &str) -> Cow<'_, str> {

@@ -146,6 +146,11 @@ async fn metrics_expose_the_documented_names_with_exact_counts_after_a_small_run
         bidorch::metrics::MANUAL_PAUSE,
         bidorch::metrics::BUDGET_CREDITS,
         bidorch::metrics::BUDGET_REMAINING,
+        // The lifecycle tasks run in worker processes (tests/it/retention.rs reads them there).
+        bidorch::metrics::LEDGER_ROWS,
+        bidorch::metrics::LEDGER_OLDEST,
+        bidorch::metrics::LEDGER_PRUNED,
+        bidorch::metrics::AUTO_RECONCILED,
     ];
     for (name, kind, _, _) in CATALOGUE {
         if not_exercised.contains(name) {

@@ -60,6 +60,18 @@ impl System {
             self.ports.reports.clone(),
             self.settings.clone(),
         ));
+        let pruner = tokio::spawn(crate::retention::keep_pruning(
+            self.ports.reports.clone(),
+            self.settings.ledger.clone(),
+        ));
+        let settler = self.settings.reconcile.auto.then(|| {
+            tokio::spawn(crate::reconcile::keep_settling(
+                self.pipeline.clone(),
+                self.ports.locks.clone(),
+                self.ports.reports.clone(),
+                self.settings.reconcile.clone(),
+            ))
+        });
         tracing::info!(
             instance = %instance,
             queue = %self.settings.amqp.queue,
@@ -77,6 +89,10 @@ impl System {
         mirror.abort();
         unresolved.abort();
         budgets.abort();
+        pruner.abort();
+        if let Some(settler) = settler {
+            settler.abort();
+        }
         let _ = http_stop.send(());
         if let Some(task) = http_task {
             let _ = task.await;
@@ -165,7 +181,8 @@ const UNRESOLVED_EVERY: std::time::Duration = std::time::Duration::from_secs(30)
 
 /// Keeps `bidorch_ledger_unresolved_sends` current — postings whose request was sent more than
 /// `older_than` ago and never recorded — with one indexed count every 30 s, and says so at ERROR
-/// (an operator must run `bidorch reconcile`) when the count stays above 0, once per change.
+/// when the count stays above 0, once per change (the automatic reconcile settles them unless
+/// `reconcile.auto` is off or their marketplace is paused; `bidorch reconcile` does it by hand).
 async fn watch_unresolved(ledger: Arc<dyn LedgerReports>, older_than: std::time::Duration) {
     let mut reported = 0;
     loop {
@@ -178,7 +195,8 @@ async fn watch_unresolved(ledger: Arc<dyn LedgerReports>, older_than: std::time:
                     tracing::error!(
                         unresolved = n,
                         older_than = %humantime::format_duration(older_than),
-                        "Bids sent but never recorded: run `bidorch reconcile` to settle them"
+                        "Bids sent but never recorded: the automatic reconcile settles them (reconcile.auto), \
+                         or run `bidorch reconcile`"
                     );
                 } else if n == 0 && reported > 0 {
                     tracing::info!("No unresolved sends left");

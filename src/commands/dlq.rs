@@ -65,7 +65,7 @@ pub async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
                 (false, Some(id)) => bidorch::dlq::ReplayFilter::EventId(id),
                 (false, None) => bail!("say which messages to replay: --all or --event-id ID"),
             };
-            let summary = bidorch::dlq::replay(&settings.amqp, &filter)
+            let summary = bidorch::dlq::replay(&settings.amqp, &filter, settings.ledger.retention)
                 .await
                 .with_context(|| format!("replaying from {queue}"))?;
             out!(
@@ -76,6 +76,18 @@ pub async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
             )?;
             for id in &summary.replayed {
                 out!("- {}", escape_controls(id))?;
+            }
+            if !summary.beyond_retention.is_empty() {
+                out!(
+                    "not replayed: {} message(s) first seen longer ago than ledger.retention \
+                     ({}); the ledger may have forgotten them, so a replay could bid twice. \
+                     They stay parked:",
+                    summary.beyond_retention.len(),
+                    bidorch::text::duration(settings.ledger.retention)
+                )?;
+                for id in &summary.beyond_retention {
+                    out!("- {}", escape_controls(id))?;
+                }
             }
             if let bidorch::dlq::ReplayFilter::EventId(id) = &filter
                 && summary.replayed.is_empty()

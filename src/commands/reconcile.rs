@@ -71,7 +71,7 @@ pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Resu
     } else {
         indicatif::ProgressBar::new(entries.len() as u64)
     };
-    let report = bidorch::reconcile::settle(&system, &entries, |entry, outcome| {
+    let report = bidorch::reconcile::settle(&system.pipeline(), &entries, |entry, outcome| {
         bar.inc(1);
         bar.println(format!(
             "- {}: {}",

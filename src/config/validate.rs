@@ -21,6 +21,9 @@ impl Settings {
         scoring(&self.scoring)?;
         console(&self.console)?;
         ledger(&self.ledger, &self.amqp)?;
+        if self.reconcile.auto_every.is_zero() {
+            return Err(invalid("reconcile.auto_every", "must be above 0"));
+        }
         bidding(self)
     }
 }
@@ -197,8 +200,8 @@ fn ledger(l: &crate::config::LedgerSettings, a: &AmqpSettings) -> Result<(), Con
             format!(
                 "({}) must be longer than amqp.retry_budget ({}): a copy of a posting still \
                  waiting in the queues could outlive its ledger row and be bid again",
-                humantime::format_duration(l.retention),
-                humantime::format_duration(a.retry_budget)
+                crate::text::duration(l.retention),
+                crate::text::duration(a.retry_budget)
             ),
         ));
     }

@@ -639,20 +639,33 @@ pub(super) async fn replay(
             );
         }
     };
-    let replayed = crate::dlq::replay(&console.settings.amqp, &filter).await;
-    let (n, failure) = match &replayed {
-        Ok(summary) => (summary.replayed.len(), None),
+    let replayed = crate::dlq::replay(
+        &console.settings.amqp,
+        &filter,
+        console.settings.ledger.retention,
+    )
+    .await;
+    let (n, old, failure) = match &replayed {
+        Ok(summary) => (summary.replayed.len(), summary.beyond_retention.len(), None),
         Err(crate::dlq::DlqError::Replay { replayed, source }) => {
-            (*replayed, Some(crate::error::chain(source)))
+            (*replayed, 0, Some(crate::error::chain(source)))
         }
-        Err(e) => (0, Some(crate::error::chain(e))),
+        Err(e) => (0, 0, Some(crate::error::chain(e))),
     };
     let detail = format!(
-        "{n} message(s): {}{}",
+        "{n} message(s): {}{}{}",
         match &filter {
             ReplayFilter::All => "all".to_owned(),
             ReplayFilter::Reason(r) => format!("reason {r}"),
             ReplayFilter::EventId(id) => format!("event {id}"),
+        },
+        if old > 0 {
+            format!(
+                "; {old} left parked: first seen longer ago than ledger.retention ({})",
+                crate::text::duration(console.settings.ledger.retention)
+            )
+        } else {
+            String::new()
         },
         failure
             .as_deref()

@@ -144,11 +144,7 @@ impl SkipReason {
             Self::BeyondRetention { age, retention } => format!(
                 "{}d > ledger.retention {}",
                 age.as_secs() / 86_400,
-                if retention.as_secs() % 86_400 == 0 {
-                    format!("{}d", retention.as_secs() / 86_400)
-                } else {
-                    humantime::format_duration(*retention).to_string()
-                }
+                crate::text::duration(*retention)
             ),
             Self::ClientCountryNotAllowed { country } | Self::ClientCountryBlocked { country } => {
                 country.clone()

@@ -110,6 +110,7 @@ impl Delivery {
                 body,
                 attempt,
                 headers,
+                first_seen: self.first_seen,
                 reason: reason.to_owned(),
                 detail: detail.to_owned(),
             })
@@ -155,6 +156,9 @@ pub struct Parked {
     pub body: Vec<u8>,
     pub attempt: u32,
     pub headers: BTreeMap<String, String>,
+    /// When bidorch first took the message: `dlq replay` leaves a message parked longer ago
+    /// than `ledger.retention` where it is.
+    pub first_seen: SystemTime,
     pub reason: String,
     pub detail: String,
 }

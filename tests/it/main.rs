@@ -39,6 +39,7 @@ mod queue_publish;
 mod queue_reconnect;
 mod rate_limit;
 mod redis_cluster;
+mod retention;
 mod schema;
 mod shutdown;
 mod source_contract;

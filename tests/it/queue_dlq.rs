@@ -12,6 +12,8 @@ use lapin::BasicProperties;
 use support::queue::{Cleanup, Inspector, posting, settings};
 
 const WAIT: Duration = Duration::from_secs(15);
+/// The default `ledger.retention`.
+const RETENTION: Duration = Duration::from_secs(90 * 86_400);
 
 async fn next(source: &mut AmqpPostingSource) -> bidorch::source::Delivery {
     support::queue::next_within(WAIT, source).await
@@ -115,7 +117,7 @@ async fn replay_by_event_id_republishes_only_that_one_with_attempts_reset() {
     let inspector = Inspector::connect().await;
     park(&s, &mut source, &inspector, &["r1", "r2", "r3"], 7).await;
 
-    let summary = dlq::replay(&s, &ReplayFilter::EventId("r2".into()))
+    let summary = dlq::replay(&s, &ReplayFilter::EventId("r2".into()), RETENTION)
         .await
         .unwrap();
     assert_eq!(summary.replayed, vec!["r2"]);
@@ -159,7 +161,9 @@ async fn replay_all_empties_the_parking_lot_once_even_if_messages_are_parked_aga
         }
         source
     });
-    let summary = dlq::replay(&s, &ReplayFilter::All).await.unwrap();
+    let summary = dlq::replay(&s, &ReplayFilter::All, RETENTION)
+        .await
+        .unwrap();
     assert_eq!(summary.replayed, vec!["a1", "a2", "a3"]);
     let source = reparker.await.unwrap();
     source.close().await.unwrap();
@@ -201,7 +205,9 @@ async fn a_message_parked_at_the_delivery_limit_can_be_replayed() {
     assert_eq!(listing.messages[0].reason, "delivery_limit");
     assert_eq!(listing.messages[0].event_id.as_deref(), Some("crash"));
 
-    let summary = dlq::replay(&s, &ReplayFilter::All).await.unwrap();
+    let summary = dlq::replay(&s, &ReplayFilter::All, RETENTION)
+        .await
+        .unwrap();
     assert_eq!(summary.replayed, vec!["crash"]);
     let back = next(&mut source).await;
     assert_eq!(back.message_id.as_deref(), Some("crash"));
@@ -249,4 +255,61 @@ async fn replaying_an_event_id_that_is_not_parked_fails_naming_it() {
     );
     let left = dlq::list(&s, 10).await.unwrap();
     assert_eq!(left.total, 1, "the parked message stays");
+}
+
+/// `dlq replay` leaves a message bidorch first saw longer ago than `ledger.retention` parked
+/// and says so (its ledger row may be pruned); one parked now carries when it was first seen
+/// and is replayed.
+#[tokio::test]
+async fn replay_leaves_messages_older_than_the_retention_parked() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let s = settings();
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "dlq-old").await.unwrap();
+    let inspector = Inspector::connect().await;
+    park(&s, &mut source, &inspector, &["fresh"], 1).await;
+    // As a worker parked it 100 days ago.
+    let hundred_days_ago = chrono::Utc::now() - chrono::Duration::days(100);
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-bidorch-first-seen".into(),
+        lapin::types::AMQPValue::LongLongInt(hundred_days_ago.timestamp_millis()),
+    );
+    headers.insert(
+        "x-bidorch-reason".into(),
+        lapin::types::AMQPValue::LongString("marketplace_unavailable".into()),
+    );
+    inspector
+        .publish(
+            "",
+            &s.dead_letter_queue(),
+            &posting("ancient", "upwork", "ancient"),
+            BasicProperties::default()
+                .with_message_id("ancient".into())
+                .with_headers(headers),
+        )
+        .await;
+    let listing = dlq::list(&s, 10).await.unwrap();
+    assert_eq!(listing.total, 2);
+    let fresh = listing.messages[0].first_seen.expect("parking records it");
+    assert!(
+        chrono::Utc::now() - fresh < chrono::Duration::minutes(5),
+        "{fresh}"
+    );
+
+    let summary = dlq::replay(&s, &ReplayFilter::All, RETENTION)
+        .await
+        .unwrap();
+    assert_eq!(summary.replayed, vec!["fresh"]);
+    assert_eq!(summary.beyond_retention, vec!["ancient"]);
+    assert_eq!(summary.kept, 1);
+    let back = next(&mut source).await;
+    assert_eq!(back.message_id.as_deref(), Some("fresh"));
+    back.ack().await.unwrap();
+    source.close().await.unwrap();
+    let left = dlq::list(&s, 10).await.unwrap();
+    assert_eq!(left.total, 1);
+    assert_eq!(left.messages[0].event_id.as_deref(), Some("ancient"));
 }

@@ -20,7 +20,8 @@ use crate::amqp::headers::{copy_headers, copy_properties, text};
 use crate::amqp::{AmqpError, topology};
 use crate::config::AmqpSettings;
 use crate::source::{
-    ATTEMPT_HEADER, DETAIL_HEADER, Parked, REASON_HEADER, Requeue, Settle, SourceError,
+    ATTEMPT_HEADER, DETAIL_HEADER, FIRST_SEEN_HEADER, Parked, REASON_HEADER, Requeue, Settle,
+    SourceError,
 };
 
 /// Longest `x-bidorch-detail` we attach; details are for humans, not for archiving bodies.
@@ -191,6 +192,13 @@ impl Settle for AmqpSettler {
             AMQPValue::LongLongInt(parked.attempt.into()),
         )?;
         set(&mut headers, REASON_HEADER, text(&parked.reason))?;
+        set(
+            &mut headers,
+            FIRST_SEEN_HEADER,
+            AMQPValue::LongLongInt(
+                i64::try_from(crate::envelope::unix_ms(parked.first_seen)).unwrap_or(i64::MAX),
+            ),
+        )?;
         set(
             &mut headers,
             DETAIL_HEADER,
