@@ -40,6 +40,8 @@ pub const BUDGET_REMAINING: &str = "bidorch_budget_remaining";
 pub const LEDGER_ROWS: &str = "bidorch_ledger_rows";
 /// Gauge: age in seconds of the oldest final row's outcome (what retention deletes next).
 pub const LEDGER_OLDEST: &str = "bidorch_ledger_oldest_row_seconds";
+/// Gauge: `ledger.retention` in seconds (what the oldest row's age is compared with).
+pub const LEDGER_RETENTION: &str = "bidorch_ledger_retention_seconds";
 /// Counter: rows retention deleted, by `table` (`postings`, `attempts`, `other`).
 pub const LEDGER_PRUNED: &str = "bidorch_ledger_pruned_total";
 /// Counter: automatic reconcile runs' postings, by `outcome`.
@@ -151,6 +153,12 @@ pub const CATALOGUE: &[(&str, Kind, &[&str], &str)] = &[
         Kind::Gauge,
         &[],
         "Age of the oldest final ledger row's outcome, in seconds (retention deletes it next).",
+    ),
+    (
+        LEDGER_RETENTION,
+        Kind::Gauge,
+        &[],
+        "ledger.retention, in seconds.",
     ),
     (
         LEDGER_PRUNED,

@@ -48,6 +48,7 @@ pub async fn prune_all(
 /// The worker's pruner: every `prune_every`, prunes what is past `retention`, then refreshes the
 /// size gauges. Runs until aborted; a failure is logged and retried next round.
 pub async fn keep_pruning(ledger: Arc<dyn LedgerReports>, settings: LedgerSettings) {
+    metrics::gauge!(crate::metrics::LEDGER_RETENTION).set(settings.retention.as_secs_f64());
     loop {
         let before = cutoff(settings.retention);
         match prune_all(&*ledger, before, settings.prune_batch, count_pruned).await {

@@ -149,6 +149,7 @@ async fn metrics_expose_the_documented_names_with_exact_counts_after_a_small_run
         // The lifecycle tasks run in worker processes (tests/it/retention.rs reads them there).
         bidorch::metrics::LEDGER_ROWS,
         bidorch::metrics::LEDGER_OLDEST,
+        bidorch::metrics::LEDGER_RETENTION,
         bidorch::metrics::LEDGER_PRUNED,
         bidorch::metrics::AUTO_RECONCILED,
     ];

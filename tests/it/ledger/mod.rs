@@ -430,3 +430,81 @@ async fn the_composition_root_opens_a_migrated_sqlite_memory_ledger() {
     ));
     ledger.health().await.expect("healthy");
 }
+
+/// On a large table the size comes from the planner's statistics (no `count(*)` per scrape),
+/// close to the truth; a prune batch there deletes only its batch, oldest first, also with
+/// two pruners started at once (the second waits its turn or finds the lock taken).
+#[tokio::test]
+async fn a_large_postgres_ledger_is_measured_from_statistics_and_pruned_a_batch_at_a_time() {
+    use bidorch::ledger::LedgerState;
+    with_pg_settings(|settings| async move {
+        let ledger = PgBidLedger::connect_and_migrate(&settings)
+            .await
+            .expect("connect");
+        let pool = sqlx::PgPool::connect(&support::database_url())
+            .await
+            .expect("connect");
+        let table = format!("\"{}\".bid_ledger", settings.schema);
+        // 300,000 rows: 60% placed, 30% skipped, 10% pending, outcomes a day apart per 3,000.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (marketplace, posting_id, state, event_id, updated_at) \
+             SELECT 'upwork', 'job_' || i, \
+                    CASE WHEN i % 10 < 6 THEN 'placed' WHEN i % 10 < 9 THEN 'skipped' \
+                         ELSE 'pending' END, \
+                    'evt', now() - make_interval(days => 200 - i / 3000) \
+             FROM generate_series(1, 300000) AS i"
+        )))
+        .execute(&pool)
+        .await
+        .expect("fill");
+        sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
+            .execute(&pool)
+            .await
+            .expect("analyze");
+
+        let size = ledger.size().await.expect("size");
+        assert!(size.estimated, "a large table is estimated");
+        let of = |state: LedgerState| {
+            size.by_state
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n) as f64
+        };
+        for (state, truth) in [
+            (LedgerState::Placed, 180_000.0),
+            (LedgerState::Skipped, 90_000.0),
+            (LedgerState::Pending, 30_000.0),
+        ] {
+            let n = of(state);
+            assert!(
+                (n - truth).abs() / truth < 0.1,
+                "{state:?}: {n} for {truth}"
+            );
+        }
+        let oldest = size.oldest_final.expect("oldest");
+        assert!(chrono::Utc::now() - oldest > chrono::Duration::days(199));
+
+        // Two pruners at once: whoever runs, a batch is a batch.
+        let before = chrono::Utc::now() - chrono::Duration::days(90);
+        let (a, b) = tokio::join!(ledger.prune(before, 5_000), ledger.prune(before, 5_000));
+        let (a, b) = (a.expect("prune"), b.expect("prune"));
+        let done: Vec<_> = [a, b].into_iter().flatten().collect();
+        assert!(!done.is_empty(), "one of them pruned");
+        for d in &done {
+            assert_eq!(d.postings, 5_000, "exactly a batch: {d:?}");
+        }
+        let after = ledger.size().await.expect("size");
+        let newest_gone = after.oldest_final.expect("oldest");
+        assert!(newest_gone > oldest, "the oldest went first");
+        let pending_left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE state = 'pending'"
+        )))
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        assert_eq!(pending_left, 30_000, "pending rows are never pruned");
+        pool.close().await;
+        ledger.close().await;
+    })
+    .await;
+}
