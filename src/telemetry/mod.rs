@@ -127,11 +127,12 @@ fn subscriber(
 ) -> impl tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a> {
     // Traces are filtered apart from logs: quieting logs (`RUST_LOG=warn`, or the demo's
     // `error`) must not empty the traces.
-    let otel_layer = provider.map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("bidorch"))
-            .with_filter(Fresh(trace_filter()))
-    });
+    let exported = provider.is_some();
+    let otel_layer = provider
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("bidorch")))
+        .with_filter(Fresh(tracing_subscriber::filter::filter_fn(move |meta| {
+            exported && traced(meta)
+        })));
     // Logs go to standard error, so a command's own output (`inspect --json`, `policy check`)
     // stays clean on standard output; colours only for a terminal.
     let log_layer = match format {
@@ -147,9 +148,19 @@ fn subscriber(
             .flatten_span_list_on_top_level(true)
             .boxed(),
     };
+    // What either layer could want, as a global filter: the two per-layer filters alone let
+    // a span neither wants be built all the same (measured: every DEBUG step span of every
+    // posting, with its fields formatted and a slab entry taken, without export).
+    let log_max = log_filter
+        .max_level_hint()
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
+    let wanted = tracing_subscriber::filter::filter_fn(move |meta| {
+        *meta.level() <= log_max || (exported && traced(meta))
+    });
     tracing_subscriber::registry()
         .with(otel_layer)
         .with(log_layer.with_filter(Fresh(log_filter.and(no_secret_frames()))))
+        .with(wanted)
 }
 
 /// What traces take: bidorch's spans down to DEBUG — the `process` span is INFO, its steps
@@ -158,14 +169,17 @@ fn subscriber(
 /// other crates' spans and events at WARN.
 pub fn trace_filter()
 -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
-    tracing_subscriber::filter::filter_fn(|meta| {
-        let floor = match (meta.target().starts_with("bidorch"), meta.is_span()) {
-            (true, true) => Level::DEBUG,
-            (true, false) => Level::INFO,
-            (false, _) => Level::WARN,
-        };
-        *meta.level() <= floor
-    })
+    tracing_subscriber::filter::filter_fn(traced)
+}
+
+/// [`trace_filter`]'s rule.
+fn traced(meta: &tracing::Metadata<'_>) -> bool {
+    let floor = match (meta.target().starts_with("bidorch"), meta.is_span()) {
+        (true, true) => Level::DEBUG,
+        (true, false) => Level::INFO,
+        (false, _) => Level::WARN,
+    };
+    *meta.level() <= floor
 }
 
 /// Never TRACE from [`SECRET_AT_TRACE`], whatever the log filter says: at TRACE these crates print
@@ -239,6 +253,20 @@ mod tests {
                 let own = traceparent_of(&span).expect("the process span is in the trace layer");
                 assert_eq!(trace_id_of(&own), Some(trace_id.as_str()));
                 assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+            }
+        });
+    }
+
+    #[test]
+    fn without_export_info_logs_create_no_debug_span() {
+        let subscriber = subscriber(LogFormat::Text, EnvFilter::new("info"), None);
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                let _ = log::log_enabled!(target: "sqlx::query", log::Level::Debug);
+                let step = tracing::debug_span!("lease");
+                assert!(step.is_disabled(), "a DEBUG step span was created");
+                let process = tracing::info_span!("process");
+                assert!(!process.is_disabled());
             }
         });
     }
