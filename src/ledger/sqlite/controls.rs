@@ -67,7 +67,7 @@ impl ControlStore for SqliteBidLedger {
         until: Option<DateTime<Utc>>,
     ) -> Result<i64, LedgerError> {
         let until = until.map(timestamp);
-        let mut tx = self.immediate().await?;
+        let (_turn, mut tx) = self.immediate().await?;
         for scope in scopes {
             let sql = format!(
                 "INSERT INTO bid_pauses (scope, reason, paused_by, paused_at, until) \
@@ -102,7 +102,7 @@ impl ControlStore for SqliteBidLedger {
 
     async fn resume(&self, scopes: &[Scope], by: &str) -> Result<(i64, Vec<Scope>), LedgerError> {
         let all = scopes.contains(&Scope::All);
-        let mut tx = self.immediate().await?;
+        let (_turn, mut tx) = self.immediate().await?;
         let paused: Vec<String> = sqlx::query_scalar("SELECT scope FROM bid_pauses ORDER BY scope")
             .fetch_all(&mut *tx)
             .await

@@ -36,7 +36,7 @@ impl SqliteBidLedger {
         batch: u32,
     ) -> Result<Option<Pruned>, LedgerError> {
         let at = timestamp(before);
-        let mut tx = self.immediate().await?;
+        let (_turn, mut tx) = self.immediate().await?;
         let err = |e| sql::query_error(None, e);
         let attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM bid_attempts WHERE (marketplace, posting_id) IN ({DOOMED})"
