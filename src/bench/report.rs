@@ -43,14 +43,14 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "  {:<28} {:>10} {:>15} {:>9} {:>9}   CPU µs per posting: workers / bench+sandbox / postgres / redis / rabbitmq (machine busy)",
+            "  {:<28} {:>10} {:>15} {:>9} {:>9}   CPU µs per posting: workers / bench+sandbox / postgres / redis / rabbitmq (machine busy) [workers ÷ postgres]",
             "run", "postings/s", "rounds", "÷ 1-by-1", "÷ piped"
         )?;
         for r in &self.runs {
             let c = &r.cpu;
             writeln!(
                 f,
-                "  {:<28} {:>10.0} {:>15} {:>9.3} {:>9.3}   {:.0} / {:.0} / {:.0} / {:.0} / {:.0} ({:.0}%)",
+                "  {:<28} {:>10.0} {:>15} {:>9.3} {:>9.3}   {:.0} / {:.0} / {:.0} / {:.0} / {:.0} ({:.0}%) [{:.2}]",
                 format!(
                     "{} worker(s){}",
                     r.workers,
@@ -65,7 +65,9 @@ impl fmt::Display for BenchReport {
                 c.postgresql_us,
                 c.redis_us,
                 c.rabbitmq_us,
-                c.machine_busy * 100.0
+                c.machine_busy * 100.0,
+                // If PostgreSQL grew slower, this flatters the workers: read it with the µs.
+                c.workers_us / c.postgresql_us.max(f64::EPSILON)
             )?;
         }
         if let Some(run) = self.runs.first()
