@@ -9,16 +9,17 @@ use super::{BenchError, BenchOptions, CAP, Latency, check, drained, events, publ
 use crate::config::Settings;
 use crate::publish::{OutgoingEvent, Publisher};
 
-/// One latency run: `workers` started and ready, then postings published at a steady rate with
+/// One latency run: `workers` started and ready, then postings published at `rate` per second with
 /// a daily cap set; returns publish→bid over the eligible postings.
 pub(super) async fn steady(
     settings: &Settings,
     options: &BenchOptions,
     workers: usize,
+    rate: u32,
 ) -> Result<Latency, BenchError> {
-    let label = format!("l{workers}");
+    let label = format!("l{workers}r{rate}");
     let space = Space::new(settings, &label);
-    let postings = (options.rate * options.rate_seconds) as usize;
+    let postings = (rate * options.rate_seconds) as usize;
     let result = async {
         let (sandbox, input) = setup(&space, postings).await?;
         let mut fleet = Workers::spawn(
@@ -30,7 +31,7 @@ pub(super) async fn steady(
         )?;
         fleet.wait_ready(Duration::from_secs(60)).await?;
         let publisher = publisher(&space).await?;
-        let published_at = paced(&publisher, &events(&input)?, options.rate).await?;
+        let published_at = paced(&publisher, &events(&input)?, rate).await?;
         publisher.close().await;
         let dead = drained(&space, &label, postings).await?;
         fleet.stop().await;
@@ -49,7 +50,7 @@ pub(super) async fn steady(
         waits.sort_unstable();
         Ok(Latency {
             workers,
-            rate: options.rate,
+            rate,
             postings,
             daily_cap: true,
             p50_ms: quantile_ms(&waits, 0.5),

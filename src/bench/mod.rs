@@ -84,8 +84,8 @@ pub struct BenchOptions {
     pub rounds: usize,
     /// Messages for each bare consume+ack run.
     pub bare_messages: usize,
-    /// Steady publish rate of the latency runs (postings per second), and for how long.
-    pub rate: u32,
+    /// Steady publish rates of the latency runs (postings per second), and for how long each.
+    pub rates: Vec<u32>,
     pub rate_seconds: u32,
     /// Where `report.json`, `report.svg` and `logs/` go.
     pub out: PathBuf,
@@ -200,17 +200,19 @@ pub async fn run(
     let rounds = options.rounds.max(1);
     let (bare, runs) = rounds::measure(settings, options, rounds, cores, &mut progress).await?;
     let mut latency = Vec::new();
-    for &workers in &options.workers {
-        progress(&format!(
-            "publish→bid at a steady {}/s for {} s, {workers} worker(s), daily cap set",
-            options.rate, options.rate_seconds
-        ));
-        let measured = latency::steady(settings, options, workers).await?;
-        progress(&format!(
-            "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            measured.p50_ms, measured.p99_ms, measured.max_ms
-        ));
-        latency.push(measured);
+    for &rate in &options.rates {
+        for &workers in &options.workers {
+            progress(&format!(
+                "publish→bid at a steady {rate}/s for {} s, {workers} worker(s), daily cap set",
+                options.rate_seconds
+            ));
+            let measured = latency::steady(settings, options, workers, rate).await?;
+            progress(&format!(
+                "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                measured.p50_ms, measured.p99_ms, measured.max_ms
+            ));
+            latency.push(measured);
+        }
     }
     let one_worker = |cap: bool| {
         runs.iter()

@@ -24,10 +24,10 @@ pub struct BenchArgs {
     /// Messages for the bare consume+ack run.
     #[arg(long, default_value_t = 20_000)]
     bare_messages: usize,
-    /// Steady publish rate (postings/s) of the latency run.
-    #[arg(long, default_value_t = 200)]
-    rate: u32,
-    /// Length of the latency run, in seconds.
+    /// Steady publish rates (postings/s) of the latency runs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "200,1000")]
+    rate: Vec<u32>,
+    /// Length of each latency run, in seconds.
     #[arg(long, default_value_t = 10)]
     rate_seconds: u32,
     /// Directory for report.json, report.svg and the workers' logs.
@@ -37,7 +37,8 @@ pub struct BenchArgs {
 
 /// Runs the bench and prints its report.
 pub async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
-    if args.postings == 0 || args.workers.contains(&0) || args.rate == 0 || args.rounds == 0 {
+    if args.postings == 0 || args.workers.contains(&0) || args.rate.contains(&0) || args.rounds == 0
+    {
         bail!("--postings, --workers, --rounds and --rate must be at least 1");
     }
     let options = BenchOptions {
@@ -45,7 +46,7 @@ pub async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
         workers: args.workers,
         rounds: args.rounds,
         bare_messages: args.bare_messages.max(1),
-        rate: args.rate,
+        rates: args.rate,
         rate_seconds: args.rate_seconds.max(1),
         out: args.out,
         exe: std::env::current_exe().context("finding the bidorch executable to run workers")?,
