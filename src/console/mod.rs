@@ -9,6 +9,7 @@
 //! session's CSRF token and writes an audit row (who, what, when, why).
 
 mod auth;
+mod dead_letters;
 mod pages;
 
 use std::net::SocketAddr;
@@ -130,10 +131,10 @@ fn router(console: Arc<Console>) -> Router {
         .route("/", get(pages::status))
         .route("/postings", get(pages::postings))
         .route("/postings/{marketplace}/{posting_id}", get(pages::posting))
-        .route("/dlq", get(pages::dlq))
+        .route("/dlq", get(dead_letters::dlq))
         .route(
             "/dlq/replay",
-            get(pages::replay_preview).post(pages::replay),
+            get(dead_letters::replay_preview).post(dead_letters::replay),
         )
         .route("/pause", post(pages::pause))
         .route("/resume", post(pages::resume))

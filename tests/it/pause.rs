@@ -3,7 +3,6 @@
 //! asserted is what the commands report — every live worker applied the new generation, or the
 //! ones that have not are named — never a time.
 
-use std::process::Output;
 use std::time::Duration;
 
 use bidorch::ledger::LedgerState;
@@ -11,28 +10,13 @@ use bidorch::marketplace::sandbox::SandboxOptions;
 
 use crate::support;
 use support::queue::eventually;
-use support::scenario::{Scenario, load};
+use support::scenario::{Scenario, load, output_text};
 
 const SETTLE: Duration = Duration::from_secs(180);
 
-/// Runs `bidorch args…` with the scenario's environment, off the runtime.
-async fn bidorch(scenario: &Scenario, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bidorch"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(scenario.env_with(&[("USER", "test-operator".to_owned())]));
-    tokio::task::spawn_blocking(move || cmd.output().expect("bidorch runs"))
-        .await
-        .expect("join")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+/// Who the commands run as (`USER`): the audit names them.
+fn operator() -> [(&'static str, String); 1] {
+    [("USER", "test-operator".to_owned())]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,12 +29,13 @@ async fn a_paused_marketplace_gets_no_bid_until_resumed_and_each_held_posting_on
     }
     scenario.wait_ready().await;
 
-    let paused = bidorch(
-        &scenario,
-        &["pause", "upwork", "--reason", "contract renegotiation"],
-    )
-    .await;
-    let said = text(&paused);
+    let paused = scenario
+        .command(
+            &["pause", "upwork", "--reason", "contract renegotiation"],
+            &operator(),
+        )
+        .await;
+    let said = output_text(&paused);
     assert!(paused.status.success(), "{said}");
     assert!(
         said.contains("paused upwork by test-operator@")
@@ -105,12 +90,13 @@ async fn a_paused_marketplace_gets_no_bid_until_resumed_and_each_held_posting_on
 
     // A worker that cannot apply a change is named; the change stands.
     scenario.workers[0].signal("STOP");
-    let unapplied = bidorch(
-        &scenario,
-        &["pause", "freelancer", "--reason", "probe", "--wait", "3s"],
-    )
-    .await;
-    let said = text(&unapplied);
+    let unapplied = scenario
+        .command(
+            &["pause", "freelancer", "--reason", "probe", "--wait", "3s"],
+            &operator(),
+        )
+        .await;
+    let said = output_text(&unapplied);
     assert_eq!(unapplied.status.code(), Some(1), "{said}");
     assert!(
         said.contains("not yet applied") && said.contains(&format!("{}-a", scenario.names)),
@@ -119,15 +105,15 @@ async fn a_paused_marketplace_gets_no_bid_until_resumed_and_each_held_posting_on
     scenario.workers[0].signal("CONT");
     assert_eq!(upwork_requests(&sandbox.stats()), 0);
 
-    let resumed = bidorch(&scenario, &["resume", "--all"]).await;
-    let said = text(&resumed);
+    let resumed = scenario.command(&["resume", "--all"], &operator()).await;
+    let said = output_text(&resumed);
     assert!(resumed.status.success(), "{said}");
     assert!(said.contains("applied by 4 live worker(s)"), "{said}");
 
     scenario.wait_settled(&load, SETTLE).await;
     // Every held posting bid once after, nothing rejected, nothing parked.
     scenario.assert_promise(&load).await;
-    let status = bidorch(&scenario, &["status", "--json"]).await;
+    let status = scenario.command(&["status", "--json"], &operator()).await;
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
     assert_eq!(json["marketplaces"][1]["name"], "upwork");
     assert_eq!(json["marketplaces"][1]["state"], "bidding");

@@ -5,7 +5,6 @@
 //! automatic reconcile settles unknown sends — never one waiting out a Retry-After, never on a
 //! paused marketplace.
 
-use std::process::Output;
 use std::time::Duration;
 
 use bidorch::ledger::{Claim, ClaimRequest, Finish, Intent, LedgerState, Scope};
@@ -17,28 +16,9 @@ use chrono::Utc;
 
 use crate::support;
 use support::queue::eventually;
-use support::scenario::Scenario;
+use support::scenario::{Scenario, output_text};
 
 const SETTLE: Duration = Duration::from_secs(90);
-
-async fn bidorch(scenario: &Scenario, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bidorch"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(scenario.env_with(&[]));
-    tokio::task::spawn_blocking(move || cmd.output().expect("bidorch runs"))
-        .await
-        .expect("join")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// A posting of `posting_id` on upwork, posted `days_ago`, worth a bid.
 fn posted(posting_id: &str, days_ago: i64) -> OutgoingEvent {
@@ -139,8 +119,10 @@ async fn rows_past_retention_are_pruned_and_their_postings_never_bid_again() {
     .await
     .expect("make it pending");
 
-    let dry = bidorch(&scenario, &["ledger", "prune", "--dry-run"]).await;
-    let said = text(&dry);
+    let dry = scenario
+        .command(&["ledger", "prune", "--dry-run"], &[])
+        .await;
+    let said = output_text(&dry);
     assert!(dry.status.success(), "{said}");
     assert!(
         said.contains("dry run: would prune 1 posting(s), 1 attempt(s)")

@@ -15,6 +15,15 @@ use serde_json::json;
 use super::process::WorkerProcess;
 use super::queue::{Cleanup, Inspector, eventually};
 
+/// A command's standard output then standard error, as one text.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// The token the sandbox requires and the workers present.
 pub const TOKEN: &str = "scenario-token";
 
@@ -189,6 +198,19 @@ impl Scenario {
         let mut env = self.env.clone();
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         env
+    }
+
+    /// Runs `bidorch args…` as an operator would, with the workers' environment plus `extra`
+    /// and nothing else, off the runtime.
+    pub async fn command(&self, args: &[&str], extra: &[(&str, String)]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bidorch"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.env_with(extra));
+        tokio::task::spawn_blocking(move || cmd.output().expect("bidorch runs"))
+            .await
+            .expect("join")
     }
 
     /// Starts worker `name` (instance id `{names}-{name}`) with the scenario's environment.
