@@ -44,6 +44,9 @@ impl Extractor for MapReader<'_> {
 /// The W3C trace context of `span`, as `traceparent`/`tracestate` headers (empty without OTel).
 pub fn inject(span: &tracing::Span) -> BTreeMap<String, String> {
     let mut headers = BTreeMap::new();
+    if !super::exporting() {
+        return headers;
+    }
     let cx = span.context();
     propagator().inject_context(&cx, &mut MapCarrier(&mut headers));
     headers
@@ -55,7 +58,7 @@ pub fn inject(span: &tracing::Span) -> BTreeMap<String, String> {
 /// and before [`inject`] reads it: tracing-opentelemetry 0.34 builds the OTel span at the first
 /// of those, and a parent set afterwards is ignored (`SetParentError::AlreadyStarted`).
 pub fn set_parent_from(span: &tracing::Span, headers: &BTreeMap<String, String>) {
-    if !headers.contains_key("traceparent") {
+    if !headers.contains_key("traceparent") || !super::exporting() {
         return;
     }
     let parent = propagator().extract(&MapReader(headers));
@@ -72,6 +75,9 @@ pub fn link_previous_attempt(span: &tracing::Span, headers: &BTreeMap<String, St
     let Some(previous) = headers.get(PREV_TRACEPARENT_HEADER) else {
         return;
     };
+    if !super::exporting() {
+        return;
+    }
     let carrier = BTreeMap::from([("traceparent".to_owned(), previous.clone())]);
     let cx = propagator().extract(&MapReader(&carrier));
     let previous = cx.span().span_context().clone();
@@ -126,6 +132,10 @@ pub fn call_trace_headers(
     let Some((posting, posting_trace)) = posting.and_then(|p| Some((p, trace_id_of(p)?))) else {
         return outgoing_trace_headers(span, incoming);
     };
+    if !super::exporting() {
+        // What the marketplace sees without export: the posting's own trace context.
+        return posting_carrier(posting, posting_trace, incoming);
+    }
     let current = tracing::Span::current().context();
     let current = current.span().span_context().clone();
     if current.is_valid() && current.trace_id().to_string() == posting_trace {
@@ -137,16 +147,26 @@ pub fn call_trace_headers(
             vec![opentelemetry::KeyValue::new("bidorch.link", "attempt")],
         );
     }
+    let carrier = posting_carrier(posting, posting_trace, incoming);
+    set_parent_from(span, &carrier);
+    let own = inject(span);
+    if own.contains_key("traceparent") {
+        return own;
+    }
+    carrier
+}
+
+/// The posting's `traceparent`, with the delivery's `tracestate` when it is the same trace.
+fn posting_carrier(
+    posting: &str,
+    posting_trace: &str,
+    incoming: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mut carrier = BTreeMap::from([("traceparent".to_owned(), posting.to_owned())]);
     let same_trace =
         incoming.get("traceparent").and_then(|tp| trace_id_of(tp)) == Some(posting_trace);
     if same_trace && let Some(state) = incoming.get("tracestate") {
         carrier.insert("tracestate".to_owned(), state.clone());
-    }
-    set_parent_from(span, &carrier);
-    let own = inject(span);
-    if own.contains_key("traceparent") {
-        return own;
     }
     carrier
 }
@@ -185,15 +205,22 @@ pub fn attempt_trace_parent(
 /// above: a child of the publisher's context from `headers`, linked to the previous attempt.
 ///
 /// The parent and link are set here, before anyone can enter the span. `destination` is the
-/// exchange the worker consumes from (`amqp.exchange`), a low-cardinality name; `marketplace`,
-/// `posting_id` and `outcome` are declared empty and recorded by the worker once known.
+/// exchange the worker consumes from (`amqp.exchange`), a low-cardinality name; `posting` is
+/// the posting's marketplace and id when the body could be read; `outcome` is declared empty and
+/// recorded by the worker once known. Everything known is given at creation: each later
+/// `record` reformats the span's log fields.
 pub fn consumer_span(
     messaging_system: &'static str,
     destination: &str,
     message_id: Option<&str>,
     attempt: u32,
+    posting: Option<(&str, &str)>,
     headers: &BTreeMap<String, String>,
 ) -> (tracing::Span, String) {
+    let exporting = super::exporting();
+    // Without export the correlation id is known before the span exists; with it, it is the
+    // span's own trace, known once the parent is set.
+    let known = (!exporting).then(|| incoming_trace_id(headers).unwrap_or_else(new_trace_id));
     let span = tracing::info_span!(
         "process",
         otel.name = %format_args!("process {destination}"),
@@ -203,23 +230,26 @@ pub fn consumer_span(
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         messaging.destination.name = %destination,
-        messaging.message.id = tracing::field::Empty,
+        messaging.message.id = message_id,
         bidorch.attempt = attempt,
-        marketplace = tracing::field::Empty,
-        posting_id = tracing::field::Empty,
+        marketplace = posting.map(|(marketplace, _)| marketplace),
+        posting_id = posting.map(|(_, id)| id),
         outcome = tracing::field::Empty,
         error.type = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
+        trace_id = known.as_ref().map(tracing::field::display),
     );
-    if let Some(id) = message_id {
-        span.record("messaging.message.id", id);
-    }
-    set_parent_from(&span, headers);
-    link_previous_attempt(&span, headers);
     // Every log line inside the span carries it (text: the span prefix; JSON: a top-level
     // field), so logs, the attempt history and the trace join even with export off.
-    let id = trace_id(&span, headers).unwrap_or_else(new_trace_id);
-    span.record("trace_id", tracing::field::display(&id));
+    let id = match known {
+        Some(id) => id,
+        None => {
+            set_parent_from(&span, headers);
+            link_previous_attempt(&span, headers);
+            let id = trace_id(&span, headers).unwrap_or_else(new_trace_id);
+            span.record("trace_id", tracing::field::display(&id));
+            id
+        }
+    };
     (span, id)
 }
 
@@ -238,11 +268,18 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// publisher's trace): what the attempt history and the log lines carry, so a posting's story
 /// and its trace can be found from one another even with export off.
 pub fn trace_id(span: &tracing::Span, headers: &BTreeMap<String, String>) -> Option<String> {
-    let cx = span.context();
-    let own = cx.span().span_context().clone();
-    if own.is_valid() {
-        return Some(own.trace_id().to_string());
+    if super::exporting() {
+        let cx = span.context();
+        let own = cx.span().span_context().clone();
+        if own.is_valid() {
+            return Some(own.trace_id().to_string());
+        }
     }
+    incoming_trace_id(headers)
+}
+
+/// The trace id of the incoming `traceparent`, if valid.
+fn incoming_trace_id(headers: &BTreeMap<String, String>) -> Option<String> {
     let incoming = headers.get("traceparent")?.split('-').nth(1)?;
     let valid = incoming.len() == 32
         && incoming.bytes().all(|b| b.is_ascii_hexdigit())

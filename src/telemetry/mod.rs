@@ -118,6 +118,22 @@ pub fn init(settings: &TelemetrySettings, instance_id: &str) -> anyhow::Result<T
     Ok(Telemetry { provider })
 }
 
+/// Marks a subscriber whose spans reach an OpenTelemetry layer: add it beside the layer.
+///
+/// Without it [`exporting`] is false, and the trace-context helpers skip the span-context work
+/// that only a trace layer can use (parsing `traceparent` into a parent, reading a span's own
+/// context, which an absent layer answers with nothing): they pass the incoming context on as
+/// it came instead, at no cost per posting.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceExport;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TraceExport {}
+
+/// Whether the current subscriber carries [`TraceExport`].
+pub fn exporting() -> bool {
+    tracing::dispatcher::get_default(|d| d.downcast_ref::<TraceExport>().is_some())
+}
+
 /// The subscriber: logs in `format` filtered by `log_filter`, and traces through `provider` (if
 /// any) filtered by [`trace_filter`] — each layer its own filter, both kept [`Fresh`].
 fn subscriber(
@@ -158,6 +174,7 @@ fn subscriber(
         *meta.level() <= log_max || (exported && traced(meta))
     });
     tracing_subscriber::registry()
+        .with(exported.then_some(TraceExport))
         .with(otel_layer)
         .with(log_layer.with_filter(Fresh(log_filter.and(no_secret_frames()))))
         .with(wanted)
@@ -248,7 +265,8 @@ mod tests {
             for _ in 0..3 {
                 // What sqlx's query logger does after every query: asks, and logs nothing.
                 let _ = log::log_enabled!(target: "sqlx::query", log::Level::Debug);
-                let (span, trace_id) = consumer_span("rabbitmq", "postings", None, 1, &headers);
+                let (span, trace_id) =
+                    consumer_span("rabbitmq", "postings", None, 1, None, &headers);
                 assert!(!span.is_disabled(), "the process span was dropped");
                 let own = traceparent_of(&span).expect("the process span is in the trace layer");
                 assert_eq!(trace_id_of(&own), Some(trace_id.as_str()));

@@ -14,6 +14,7 @@ use super::WorkerOptions;
 use crate::flow::{Dependency, Gate};
 use crate::metrics;
 use crate::pipeline::{Action, AttemptContext, Envelope, Outcome, Pipeline, Processed};
+use crate::posting::{Posting, PostingError};
 use crate::source::Delivery;
 use crate::telemetry;
 
@@ -32,14 +33,21 @@ pub(super) async fn handle(
     options: &WorkerOptions,
     gate: &Gate,
 ) -> Handled {
+    // Read first: the span then names the posting from the start.
+    let parsed = pipeline.parse(&delivery.body);
+    let key = parsed
+        .as_ref()
+        .ok()
+        .map(|p| (p.key.marketplace(), p.key.posting_id()));
     let (span, trace_id) = telemetry::consumer_span(
         options.messaging_system,
         &options.destination,
         delivery.message_id.as_deref(),
         delivery.attempt,
+        key,
         &delivery.headers,
     );
-    process(delivery, pipeline, options, gate, trace_id)
+    process(delivery, parsed, pipeline, options, gate, trace_id)
         .instrument(span)
         .await
 }
@@ -66,6 +74,7 @@ fn seen_before(delivery: &Delivery) -> bool {
 
 async fn process(
     mut delivery: Delivery,
+    parsed: Result<Posting, PostingError>,
     pipeline: &Pipeline,
     options: &WorkerOptions,
     gate: &Gate,
@@ -73,13 +82,7 @@ async fn process(
 ) -> Handled {
     let _in_flight = metrics::InFlight::enter();
     let started = Instant::now();
-    let parsed = pipeline.parse(&delivery.body);
     let span = tracing::Span::current();
-    if let Ok(posting) = &parsed {
-        // As soon as known: every line logged while the posting is worked on names it.
-        span.record("marketplace", posting.key.marketplace());
-        span.record("posting_id", posting.key.posting_id());
-    }
     let (posting, processed) = match parsed {
         // Poison never waits: it is parked at once.
         Err(e) => (None, Processed::without_lease(Outcome::Poison(e))),

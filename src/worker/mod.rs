@@ -176,11 +176,13 @@ pub async fn run(
                     let (pipeline, options, gate) = (pipeline.clone(), options.clone(), status.gate.clone());
                     // Counted in the process's report to operators while it is worked on.
                     let working = pipeline.pause_board().map(crate::control::PauseBoard::working);
-                    in_flight.spawn(async move {
+                    // Boxed: the task then moves a pointer, not the whole pipeline's state
+                    // machine (kilobytes, copied at each hand-over into and out of the task).
+                    in_flight.spawn(Box::pin(async move {
                         let handled = handle::handle(delivery, &pipeline, &options, &gate).await;
                         drop(working);
                         handled
-                    });
+                    }));
                 }
             }
         }

@@ -298,7 +298,8 @@ async fn pika_postings_are_bid_once_each_in_the_publishers_trace_with_otel() {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let subscriber = tracing_subscriber::registry()
         .with(bidorch::telemetry::trace_filter())
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bidorch-interop")));
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bidorch-interop")))
+        .with(bidorch::telemetry::TraceExport);
     let _default = tracing::subscriber::set_default(subscriber);
 
     for (sent, traceparent) in run_scenario().await {

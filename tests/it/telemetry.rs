@@ -391,11 +391,14 @@ fn a_step_span_stays_in_the_process_spans_trace_beside_the_log_layer() {
         .flatten_span_list_on_top_level(true)
         .boxed()
         .with_filter(tracing_subscriber::EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::registry().with(Some(otel)).with(log);
+    let subscriber = tracing_subscriber::registry()
+        .with(Some(otel))
+        .with(log)
+        .with(bidorch::telemetry::TraceExport);
     tracing::subscriber::with_default(subscriber, || {
         let h = headers(&[("traceparent", TRACEPARENT)]);
         let (span, trace_id) =
-            bidorch::telemetry::consumer_span("rabbitmq", "postings", Some("m"), 1, &h);
+            bidorch::telemetry::consumer_span("rabbitmq", "postings", Some("m"), 1, None, &h);
         let _e = span.enter();
         let child = tracing::debug_span!(target: "bidorch::pipeline", "pipeline");
         let cx = child.context();

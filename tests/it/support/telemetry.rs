@@ -305,7 +305,8 @@ pub fn otel_subscriber() -> (impl tracing::Subscriber + Send + Sync, CollectSpan
     // The OTel layer is the only one here, so its filter is the whole subscriber's.
     let subscriber = tracing_subscriber::registry()
         .with(bidorch::telemetry::trace_filter())
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bidorch-test")));
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bidorch-test")))
+        .with(bidorch::telemetry::TraceExport);
     (subscriber, spans)
 }
 
