@@ -28,7 +28,8 @@ use crate::source::{
 pub(crate) struct Session {
     settings: Arc<AmqpSettings>,
     connection: Arc<Connection>,
-    channel: Channel,
+    /// Shared with each delivery's settler, which acks on it.
+    channel: Arc<Channel>,
     consumer: Consumer,
     republisher: Arc<Republisher>,
     /// Flips the health state as soon as the connection reports an error, even while no one is
@@ -69,7 +70,7 @@ impl Session {
                 )),
                 settings,
                 connection,
-                channel,
+                channel: Arc::new(channel),
                 consumer,
                 watcher,
             }),
@@ -99,6 +100,7 @@ impl Session {
         match next? {
             Ok(message) => Some(Ok(to_delivery(
                 message,
+                &self.channel,
                 &self.republisher,
                 &self.settings.queue,
             ))),
@@ -195,6 +197,7 @@ pub(crate) fn inbound(table: &FieldTable, route: Route<'_>, queue: &str) -> Inbo
 
 fn to_delivery(
     message: lapin::message::Delivery,
+    channel: &Arc<Channel>,
     republisher: &Arc<Republisher>,
     queue: &str,
 ) -> Delivery {
@@ -211,6 +214,8 @@ fn to_delivery(
         .map(|id| id.as_str().to_owned());
     let settler = AmqpSettler::new(
         message.acker,
+        Arc::clone(channel),
+        message.delivery_tag,
         message.properties.clone(),
         Arc::clone(republisher),
     );
