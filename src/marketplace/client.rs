@@ -1,5 +1,5 @@
 //! [`HttpMarketplace`]: every configured marketplace behind the [`Marketplace`] port, each through
-//! the adapter of the API it speaks, over one HTTP client (reqwest, rustls) — and what the
+//! the adapter of the API it speaks, over one HTTP client (a [`Transport`]) — and what the
 //! adapters share: an [`Endpoint`] (base URL, token, timeout) and one bounded exchange with it.
 //!
 //! Network trouble (timeouts, refused connections, a body cut short) is an [`Exchange::Failed`],
@@ -12,13 +12,14 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::Instrument;
 
 use super::classify::Answer;
 use super::contract::ContractApi;
 use super::freelancer::FreelancerApi;
+use super::transport::Transport;
 use super::{
     BidRequest, BidResult, BidTerms, Capabilities, LiveCheck, Lookup, LookupRequest, Marketplace,
     MarketplaceError, RequestRefusal,
@@ -33,7 +34,7 @@ const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 /// Most of a response body read; the APIs' bodies are small, an excerpt needs 200 chars, a page
 /// of a hundred bids a few dozen KiB.
-const MAX_BODY_BYTES: usize = 512 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 512 * 1024;
 
 /// One marketplace's HTTP endpoint: where it is, how we authenticate, how long a call may take.
 pub(crate) struct Endpoint {
@@ -43,7 +44,7 @@ pub(crate) struct Endpoint {
     pub token_env: String,
     token: SecretString,
     pub timeout: Duration,
-    client: reqwest::Client,
+    transport: Transport,
 }
 
 /// What one exchange with an endpoint came to.
@@ -103,51 +104,15 @@ impl Endpoint {
             http.response.status_code = tracing::field::Empty,
             marketplace = %self.name,
         );
-        let mut request = self
-            .client
-            .request(method, url)
-            .timeout(self.timeout)
-            .headers(headers);
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
+        let exchanged = self
+            .transport
+            .exchange(method, &url, headers, body, self.timeout)
+            .instrument(span.clone())
+            .await;
+        if let Exchange::Answered { status, .. } = &exchanged {
+            span.record("http.response.status_code", status);
         }
-        async move {
-            let mut response = match request.send().await {
-                Ok(response) => response,
-                Err(e) => return transport_failure(&e),
-            };
-            let status = response.status().as_u16();
-            tracing::Span::current().record("http.response.status_code", status);
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let mut body = Vec::new();
-            loop {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => {
-                        let room = MAX_BODY_BYTES - body.len();
-                        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                        if body.len() >= MAX_BODY_BYTES {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    // The answer was cut short: we cannot know what happened.
-                    Err(e) => return transport_failure(&e),
-                }
-            }
-            Exchange::Answered {
-                status,
-                retry_after,
-                body,
-            }
-        }
-        .instrument(span)
-        .await
+        exchanged
     }
 
     /// POSTs `bid`'s stored body to `url` with `headers` in the posting's trace: no answer is a
@@ -213,33 +178,6 @@ pub(crate) fn join_path(base: &url::Url, segments: &[&str]) -> url::Url {
     url
 }
 
-/// A transport error, described without the URL (it may carry a secret in its query).
-fn transport_failure(e: &reqwest::Error) -> Exchange {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut reason = kind.to_owned();
-    // The chain's innermost cause says why (refused, reset, dns).
-    let mut source = std::error::Error::source(e);
-    let mut last = None;
-    while let Some(cause) = source {
-        last = Some(cause.to_string());
-        source = cause.source();
-    }
-    if let Some(last) = last {
-        reason = format!("{reason}: {last}");
-    }
-    // A connection never made carried no request; a timeout or a reset may have.
-    Exchange::Failed {
-        reason,
-        reached: !e.is_connect(),
-    }
-}
-
 /// One marketplace's API: what the pipeline asks of it, in that API's words.
 #[async_trait]
 pub(crate) trait Api: Send + Sync {
@@ -261,7 +199,7 @@ pub(crate) trait Api: Send + Sync {
 
 /// Places bids on the configured marketplaces over HTTP, each through its API's adapter.
 ///
-/// One connection pool serves all marketplaces. reqwest sets the connect timeout per client, so
+/// One connection pool serves all marketplaces. The connect timeout is set per client, so
 /// the pool uses the largest `connect_timeout` configured, and every request is bounded by its
 /// own marketplace's `timeout`, which covers connecting too: no call outlives that bound.
 pub struct HttpMarketplace {
@@ -279,22 +217,22 @@ impl HttpMarketplace {
         lock_ttl: Duration,
         token_of: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, MarketplaceError> {
-        crate::tls::install_default_provider();
         let connect_timeout = marketplaces
             .values()
             .map(|m| m.timeouts(lock_ttl).1)
             .max()
             .unwrap_or(Duration::from_secs(2));
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("bidorch/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(connect_timeout)
-            // A redirect would replay a request carrying our token somewhere unconfigured.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| MarketplaceError::Config {
-                marketplace: marketplaces.keys().cloned().collect::<Vec<_>>().join(","),
-                problem: format!("cannot build the HTTP client: {e}"),
-            })?;
+        let client = Transport::new(
+            marketplaces.values().map(|m| m.base_url.url()),
+            connect_timeout,
+        )
+        .map_err(|problem| MarketplaceError::Config {
+            marketplace: marketplaces.keys().cloned().collect::<Vec<_>>().join(","),
+            problem,
+        })?;
+        if client.proxied() {
+            tracing::info!("A proxy is configured for a marketplace: calls go through it");
+        }
         let mut apis: BTreeMap<String, Box<dyn Api>> = BTreeMap::new();
         for (name, settings) in marketplaces {
             let endpoint = endpoint(name, settings, lock_ttl, &client, &token_of)?;
@@ -340,7 +278,7 @@ fn endpoint(
     name: &str,
     settings: &MarketplaceSettings,
     lock_ttl: Duration,
-    client: &reqwest::Client,
+    client: &Transport,
     token_of: &impl Fn(&str) -> Option<String>,
 ) -> Result<Endpoint, MarketplaceError> {
     let problem = |problem: String| MarketplaceError::Config {
@@ -382,7 +320,7 @@ fn endpoint(
         token_env: settings.token_env.clone(),
         token: SecretString::from(token),
         timeout: settings.timeouts(lock_ttl).0,
-        client: client.clone(),
+        transport: client.clone(),
     })
 }
 

@@ -17,6 +17,7 @@ mod client;
 pub mod contract;
 pub mod freelancer;
 pub mod sandbox;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
