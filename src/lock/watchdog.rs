@@ -30,23 +30,7 @@ pub struct HeldLease {
     state: watch::Receiver<Option<Instant>>,
     renewer: Option<JoinHandle<()>>,
     /// Dropped with the `HeldLease` (after `release` answered, or on drop): decrements the gauge.
-    _held: HeldGauge,
-}
-
-/// One count in `bidorch_leases_held`, for as long as it lives.
-struct HeldGauge;
-
-impl HeldGauge {
-    fn start() -> Self {
-        metrics::gauge!(crate::metrics::LEASES_HELD).increment(1.0);
-        Self
-    }
-}
-
-impl Drop for HeldGauge {
-    fn drop(&mut self) {
-        metrics::gauge!(crate::metrics::LEASES_HELD).decrement(1.0);
-    }
+    _held: crate::metrics::LeaseHeld,
 }
 
 impl HeldLease {
@@ -60,7 +44,7 @@ impl HeldLease {
             lease,
             state: rx,
             renewer: Some(renewer),
-            _held: HeldGauge::start(),
+            _held: crate::metrics::LeaseHeld::start(),
         }
     }
 

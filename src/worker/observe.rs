@@ -1,12 +1,36 @@
 //! The one place a processed delivery is logged and counted, so the log line and the counters
 //! cannot drift (vector's habit): received, outcome, retry or dead letter, latency.
 
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use metrics::{counter, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
+
+use crate::metrics::Handles;
 
 use crate::pipeline::{Action, Outcome};
 use crate::posting::PostingKey;
+
+/// The series of each marketplace.
+static SERIES: LazyLock<Handles<String, Arc<Market>>> = LazyLock::new(Handles::new);
+/// `bidorch_pipeline_seconds`, by outcome.
+static PIPELINE_SECONDS: LazyLock<Handles<&'static str, Histogram>> = LazyLock::new(Handles::new);
+
+/// One marketplace's counters.
+struct Market {
+    received: Counter,
+    /// `bidorch_outcomes_total`, by outcome.
+    outcomes: Handles<&'static str, Counter>,
+}
+
+impl Market {
+    fn new(market: &str) -> Self {
+        Self {
+            received: counter!("bidorch_postings_received_total", "marketplace" => market.to_owned()),
+            outcomes: Handles::new(),
+        }
+    }
+}
 
 /// Logs and counts one processed delivery: received, outcome, retry or dead letter, latency.
 /// Waits (a held lease, a pause, a not-before) are logged at DEBUG: during an outage they are
@@ -21,10 +45,25 @@ pub fn observe(
     let market = key.map_or("unknown", PostingKey::marketplace);
     let posting_id = key.map_or("-", PostingKey::posting_id);
     let label = outcome.label();
-    counter!("bidorch_postings_received_total", "marketplace" => market.to_owned()).increment(1);
-    counter!("bidorch_outcomes_total", "marketplace" => market.to_owned(), "outcome" => label)
+    let series = SERIES.get(market, || {
+        (market.to_owned(), Arc::new(Market::new(market)))
+    });
+    series.received.increment(1);
+    series
+        .outcomes
+        .get(&label, || {
+            let outcomes = counter!("bidorch_outcomes_total", "marketplace" => market.to_owned(), "outcome" => label);
+            (label, outcomes)
+        })
         .increment(1);
-    histogram!("bidorch_pipeline_seconds", "outcome" => label).record(elapsed.as_secs_f64());
+    PIPELINE_SECONDS
+        .get(&label, || {
+            (
+                label,
+                histogram!("bidorch_pipeline_seconds", "outcome" => label),
+            )
+        })
+        .record(elapsed.as_secs_f64());
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     match action {
         Action::Ack => match outcome {
