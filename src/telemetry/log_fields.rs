@@ -57,24 +57,59 @@ struct Fields<'a> {
     result: fmt::Result,
 }
 
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.record_debug(field, &format_args!("{value}"));
-        } else {
-            self.record_debug(field, &value);
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let name = field.name();
+impl Fields<'_> {
+    /// Writes the separator before a field, unless it is the first; false if the field is left
+    /// out.
+    fn start(&mut self, name: &str) -> bool {
         if self.result.is_err() || trace_only(name) || name.starts_with("log.") {
-            return;
+            return false;
         }
         if !self.first {
             self.result = self.writer.write_char(' ');
         }
         self.first = false;
+        true
+    }
+}
+
+/// Whether `value`'s `Debug` form is itself in quotes: printable ASCII with nothing to escape.
+fn plain(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+}
+
+impl Visit for Fields<'_> {
+    /// Strings are the most of every line (ids, names, the message): written as they are when
+    /// `Debug` would only add the quotes, which saves the formatting machinery per field.
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let name = field.name();
+        if name == "message" {
+            if self.start(name) {
+                self.result = self.result.and_then(|()| self.writer.write_str(value));
+            }
+            return;
+        }
+        if !plain(value) {
+            return self.record_debug(field, &value);
+        }
+        if self.start(name) {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            let w = &mut self.writer;
+            self.result = self.result.and_then(|()| {
+                w.write_str(name)?;
+                w.write_str("=\"")?;
+                w.write_str(value)?;
+                w.write_char('"')
+            });
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if !self.start(name) {
+            return;
+        }
         self.result = self.result.and_then(|()| {
             if name == "message" {
                 write!(self.writer, "{value:?}")
@@ -89,6 +124,57 @@ impl Visit for Fields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line as `fields` formats it (no time, no level).
+    fn line<N>(fields: N, value: &str) -> String
+    where
+        N: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(fields)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(posting_id = value, attempt = 2, "Bid placed");
+        });
+        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn strings_are_written_as_the_default_formatter_writes_them() {
+        for value in [
+            "p-1",
+            "",
+            "a b",
+            "quote\"d",
+            "back\\slash",
+            "new\nline",
+            "é",
+            "t\tab",
+        ] {
+            let ours = line(LogFields, value);
+            let default = line(tracing_subscriber::fmt::format::DefaultFields::new(), value);
+            assert_eq!(ours, default, "{value:?}");
+        }
+    }
 
     #[test]
     fn opentelemetry_attributes_stay_out_of_log_lines() {
