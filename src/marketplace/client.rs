@@ -231,7 +231,9 @@ impl HttpMarketplace {
             problem,
         })?;
         if client.proxied() {
-            tracing::info!("A proxy is configured for a marketplace: calls go through it");
+            tracing::info!(
+                "A proxy is configured for a marketplace: calls go through the proxy-aware client"
+            );
         }
         let mut apis: BTreeMap<String, Box<dyn Api>> = BTreeMap::new();
         for (name, settings) in marketplaces {
