@@ -311,36 +311,20 @@ fn kept_gauge(name: &'static str) -> metrics::Gauge {
     KEPT.get(name, || (name, gauge!(name)))
 }
 
-/// Counts a posting in flight for as long as it lives.
-pub struct InFlight(metrics::Gauge);
+/// One count in a label-less gauge (`bidorch_postings_in_flight`, `bidorch_leases_held`) for as
+/// long as it lives.
+pub struct Counted(metrics::Gauge);
 
-impl InFlight {
-    /// Increments `bidorch_postings_in_flight` until dropped.
-    pub fn enter() -> Self {
-        let gauge = kept_gauge(IN_FLIGHT);
+impl Counted {
+    /// Increments gauge `name` until dropped.
+    pub fn new(name: &'static str) -> Self {
+        let gauge = kept_gauge(name);
         gauge.increment(1.0);
         Self(gauge)
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
-/// Counts a lease held for as long as it lives (`bidorch_leases_held`).
-pub struct LeaseHeld(metrics::Gauge);
-
-impl LeaseHeld {
-    pub fn start() -> Self {
-        let gauge = kept_gauge(LEASES_HELD);
-        gauge.increment(1.0);
-        Self(gauge)
-    }
-}
-
-impl Drop for LeaseHeld {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }

@@ -30,7 +30,7 @@ pub struct HeldLease {
     state: watch::Receiver<Option<Instant>>,
     renewer: Option<JoinHandle<()>>,
     /// Dropped with the `HeldLease` (after `release` answered, or on drop): decrements the gauge.
-    _held: crate::metrics::LeaseHeld,
+    _held: crate::metrics::Counted,
 }
 
 impl HeldLease {
@@ -44,7 +44,7 @@ impl HeldLease {
             lease,
             state: rx,
             renewer: Some(renewer),
-            _held: crate::metrics::LeaseHeld::start(),
+            _held: crate::metrics::Counted::new(crate::metrics::LEASES_HELD),
         }
     }
 

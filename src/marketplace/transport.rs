@@ -165,19 +165,14 @@ async fn direct(
         }
     };
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let retry_after = retry_after(response.headers());
     let mut incoming = response.into_body();
     let mut body = Vec::new();
     while body.len() < MAX_BODY_BYTES {
         match incoming.frame().await {
             Some(Ok(frame)) => {
                 if let Some(chunk) = frame.data_ref() {
-                    let room = MAX_BODY_BYTES - body.len();
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    keep(&mut body, chunk);
                 }
             }
             None => break,
@@ -214,18 +209,11 @@ async fn through_proxy(
         Err(e) => return reqwest_failure(&e),
     };
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let retry_after = retry_after(response.headers());
     let mut body = Vec::new();
     while body.len() < MAX_BODY_BYTES {
         match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_BODY_BYTES - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
+            Ok(Some(chunk)) => keep(&mut body, &chunk),
             Ok(None) => break,
             Err(e) => return reqwest_failure(&e),
         }
@@ -235,6 +223,20 @@ async fn through_proxy(
         retry_after,
         body,
     }
+}
+
+/// An answer's `Retry-After`, if readable.
+fn retry_after(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Appends as much of `chunk` as [`MAX_BODY_BYTES`] leaves room for.
+fn keep(body: &mut Vec<u8>, chunk: &[u8]) {
+    let room = MAX_BODY_BYTES.saturating_sub(body.len());
+    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
 }
 
 fn reqwest_failure(e: &reqwest::Error) -> Exchange {

@@ -80,7 +80,7 @@ async fn process(
     gate: &Gate,
     trace_id: String,
 ) -> Handled {
-    let _in_flight = metrics::InFlight::enter();
+    let _in_flight = metrics::Counted::new(metrics::IN_FLIGHT);
     let started = Instant::now();
     let span = tracing::Span::current();
     let (posting, processed) = match parsed {
