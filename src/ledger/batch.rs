@@ -182,15 +182,16 @@ impl BidLedger for Batched {
         self.lookups.ask(key.clone()).await.map_err(ledger_error)
     }
 
-    async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
+    async fn claim(&self, claim: ClaimRequest) -> Result<Claim, LedgerError> {
+        let key = claim.key.clone();
         match self
             .steps
-            .ask(Step::Claim(claim.clone()))
+            .ask(Step::Claim(claim))
             .await
             .map_err(ledger_error)?
         {
             Answer::Claimed(claimed) => Ok(*claimed),
-            Answer::Finished(_) => Err(mismatched(&claim.key)),
+            Answer::Finished(_) => Err(mismatched(&key)),
         }
     }
 

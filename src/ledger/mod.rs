@@ -75,7 +75,7 @@ pub trait BidLedger: Send + Sync + 'static {
     async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError>;
 
     /// Claims one posting (see the module docs).
-    async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError>;
+    async fn claim(&self, claim: ClaimRequest) -> Result<Claim, LedgerError>;
 
     /// Ends one attempt: writes `finish` if `epoch` is still current and the row pending, and
     /// closes the attempt's history row. A rejection releases the posting's cap slot.

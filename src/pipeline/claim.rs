@@ -63,7 +63,7 @@ impl Pipeline {
             verify,
             budget,
         };
-        let claimed = step!("ledger.claim", self.ledger.claim(&request), |r: &Result<
+        let claimed = step!("ledger.claim", self.ledger.claim(request), |r: &Result<
             Claim,
             _,
         >| match r {

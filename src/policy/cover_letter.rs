@@ -3,14 +3,20 @@
 //! variable name stops start-up instead of sending letters with a blank where it was), and cut
 //! to a maximum length on a character boundary.
 //!
+//! A letter is rendered with only the variables its template names (found once, when it is
+//! added): building all of them copied the description and the skills and wrote three amounts
+//! for every posting, most of what a letter cost. A template that needs more than it names (an
+//! `{% include %}`) fails that render strictly and is rendered again with every variable.
+//!
 //! Variables: `title`, `description`, `skills` (a list), `marketplace`, `posting_id`, `url`,
 //! `budget` (the budget's max, else min), `budget_min`, `budget_max`, `currency`, `kind`
 //! (`fixed` / `hourly`) and `amount` (the bid, written in the currency's minor unit). Amounts
 //! are strings, so they print exactly. Missing optional fields are `none`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value, context};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use rust_decimal::Decimal;
 
 use super::{PolicyError, SkipReason, amount::format_amount};
@@ -23,6 +29,8 @@ const ELLIPSIS: char = '…';
 #[derive(Clone, Debug)]
 pub struct CoverLetters {
     env: Arc<Environment<'static>>,
+    /// The variables each template names, by key.
+    uses: Arc<HashMap<String, Uses>>,
 }
 
 impl CoverLetters {
@@ -37,6 +45,7 @@ impl CoverLetters {
         // Letters are plain text, whatever the key's name looks like.
         env.set_auto_escape_callback(|_| AutoEscape::None);
         let sample = sample_posting();
+        let mut uses = HashMap::new();
         for (key, source) in templates {
             if let Some(old) = legacy_placeholder(source) {
                 // Before minijinja `{title}` was replaced; now it would go out literally.
@@ -51,11 +60,19 @@ impl CoverLetters {
             };
             env.add_template_owned(key.to_owned(), source.to_owned())
                 .map_err(invalid)?;
-            env.get_template(key)
-                .and_then(|t| t.render(variables(&sample, Decimal::new(45000, 2))))
+            let template = env.get_template(key).map_err(invalid)?;
+            template
+                .render(variables(&sample, Decimal::new(45000, 2), Uses::ALL))
                 .map_err(invalid)?;
+            uses.insert(
+                key.to_owned(),
+                Uses::of(&template.undeclared_variables(false)),
+            );
         }
-        Ok(Self { env: Arc::new(env) })
+        Ok(Self {
+            env: Arc::new(env),
+            uses: Arc::new(uses),
+        })
     }
 
     /// The letter of template `key` for bidding `amount` on `posting`, at most `max_chars` long.
@@ -66,9 +83,18 @@ impl CoverLetters {
         amount: Decimal,
         max_chars: usize,
     ) -> Result<String, SkipReason> {
+        let uses = self.uses.get(key).copied().unwrap_or(Uses::ALL);
         self.env
             .get_template(key)
-            .and_then(|t| t.render(variables(posting, amount)))
+            .and_then(|t| {
+                t.render(variables(posting, amount, uses)).or_else(|e| {
+                    if uses == Uses::ALL {
+                        Err(e)
+                    } else {
+                        t.render(variables(posting, amount, Uses::ALL))
+                    }
+                })
+            })
             .map(|letter| truncate(letter, max_chars))
             .map_err(|e| SkipReason::CoverLetterFailed {
                 error: e.to_string(),
@@ -116,27 +142,64 @@ pub fn truncate(text: String, max_chars: usize) -> String {
     }
 }
 
-fn variables(posting: &Posting, amount: Decimal) -> Value {
+/// Which of [`VARIABLES`] a template names: bit `i` is `VARIABLES[i]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Uses(u16);
+
+impl Uses {
+    const ALL: Self = Self(u16::MAX);
+
+    /// The documented variables among `names` (the rest are functions, filters' globals, or a
+    /// typo the sample render has already refused).
+    fn of(names: &std::collections::HashSet<String>) -> Self {
+        Self(
+            VARIABLES
+                .iter()
+                .enumerate()
+                .filter(|(_, var)| names.contains(**var))
+                .fold(0, |bits, (i, _)| bits | 1 << i),
+        )
+    }
+
+    fn has(self, var: &str) -> bool {
+        VARIABLES
+            .iter()
+            .position(|v| *v == var)
+            .is_some_and(|i| self.0 & 1 << i != 0)
+    }
+}
+
+/// The variables a template may use, those in `uses` only.
+fn variables(posting: &Posting, amount: Decimal, uses: Uses) -> Value {
     let budget = posting.budget.as_ref();
-    let text = |v: Option<Decimal>| v.map(|v| v.to_string());
-    let currency = budget.map(|b| b.currency.clone());
-    context! {
-        title => posting.title.clone(),
-        description => posting.description.clone(),
-        skills => posting.skills.clone(),
-        marketplace => posting.key.marketplace(),
-        posting_id => posting.key.posting_id(),
-        url => posting.url.clone(),
-        budget => text(budget.and_then(|b| b.max.or(b.min))),
-        budget_min => text(budget.and_then(|b| b.min)),
-        budget_max => text(budget.and_then(|b| b.max)),
-        kind => budget.map(|b| match b.kind {
+    let text = |v: Option<Decimal>| Value::from(v.map(|v| v.to_string()));
+    let currency = budget.map(|b| b.currency.as_str());
+    let mut vars = BTreeMap::new();
+    let mut set = |name: &'static str, value: &dyn Fn() -> Value| {
+        if uses.has(name) {
+            vars.insert(name, value());
+        }
+    };
+    set("title", &|| Value::from(posting.title.as_str()));
+    set("description", &|| Value::from(posting.description.as_str()));
+    set("skills", &|| Value::from(posting.skills.clone()));
+    set("marketplace", &|| Value::from(posting.key.marketplace()));
+    set("posting_id", &|| Value::from(posting.key.posting_id()));
+    set("url", &|| Value::from(posting.url.as_deref()));
+    set("budget", &|| text(budget.and_then(|b| b.max.or(b.min))));
+    set("budget_min", &|| text(budget.and_then(|b| b.min)));
+    set("budget_max", &|| text(budget.and_then(|b| b.max)));
+    set("kind", &|| {
+        Value::from(budget.map(|b| match b.kind {
             BudgetKind::Fixed => "fixed",
             BudgetKind::Hourly => "hourly",
-        }),
-        amount => format_amount(amount, currency.as_deref().unwrap_or("USD")),
-        currency => currency,
-    }
+        }))
+    });
+    set("amount", &|| {
+        Value::from(format_amount(amount, currency.unwrap_or("USD")))
+    });
+    set("currency", &|| Value::from(currency));
+    Value::from(vars)
 }
 
 /// A posting with every field set, to render each template once at start.
@@ -196,6 +259,20 @@ mod tests {
             "T|A sample description.|rust|sample|sample_1|https://example.invalid/sample|\
              500|100|500|USD|fixed|4.00"
         );
+    }
+
+    #[test]
+    fn a_template_gets_the_variables_it_names_and_an_include_those_it_needs() {
+        let l = CoverLetters::new([
+            ("inner", "{{ amount }} {{ currency }}"),
+            ("outer", "{{ title }} for {% include 'inner' %}"),
+        ])
+        .unwrap();
+        assert!(l.uses["outer"].has("title") && !l.uses["outer"].has("description"));
+        let text = l
+            .render("outer", &posting("T"), Decimal::new(4, 0), 5000)
+            .unwrap();
+        assert_eq!(text, "T for 4.00 USD");
     }
 
     #[test]

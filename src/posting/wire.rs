@@ -54,11 +54,12 @@ pub struct WireAmount(pub Decimal);
 impl<'de> Deserialize<'de> for WireAmount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // The raw JSON text of the value: `1500.10` stays `1500.10`, not the nearest f64.
-        let raw = Box::<RawValue>::deserialize(d)?;
+        // Borrowed from the body, as is a string amount without escapes.
+        let raw = <&RawValue>::deserialize(d)?;
         let text = raw.get();
-        let literal = match text.strip_prefix('"') {
-            Some(_) => serde_json::from_str::<String>(text).map_err(serde::de::Error::custom)?,
-            None => text.to_owned(),
+        let literal: std::borrow::Cow<'_, str> = match text.strip_prefix('"') {
+            Some(_) => serde_json::from_str(text).map_err(serde::de::Error::custom)?,
+            None => text.into(),
         };
         let value = Decimal::from_str_exact(literal.trim()).map_err(|e| {
             serde::de::Error::custom(format!("{literal:?} is not a decimal amount: {e}"))

@@ -79,6 +79,24 @@ fn plain(value: &str) -> bool {
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
+impl Fields<'_> {
+    /// `name=text`, for a value whose `Debug` form is `text` itself (numbers, booleans): no
+    /// formatting machinery for the attempt of every line.
+    fn record_plain(&mut self, field: &Field, text: &str) {
+        let name = field.name();
+        if !self.start(name) {
+            return;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        let w = &mut self.writer;
+        self.result = self.result.and_then(|()| {
+            w.write_str(name)?;
+            w.write_char('=')?;
+            w.write_str(text)
+        });
+    }
+}
+
 impl Visit for Fields<'_> {
     /// Strings are the most of every line (ids, names, the message): written as they are when
     /// `Debug` would only add the quotes, which saves the formatting machinery per field.
@@ -103,6 +121,18 @@ impl Visit for Fields<'_> {
                 w.write_char('"')
             });
         }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record_plain(field, itoa::Buffer::new().format(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_plain(field, itoa::Buffer::new().format(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.record_plain(field, if value { "true" } else { "false" });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -141,7 +171,14 @@ mod tests {
             .with_writer(move || Sink(sink.clone()))
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(posting_id = value, attempt = 2, "Bid placed");
+            tracing::info!(
+                posting_id = value,
+                attempt = 2,
+                delta = -3i64,
+                verify = true,
+                big = u64::MAX,
+                "Bid placed"
+            );
         });
         String::from_utf8(out.lock().unwrap().clone()).unwrap()
     }

@@ -50,6 +50,7 @@ use crate::config::{LogFormat, TelemetrySettings};
 mod context;
 mod fresh;
 mod log_fields;
+mod log_time;
 
 pub use self::context::{
     PREV_TRACEPARENT_HEADER, TRACE_HEADERS, attempt_trace_parent, call_trace_headers,
@@ -135,25 +136,21 @@ pub fn exporting() -> bool {
 }
 
 /// The subscriber: logs in `format` filtered by `log_filter`, and traces through `provider` (if
-/// any) filtered by [`trace_filter`] — each layer its own filter, both kept [`Fresh`].
+/// any) filtered by [`trace_filter`] — each layer its own filter, both kept [`Fresh`]. Without a
+/// provider the log layer is the only one, and its filter is the subscriber's own (global):
+/// per-layer filters cost a span lookup per layer on every enter and exit of every span, that is
+/// at every poll of an instrumented future, and they are only needed to keep two layers apart.
 fn subscriber(
     format: LogFormat,
     log_filter: EnvFilter,
     provider: Option<&SdkTracerProvider>,
 ) -> impl tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a> {
-    // Traces are filtered apart from logs: quieting logs (`RUST_LOG=warn`, or the demo's
-    // `error`) must not empty the traces.
-    let exported = provider.is_some();
-    let otel_layer = provider
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("bidorch")))
-        .with_filter(Fresh(tracing_subscriber::filter::filter_fn(move |meta| {
-            exported && traced(meta)
-        })));
     // Logs go to standard error, so a command's own output (`inspect --json`, `policy check`)
     // stays clean on standard output; colours only for a terminal.
     let log_layer = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .fmt_fields(log_fields::LogFields)
+            .with_timer(log_time::LogTime)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
@@ -164,20 +161,42 @@ fn subscriber(
             .flatten_span_list_on_top_level(true)
             .boxed(),
     };
-    // What either layer could want, as a global filter: the two per-layer filters alone let
-    // a span neither wants be built all the same (measured: every DEBUG step span of every
-    // posting, with its fields formatted and a slab entry taken, without export).
+    let layers = match provider {
+        Some(provider) => exported(provider, log_layer, log_filter).boxed(),
+        None => log_layer
+            .and_then(log_filter)
+            .and_then(no_secret_frames())
+            .boxed(),
+    };
+    tracing_subscriber::registry().with(layers)
+}
+
+/// The layers of a subscriber that exports traces: the trace layer and the log layer, each with
+/// its own filter — traces are filtered apart from logs: quieting logs (`RUST_LOG=warn`, or the
+/// demo's `error`) must not empty the traces — and what either could want as a global filter.
+fn exported<S>(
+    provider: &SdkTracerProvider,
+    log_layer: Box<dyn tracing_subscriber::Layer<S> + Send + Sync>,
+    log_filter: EnvFilter,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("bidorch"))
+        .with_filter(Fresh(trace_filter()));
+    // The two per-layer filters alone let a span neither wants be built all the same
+    // (measured: every DEBUG step span of every posting, with its fields formatted and a slab
+    // entry taken).
     let log_max = log_filter
         .max_level_hint()
         .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
-    let wanted = tracing_subscriber::filter::filter_fn(move |meta| {
-        *meta.level() <= log_max || (exported && traced(meta))
-    });
-    tracing_subscriber::registry()
-        .with(exported.then_some(TraceExport))
-        .with(otel_layer)
-        .with(log_layer.with_filter(Fresh(log_filter.and(no_secret_frames()))))
-        .with(wanted)
+    let wanted =
+        tracing_subscriber::filter::filter_fn(move |meta| *meta.level() <= log_max || traced(meta));
+    TraceExport
+        .and_then(otel_layer)
+        .and_then(log_layer.with_filter(Fresh(log_filter.and(no_secret_frames()))))
+        .and_then(wanted)
 }
 
 /// What traces take: bidorch's spans down to DEBUG — the `process` span is INFO, its steps

@@ -231,7 +231,13 @@ async fn lost_send(scenario: &Scenario, marketplace: &str, posting_id: &str) -> 
         verify: false,
         budget: None,
     };
-    match scenario.ledger.ledger.claim(&claim).await.expect("claim") {
+    match scenario
+        .ledger
+        .ledger
+        .claim(claim.clone())
+        .await
+        .expect("claim")
+    {
         Claim::Send { epoch, .. } => (key, epoch),
         other => panic!("expected a send, got {other:?}"),
     }

@@ -37,7 +37,7 @@ impl Ledger {
         self.single.lookup(key).await
     }
 
-    pub async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
+    pub async fn claim(&self, claim: ClaimRequest) -> Result<Claim, LedgerError> {
         self.single.claim(claim).await
     }
 
@@ -104,7 +104,7 @@ fn bid(key: &PostingKey, amount: i64) -> ClaimRequest {
 }
 
 async fn sent(ledger: &Ledger, claim: &ClaimRequest) -> (i64, StoredRequest, bool) {
-    match ledger.claim(claim).await.expect("claim") {
+    match ledger.claim(claim.clone()).await.expect("claim") {
         Claim::Send {
             epoch,
             request,
@@ -184,7 +184,7 @@ pub async fn the_first_attempts_trace_is_the_postings_for_good(ledger: Ledger) {
         epoch,
         trace_parent,
         ..
-    } = ledger.claim(&first).await.expect("claim")
+    } = ledger.claim(first.clone()).await.expect("claim")
     else {
         panic!("the first claim sends");
     };
@@ -224,7 +224,7 @@ pub async fn the_first_attempts_trace_is_the_postings_for_good(ledger: Ledger) {
 pub async fn a_skip_is_recorded_final_by_the_claim(ledger: Ledger) {
     let k = key("upwork", "job_skip");
     let claimed = ledger
-        .claim(&claim_of(
+        .claim(claim_of(
             &k,
             Intent::Skip(vec![
                 "below_min_budget".into(),
@@ -244,7 +244,7 @@ pub async fn a_skip_is_recorded_final_by_the_claim(ledger: Ledger) {
     assert_eq!(entry.state, LedgerState::Skipped);
     assert_eq!(entry.sends, 0);
     assert!(matches!(
-        ledger.claim(&bid(&k, 1)).await,
+        ledger.claim(bid(&k, 1)).await,
         Ok(Claim::Final(_))
     ));
 }
@@ -268,7 +268,7 @@ pub async fn a_final_outcome_is_never_overwritten(ledger: Ledger) {
         Fenced::Final(entry) => assert_eq!(entry.state, LedgerState::Placed),
         other => panic!("expected final, got {other:?}"),
     }
-    match ledger.claim(&bid(&k, 450)).await.expect("claim") {
+    match ledger.claim(bid(&k, 450)).await.expect("claim") {
         Claim::Final(entry) => {
             assert_eq!(entry.state, LedgerState::Placed);
             assert_eq!(entry.bid_id.as_deref(), Some("bid-1"));
@@ -325,7 +325,7 @@ pub async fn the_daily_cap_is_exact_across_concurrent_claims(ledger: Ledger) {
                 daily_cap: Some(7),
                 ..bid(&key("capmk", &format!("job_{i}")), 100)
             };
-            tokio::spawn(async move { ledger.claim(&claim).await.expect("claim") })
+            tokio::spawn(async move { ledger.claim(claim.clone()).await.expect("claim") })
         })
         .collect();
     let (mut sends, mut capped) = (0, 0);
@@ -346,7 +346,7 @@ pub async fn the_daily_cap_is_exact_across_concurrent_claims(ledger: Ledger) {
     // Another marketplace, or another day, has slots of its own.
     assert!(matches!(
         ledger
-            .claim(&ClaimRequest {
+            .claim(ClaimRequest {
                 daily_cap: Some(7),
                 ..bid(&key("other", "job_0"), 100)
             })
@@ -355,7 +355,7 @@ pub async fn the_daily_cap_is_exact_across_concurrent_claims(ledger: Ledger) {
     ));
     assert!(matches!(
         ledger
-            .claim(&ClaimRequest {
+            .claim(ClaimRequest {
                 daily_cap: Some(7),
                 day: today().succ_opt().unwrap(),
                 ..bid(&key("capmk", "job_tomorrow"), 100)
@@ -374,7 +374,7 @@ pub async fn a_rejection_releases_its_cap_slot(ledger: Ledger) {
     let (a, _, _) = sent(&ledger, &capped("a")).await;
     let (b, _, _) = sent(&ledger, &capped("b")).await;
     assert!(matches!(
-        ledger.claim(&capped("c")).await,
+        ledger.claim(capped("c")).await,
         Ok(Claim::Skipped { capped: true, .. })
     ));
     ledger
@@ -386,7 +386,7 @@ pub async fn a_rejection_releases_its_cap_slot(ledger: Ledger) {
         .await
         .expect("finish");
     assert!(matches!(
-        ledger.claim(&capped("d")).await,
+        ledger.claim(capped("d")).await,
         Ok(Claim::Skipped { capped: true, .. })
     ));
     // b's retry re-sends under the slot it holds: no second slot taken.
@@ -402,7 +402,7 @@ pub async fn a_rejection_releases_its_cap_slot(ledger: Ledger) {
         .expect("finish");
     // Its slot is free again.
     assert!(matches!(
-        ledger.claim(&capped("e")).await,
+        ledger.claim(capped("e")).await,
         Ok(Claim::Send { .. })
     ));
 }
@@ -412,7 +412,7 @@ pub async fn resend_only_resends(ledger: Ledger) {
     let fresh = key("upwork", "job_never");
     assert_eq!(
         ledger
-            .claim(&claim_of(&fresh, Intent::Resend))
+            .claim(claim_of(&fresh, Intent::Resend))
             .await
             .expect("claim"),
         Claim::Nothing
@@ -467,7 +467,7 @@ pub async fn unresolved_sends_are_found_until_recorded(ledger: Ledger) {
     let (epoch, _, _) = sent(&ledger, &bid(&k, 450)).await;
     let skipped = key("upwork", "job_skipped");
     ledger
-        .claim(&claim_of(
+        .claim(claim_of(
             &skipped,
             Intent::Skip(vec!["below_min_budget".into()]),
         ))
@@ -579,7 +579,7 @@ pub async fn a_verifying_claim_of_an_unknown_send_is_a_lookup(ledger: Ledger) {
         request,
         sent_at,
         ..
-    } = ledger.claim(&verifying(skip, &k)).await.expect("claim")
+    } = ledger.claim(verifying(skip, &k)).await.expect("claim")
     else {
         panic!("a lookup is due");
     };
@@ -601,7 +601,7 @@ pub async fn a_verifying_claim_of_an_unknown_send_is_a_lookup(ledger: Ledger) {
     ledger.finish(&k, epoch, transient()).await.expect("finish");
 
     let Claim::Verify { epoch, .. } = ledger
-        .claim(&verifying(Intent::Resend, &k))
+        .claim(verifying(Intent::Resend, &k))
         .await
         .expect("claim")
     else {
@@ -686,7 +686,7 @@ pub async fn a_batch_at_the_cap_spends_exactly_the_slots_left(ledger: Ledger) {
     );
     // One slot of three already spent on `a`.
     assert!(matches!(
-        ledger.claim(&capped(&a)).await.expect("claim a"),
+        ledger.claim(capped(&a)).await.expect("claim a"),
         Claim::Send { resend: false, .. }
     ));
     let batch = vec![
@@ -728,7 +728,7 @@ pub async fn a_batch_at_the_cap_spends_exactly_the_slots_left(ledger: Ledger) {
     // All three slots are spent: the next new bid is capped.
     assert!(matches!(
         ledger
-            .claim(&capped(&key("capbatch", "e")))
+            .claim(capped(&key("capbatch", "e")))
             .await
             .expect("claim e"),
         Claim::Skipped { capped: true, .. }
@@ -764,7 +764,7 @@ pub async fn counts_by_state_counts_every_state(ledger: Ledger) {
     let (e, _, _) = sent(&ledger, &bid(&p, 1)).await;
     ledger.finish(&p, e, placed("b")).await.expect("finish");
     ledger
-        .claim(&claim_of(
+        .claim(claim_of(
             &key("upwork", "job_s"),
             Intent::Skip(vec!["x".into()]),
         ))
@@ -922,7 +922,7 @@ pub async fn search_finds_postings_by_prefix_state_and_reason(ledger: Ledger) {
     }
     let skipped = key("toptal", "job_9");
     ledger
-        .claim(&claim_of(
+        .claim(claim_of(
             &skipped,
             Intent::Skip(vec!["blocked_keyword:crypto".into()]),
         ))
@@ -1007,7 +1007,7 @@ pub async fn a_credit_budget_is_exact_and_a_rejection_gives_back_its_cost(ledger
     let claims = keys.iter().map(|k| {
         let ledger = ledger.clone();
         let claim = budgeted(k, 10, Decimal::new(15, 1));
-        async move { ledger.claim(&claim).await.expect("claim") }
+        async move { ledger.claim(claim.clone()).await.expect("claim") }
     });
     let claimed = futures_join_all(claims).await;
     let sent: Vec<usize> = claimed
@@ -1027,7 +1027,7 @@ pub async fn a_credit_budget_is_exact_and_a_rejection_gives_back_its_cost(ledger
     let cheap = key("upwork", "cheap");
     assert!(matches!(
         ledger
-            .claim(&budgeted(&cheap, 10, Decimal::ONE))
+            .claim(budgeted(&cheap, 10, Decimal::ONE))
             .await
             .unwrap(),
         Claim::Send { .. }
@@ -1038,7 +1038,7 @@ pub async fn a_credit_budget_is_exact_and_a_rejection_gives_back_its_cost(ledger
         daily_cap: Some(0),
         ..budgeted(&both, 10, Decimal::ONE)
     };
-    let Claim::Skipped { reasons, .. } = ledger.claim(&claim).await.unwrap() else {
+    let Claim::Skipped { reasons, .. } = ledger.claim(claim.clone()).await.unwrap() else {
         panic!("skipped");
     };
     assert_eq!(reasons, ["budget_exhausted", "daily_cap"]);
@@ -1054,7 +1054,7 @@ pub async fn a_credit_budget_is_exact_and_a_rejection_gives_back_its_cost(ledger
     let again = key("upwork", "again");
     assert!(matches!(
         ledger
-            .claim(&budgeted(&again, 10, Decimal::new(15, 1)))
+            .claim(budgeted(&again, 10, Decimal::new(15, 1)))
             .await
             .unwrap(),
         Claim::Send { .. }
@@ -1063,7 +1063,7 @@ pub async fn a_credit_budget_is_exact_and_a_rejection_gives_back_its_cost(ledger
     assert!(
         matches!(
             ledger
-                .claim(&budgeted(&over, 10, Decimal::new(1, 2)))
+                .claim(budgeted(&over, 10, Decimal::new(1, 2)))
                 .await
                 .unwrap(),
             Claim::Skipped { .. }
@@ -1074,7 +1074,7 @@ pub async fn a_credit_budget_is_exact_and_a_rejection_gives_back_its_cost(ledger
     let other = key("toptal", "t1");
     assert!(matches!(
         ledger
-            .claim(&budgeted(&other, 10, Decimal::new(15, 1)))
+            .claim(budgeted(&other, 10, Decimal::new(15, 1)))
             .await
             .unwrap(),
         Claim::Send { .. }
@@ -1108,7 +1108,7 @@ pub async fn retention_prunes_final_rows_and_their_attempts_never_pending_ones(l
         .expect("finish");
     let skipped_key = key("upwork", "old_skipped");
     ledger
-        .claim(&claim_of(
+        .claim(claim_of(
             &skipped_key,
             Intent::Skip(vec!["below_min_budget".into()]),
         ))

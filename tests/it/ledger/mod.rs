@@ -259,12 +259,12 @@ async fn postgres_schemas_isolate_ledgers_and_hold_their_tables() {
 
             let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
             assert!(matches!(
-                in_a.claim(&bid).await.expect("claim"),
+                in_a.claim(bid.clone()).await.expect("claim"),
                 Claim::Send { epoch: 1, .. }
             ));
             assert_eq!(in_b.lookup(&key).await.expect("lookup"), None);
             assert!(matches!(
-                in_b.claim(&bid).await.expect("claim"),
+                in_b.claim(bid.clone()).await.expect("claim"),
                 Claim::Send { epoch: 1, .. }
             ));
 
@@ -345,7 +345,7 @@ async fn postgres_warm_up_opens_the_connections_and_writes_nothing() {
         let key = PostingKey::new("upwork", "warm-1").expect("key");
         let view = contract::Ledger::new(Arc::new(ledger.clone()), Arc::new(ledger.clone()));
         let claim = view
-            .claim(&contract::claim_of(&key, Intent::Skip(vec!["test".into()])))
+            .claim(contract::claim_of(&key, Intent::Skip(vec!["test".into()])))
             .await
             .expect("claim");
         assert!(matches!(claim, Claim::Skipped { .. }), "{claim:?}");
@@ -372,7 +372,7 @@ async fn sqlite_file_keeps_outcomes_across_reopen() {
                 .expect("open");
             let first = contract::Ledger::new(Arc::new(opened.clone()), Arc::new(opened.clone()));
             let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
-            let Claim::Send { epoch, .. } = first.claim(&bid).await.expect("claim") else {
+            let Claim::Send { epoch, .. } = first.claim(bid.clone()).await.expect("claim") else {
                 panic!("fresh posting must be claimable");
             };
             first
@@ -425,7 +425,7 @@ async fn the_composition_root_opens_a_migrated_sqlite_memory_ledger() {
     let key = PostingKey::new("upwork", "job_1").expect("valid key");
     let bid = contract::claim_of(&key, Intent::Bid(contract::request(&key, 1)));
     assert!(matches!(
-        ledger.claim(&bid).await.expect("claim"),
+        ledger.claim(bid.clone()).await.expect("claim"),
         Claim::Send { epoch: 1, .. }
     ));
     ledger.health().await.expect("healthy");

@@ -142,7 +142,7 @@ impl BidLedger for Hooked {
     async fn lookup(&self, key: &PostingKey) -> Result<Option<LedgerEntry>, LedgerError> {
         self.inner.lookup(key).await
     }
-    async fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
+    async fn claim(&self, claim: ClaimRequest) -> Result<Claim, LedgerError> {
         self.inner.claim(claim).await
     }
     async fn finish(
@@ -166,7 +166,11 @@ impl BidLedger for Hooked {
                         verify: false,
                         budget: None,
                     };
-                    let claimed = self.inner.claim(&rival).await.expect("the rival claims");
+                    let claimed = self
+                        .inner
+                        .claim(rival.clone())
+                        .await
+                        .expect("the rival claims");
                     assert!(
                         matches!(claimed, Claim::Send { resend: true, .. }),
                         "{claimed:?}"
