@@ -274,13 +274,14 @@ pub fn render() -> String {
 /// kept only once this process's recorder is installed; before that (or in a process that never
 /// installs it) each call registers as the macros do, so no handle stays detached.
 pub(crate) struct Handles<K, H> {
-    kept: std::sync::RwLock<std::collections::HashMap<K, H>>,
+    /// foldhash, not std's SipHash: a lookup per series per posting, keys from configuration.
+    kept: std::sync::RwLock<std::collections::HashMap<K, H, foldhash::fast::RandomState>>,
 }
 
 impl<K: std::hash::Hash + Eq, H: Clone> Handles<K, H> {
     pub(crate) fn new() -> Self {
         Self {
-            kept: std::sync::RwLock::new(std::collections::HashMap::new()),
+            kept: std::sync::RwLock::new(std::collections::HashMap::default()),
         }
     }
 
