@@ -392,12 +392,26 @@ impl Marketplace for HttpMarketplace {
 
 /// The one place a marketplace call is measured.
 fn record(marketplace: &str, result: &'static str, elapsed: Duration) {
-    metrics::histogram!(
-        "bidorch_marketplace_request_seconds",
-        "marketplace" => marketplace.to_owned(),
-        "result" => result,
-    )
-    .record(elapsed.as_secs_f64());
+    use std::sync::{Arc, LazyLock};
+
+    use crate::metrics::Handles;
+    /// `bidorch_marketplace_request_seconds` by marketplace, then by result: kept, not looked
+    /// up in the recorder on every call.
+    type ByResult = Handles<&'static str, metrics::Histogram>;
+    static SECONDS: LazyLock<Handles<String, Arc<ByResult>>> = LazyLock::new(Handles::new);
+    SECONDS
+        .get(marketplace, || {
+            (marketplace.to_owned(), Arc::new(Handles::new()))
+        })
+        .get(&result, || {
+            let seconds = metrics::histogram!(
+                "bidorch_marketplace_request_seconds",
+                "marketplace" => marketplace.to_owned(),
+                "result" => result,
+            );
+            (result, seconds)
+        })
+        .record(elapsed.as_secs_f64());
 }
 
 impl fmt::Debug for HttpMarketplace {
