@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use bidorch::http::Readiness;
 use bidorch::lock::{
-    HeldLease, LockError, LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore,
-    RedisOptions,
+    LockError, LockStore, MemoryLockStore, MeteredLockStore, RedisLockStore, RedisOptions, Renewals,
 };
 use bidorch::marketplace::sandbox::Fault;
 use bidorch::metrics::{CATALOGUE, IN_FLIGHT, LEASES_HELD};
@@ -185,7 +184,7 @@ async fn metrics_expose_the_documented_names_with_exact_counts_after_a_small_run
         .await
         .unwrap()
         .unwrap();
-    let held = HeldLease::start(locks.clone(), lease);
+    let held = Renewals::new().hold(locks.clone(), lease);
     assert_eq!(ops.metrics().await.get(LEASES_HELD, &[]), 1.0);
     held.release().await.unwrap();
     assert_eq!(ops.metrics().await.get(LEASES_HELD, &[]), 0.0);

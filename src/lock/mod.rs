@@ -13,7 +13,9 @@
 //!   [`RateLimiter`]: the fleet-wide request rate of each marketplace (`rate`).
 //! - [`redis`] / [`redis_conn`]: [`RedisLockStore`] (single node, TLS, or Redis Cluster).
 //! - [`memory`]: [`MemoryLockStore`], the same semantics in process (embedded mode only).
-//! - [`watchdog`]: [`HeldLease`], renewal every TTL/3 and the lost-lease signal.
+//! - [`watchdog`]: [`HeldLease`], renewal every TTL/3 and the lost-lease signal;
+//!   [`renewals`]: [`Renewals`], which starts a lease's renewal only if it is still held when the
+//!   first one falls due.
 //! - [`metered`]: [`MeteredLockStore`] (and its rate limiter), a backend with the original
 //!   system's counters.
 //! - `batch`: [`BatchingLocks`], concurrent acquisitions and releases in one pipeline each (a
@@ -38,6 +40,7 @@ pub mod metrics;
 pub mod rate;
 pub mod redis;
 pub mod redis_conn;
+pub mod renewals;
 pub mod watchdog;
 
 use std::time::{Duration, Instant};
@@ -53,6 +56,7 @@ pub use self::metrics::{LatencySummary, LockMetricsSnapshot};
 pub use self::rate::{Admission, Rate};
 pub use self::redis::RedisLockStore;
 pub use self::redis_conn::RedisOptions;
+pub use self::renewals::Renewals;
 pub use self::watchdog::HeldLease;
 
 /// A lease granted by a [`LockStore`]: the key, the unique token of this holder and its TTL.

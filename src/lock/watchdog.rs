@@ -1,6 +1,7 @@
 //! Lease renewal while work runs, and the lost-lease signal the pipeline checks before bidding.
 //!
-//! [`HeldLease::start`] spawns a task that extends the lease every third of its TTL. The lease is
+//! [`Renewals::hold`] extends a lease every third of its TTL, in a task of its own started when the
+//! first renewal falls due (see [`super::renewals`]: most leases are released before). The lease is
 //! reported lost when the store says it is no longer ours, or when renewals have failed (or not
 //! answered) for so long that the TTL may have run out — an unreachable store is never taken as
 //! "still ours". A failed renewal is retried sooner than the regular period, so one lost packet
@@ -17,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::renewals::{Renewals, Ticket, Waiting};
 use super::{Lease, LockError, LockStore, Release};
 
 /// A lease being renewed in the background.
@@ -28,26 +29,41 @@ pub struct HeldLease {
     lease: Lease,
     /// `valid_until` of the lease, or `None` once it is known lost.
     state: watch::Receiver<Option<Instant>>,
-    renewer: Option<JoinHandle<()>>,
+    /// Its renewal, until released or dropped.
+    renewal: Option<Ticket>,
     /// Dropped with the `HeldLease` (after `release` answered, or on drop): decrements the gauge.
     _held: crate::metrics::Counted,
 }
 
-impl HeldLease {
-    /// Starts renewing `lease` every `ttl / 3` until released or dropped.
-    pub fn start(store: Arc<dyn LockStore>, lease: Lease) -> Self {
-        let valid_until = Instant::from_std(lease.acquired_at) + lease.ttl;
-        let (tx, rx) = watch::channel(Some(valid_until));
-        let renewer = tokio::spawn(renew(store.clone(), lease.clone(), tx));
-        Self {
+impl Renewals {
+    /// Holds `lease`: renewed every `ttl / 3` until released or dropped.
+    pub fn hold(&self, store: Arc<dyn LockStore>, lease: Lease) -> HeldLease {
+        let acquired_at = Instant::from_std(lease.acquired_at);
+        let (tx, rx) = watch::channel(Some(acquired_at + lease.ttl));
+        let renewal = self.enqueue(
+            acquired_at + period(&lease),
+            Waiting {
+                store: store.clone(),
+                lease: lease.clone(),
+                state: tx,
+            },
+        );
+        HeldLease {
             store,
             lease,
             state: rx,
-            renewer: Some(renewer),
+            renewal: Some(renewal),
             _held: crate::metrics::Counted::new(crate::metrics::LEASES_HELD),
         }
     }
+}
 
+/// How often a lease is renewed.
+fn period(lease: &Lease) -> Duration {
+    (lease.ttl / 3).max(Duration::from_millis(10))
+}
+
+impl HeldLease {
     /// The lease being held.
     pub fn lease(&self) -> &Lease {
         &self.lease
@@ -66,7 +82,7 @@ impl HeldLease {
     /// Resolves when the lease is lost.
     pub async fn lost(&self) {
         let mut rx = self.state.clone();
-        // An error means the renewer ended without signalling loss (released): never resolve.
+        // An error means the renewal ended without signalling loss (released): never resolve.
         if rx.wait_for(Option::is_none).await.is_err() {
             std::future::pending::<()>().await;
         }
@@ -74,8 +90,8 @@ impl HeldLease {
 
     /// Stops renewal and releases the lease if it is still ours.
     pub async fn release(mut self) -> Result<Release, LockError> {
-        if let Some(renewer) = self.renewer.take() {
-            renewer.abort();
+        if let Some(renewal) = self.renewal.take() {
+            renewal.cancel();
         }
         self.store.release(&self.lease).await
     }
@@ -83,10 +99,10 @@ impl HeldLease {
 
 impl Drop for HeldLease {
     fn drop(&mut self) {
-        let Some(renewer) = self.renewer.take() else {
+        let Some(renewal) = self.renewal.take() else {
             return; // released explicitly
         };
-        renewer.abort();
+        renewal.cancel();
         let (store, lease) = (self.store.clone(), self.lease.clone());
         // Best effort: if no runtime is left, the TTL frees the key.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -105,8 +121,13 @@ fn signal_lost(state: &watch::Sender<Option<Instant>>, lease: &Lease, why: &str)
     let _ = state.send(None);
 }
 
-async fn renew(store: Arc<dyn LockStore>, lease: Lease, state: watch::Sender<Option<Instant>>) {
-    let period = (lease.ttl / 3).max(Duration::from_millis(10));
+/// The renewal loop of one lease, from its first renewal on.
+pub(super) async fn renew(
+    store: Arc<dyn LockStore>,
+    lease: Lease,
+    state: watch::Sender<Option<Instant>>,
+) {
+    let period = period(&lease);
     let retry = (period / 4).max(Duration::from_millis(5));
     // Until when the lease is certainly ours: the last successful grant or renewal plus TTL,
     // both measured from before the command was sent.

@@ -9,7 +9,7 @@ use super::{Pipeline, Scoring};
 use crate::control::PauseBoard;
 use crate::flow::{Breakers, Dependency};
 use crate::ledger::BidLedger;
-use crate::lock::{LockStore, Rate, RateLimiter};
+use crate::lock::{LockStore, Rate, RateLimiter, Renewals};
 use crate::marketplace::Marketplace;
 use crate::policy::Policy;
 use crate::posting::Posting;
@@ -26,6 +26,7 @@ impl Pipeline {
         Self {
             ledger,
             locks,
+            renewals: Renewals::new(),
             marketplace,
             policy,
             lease_ttl,

@@ -35,7 +35,7 @@ impl Pipeline {
             Err(e) => ControlFlow::Break(Outcome::unavailable(Component::LockStore, &e)),
             Ok(None) => ControlFlow::Break(self.lock_held()),
             Ok(Some(lease)) => {
-                ControlFlow::Continue((HeldLease::start(self.locks.clone(), lease), probe))
+                ControlFlow::Continue((self.renewals.hold(self.locks.clone(), lease), probe))
             }
         }
     }

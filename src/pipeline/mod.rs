@@ -43,7 +43,7 @@ use tracing::{Instrument, debug_span, field::Empty};
 
 use crate::flow::{Breakers, ProbeGuard};
 use crate::ledger::{BidLedger, Intent, Pending};
-use crate::lock::{HeldLease, LockStore, Rate, RateLimiter, Release};
+use crate::lock::{HeldLease, LockStore, Rate, RateLimiter, Release, Renewals};
 use crate::marketplace::Marketplace;
 use crate::policy::Policy;
 use crate::posting::{Posting, PostingKey};
@@ -127,6 +127,8 @@ pub struct AttemptContext {
 pub struct Pipeline {
     ledger: Arc<dyn BidLedger>,
     locks: Arc<dyn LockStore>,
+    /// Renews the leases this pipeline holds.
+    renewals: Renewals,
     marketplace: Arc<dyn Marketplace>,
     policy: Policy,
     lease_ttl: Duration,

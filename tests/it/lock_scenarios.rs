@@ -9,7 +9,7 @@ use crate::support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bidorch::lock::{HeldLease, LockStore, Release};
+use bidorch::lock::{LockStore, Release, Renewals};
 use support::lock::{Backend, acquire_waiting, eventually, is_held, key};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -119,7 +119,7 @@ async fn held_lease_is_ours_until_released(b: &Backend) {
     let a = b.metered("a");
     let k = key("upwork", "scoped_ok");
     let lease = a.try_acquire(&k, TTL).await.unwrap().unwrap();
-    let held = HeldLease::start(a.clone(), lease);
+    let held = Renewals::new().hold(a.clone(), lease);
     assert!(!held.is_lost());
     let holder = a.holder(&held.lease().key).await.unwrap().unwrap();
     assert_eq!(holder.token, held.lease().token);
@@ -133,7 +133,7 @@ async fn held_lease_is_released_when_dropped(b: &Backend) {
     let k = key("upwork", "scoped_err");
     let lease = a.try_acquire(&k, TTL).await.unwrap().unwrap();
     let work = async {
-        let _held = HeldLease::start(a.clone(), lease);
+        let _held = Renewals::new().hold(a.clone(), lease);
         Err::<(), _>("bid failed")
     };
     assert_eq!(work.await, Err("bid failed"));
@@ -151,7 +151,7 @@ async fn held_lease_is_released_on_panic(b: &Backend) {
     let task = {
         let a = a.clone();
         tokio::spawn(async move {
-            let _held = HeldLease::start(a, lease);
+            let _held = Renewals::new().hold(a, lease);
             panic!("work panicked");
         })
     };
@@ -171,7 +171,7 @@ async fn held_lease_is_released_on_cancellation(b: &Backend) {
         let (a, k) = (a.clone(), k.clone());
         tokio::spawn(async move {
             let lease = a.try_acquire(&k, TTL).await.unwrap().unwrap();
-            let _held = HeldLease::start(a, lease);
+            let _held = Renewals::new().hold(a, lease);
             let _ = started_tx.send(());
             std::future::pending::<()>().await
         })

@@ -4,19 +4,21 @@
 use crate::support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bidorch::lock::{HeldLease, HolderInfo, Lease, LockError, LockStore, MemoryLockStore, Release};
+use bidorch::lock::{HolderInfo, Lease, LockError, LockStore, MemoryLockStore, Release, Renewals};
 use bidorch::posting::PostingKey;
 use support::lock::{Backend, RedisPrefix, key};
 
-/// A store whose renewals can be made to hang (a stalled network) or fail (Redis down).
+/// A store whose renewals can be made to hang (a stalled network) or fail (Redis down), and
+/// that counts them.
 struct FaultyRenewals {
     inner: Arc<dyn LockStore>,
     hang: AtomicBool,
     fail: AtomicBool,
+    extends: AtomicUsize,
 }
 
 impl FaultyRenewals {
@@ -25,6 +27,7 @@ impl FaultyRenewals {
             inner,
             hang: AtomicBool::new(false),
             fail: AtomicBool::new(false),
+            extends: AtomicUsize::new(0),
         })
     }
 }
@@ -35,6 +38,7 @@ impl LockStore for FaultyRenewals {
         self.inner.try_acquire(k, ttl).await
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError> {
+        self.extends.fetch_add(1, Ordering::SeqCst);
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
@@ -59,7 +63,7 @@ async fn renewal_keeps_a_lease_past_several_ttls(b: &Backend) {
     let (a, other) = (b.instance("a"), b.instance("b"));
     let k = key("upwork", "renewed");
     let ttl = Duration::from_millis(300);
-    let held = HeldLease::start(a.clone(), a.try_acquire(&k, ttl).await.unwrap().unwrap());
+    let held = Renewals::new().hold(a.clone(), a.try_acquire(&k, ttl).await.unwrap().unwrap());
     tokio::time::sleep(ttl * 5).await; // the passing TTLs are the event
     assert!(!held.is_lost());
     assert!(other.try_acquire(&k, ttl).await.unwrap().is_none());
@@ -87,7 +91,7 @@ async fn memory_renewal_keeps_a_lease_past_several_ttls() {
 async fn memory_renewal_keeps_a_lease_for_an_hour_of_paused_time() {
     let store: Arc<dyn LockStore> = Arc::new(MemoryLockStore::new());
     let k = key("upwork", "long_bid");
-    let held = HeldLease::start(
+    let held = Renewals::new().hold(
         store.clone(),
         store
             .try_acquire(&k, Duration::from_secs(30))
@@ -111,7 +115,7 @@ async fn a_holder_paused_past_its_ttl_is_told_its_lease_is_lost() {
     let store: Arc<dyn LockStore> = Arc::new(MemoryLockStore::new());
     let k = key("upwork", "paused");
     let ttl = Duration::from_secs(30);
-    let held = HeldLease::start(
+    let held = Renewals::new().hold(
         store.clone(),
         store.try_acquire(&k, ttl).await.unwrap().unwrap(),
     );
@@ -133,7 +137,7 @@ async fn failing_renewals_end_in_a_lost_lease_never_a_silent_hold() {
     let ttl = Duration::from_secs(30);
     let lease = faulty.try_acquire(&k, ttl).await.unwrap().unwrap();
     faulty.fail.store(true, Ordering::SeqCst);
-    let held = HeldLease::start(faulty.clone(), lease);
+    let held = Renewals::new().hold(faulty.clone(), lease);
     held.lost().await; // resolves once renewals have failed for a whole TTL
     assert!(held.is_lost());
 }
@@ -147,7 +151,7 @@ async fn redis_holder_with_blocked_renewal_learns_another_took_over() {
     let rival = prefix.metered("rival");
     let k = key("upwork", "stalled");
     let ttl = Duration::from_millis(400);
-    let held = HeldLease::start(
+    let held = Renewals::new().hold(
         faulty.clone(),
         faulty.try_acquire(&k, ttl).await.unwrap().unwrap(),
     );
@@ -180,7 +184,7 @@ async fn redis_holder_whose_key_was_taken_is_told_at_the_next_renewal() {
     let (a, rival) = (prefix.store("a"), prefix.store("rival"));
     let k = key("upwork", "wiped");
     let ttl = Duration::from_secs(3);
-    let held = HeldLease::start(a.clone(), a.try_acquire(&k, ttl).await.unwrap().unwrap());
+    let held = Renewals::new().hold(a.clone(), a.try_acquire(&k, ttl).await.unwrap().unwrap());
 
     // A failover to a replica that never saw the lease: the key vanishes, a rival takes it.
     let _: i64 = redis::cmd("DEL")
@@ -202,7 +206,7 @@ async fn dropping_a_held_lease_releases_it() {
     };
     let a = b.instance("a");
     let k = key("upwork", "dropped");
-    let held = HeldLease::start(
+    let held = Renewals::new().hold(
         a.clone(),
         a.try_acquire(&k, Duration::from_secs(30))
             .await
@@ -216,4 +220,54 @@ async fn dropping_a_held_lease_releases_it() {
         || async { a.holder(&k).await.unwrap().is_none() },
     )
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_released_before_its_first_renewal_is_never_extended() {
+    let store = FaultyRenewals::new(Arc::new(MemoryLockStore::new()));
+    let renewals = Renewals::new();
+    let ttl = Duration::from_secs(30);
+    for id in ["quick_1", "quick_2"] {
+        let k = key("upwork", id);
+        let held = renewals.hold(
+            store.clone(),
+            store.try_acquire(&k, ttl).await.unwrap().unwrap(),
+        );
+        assert_eq!(held.release().await.unwrap(), Release::Released);
+    }
+    tokio::time::sleep(ttl * 4).await; // long past both first renewals
+    assert_eq!(store.extends.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_due_before_the_others_is_renewed_in_time() {
+    let store = FaultyRenewals::new(Arc::new(MemoryLockStore::new()));
+    let renewals = Renewals::new();
+    let (slow, fast) = (key("upwork", "slow"), key("upwork", "fast"));
+    let (long, short) = (Duration::from_secs(30), Duration::from_secs(3));
+    // The scheduler sleeps for the 30 s lease's first renewal (10 s) when the 3 s lease, due in
+    // 1 s, arrives: it must be woken for it.
+    let held_slow = renewals.hold(
+        store.clone(),
+        store.try_acquire(&slow, long).await.unwrap().unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await; // the scheduler settles into its sleep
+    let held_fast = renewals.hold(
+        store.clone(),
+        store.try_acquire(&fast, short).await.unwrap().unwrap(),
+    );
+    tokio::time::sleep(long * 2).await;
+    assert!(!held_fast.is_lost() && !held_slow.is_lost());
+    for (k, ttl) in [(&fast, short), (&slow, long)] {
+        assert!(
+            store.try_acquire(k, ttl).await.unwrap().is_none(),
+            "{k} is still held"
+        );
+    }
+    assert!(
+        store.extends.load(Ordering::SeqCst) >= 20,
+        "every second for a minute, and more"
+    );
+    assert_eq!(held_fast.release().await.unwrap(), Release::Released);
+    assert_eq!(held_slow.release().await.unwrap(), Release::Released);
 }
