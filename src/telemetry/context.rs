@@ -207,8 +207,9 @@ pub fn attempt_trace_parent(
 /// The parent and link are set here, before anyone can enter the span. `destination` is the
 /// exchange the worker consumes from (`amqp.exchange`), a low-cardinality name; `posting` is
 /// the posting's marketplace and id when the body could be read; `outcome` is declared empty and
-/// recorded by the worker once known. Everything known is given at creation: each later
-/// `record` reformats the span's log fields.
+/// recorded by the worker once known. Without export the span carries only what log lines show
+/// (attempt, marketplace, posting id, outcome, trace id). Everything known is given at
+/// creation: each later `record` reformats the span's log fields.
 pub fn consumer_span(
     messaging_system: &'static str,
     destination: &str,
@@ -221,23 +222,38 @@ pub fn consumer_span(
     // Without export the correlation id is known before the span exists; with it, it is the
     // span's own trace, known once the parent is set.
     let known = (!exporting).then(|| incoming_trace_id(headers).unwrap_or_else(new_trace_id));
-    let span = tracing::info_span!(
-        "process",
-        otel.name = %format_args!("process {destination}"),
-        otel.kind = "consumer",
-        otel.status_code = tracing::field::Empty,
-        messaging.system = messaging_system,
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = %destination,
-        messaging.message.id = message_id,
-        bidorch.attempt = attempt,
-        marketplace = posting.map(|(marketplace, _)| marketplace),
-        posting_id = posting.map(|(_, id)| id),
-        outcome = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        trace_id = known.as_ref().map(tracing::field::display),
-    );
+    let marketplace = posting.map(|(marketplace, _)| marketplace);
+    let posting_id = posting.map(|(_, id)| id);
+    let span = if exporting {
+        tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {destination}"),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = messaging_system,
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %destination,
+            messaging.message.id = message_id,
+            bidorch.attempt = attempt,
+            marketplace,
+            posting_id,
+            outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        )
+    } else {
+        // Logs leave the OpenTelemetry attributes out (`log_fields`): without export nothing
+        // would read them, yet every posting's span would carry and visit them.
+        tracing::info_span!(
+            "process",
+            bidorch.attempt = attempt,
+            marketplace,
+            posting_id,
+            outcome = tracing::field::Empty,
+            trace_id = known.as_ref().map(tracing::field::display),
+        )
+    };
     // Every log line inside the span carries it (text: the span prefix; JSON: a top-level
     // field), so logs, the attempt history and the trace join even with export off.
     let id = match known {
