@@ -3,6 +3,7 @@
 //! `error.type`). Traces carry those; a log line needs what happened and to which posting, and
 //! every posting's `process` span would otherwise spell out ten of them on each line.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use tracing::field::{Field, Visit};
@@ -21,15 +22,54 @@ fn trace_only(name: &str) -> bool {
     name == "error.type" || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+thread_local! {
+    /// Where [`LogFields`] gathers a record's fields before writing them at once.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// The scratch buffer is kept per thread, but not one that a huge field once grew.
+const SCRATCH_KEEP: usize = 16 * 1024;
+
+/// Writes `fields` to `writer` (see the module docs).
+fn visit<R: RecordFields>(writer: Writer<'_>, fields: R) -> fmt::Result {
+    let mut visitor = Fields {
+        writer,
+        first: true,
+        result: Ok(()),
+    };
+    fields.record(&mut visitor);
+    visitor.result
+}
+
 impl<'writer> FormatFields<'writer> for LogFields {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut visitor = Fields {
-            writer,
-            first: true,
-            result: Ok(()),
-        };
-        fields.record(&mut visitor);
-        visitor.result
+    /// Gathered in a scratch buffer, then written at once: a span's fields go into a `String`
+    /// of their own that starts empty, and written piece by piece it grew (and was copied) four
+    /// or five times for every posting's `process` span. A field whose `Debug` logs (the buffer
+    /// is then in use) is written directly.
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut fields = Some(fields);
+        let gathered = SCRATCH
+            .try_with(|scratch| {
+                let mut scratch = scratch.try_borrow_mut().ok()?;
+                scratch.clear();
+                let written = visit(Writer::new(&mut *scratch), fields.take()?)
+                    .and_then(|()| writer.write_str(&scratch));
+                if scratch.capacity() > SCRATCH_KEEP {
+                    *scratch = String::new();
+                }
+                Some(written)
+            })
+            .ok()
+            .flatten();
+        match (gathered, fields) {
+            (Some(written), _) => written,
+            (None, Some(fields)) => visit(writer, fields),
+            (None, None) => Ok(()),
+        }
     }
 
     /// Fields recorded on a span after it was made: appended with one space, and nothing at all
@@ -211,6 +251,50 @@ mod tests {
             let default = line(tracing_subscriber::fmt::format::DefaultFields::new(), value);
             assert_eq!(ours, default, "{value:?}");
         }
+    }
+
+    /// A field whose `Debug` logs: formatted while the scratch buffer is in use.
+    struct Loud;
+
+    impl fmt::Debug for Loud {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            tracing::info!(inner = "yes", "Nested");
+            f.write_str("loud")
+        }
+    }
+
+    /// What `fields` writes of an event with a field whose `Debug` logs.
+    fn nested<N>(fields: N) -> String
+    where
+        N: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(fields)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(posting_id = "p-1", noisy = ?Loud, "Outer");
+        });
+        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_field_that_logs_while_formatted_is_written_as_the_default_formatter_writes_it() {
+        let ours = nested(LogFields);
+        assert!(
+            ours.contains("Outer posting_id=\"p-1\" noisy=loud"),
+            "{ours}"
+        );
+        assert_eq!(
+            ours,
+            nested(tracing_subscriber::fmt::format::DefaultFields::new())
+        );
     }
 
     #[test]
