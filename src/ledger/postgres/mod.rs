@@ -347,7 +347,7 @@ impl LedgerBackend for PgBidLedger {
         let claims = in_order(claimed, claims.len())?
             .iter()
             .zip(claims)
-            .map(|(step, claim)| step.claim(&claim.key))
+            .map(|(step, claim)| step.claim(claim))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((fenced, claims))
     }

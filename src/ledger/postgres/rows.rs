@@ -10,7 +10,7 @@ use sqlx::Row as _;
 use sqlx::postgres::PgRow;
 
 use super::super::sql::{self, Row};
-use super::super::{Claim, Fenced, LedgerError, StoredRequest};
+use super::super::{Claim, ClaimRequest, Fenced, Intent, LedgerError, StoredRequest};
 use crate::posting::PostingKey;
 
 // Column positions: `o_kind`, then `bidorch_step`'s fields in order.
@@ -103,8 +103,11 @@ impl Step {
         sql::fenced_of(key, epoch, false, self.entry_row(key)?)
     }
 
-    /// What a claim of `key` decided.
-    pub(super) fn claim(&self, key: &PostingKey) -> Result<Claim, LedgerError> {
+    /// What `claim` decided. A `send` stores exactly the request the claim brought (both of
+    /// the claim's paths write the caller's request on the row), so that one is used rather
+    /// than five columns decoded back; a `resend` sends the row's.
+    pub(super) fn claim(&self, claim: &ClaimRequest) -> Result<Claim, LedgerError> {
+        let key = &claim.key;
         let r = &self.row;
         let result: Option<String> = r.try_get(RESULT).map_err(|e| corrupt(key, e))?;
         let result = result.unwrap_or_default();
@@ -114,20 +117,23 @@ impl Step {
                     r.try_get(i).map_err(|e| corrupt(key, e))
                 };
                 let epoch: Option<i64> = r.try_get(EPOCH).map_err(|e| corrupt(key, e))?;
-                let request = match (text(REQUEST_BODY)?, text(REQUEST_SHA256)?) {
-                    (Some(body), Some(sha256)) => StoredRequest {
-                        api: text(REQUEST_API)?.unwrap_or_else(|| "contract".to_owned()),
-                        body,
-                        sha256,
-                        amount: text(REQUEST_AMOUNT)?.unwrap_or_default(),
-                        currency: text(REQUEST_CURRENCY)?.unwrap_or_default(),
+                let request = match (result.as_str(), &claim.intent) {
+                    ("send", Intent::Bid(request)) => request.clone(),
+                    _ => match (text(REQUEST_BODY)?, text(REQUEST_SHA256)?) {
+                        (Some(body), Some(sha256)) => StoredRequest {
+                            api: text(REQUEST_API)?.unwrap_or_else(|| "contract".to_owned()),
+                            body,
+                            sha256,
+                            amount: text(REQUEST_AMOUNT)?.unwrap_or_default(),
+                            currency: text(REQUEST_CURRENCY)?.unwrap_or_default(),
+                        },
+                        _ => {
+                            return Err(LedgerError::Corrupt {
+                                key: key.to_string(),
+                                problem: "a send without a stored request".to_owned(),
+                            });
+                        }
                     },
-                    _ => {
-                        return Err(LedgerError::Corrupt {
-                            key: key.to_string(),
-                            problem: "a send without a stored request".to_owned(),
-                        });
-                    }
                 };
                 Ok(Claim::Send {
                     epoch: epoch.ok_or_else(|| LedgerError::Corrupt {
