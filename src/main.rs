@@ -150,9 +150,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => {
             // A consumer that cannot be resumed is an error from `app::worker` (exit non-zero, so
             // an orchestrator restarts the worker).
-            bidorch::app::worker(&settings, commands::shutdown_signal())
-                .await
-                .context("worker")?;
+            // On a runtime thread, not this one: a delivery then wakes a runtime thread, which
+            // runs the posting's task from its own queue, instead of waking the main thread only
+            // to hand the task over to a runtime thread (one thread hop less per posting).
+            tokio::spawn(async move {
+                bidorch::app::worker(&settings, commands::shutdown_signal()).await
+            })
+            .await
+            .context("worker task")?
+            .context("worker")?;
         }
         Command::Publish {
             input,
