@@ -20,7 +20,7 @@ mod observe;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -117,7 +117,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> WorkerReport {
     let mut report = WorkerReport::default();
-    let mut in_flight: JoinSet<handle::Handled> = JoinSet::new();
+    // Postings' tasks report back on their own (a settled count, an unreachable dependency)
+    // rather than through the loop: a finished task then costs the loop nothing, where joining
+    // it woke the loop and re-polled every branch once per posting. They are reaped (and a
+    // panic logged) whenever a delivery arrives, and awaited at shutdown.
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let settled = Arc::new(AtomicU64::new(0));
+    let (unreachable_tx, mut unreachable_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Dependency, String)>();
     let mut probes: JoinSet<()> = JoinSet::new();
     let mut gate = status.gate.watch();
     let mut paused = false;
@@ -146,22 +153,11 @@ pub async fn run(
                 break;
             }
             () = gate.changed() => {}
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
-                Ok(handled) => {
-                    report.settled += u64::from(handled.settled);
-                    if let Some((dependency, detail)) = handled.unreachable
-                        && status.gate.pause(dependency, &detail)
-                    {
-                        probes.spawn(probe(pipeline.clone(), status.gate.clone(), dependency));
-                    }
+            Some((dependency, detail)) = unreachable_rx.recv() => {
+                if status.gate.pause(dependency, &detail) {
+                    probes.spawn(probe(pipeline.clone(), status.gate.clone(), dependency));
                 }
-                // The delivery was dropped unsettled: the source redelivers it.
-                Err(e) if e.is_panic() => tracing::error!(
-                    error = %crate::error::Chain(&e),
-                    "Posting task panicked; its message will be redelivered"
-                ),
-                Err(_) => {}
-            },
+            }
             next = source.next() => match next {
                 None => {
                     tracing::warn!("Posting source ended; no longer consuming");
@@ -178,11 +174,17 @@ pub async fn run(
                     let working = pipeline.pause_board().map(crate::control::PauseBoard::working);
                     // Boxed: the task then moves a pointer, not the whole pipeline's state
                     // machine (kilobytes, copied at each hand-over into and out of the task).
+                    let (settled, unreachable) = (settled.clone(), unreachable_tx.clone());
                     in_flight.spawn(Box::pin(async move {
                         let handled = handle::handle(delivery, &pipeline, &options, &gate).await;
                         drop(working);
-                        handled
+                        settled.fetch_add(u64::from(handled.settled), Ordering::Relaxed);
+                        if let Some(dependency) = handled.unreachable {
+                            // The loop outlives every task it awaits: the send cannot fail.
+                            let _ = unreachable.send(dependency);
+                        }
                     }));
+                    reap(&mut in_flight);
                 }
             }
         }
@@ -192,8 +194,25 @@ pub async fn run(
     if let Err(e) = source.stop().await {
         tracing::warn!(error = %crate::error::Chain(&e), "Stopping the posting source failed");
     }
+    reap(&mut in_flight);
     drain(&mut in_flight, options.grace, &mut report).await;
+    report.settled = settled.load(Ordering::Relaxed);
     report
+}
+
+/// Joins the postings' tasks that have finished, logging any that panicked (its delivery was
+/// dropped unsettled: the source redelivers it).
+fn reap(in_flight: &mut JoinSet<()>) {
+    while let Some(done) = in_flight.try_join_next() {
+        if let Err(e) = done
+            && e.is_panic()
+        {
+            tracing::error!(
+                error = %crate::error::Chain(&e),
+                "Posting task panicked; its message will be redelivered"
+            );
+        }
+    }
 }
 
 /// Asks a paused dependency, with growing, jittered pauses, until it answers; then opens the
@@ -219,17 +238,20 @@ async fn probe(pipeline: Arc<Pipeline>, gate: Gate, dependency: Dependency) {
     }
 }
 
-async fn drain(
-    in_flight: &mut JoinSet<handle::Handled>,
-    grace: Duration,
-    report: &mut WorkerReport,
-) {
+async fn drain(in_flight: &mut JoinSet<()>, grace: Duration, report: &mut WorkerReport) {
     if in_flight.is_empty() {
         return;
     }
     let finish = async {
         while let Some(done) = in_flight.join_next().await {
-            report.settled += u64::from(done.is_ok_and(|h| h.settled));
+            if let Err(e) = done
+                && e.is_panic()
+            {
+                tracing::error!(
+                    error = %crate::error::Chain(&e),
+                    "Posting task panicked; its message will be redelivered"
+                );
+            }
         }
     };
     if tokio::time::timeout(grace, finish).await.is_err() {
