@@ -77,20 +77,22 @@ impl Renewals {
     pub(super) fn enqueue(&self, due: Instant, waiting: Waiting) -> Ticket {
         let shared = &self.shared;
         let mut queue = shared.queue();
-        let id = queue.next_id;
-        queue.next_id += 1;
-        queue.waiting.insert((due, id), waiting);
         if queue.scheduler.as_ref().is_none_or(JoinHandle::is_finished) {
-            // The first lease, or the runtime that ran the scheduler is gone (a test's).
-            queue.looks_at = Some(due);
+            // The first lease, or the runtime that ran the scheduler is gone (a test's). Spawned
+            // before the lease is queued: outside a runtime the spawn panics, and no entry
+            // without a ticket (renewed forever) may be left behind.
             queue.scheduler = Some(tokio::spawn(schedule(
                 Arc::downgrade(shared),
                 shared.wake.clone(),
             )));
+            queue.looks_at = Some(due);
         } else if queue.looks_at.is_none_or(|at| due < at) {
             queue.looks_at = Some(due);
             shared.wake.notify_one();
         }
+        let id = queue.next_id;
+        queue.next_id += 1;
+        queue.waiting.insert((due, id), waiting);
         Ticket {
             shared: shared.clone(),
             due,
@@ -110,9 +112,15 @@ impl Ticket {
     /// Ends the lease's renewal, waiting or running.
     pub(super) fn cancel(self) {
         let mut queue = self.shared.queue();
-        if queue.waiting.remove(&(self.due, self.id)).is_none()
-            && let Some(running) = queue.running.remove(&self.id)
-        {
+        let waiting = queue.waiting.remove(&(self.due, self.id));
+        let running = match waiting {
+            Some(_) => None,
+            None => queue.running.remove(&self.id),
+        };
+        drop(queue);
+        // Dropped and aborted outside the lock.
+        drop(waiting);
+        if let Some(running) = running {
             running.abort();
         }
     }

@@ -8,7 +8,7 @@
 //! does not cost the lease. Dropping a `HeldLease` without [`release`](HeldLease::release) (an
 //! error path, a panic, a cancelled task) stops renewal and releases the lease in the background.
 //!
-//! Every `HeldLease` counts in the `bidorch_leases_held` gauge from `start` until it is released
+//! Every `HeldLease` counts in the `bidorch_leases_held` gauge from `hold` until it is released
 //! or dropped, so the gauge is the number of leases this process holds (or is releasing).
 //!
 //! Time is `tokio::time::Instant` (the lease's std `acquired_at` converted), so a test that

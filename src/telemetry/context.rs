@@ -208,8 +208,8 @@ pub fn attempt_trace_parent(
 /// exchange the worker consumes from (`amqp.exchange`), a low-cardinality name; `posting` is
 /// the posting's marketplace and id when the body could be read; `outcome` is declared empty and
 /// recorded by the worker once known. Without export the span carries only what log lines show
-/// (attempt, marketplace, posting id, outcome, trace id). Everything known is given at
-/// creation: each later `record` reformats the span's log fields.
+/// (event id, attempt, marketplace, posting id, outcome, error type, trace id). Everything known
+/// is given at creation: each later `record` reformats the span's log fields.
 pub fn consumer_span(
     messaging_system: &'static str,
     destination: &str,
@@ -243,14 +243,18 @@ pub fn consumer_span(
             trace_id = tracing::field::Empty,
         )
     } else {
-        // Logs leave the OpenTelemetry attributes out (`log_fields`): without export nothing
-        // would read them, yet every posting's span would carry and visit them.
+        // Without export only logs read the span: the text log shows none of the OpenTelemetry
+        // attributes (`log_fields`), the JSON log all of the span's fields. The event id and
+        // the error type are kept for JSON lines (a poison message has no posting id); the
+        // rest would be carried and visited for every posting and read by nobody.
         tracing::info_span!(
             "process",
+            messaging.message.id = message_id,
             bidorch.attempt = attempt,
             marketplace,
             posting_id,
             outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
             trace_id = known.as_ref().map(tracing::field::display),
         )
     };

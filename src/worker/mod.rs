@@ -19,11 +19,13 @@ mod handle;
 mod observe;
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
+use futures_util::FutureExt as _;
 use tokio::task::JoinSet;
 
 use crate::config::{Settings, SourceKind};
@@ -117,10 +119,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> WorkerReport {
     let mut report = WorkerReport::default();
-    // Postings' tasks report back on their own (a settled count, an unreachable dependency)
-    // rather than through the loop: a finished task then costs the loop nothing, where joining
-    // it woke the loop and re-polled every branch once per posting. They are reaped (and a
-    // panic logged) whenever a delivery arrives, and awaited at shutdown.
+    // Postings' tasks report back on their own (a settled count, an unreachable dependency, a
+    // panic logged) rather than through the loop: a finished task then costs the loop nothing,
+    // where joining it woke the loop and re-polled every branch once per posting. Finished tasks
+    // are reaped whenever a delivery arrives, and the rest awaited at shutdown.
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let settled = Arc::new(AtomicU64::new(0));
     let (unreachable_tx, mut unreachable_rx) =
@@ -149,6 +151,7 @@ pub async fn run(
             // Shutdown first: once requested, take no new delivery.
             biased;
             () = &mut shutdown => {
+                reap(&mut in_flight);
                 tracing::info!(in_flight = in_flight.len(), "Shutdown requested; no longer consuming");
                 break;
             }
@@ -176,12 +179,24 @@ pub async fn run(
                     // machine (kilobytes, copied at each hand-over into and out of the task).
                     let (settled, unreachable) = (settled.clone(), unreachable_tx.clone());
                     in_flight.spawn(Box::pin(async move {
-                        let handled = handle::handle(delivery, &pipeline, &options, &gate).await;
+                        // A panic drops the delivery unsettled (the source hands it back), and
+                        // is logged now rather than when the task is reaped.
+                        let handled = AssertUnwindSafe(handle::handle(delivery, &pipeline, &options, &gate))
+                            .catch_unwind()
+                            .await;
                         drop(working);
-                        settled.fetch_add(u64::from(handled.settled), Ordering::Relaxed);
-                        if let Some(dependency) = handled.unreachable {
-                            // The loop outlives every task it awaits: the send cannot fail.
-                            let _ = unreachable.send(dependency);
+                        match handled {
+                            Ok(handled) => {
+                                settled.fetch_add(u64::from(handled.settled), Ordering::Relaxed);
+                                if let Some(dependency) = handled.unreachable {
+                                    // The loop outlives every task it awaits: the send cannot fail.
+                                    let _ = unreachable.send(dependency);
+                                }
+                            }
+                            Err(panic) => tracing::error!(
+                                error = panic_message(panic.as_ref()),
+                                "Posting task panicked; its message will be redelivered"
+                            ),
                         }
                     }));
                     reap(&mut in_flight);
@@ -200,19 +215,18 @@ pub async fn run(
     report
 }
 
-/// Joins the postings' tasks that have finished, logging any that panicked (its delivery was
-/// dropped unsettled: the source redelivers it).
+/// Joins the postings' tasks that have finished (each has reported for itself).
 fn reap(in_flight: &mut JoinSet<()>) {
-    while let Some(done) = in_flight.try_join_next() {
-        if let Err(e) = done
-            && e.is_panic()
-        {
-            tracing::error!(
-                error = %crate::error::Chain(&e),
-                "Posting task panicked; its message will be redelivered"
-            );
-        }
-    }
+    while in_flight.try_join_next().is_some() {}
+}
+
+/// What a panic said, if it said it in words.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 /// Asks a paused dependency, with growing, jittered pauses, until it answers; then opens the
@@ -242,26 +256,35 @@ async fn drain(in_flight: &mut JoinSet<()>, grace: Duration, report: &mut Worker
     if in_flight.is_empty() {
         return;
     }
-    let finish = async {
-        while let Some(done) = in_flight.join_next().await {
-            if let Err(e) = done
-                && e.is_panic()
-            {
-                tracing::error!(
-                    error = %crate::error::Chain(&e),
-                    "Posting task panicked; its message will be redelivered"
-                );
-            }
-        }
-    };
+    let finish = async { while in_flight.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, finish).await.is_err() {
-        report.abandoned = in_flight.len() as u64;
-        tracing::warn!(
-            abandoned = in_flight.len(),
-            grace_ms = grace.as_millis() as u64,
-            "Grace period over; leaving unfinished postings unacked for redelivery"
-        );
         in_flight.abort_all();
-        while in_flight.join_next().await.is_some() {}
+        // Abandoned: the tasks the abort stopped, not any that finished meanwhile (those have
+        // counted themselves settled, or not).
+        let mut abandoned = 0u64;
+        while let Some(done) = in_flight.join_next().await {
+            abandoned += u64::from(done.is_err_and(|e| e.is_cancelled()));
+        }
+        report.abandoned = abandoned;
+        tracing::warn!(
+            abandoned,
+            grace_ms = grace.as_millis() as u64,
+            "Grace period over; left unfinished postings unacked for redelivery"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panics_message_is_read_whether_literal_or_formatted() {
+        let literal = std::panic::catch_unwind(|| panic!("plain words")).unwrap_err();
+        let formatted = std::panic::catch_unwind(|| panic!("posting {}", 7)).unwrap_err();
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(literal.as_ref()), "plain words");
+        assert_eq!(panic_message(formatted.as_ref()), "posting 7");
+        assert_eq!(panic_message(other.as_ref()), "a panic without a message");
     }
 }
