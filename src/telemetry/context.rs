@@ -306,3 +306,36 @@ fn incoming_trace_id(headers: &BTreeMap<String, String>) -> Option<String> {
         && incoming.bytes().any(|b| b != b'0');
     valid.then(|| incoming.to_ascii_lowercase())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lower_hex(s: &str, len: usize) -> bool {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && s.bytes().any(|b| b != b'0')
+    }
+
+    #[test]
+    fn a_made_up_trace_id_is_32_lower_case_hex_digits_not_all_zero() {
+        for _ in 0..100 {
+            assert!(lower_hex(&new_trace_id(), 32));
+        }
+    }
+
+    #[test]
+    fn a_made_up_traceparent_carries_the_attempts_trace_id() {
+        let trace_id = new_trace_id();
+        let made_up = attempt_trace_parent(&tracing::Span::none(), &BTreeMap::new(), &trace_id);
+        let parts: Vec<&str> = made_up.split('-').collect();
+        assert_eq!(parts.len(), 4, "{made_up}");
+        assert_eq!(
+            (parts[0], parts[1], parts[3]),
+            ("00", trace_id.as_str(), "01")
+        );
+        assert!(lower_hex(parts[2], 16), "{made_up}");
+        assert_eq!(trace_id_of(&made_up), Some(trace_id.as_str()));
+    }
+}
