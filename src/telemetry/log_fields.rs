@@ -195,8 +195,8 @@ impl Visit for Fields<'_> {
 mod tests {
     use super::*;
 
-    /// A line as `fields` formats it (no time, no level).
-    fn line<N>(fields: N, value: &str) -> String
+    /// What `fields` writes of the events `log` emits (no time, no level).
+    fn written<N>(fields: N, log: impl FnOnce()) -> String
     where
         N: for<'w> FormatFields<'w> + Send + Sync + 'static,
     {
@@ -210,7 +210,16 @@ mod tests {
             .with_ansi(false)
             .with_writer(move || Sink(sink.clone()))
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, log);
+        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+    }
+
+    /// A line as `fields` formats it.
+    fn line<N>(fields: N, value: &str) -> String
+    where
+        N: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
+        written(fields, || {
             tracing::info!(
                 posting_id = value,
                 attempt = 2,
@@ -219,8 +228,7 @@ mod tests {
                 big = u64::MAX,
                 "Bid placed"
             );
-        });
-        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+        })
     }
 
     struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -268,20 +276,9 @@ mod tests {
     where
         N: for<'w> FormatFields<'w> + Send + Sync + 'static,
     {
-        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-        let sink = out.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(fields)
-            .without_time()
-            .with_level(false)
-            .with_target(false)
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        written(fields, || {
             tracing::info!(posting_id = "p-1", noisy = ?Loud, "Outer");
-        });
-        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+        })
     }
 
     #[test]
