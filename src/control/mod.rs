@@ -167,14 +167,27 @@ impl Identity {
 /// Keeps `board` current from `store` and reports this process, until aborted: reads every
 /// [`POLL_EVERY`], reports every [`REPORT_EVERY`] and at once when the generation changed.
 /// Failures are logged once per streak; the board then goes stale and everything waits.
+///
+/// Reading and reporting run side by side. A report is a write, and a write can wait behind
+/// the ledger's own for seconds (SQLite has one writer; a loaded PostgreSQL is slow too): with
+/// the read after it in one loop, the state went stale meanwhile, and a stale state holds every
+/// marketplace back (measured: reports of up to 2.1 s in the dev-profile demo, which then spent
+/// half its time retrying postings held back by a pause nobody had made).
 pub async fn poll(
     store: Arc<dyn ControlStore>,
     board: PauseBoard,
     breakers: Breakers,
     me: Identity,
 ) {
-    let host = crate::config::hostname();
-    let mut reported: Option<(i64, Instant)> = None;
+    let read = tokio::sync::Notify::new();
+    tokio::join!(
+        keep_reading(store.as_ref(), &board, &read),
+        keep_reporting(store.as_ref(), &board, &breakers, &me, &read),
+    );
+}
+
+/// Reads the pause state into `board` every [`POLL_EVERY`], and says so on `read`.
+async fn keep_reading(store: &dyn ControlStore, board: &PauseBoard, read: &tokio::sync::Notify) {
     let mut failing = false;
     let mut tick = tokio::time::interval(POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,6 +197,7 @@ pub async fn poll(
             Ok(state) => {
                 gauges(&board.pauses(), &state);
                 board.publish(state);
+                read.notify_one();
                 if failing {
                     tracing::info!("The pause state is read again");
                     failing = false;
@@ -197,9 +211,24 @@ pub async fn poll(
                     );
                     failing = true;
                 }
-                continue;
             }
         }
+    }
+}
+
+/// Reports this process after each read whose generation it has not reported yet, and at
+/// least every [`REPORT_EVERY`].
+async fn keep_reporting(
+    store: &dyn ControlStore,
+    board: &PauseBoard,
+    breakers: &Breakers,
+    me: &Identity,
+    read: &tokio::sync::Notify,
+) {
+    let host = crate::config::hostname();
+    let mut reported: Option<(i64, Instant)> = None;
+    loop {
+        read.notified().await;
         let generation = board.generation();
         let due = reported.is_none_or(|(g, at)| g != generation || at.elapsed() >= REPORT_EVERY);
         if !due {

@@ -31,6 +31,7 @@ mod ops;
 mod outages;
 mod outcomes;
 mod pause;
+mod pause_board;
 mod pgbouncer;
 mod publisher_input;
 mod queue_amqp;
