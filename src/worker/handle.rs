@@ -120,9 +120,9 @@ async fn process(
             .headers
             .insert(telemetry::PREV_TRACEPARENT_HEADER.to_owned(), traceparent);
     }
-    let settled = settle(delivery, &action, options).await;
-    // Settled first: the ledger has the outcome, the lease only keeps duplicates waiting.
-    let outcome = processed.release().await;
+    // Side by side: the ledger has the outcome, so the lease protects nothing and only keeps
+    // duplicates waiting; and an ack may wait some milliseconds to go out with others.
+    let (settled, outcome) = tokio::join!(settle(delivery, &action, options), processed.release());
     let unreachable = match &outcome {
         Outcome::Unavailable { component, error } => {
             component.dependency().map(|d| (d, error.clone()))

@@ -500,3 +500,48 @@ async fn stop_ends_the_stream_and_in_flight_deliveries_can_still_be_settled() {
     source.close().await.unwrap();
     assert_eq!(inspector.ready(&s.queue).await, 0);
 }
+
+#[tokio::test]
+async fn acks_that_go_out_together_never_cover_a_delivery_held_or_handed_back() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let mut s = settings();
+    s.prefetch = 40;
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "runs").await.unwrap();
+    let inspector = Inspector::connect().await;
+    for i in 0..40 {
+        let id = format!("ev-{i}");
+        inspector
+            .publish(&s.exchange, "posting.upwork", id.as_bytes(), props(&id))
+            .await;
+    }
+    let mut deliveries = Vec::new();
+    for _ in 0..40 {
+        deliveries.push(next(&mut source).await);
+    }
+    let body = |d: &bidorch::source::Delivery| String::from_utf8(d.body.clone()).unwrap();
+    let mut take = |id: &str| {
+        let at = deliveries.iter().position(|d| body(d) == id).unwrap();
+        deliveries.remove(at)
+    };
+    // ev-10 is still being worked on; ev-20 is handed back (dropped unsettled).
+    let held = take("ev-10");
+    drop(take("ev-20"));
+    // The other 38 settle at once: their acks go out together, ev-0..ev-9 as one run.
+    let acked = futures_util::future::join_all(deliveries.into_iter().map(|d| d.ack())).await;
+    assert!(acked.iter().all(Result::is_ok), "{acked:?}");
+
+    let again = next(&mut source).await;
+    assert_eq!(body(&again), "ev-20", "the handed-back delivery comes back");
+    assert!(again.redelivered);
+    again.ack().await.unwrap();
+
+    // Closing the session hands back what it holds: ev-10 alone, nothing an ack covered.
+    source.close().await.unwrap();
+    drop(held);
+    let back = inspector.take_eventually(&s.queue, WAIT).await;
+    assert_eq!(back.delivery.data, b"ev-10");
+    assert_eq!(inspector.ready(&s.queue).await, 0);
+}

@@ -11,6 +11,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, Event};
 use tokio::task::JoinHandle;
 
+use super::acks::Acks;
 use super::settle::{AmqpSettler, Republisher};
 use crate::amqp::connection::{classify, confirm_channel, open_connection, short};
 use crate::amqp::headers::{
@@ -28,8 +29,10 @@ use crate::source::{
 pub(crate) struct Session {
     settings: Arc<AmqpSettings>,
     connection: Arc<Connection>,
-    /// Shared with each delivery's settler, which acks on it.
+    /// The consume channel.
     channel: Arc<Channel>,
+    /// Its acks, shared with each delivery's settler.
+    acks: Arc<Acks>,
     consumer: Consumer,
     republisher: Arc<Republisher>,
     /// Flips the health state as soon as the connection reports an error, even while no one is
@@ -62,18 +65,23 @@ impl Session {
         }
         .await;
         match opened {
-            Ok((channel, republish, consumer)) => Ok(Self {
-                republisher: Arc::new(Republisher::new(
-                    connection.clone(),
-                    republish,
-                    settings.clone(),
-                )),
-                settings,
-                connection,
-                channel: Arc::new(channel),
-                consumer,
-                watcher,
-            }),
+            Ok((channel, republish, consumer)) => {
+                let channel = Arc::new(channel);
+                let acks = Acks::new(Arc::clone(&channel), settings.prefetch);
+                Ok(Self {
+                    republisher: Arc::new(Republisher::new(
+                        connection.clone(),
+                        republish,
+                        settings.clone(),
+                    )),
+                    settings,
+                    connection,
+                    acks,
+                    channel,
+                    consumer,
+                    watcher,
+                })
+            }
             Err(e) => {
                 watcher.abort();
                 let _ = connection.close(200, "OK".into()).await;
@@ -100,7 +108,7 @@ impl Session {
         match next? {
             Ok(message) => Some(Ok(to_delivery(
                 message,
-                &self.channel,
+                &self.acks,
                 &self.republisher,
                 &self.settings.queue,
             ))),
@@ -197,7 +205,7 @@ pub(crate) fn inbound(table: &FieldTable, route: Route<'_>, queue: &str) -> Inbo
 
 fn to_delivery(
     message: lapin::message::Delivery,
-    channel: &Arc<Channel>,
+    acks: &Arc<Acks>,
     republisher: &Arc<Republisher>,
     queue: &str,
 ) -> Delivery {
@@ -214,7 +222,7 @@ fn to_delivery(
         .map(|id| id.as_str().to_owned());
     let settler = AmqpSettler::new(
         message.acker,
-        Arc::clone(channel),
+        Arc::clone(acks),
         message.delivery_tag,
         message.properties.clone(),
         Arc::clone(republisher),

@@ -6,6 +6,7 @@
 //!   message becomes a [`Delivery`].
 //! - [`settle`]: ack, retry through a wait queue, dead-letter — each a confirmed publish, then
 //!   the ack of the original.
+//! - [`acks`]: a channel's acks, coalesced: consecutive tags as one `multiple` ack.
 //!
 //! Reconnection is ours, not lapin's (its recovery is opt-in and replays channels we would
 //! rather rebuild): when the consumer stream errors or ends without [`stop`](PostingSource::stop)
@@ -17,6 +18,7 @@
 //! error and the state becomes [`ConsumerState::Failed`]: the worker exits non-zero so an
 //! orchestrator restarts it, rather than living on as a zombie consumer.
 
+mod acks;
 mod consumer;
 #[cfg(test)]
 mod publisher_input;

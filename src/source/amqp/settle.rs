@@ -9,9 +9,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicNackOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel};
+
+use super::acks::{AckError, Acks};
 use tokio::sync::Mutex;
 
 use crate::amqp::confirm::publish_confirmed;
@@ -92,8 +94,8 @@ impl Republisher {
 pub(crate) struct AmqpSettler {
     /// Hands the delivery back when it is dropped unsettled.
     acker: Acker,
-    /// The channel it came on, and its tag there: the ack goes straight on it.
-    channel: Arc<Channel>,
+    /// The acks of the channel it came on, and its tag there.
+    acks: Arc<Acks>,
     delivery_tag: u64,
     /// The original's properties: a copy keeps its content type, message id, headers.
     properties: BasicProperties,
@@ -107,14 +109,14 @@ pub(crate) struct AmqpSettler {
 impl AmqpSettler {
     pub(crate) fn new(
         acker: Acker,
-        channel: Arc<Channel>,
+        acks: Arc<Acks>,
         delivery_tag: u64,
         properties: BasicProperties,
         republisher: Arc<Republisher>,
     ) -> Self {
         Self {
             acker,
-            channel,
+            acks,
             delivery_tag,
             properties,
             republisher,
@@ -123,26 +125,23 @@ impl AmqpSettler {
         }
     }
 
-    /// Acks the original on its own channel. Not through its `Acker`: lapin hands each of those
-    /// to its internal RPC task, which spawns a task per ack (its future copied in and out,
-    /// about 4 KiB each time): two thirds of the bytes a worker copied per posting in copies over
-    /// 1.8 KiB, and 10 k of its instructions. A channel that died or was replaced refuses the ack
-    /// (the tag means nothing on another channel).
+    /// Acks the original with its channel's other acks ([`Acks`]). Not through its `Acker`:
+    /// lapin hands each of those to its internal RPC task, which spawns a task per ack (its
+    /// future copied in and out, about 4 KiB each time): two thirds of the bytes a worker copied
+    /// per posting in copies over 1.8 KiB, and 10 k of its instructions. A channel that died or
+    /// was replaced refuses the ack (the tag means nothing on another channel).
     async fn ack_original(&mut self) -> Result<(), SourceError> {
         if !self.acker.usable() {
             // The channel failed (or the delivery was settled): the ack would not be sent.
             return Err(SourceError::Unsettled);
         }
-        match self
-            .channel
-            .basic_ack(self.delivery_tag, BasicAckOptions::default())
-            .await
-        {
+        match self.acks.ack(self.delivery_tag).await {
             Ok(()) => {
                 self.settled = true;
                 Ok(())
             }
-            Err(e) => Err(match crate::amqp::connection::classify(e) {
+            Err(AckError::Abandoned) => Err(SourceError::Unsettled),
+            Err(AckError::Refused(e)) => Err(match crate::amqp::connection::classify(e) {
                 AmqpError::Unavailable(_) | AmqpError::ChannelClosed => SourceError::Unsettled,
                 other => other.into(),
             }),
@@ -159,6 +158,7 @@ impl Drop for AmqpSettler {
             return;
         }
         let acker = self.acker.clone();
+        let (acks, tag) = (Arc::clone(&self.acks), self.delivery_tag);
         let delay = if self.failed {
             HAND_BACK_DELAY
         } else {
@@ -171,8 +171,12 @@ impl Drop for AmqpSettler {
                     multiple: false,
                     requeue: true,
                 };
-                if let Err(e) = acker.nack(requeue).await {
-                    tracing::debug!(error = %crate::error::Chain(&e), "Could not return an unsettled delivery");
+                match acker.nack(requeue).await {
+                    // Written: a run of acks may now pass over it.
+                    Ok(_) => acks.settled(tag),
+                    Err(e) => {
+                        tracing::debug!(error = %crate::error::Chain(&e), "Could not return an unsettled delivery");
+                    }
                 }
             });
         }
