@@ -83,10 +83,13 @@ impl WireEvent {
                 Ok(_) => "the event is not a JSON object".to_owned(),
             }));
         }
-        // Nearly every event parses: it goes through serde_json alone. Only one that does not is
-        // read again with serde_path_to_error, which names the field at fault but costs three
-        // times as much on every event it reads.
-        if let Ok(event) = serde_json::from_slice::<Self>(body) {
+        // Nearly every event parses: it goes through serde_json alone, from a `str` checked once
+        // (from bytes, serde_json checks each string it reads again: twice the cost). Only one
+        // that does not is read again with serde_path_to_error, which names the field at fault
+        // but costs three times as much on every event it reads.
+        if let Ok(event) = std::str::from_utf8(body).map(serde_json::from_str::<Self>)
+            && let Ok(event) = event
+        {
             return Ok(event);
         }
         let mut de = serde_json::Deserializer::from_slice(body);
@@ -211,6 +214,14 @@ mod tests {
             let err = WireEvent::from_json(body).unwrap_err();
             assert_eq!(err.reason(), "invalid_json", "{err}");
         }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_invalid_json_and_utf8_text_is_read() {
+        let err = WireEvent::from_json(b"{\"event_id\":\"ab\xff\"}").unwrap_err();
+        assert_eq!(err.reason(), "invalid_json", "{err}");
+        let w = WireEvent::from_json("{\"title\":\"Caf\u{e9} \\u00e9\"}".as_bytes()).unwrap();
+        assert_eq!(w.title.as_deref(), Some("Caf\u{e9} \u{e9}"));
     }
 
     #[test]
