@@ -198,8 +198,11 @@ pub(crate) fn validate_id(field: &'static str, v: &str) -> Result<(), PostingErr
     if v.is_empty() || v.len() > 128 {
         return Err(PostingError::invalid(field, "must be 1 to 128 characters"));
     }
-    // Printable ASCII without whitespace: 0x21..=0x7e.
-    if let Some(c) = v.chars().find(|c| !('!'..='~').contains(c)) {
+    // Printable ASCII without whitespace: 0x21..=0x7e. Checked as bytes (no char decoding);
+    // the character is found only to name it.
+    if !v.bytes().all(|b| (b'!'..=b'~').contains(&b))
+        && let Some(c) = v.chars().find(|c| !('!'..='~').contains(c))
+    {
         return Err(PostingError::invalid(
             field,
             format!("character {c:?} is not printable ASCII without whitespace"),
