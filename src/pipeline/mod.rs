@@ -26,7 +26,7 @@
 //!    on an API without idempotency keys a refusal is looked up first (it may be "you already
 //!    bid" after an answer was lost).
 //! 7. `finish.rs`: `ledger.finish` under the epoch — a superseded holder writes nothing.
-//! 8. The lease goes back to the caller ([`Processed`]), which releases it once the message is
+//! 8. The lease goes back to the caller ([`Processed`]), which releases it while the message is
 //!    settled: the ledger has the outcome by then, so the lease only keeps duplicates waiting.
 //!
 //! Tracing: the `pipeline` span (with `marketplace`, `posting_id`, `outcome`) has one child per
@@ -66,9 +66,9 @@ pub use self::outcome::{Action, Component, Envelope, Outcome, PlacedVia, RetryRu
 
 /// What running a posting left: its outcome, and the lease still to be released.
 ///
-/// The worker settles the message first and releases the lease after: once the ledger has the
+/// The worker settles the message and releases the lease side by side: once the ledger has the
 /// outcome the lease protects nothing (any later claim finds the row), it only keeps duplicate
-/// copies waiting, so the posting's delivery need not wait for Redis to answer the release.
+/// copies waiting; so neither waits for the other (an ack may wait to go out with others).
 pub struct Processed {
     /// The outcome (the ledger already has it).
     pub outcome: Outcome,
