@@ -1,5 +1,5 @@
-//! One delivery: parse, decide whether it may be worked on now, run the pipeline, settle, and
-//! only then release the posting's lease (the ledger already has the outcome).
+//! One delivery: parse, decide whether it may be worked on now, run the pipeline, then settle
+//! and release the posting's lease side by side (the ledger already has the outcome).
 //!
 //! A delivery is not worked on — and counts no attempt — while the worker's gate is closed (a
 //! dependency is down) or before its `not-before`: it goes straight back to the wait queue. The

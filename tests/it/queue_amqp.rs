@@ -502,7 +502,7 @@ async fn stop_ends_the_stream_and_in_flight_deliveries_can_still_be_settled() {
 }
 
 #[tokio::test]
-async fn acks_that_go_out_together_never_cover_a_delivery_held_or_handed_back() {
+async fn acks_that_go_out_together_never_cover_a_delivery_still_being_worked_on() {
     if !support::amqp_available().await {
         return;
     }
@@ -544,4 +544,43 @@ async fn acks_that_go_out_together_never_cover_a_delivery_held_or_handed_back() 
     let back = inspector.take_eventually(&s.queue, WAIT).await;
     assert_eq!(back.delivery.data, b"ev-10");
     assert_eq!(inspector.ready(&s.queue).await, 0);
+}
+
+#[tokio::test]
+async fn a_delivery_handed_back_among_acks_that_go_out_together_comes_back_alone() {
+    if !support::amqp_available().await {
+        return;
+    }
+    let mut s = settings();
+    s.prefetch = 40;
+    let _cleanup = Cleanup(s.clone());
+    let mut source = AmqpPostingSource::connect(&s, "back").await.unwrap();
+    let inspector = Inspector::connect().await;
+    for i in 0..40 {
+        let id = format!("ev-{i}");
+        inspector
+            .publish(&s.exchange, "posting.upwork", id.as_bytes(), props(&id))
+            .await;
+    }
+    let mut deliveries = Vec::new();
+    for _ in 0..40 {
+        deliveries.push(next(&mut source).await);
+    }
+    let body = |d: &bidorch::source::Delivery| String::from_utf8(d.body.clone()).unwrap();
+    let at = deliveries.iter().position(|d| body(d) == "ev-20").unwrap();
+    // ev-20 is handed back while the 39 others settle at once, the ones below it and above it.
+    drop(deliveries.remove(at));
+    let acked = futures_util::future::join_all(deliveries.into_iter().map(|d| d.ack())).await;
+    assert!(acked.iter().all(Result::is_ok), "{acked:?}");
+
+    let again = next(&mut source).await;
+    assert_eq!(body(&again), "ev-20", "the handed-back delivery comes back");
+    assert!(again.redelivered);
+    again.ack().await.unwrap();
+    source.close().await.unwrap();
+    assert_eq!(
+        inspector.ready(&s.queue).await,
+        0,
+        "nothing else comes back"
+    );
 }

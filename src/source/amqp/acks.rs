@@ -13,10 +13,14 @@
 //!
 //! The first ack to find no flush running starts one in a task of its own (so a posting task
 //! cancelled at shutdown cannot strand the others' acks); acks arriving meanwhile queue for its
-//! next round. A lone ack therefore goes out at once, as before: nothing waits to be batched.
+//! next round. An ack that extends the run goes out at once; one above an unsettled tag waits up
+//! to [`HOLD`] for the run to reach it — unless the run has not moved for that long (the posting
+//! below is stuck, or its delivery never came), when waiting would gather nothing.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use std::future::Future;
 
 use lapin::Channel;
 use lapin::options::BasicAckOptions;
@@ -45,11 +49,23 @@ pub(crate) enum AckError {
     Abandoned,
 }
 
+/// Where ack frames are written: the channel (a recording stand-in in the unit tests).
+pub(crate) trait AckFrames: Send + Sync + 'static {
+    /// Writes one `basic.ack` of `tag`, `multiple` or not; done once the frame is written.
+    fn ack(&self, tag: u64, multiple: bool) -> impl Future<Output = Answer> + Send;
+}
+
+impl AckFrames for Channel {
+    fn ack(&self, tag: u64, multiple: bool) -> impl Future<Output = Answer> + Send {
+        self.basic_ack(tag, BasicAckOptions { multiple })
+    }
+}
+
 /// Coalesced acks on one channel (see the module docs).
-pub(crate) struct Acks {
-    channel: Arc<Channel>,
-    /// The most acks held at once: a held ack keeps its delivery's prefetch slot, so a quarter of
-    /// the prefetch at most is kept from new deliveries.
+pub(crate) struct Acks<C: AckFrames = Channel> {
+    channel: Arc<C>,
+    /// The most acks held at once: a held ack keeps its delivery's prefetch slot, so half of the
+    /// prefetch at most is kept from new deliveries.
     max_held: usize,
     state: Mutex<State>,
     /// Wakes a flush task that waits with only held acks when another ack is queued.
@@ -64,14 +80,14 @@ struct State {
     flushing: bool,
 }
 
-impl Acks {
+impl<C: AckFrames> Acks<C> {
     /// The acks of `channel`, which consumes with `prefetch`.
-    pub(crate) fn new(channel: Arc<Channel>, prefetch: u16) -> Arc<Self> {
+    pub(crate) fn new(channel: Arc<C>, prefetch: u16) -> Arc<Self> {
         Arc::new(Self {
             channel,
             max_held: usize::from(prefetch / 2),
             state: Mutex::new(State {
-                ledger: TagLedger::default(),
+                ledger: TagLedger::new(Instant::now()),
                 queued: Vec::new(),
                 flushing: false,
             }),
@@ -95,7 +111,12 @@ impl Acks {
             !std::mem::replace(&mut state.flushing, true)
         };
         if start {
-            tokio::spawn(Arc::clone(self).flush());
+            // The guard goes into the task: dropped unpolled (a runtime shutting down), it still
+            // clears `flushing` and answers the queue.
+            tokio::spawn(Self::flush(Running {
+                acks: Arc::clone(self),
+                armed: true,
+            }));
         } else {
             self.queued.notify_one();
         }
@@ -108,19 +129,16 @@ impl Acks {
     /// Records that `tag` was settled outside [`Acks::ack`] (handed back with a nack that was
     /// written), so later runs of consecutive acks may pass over it.
     pub(crate) fn settled(&self, tag: u64) {
-        self.state().ledger.settled(tag);
+        self.state().ledger.settled(Instant::now(), tag);
     }
 
     /// Writes what is queued, round after round, until nothing is queued or held.
-    async fn flush(self: Arc<Self>) {
-        let mut running = Running {
-            acks: &self,
-            armed: true,
-        };
+    async fn flush(mut running: Running<C>) {
+        let this = Arc::clone(&running.acks);
         let mut held: Vec<Waiting> = Vec::new();
         loop {
             let (answered, plan, wake_at) = {
-                let mut state = self.state();
+                let mut state = this.state();
                 if state.queued.is_empty() && held.is_empty() {
                     state.flushing = false;
                     running.armed = false;
@@ -133,36 +151,44 @@ impl Acks {
                     since: now,
                 }));
                 // Taken in order, so the acks held long enough are the first ones; and when too
-                // many are held, the oldest go.
-                let over = held.len().saturating_sub(self.max_held);
+                // many are held, the oldest go. None waits while the run is stuck.
+                let stuck = state.ledger.advanced_at + HOLD <= now;
+                let over = held.len().saturating_sub(this.max_held);
                 let mut expired: Vec<u64> = held
                     .iter()
                     .enumerate()
-                    .take_while(|(at, w)| *at < over || w.since + HOLD <= now)
+                    .take_while(|(at, w)| stuck || *at < over || w.since + HOLD <= now)
                     .map(|(_, w)| w.tag)
                     .collect();
                 expired.sort_unstable();
-                let plan = state.ledger.plan(held.iter().map(|w| w.tag), |tag| {
+                let plan = state.ledger.plan(now, held.iter().map(|w| w.tag), |tag| {
                     expired.binary_search(&tag).is_err()
                 });
                 let (answered, kept) = held
                     .drain(..)
                     .partition(|w| plan.held.binary_search(&w.tag).is_err());
                 held = kept;
-                let wake_at = held.iter().map(|w| w.since + HOLD).min();
+                // Woken when the first held ack has waited long enough, or the run has been
+                // stuck long enough, whichever comes first.
+                let wake_at = held
+                    .iter()
+                    .map(|w| w.since + HOLD)
+                    .min()
+                    .map(|first| first.min(state.ledger.advanced_at + HOLD));
                 (answered, plan, wake_at)
             };
             if !plan.frames.is_empty() {
-                let frames = plan.frames.iter().map(|&(tag, multiple)| {
-                    self.channel.basic_ack(tag, BasicAckOptions { multiple })
-                });
+                let frames = plan
+                    .frames
+                    .iter()
+                    .map(|&(tag, multiple)| this.channel.ack(tag, multiple));
                 let answers = futures_util::future::join_all(frames).await;
                 for w in answered {
                     let _ = w.reply.send(answers[plan.frame_of(w.tag)].clone());
                 }
             } else if let Some(wake_at) = wake_at {
                 // Only held acks: wait for the ones that may complete their run, or their time.
-                let _ = tokio::time::timeout_at(wake_at, self.queued.notified()).await;
+                let _ = tokio::time::timeout_at(wake_at, this.queued.notified()).await;
             }
         }
     }
@@ -178,14 +204,14 @@ struct Waiting {
 
 /// Clears `flushing` if a flush task ends any other way than by finding the queue empty (its
 /// runtime shut down), so later acks start a new one instead of waiting forever.
-struct Running<'a> {
-    acks: &'a Acks,
+struct Running<C: AckFrames> {
+    acks: Arc<Acks<C>>,
     /// Cleared when the task ends by finding the queue empty: `flushing` is then already
     /// false, and may be another task's by the time this guard drops.
     armed: bool,
 }
 
-impl Drop for Running<'_> {
+impl<C: AckFrames> Drop for Running<C> {
     fn drop(&mut self) {
         if self.armed {
             let mut state = self.acks.state();
@@ -197,10 +223,12 @@ impl Drop for Running<'_> {
 }
 
 /// Which of a channel's delivery tags are settled, as far as consecutive acks need to know.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TagLedger {
     /// Every tag from 1 up to this one is settled.
     settled_upto: u64,
+    /// When `settled_upto` last moved (or the channel opened).
+    advanced_at: Instant,
     /// Settled tags above `settled_upto` (a lower one is not yet).
     settled_above: BTreeSet<u64>,
     /// Set when `settled_above` outgrew [`MAX_SETTLED_ABOVE`]: a tag below stayed unsettled for
@@ -227,10 +255,24 @@ impl Plan {
 }
 
 impl TagLedger {
+    fn new(now: Instant) -> Self {
+        Self {
+            settled_upto: 0,
+            advanced_at: now,
+            settled_above: BTreeSet::new(),
+            given_up: false,
+        }
+    }
+
     /// Plans the acks of `tags` (distinct, unsettled) and counts the acked ones as settled:
     /// those that extend the run of settled tags go as one ack; of the others, those that
     /// `may_wait` are held for a later round, the rest go alone.
-    fn plan(&mut self, tags: impl Iterator<Item = u64>, may_wait: impl Fn(u64) -> bool) -> Plan {
+    fn plan(
+        &mut self,
+        now: Instant,
+        tags: impl Iterator<Item = u64>,
+        may_wait: impl Fn(u64) -> bool,
+    ) -> Plan {
         let mut tags: Vec<u64> = tags.collect();
         tags.sort_unstable();
         if self.given_up {
@@ -263,26 +305,30 @@ impl TagLedger {
             let last = tags[in_run - 1];
             frames.push((last, in_run > 1));
         }
-        self.settled_upto = upto;
+        if upto > self.settled_upto {
+            self.settled_upto = upto;
+            self.advanced_at = now;
+        }
         let mut held = Vec::new();
         for &tag in &tags[in_run..] {
             if may_wait(tag) {
                 held.push(tag);
             } else {
                 frames.push((tag, false));
-                self.settled(tag);
+                self.settled(now, tag);
             }
         }
         Plan { frames, held }
     }
 
     /// Counts `tag` as settled.
-    fn settled(&mut self, tag: u64) {
+    fn settled(&mut self, now: Instant, tag: u64) {
         if self.given_up || tag <= self.settled_upto {
             return;
         }
         if tag == self.settled_upto + 1 {
             self.settled_upto = tag;
+            self.advanced_at = now;
             while self.settled_above.first() == Some(&(self.settled_upto + 1)) {
                 self.settled_above.pop_first();
                 self.settled_upto += 1;
@@ -305,13 +351,19 @@ impl TagLedger {
 mod tests {
     use super::*;
 
+    fn ledger() -> TagLedger {
+        TagLedger::new(Instant::now())
+    }
+
     fn plan(ledger: &mut TagLedger, tags: &[u64]) -> Vec<(u64, bool)> {
-        ledger.plan(tags.iter().copied(), |_| false).frames
+        ledger
+            .plan(Instant::now(), tags.iter().copied(), |_| false)
+            .frames
     }
 
     #[test]
     fn consecutive_tags_from_the_first_go_as_one_multiple_ack() {
-        let mut ledger = TagLedger::default();
+        let mut ledger = ledger();
         assert_eq!(plan(&mut ledger, &[3, 1, 2]), [(3, true)]);
         assert_eq!(plan(&mut ledger, &[4]), [(4, false)]);
         assert_eq!(plan(&mut ledger, &[5, 6]), [(6, true)]);
@@ -319,7 +371,7 @@ mod tests {
 
     #[test]
     fn an_unsettled_tag_stops_the_run_and_the_acks_above_it_go_alone() {
-        let mut ledger = TagLedger::default();
+        let mut ledger = ledger();
         // 3 is still being worked on: 1 and 2 go together, 4 and 5 alone.
         assert_eq!(
             plan(&mut ledger, &[1, 2, 4, 5]),
@@ -331,17 +383,17 @@ mod tests {
 
     #[test]
     fn a_tag_handed_back_is_passed_over_only_once_it_is_settled() {
-        let mut ledger = TagLedger::default();
+        let mut ledger = ledger();
         assert_eq!(plan(&mut ledger, &[1]), [(1, false)]);
         // 2 is being handed back: the run cannot cover it.
         assert_eq!(plan(&mut ledger, &[3, 4]), [(3, false), (4, false)]);
-        ledger.settled(2);
+        ledger.settled(Instant::now(), 2);
         assert_eq!(plan(&mut ledger, &[5, 6]), [(6, true)]);
     }
 
     #[test]
     fn a_tag_never_settled_is_never_covered() {
-        let mut ledger = TagLedger::default();
+        let mut ledger = ledger();
         for tag in 2..200 {
             let frames = plan(&mut ledger, &[tag]);
             assert_eq!(frames, [(tag, false)], "tag {tag}");
@@ -352,9 +404,9 @@ mod tests {
 
     #[test]
     fn batching_is_given_up_when_a_gap_stays_open_too_long() {
-        let mut ledger = TagLedger::default();
+        let mut ledger = ledger();
         for tag in 2..(MAX_SETTLED_ABOVE as u64 + 3) {
-            ledger.plan(std::iter::once(tag), |_| false);
+            ledger.plan(Instant::now(), std::iter::once(tag), |_| false);
         }
         assert!(ledger.given_up && ledger.settled_above.is_empty());
         // Even the missing tag's ack, once it comes, goes alone.
@@ -363,15 +415,15 @@ mod tests {
 
     #[test]
     fn a_held_ack_joins_the_run_once_the_tag_below_it_settles() {
-        let mut ledger = TagLedger::default();
-        let round = ledger.plan([2, 3].into_iter(), |_| true);
+        let mut ledger = ledger();
+        let round = ledger.plan(Instant::now(), [2, 3].into_iter(), |_| true);
         assert_eq!(round.frames, []);
         assert_eq!(round.held, [2, 3]);
-        let round = ledger.plan([1, 2, 3].into_iter(), |_| true);
+        let round = ledger.plan(Instant::now(), [1, 2, 3].into_iter(), |_| true);
         assert_eq!(round.frames, [(3, true)]);
         assert!(round.held.is_empty());
         // Held too long, an ack goes alone.
-        let round = ledger.plan([5].into_iter(), |_| false);
+        let round = ledger.plan(Instant::now(), [5].into_iter(), |_| false);
         assert_eq!(round.frames, [(5, false)]);
     }
 
@@ -391,5 +443,95 @@ mod tests {
         };
         assert_eq!(alone.frame_of(4), 0);
         assert_eq!(alone.frame_of(6), 1);
+    }
+
+    /// Records the frames written, in order; every write succeeds.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(u64, bool)>>);
+
+    impl AckFrames for Recorder {
+        fn ack(&self, tag: u64, multiple: bool) -> impl Future<Output = Answer> + Send {
+            self.0.lock().unwrap().push((tag, multiple));
+            std::future::ready(Ok(()))
+        }
+    }
+
+    fn recording(prefetch: u16) -> (Arc<Acks<Recorder>>, Arc<Recorder>) {
+        let frames = Arc::new(Recorder::default());
+        (Acks::new(Arc::clone(&frames), prefetch), frames)
+    }
+
+    fn written(frames: &Recorder) -> Vec<(u64, bool)> {
+        frames.0.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acks_settled_together_go_as_one_multiple_ack_at_once() {
+        let (acks, frames) = recording(256);
+        let before = Instant::now();
+        let answers = futures_util::future::join_all([3, 1, 2].map(|tag| acks.ack(tag))).await;
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(written(&frames), [(3, true)]);
+        assert_eq!(Instant::now(), before, "nothing waited");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_above_an_unsettled_tag_waits_for_the_run_and_joins_it() {
+        let (acks, frames) = recording(256);
+        let second = tokio::spawn({
+            let acks = Arc::clone(&acks);
+            async move { acks.ack(2).await }
+        });
+        tokio::time::sleep(HOLD / 2).await;
+        assert_eq!(written(&frames), [], "2 waits for 1");
+        acks.ack(1).await.unwrap();
+        second.await.unwrap().unwrap();
+        assert_eq!(written(&frames), [(2, true)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_ack_goes_alone_once_it_has_waited_the_hold() {
+        let (acks, frames) = recording(256);
+        let before = Instant::now();
+        acks.ack(2).await.unwrap();
+        assert_eq!(written(&frames), [(2, false)]);
+        assert_eq!(Instant::now() - before, HOLD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_run_is_stuck_the_acks_above_it_do_not_wait() {
+        let (acks, frames) = recording(256);
+        acks.ack(1).await.unwrap();
+        // 2 is being worked on for longer than the hold.
+        tokio::time::sleep(HOLD * 2).await;
+        let before = Instant::now();
+        acks.ack(3).await.unwrap();
+        assert_eq!(Instant::now(), before, "3 went at once");
+        assert_eq!(written(&frames), [(1, false), (3, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_half_the_prefetch_held_the_oldest_acks_go_alone() {
+        // A prefetch of 4: two acks may wait.
+        let (acks, frames) = recording(4);
+        let before = Instant::now();
+        let third = tokio::spawn({
+            let acks = Arc::clone(&acks);
+            async move { acks.ack(3).await }
+        });
+        tokio::task::yield_now().await;
+        let rest = tokio::spawn({
+            let acks = Arc::clone(&acks);
+            async move { futures_util::future::join_all([4, 5].map(|tag| acks.ack(tag))).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(written(&frames), [(3, false)], "3 made room");
+        assert_eq!(Instant::now(), before);
+        third.await.unwrap().unwrap();
+        assert!(rest.await.unwrap().iter().all(Result::is_ok));
+        assert_eq!(written(&frames), [(3, false), (4, false), (5, false)]);
+        assert!(Instant::now() - before <= HOLD);
     }
 }

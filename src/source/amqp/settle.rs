@@ -104,6 +104,10 @@ pub(crate) struct AmqpSettler {
     settled: bool,
     /// Whether a settlement was tried and failed: the hand-back then waits [`HAND_BACK_DELAY`].
     failed: bool,
+    /// Whether its ack was queued: it may still be written (an ack can wait for others), so the
+    /// delivery is never handed back after that — a nack besides the ack would make the broker
+    /// close the channel. If the ack failed, the channel is gone and the broker requeues anyway.
+    ack_queued: bool,
 }
 
 impl AmqpSettler {
@@ -122,6 +126,7 @@ impl AmqpSettler {
             republisher,
             settled: false,
             failed: false,
+            ack_queued: false,
         }
     }
 
@@ -135,6 +140,7 @@ impl AmqpSettler {
             // The channel failed (or the delivery was settled): the ack would not be sent.
             return Err(SourceError::Unsettled);
         }
+        self.ack_queued = true;
         match self.acks.ack(self.delivery_tag).await {
             Ok(()) => {
                 self.settled = true;
@@ -154,7 +160,7 @@ impl Drop for AmqpSettler {
     /// now rather than pinning a prefetch slot until the channel closes. The quorum queue counts
     /// these returns, so a message that keeps failing is parked at `x-delivery-limit`.
     fn drop(&mut self) {
-        if self.settled || !self.acker.usable() {
+        if self.settled || self.ack_queued || !self.acker.usable() {
             return;
         }
         let acker = self.acker.clone();
@@ -173,7 +179,9 @@ impl Drop for AmqpSettler {
                 };
                 match acker.nack(requeue).await {
                     // Written: a run of acks may now pass over it.
-                    Ok(_) => acks.settled(tag),
+                    Ok(true) => acks.settled(tag),
+                    // Not sent: the channel failed, and the broker requeues it.
+                    Ok(false) => {}
                     Err(e) => {
                         tracing::debug!(error = %crate::error::Chain(&e), "Could not return an unsettled delivery");
                     }
