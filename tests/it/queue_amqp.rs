@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bidorch::amqp::topology;
+use bidorch::config::AmqpSettings;
 use bidorch::source::{
     AmqpPostingSource, ConsumerState, DETAIL_HEADER, PostingSource, REASON_HEADER, SourceError,
 };
@@ -501,49 +502,105 @@ async fn stop_ends_the_stream_and_in_flight_deliveries_can_still_be_settled() {
     assert_eq!(inspector.ready(&s.queue).await, 0);
 }
 
+/// The text of a delivery's body.
+fn body(d: &bidorch::source::Delivery) -> String {
+    String::from_utf8(d.body.clone()).unwrap()
+}
+
+/// A session consuming with a prefetch of 40 from a fresh queue, holding the deliveries of
+/// `ev-0` … `ev-39` (tags 1 … 40, in order).
+struct Forty {
+    settings: AmqpSettings,
+    _cleanup: Cleanup,
+    source: AmqpPostingSource,
+    inspector: Inspector,
+    deliveries: Vec<bidorch::source::Delivery>,
+}
+
+impl Forty {
+    async fn taken(consumer_tag: &str) -> Self {
+        let mut settings = settings();
+        settings.prefetch = 40;
+        let cleanup = Cleanup(settings.clone());
+        let mut source = AmqpPostingSource::connect(&settings, consumer_tag)
+            .await
+            .unwrap();
+        let inspector = Inspector::connect().await;
+        for i in 0..40 {
+            let id = format!("ev-{i}");
+            inspector
+                .publish(
+                    &settings.exchange,
+                    "posting.upwork",
+                    id.as_bytes(),
+                    props(&id),
+                )
+                .await;
+        }
+        let mut deliveries = Vec::new();
+        for _ in 0..40 {
+            deliveries.push(next(&mut source).await);
+        }
+        Self {
+            settings,
+            _cleanup: cleanup,
+            source,
+            inspector,
+            deliveries,
+        }
+    }
+
+    /// Takes the delivery of `id` out of the held ones.
+    fn take(&mut self, id: &str) -> bidorch::source::Delivery {
+        let at = self.deliveries.iter().position(|d| body(d) == id).unwrap();
+        self.deliveries.remove(at)
+    }
+
+    /// Acks every delivery still held at once (their acks go out together) and expects each to
+    /// be written.
+    async fn ack_the_rest(&mut self) {
+        let acks = std::mem::take(&mut self.deliveries)
+            .into_iter()
+            .map(|d| d.ack());
+        let acked = futures_util::future::join_all(acks).await;
+        assert!(acked.iter().all(Result::is_ok), "{acked:?}");
+    }
+
+    /// Expects `ev-20`, handed back, to come back redelivered, and acks it.
+    async fn ev_20_comes_back(&mut self) {
+        let again = next(&mut self.source).await;
+        assert_eq!(body(&again), "ev-20", "the handed-back delivery comes back");
+        assert!(again.redelivered);
+        again.ack().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn acks_that_go_out_together_never_cover_a_delivery_still_being_worked_on() {
     if !support::amqp_available().await {
         return;
     }
-    let mut s = settings();
-    s.prefetch = 40;
-    let _cleanup = Cleanup(s.clone());
-    let mut source = AmqpPostingSource::connect(&s, "runs").await.unwrap();
-    let inspector = Inspector::connect().await;
-    for i in 0..40 {
-        let id = format!("ev-{i}");
-        inspector
-            .publish(&s.exchange, "posting.upwork", id.as_bytes(), props(&id))
-            .await;
-    }
-    let mut deliveries = Vec::new();
-    for _ in 0..40 {
-        deliveries.push(next(&mut source).await);
-    }
-    let body = |d: &bidorch::source::Delivery| String::from_utf8(d.body.clone()).unwrap();
-    let mut take = |id: &str| {
-        let at = deliveries.iter().position(|d| body(d) == id).unwrap();
-        deliveries.remove(at)
-    };
+    let mut forty = Forty::taken("runs").await;
     // ev-10 is still being worked on; ev-20 is handed back (dropped unsettled).
-    let held = take("ev-10");
-    drop(take("ev-20"));
-    // The other 38 settle at once: their acks go out together, ev-0..ev-9 as one run.
-    let acked = futures_util::future::join_all(deliveries.into_iter().map(|d| d.ack())).await;
-    assert!(acked.iter().all(Result::is_ok), "{acked:?}");
-
-    let again = next(&mut source).await;
-    assert_eq!(body(&again), "ev-20", "the handed-back delivery comes back");
-    assert!(again.redelivered);
-    again.ack().await.unwrap();
+    let held = forty.take("ev-10");
+    drop(forty.take("ev-20"));
+    // The other 38 settle at once: ev-0..ev-9 go as one run, the rest alone.
+    forty.ack_the_rest().await;
+    forty.ev_20_comes_back().await;
 
     // Closing the session hands back what it holds: ev-10 alone, nothing an ack covered.
+    let Forty {
+        settings,
+        source,
+        inspector,
+        _cleanup,
+        ..
+    } = forty;
     source.close().await.unwrap();
     drop(held);
-    let back = inspector.take_eventually(&s.queue, WAIT).await;
+    let back = inspector.take_eventually(&settings.queue, WAIT).await;
     assert_eq!(back.delivery.data, b"ev-10");
-    assert_eq!(inspector.ready(&s.queue).await, 0);
+    assert_eq!(inspector.ready(&settings.queue).await, 0);
 }
 
 #[tokio::test]
@@ -551,35 +608,14 @@ async fn a_delivery_handed_back_among_acks_that_go_out_together_comes_back_alone
     if !support::amqp_available().await {
         return;
     }
-    let mut s = settings();
-    s.prefetch = 40;
-    let _cleanup = Cleanup(s.clone());
-    let mut source = AmqpPostingSource::connect(&s, "back").await.unwrap();
-    let inspector = Inspector::connect().await;
-    for i in 0..40 {
-        let id = format!("ev-{i}");
-        inspector
-            .publish(&s.exchange, "posting.upwork", id.as_bytes(), props(&id))
-            .await;
-    }
-    let mut deliveries = Vec::new();
-    for _ in 0..40 {
-        deliveries.push(next(&mut source).await);
-    }
-    let body = |d: &bidorch::source::Delivery| String::from_utf8(d.body.clone()).unwrap();
-    let at = deliveries.iter().position(|d| body(d) == "ev-20").unwrap();
-    // ev-20 is handed back while the 39 others settle at once, the ones below it and above it.
-    drop(deliveries.remove(at));
-    let acked = futures_util::future::join_all(deliveries.into_iter().map(|d| d.ack())).await;
-    assert!(acked.iter().all(Result::is_ok), "{acked:?}");
-
-    let again = next(&mut source).await;
-    assert_eq!(body(&again), "ev-20", "the handed-back delivery comes back");
-    assert!(again.redelivered);
-    again.ack().await.unwrap();
-    source.close().await.unwrap();
+    let mut forty = Forty::taken("back").await;
+    // ev-20 is handed back while the 39 others settle at once, those below it and above it.
+    drop(forty.take("ev-20"));
+    forty.ack_the_rest().await;
+    forty.ev_20_comes_back().await;
+    forty.source.close().await.unwrap();
     assert_eq!(
-        inspector.ready(&s.queue).await,
+        forty.inspector.ready(&forty.settings.queue).await,
         0,
         "nothing else comes back"
     );
