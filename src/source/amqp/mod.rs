@@ -6,7 +6,8 @@
 //!   message becomes a [`Delivery`].
 //! - [`settle`]: ack, retry through a wait queue, dead-letter — each a confirmed publish, then
 //!   the ack of the original.
-//! - [`acks`]: a channel's acks, coalesced: consecutive tags as one `multiple` ack.
+//! - [`acks`]: a channel's acks, coalesced: consecutive tags as one `multiple` ack
+//!   ([`tag_runs`] plans each round).
 //!
 //! Reconnection is ours, not lapin's (its recovery is opt-in and replays channels we would
 //! rather rebuild): when the consumer stream errors or ends without [`stop`](PostingSource::stop)
@@ -23,6 +24,7 @@ mod consumer;
 #[cfg(test)]
 mod publisher_input;
 mod settle;
+mod tag_runs;
 
 use std::sync::Arc;
 use std::time::Duration;
