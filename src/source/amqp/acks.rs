@@ -17,9 +17,8 @@
 //! to [`HOLD`] for the run to reach it — unless the run has not moved for [`STUCK`] (the posting
 //! below is stuck, or its delivery never came), when waiting would gather nothing.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-
 use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use lapin::Channel;
 use lapin::options::BasicAckOptions;
