@@ -13,6 +13,7 @@
 //!   [`crate::policy`]'s, which checks them when the policy is built.
 
 mod bidding;
+mod budget;
 mod compat;
 mod load;
 mod marketplace;
@@ -30,9 +31,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 pub use self::bidding::{
-    BidCost, BiddingOverrides, BiddingSettings, BudgetPeriod, BudgetSettings, Fraction, Money,
-    PricingOverrides, SkillsMatch,
+    BiddingOverrides, BiddingSettings, Fraction, Money, PricingOverrides, SkillsMatch,
 };
+pub use self::budget::{BidCost, BudgetPeriod, BudgetSettings};
 pub use self::marketplace::{MarketplaceApi, MarketplaceClientSettings, MarketplaceSettings};
 pub use self::scoring::{OnScoringFailure, ScoringSettings};
 pub use self::secret::{EndpointUrl, SecretUrl};
