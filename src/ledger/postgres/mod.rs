@@ -4,12 +4,14 @@
 //! transaction.
 //!
 //! **Through a transaction-mode pooler** (PgBouncer, RDS Proxy, Supavisor) as well as direct:
-//! nothing is kept in a session. Every call runs in an explicit transaction that starts by
-//! setting its timeouts and schema (`SET LOCAL`, in the same round trip as `BEGIN`), so the
-//! statement's Parse and Bind reach the server connection the pooler gave the transaction; no
-//! named prepared statement outlives it (statement cache off), no startup `options`, no
-//! `extra_float_digits`; migrations, which hold a session advisory lock, run over
-//! `database.migration_url`.
+//! nothing is kept in a session. The hot call, a batch's claims and finishes, is one message of
+//! the simple query protocol with its values written in ([`literal`]): its timeouts and schema
+//! (`SET LOCAL`) and the statement, run by the server as one implicit transaction, in one round
+//! trip. Every other call runs in an explicit transaction that starts by setting the same (in
+//! the same round trip as `BEGIN`), so the statement's Parse and Bind reach the server connection
+//! the pooler gave the transaction. No named prepared statement outlives a transaction
+//! (statement cache off), no startup `options`, no `extra_float_digits`; migrations, which hold
+//! a session advisory lock, run over `database.migration_url`.
 //!
 //! Concurrency rests on PostgreSQL's row locks, taken in one global order (the day's cap rows by
 //! marketplace, then the postings by key), so concurrent claims get distinct epochs, a
@@ -28,6 +30,7 @@ use crate::posting::PostingKey;
 
 mod controls;
 mod lifecycle;
+mod literal;
 mod reports;
 mod rows;
 mod steps;
@@ -40,6 +43,8 @@ pub struct PgBidLedger {
     pool: PgPool,
     /// `BEGIN` and the transaction's settings, one simple-protocol round trip.
     begin: std::sync::Arc<str>,
+    /// The transaction's settings alone, leading a statement sent whole (see `steps`).
+    settings: std::sync::Arc<str>,
     /// Where migrations run, and in which schema.
     migrations: (crate::config::SecretUrl, Option<String>),
 }
@@ -62,8 +67,8 @@ impl PgBidLedger {
         // The server bounds its side of every statement too: a stuck lock or a runaway query
         // ends as an error (retried later), never as a worker waiting forever.
         let ms = |d: std::time::Duration| format!("'{}ms'", d.as_millis().max(1));
-        let mut begin = format!(
-            "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
+        let mut local = format!(
+            "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
              SET LOCAL idle_in_transaction_session_timeout = {}",
             ms(settings.statement_timeout),
             ms(settings.statement_timeout / 2),
@@ -71,7 +76,7 @@ impl PgBidLedger {
         );
         if let Some(schema) = &schema {
             // Only the schema: nothing of ours may land in `public` by accident.
-            begin.push_str(&format!("; SET LOCAL search_path = {schema}"));
+            local.push_str(&format!("; SET LOCAL search_path = {schema}"));
         }
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
@@ -81,7 +86,8 @@ impl PgBidLedger {
             .map_err(connect_error)?;
         let ledger = Self {
             pool,
-            begin: begin.into(),
+            begin: format!("BEGIN; {local}").into(),
+            settings: local.into(),
             migrations: (settings.migrations_url().clone(), schema.clone()),
         };
         if let Some(schema) = &schema {
@@ -191,8 +197,13 @@ impl PgBidLedger {
             .await
             .map_err(failed)?;
             for (finishes, claims) in [(true, true), (false, true), (true, false)] {
-                steps::steps_query(finishes.then_some(&[]), claims.then_some(&[]))
-                    .persistent(false)
+                // Its `SET LOCAL`s only repeat those in force.
+                let statement = steps::steps_sql(
+                    &self.settings,
+                    finishes.then_some(&[]),
+                    claims.then_some(&[]),
+                );
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(failed)?;
@@ -318,18 +329,16 @@ impl LedgerBackend for PgBidLedger {
             .first()
             .map(|f| &f.0)
             .or_else(|| claims.first().map(|c| &c.key));
+        // Sent as one message without `BEGIN`: the server runs it as one implicit transaction,
+        // committed when it succeeds and rolled back whole when any part fails.
+        let statement = std::sync::Arc::new(steps::steps_sql(
+            &self.settings,
+            (!finishes.is_empty()).then_some(finishes),
+            (!claims.is_empty()).then_some(claims),
+        ));
         let rows = self
-            .retrying(|| async {
-                let mut tx = self.begin_tx().await?;
-                let rows = steps::steps_query(
-                    (!finishes.is_empty()).then_some(finishes),
-                    (!claims.is_empty()).then_some(claims),
-                )
-                .persistent(false)
-                .fetch_all(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(rows)
+            .retrying(|| {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).fetch_all(&self.pool)
             })
             .await
             .map_err(|e| sql::query_error(first_key, e))?;

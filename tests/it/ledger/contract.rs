@@ -1227,3 +1227,69 @@ pub async fn a_send_waiting_out_a_retry_after_is_left_to_its_message(ledger: Led
             .is_empty()
     );
 }
+
+/// Texts that SQL quoting gets wrong (quotes, backslashes, dollar quotes, array braces and commas,
+/// comment and statement markers, line breaks, non-ASCII) come back exactly as they went in, through every column a
+/// claim and a finish write, on a posting's first claim and on a later one.
+pub async fn every_text_is_stored_exactly_as_it_was_given(ledger: Ledger) {
+    let odd = |n: u32| {
+        format!("it's {n} \\ \\' '' \"q\" {{a,NULL}} $$ $q$ E'\\n' ; -- /* é 🦀\r\n\t\\000 */")
+    };
+    let k = key("upwork", "job_odd_text");
+    let terms = BidTerms {
+        amount: Decimal::from(5),
+        currency: "USD".to_owned(),
+        cover_letter: odd(1),
+    };
+    let request = contract::stored_request(&k, &terms);
+    let first = ClaimRequest {
+        event_id: odd(2),
+        instance: odd(3),
+        trace_id: Some(odd(4)),
+        trace_parent: Some(odd(5)),
+        ..claim_of(&k, Intent::Bid(request.clone()))
+    };
+    let (e1, sent_request, _) = sent(&ledger, &first).await;
+    assert_eq!(sent_request, request);
+    let pending = Finish::Pending {
+        reason: bidorch::ledger::Pending::Transient,
+        http_status: Some(503),
+        detail: Some(odd(6)),
+        back_at: None,
+    };
+    ledger.finish(&k, e1, pending).await.expect("finish");
+    let again = ClaimRequest {
+        event_id: odd(7),
+        ..first.clone()
+    };
+    let (e2, resent, resend) = sent(&ledger, &again).await;
+    assert_eq!((resent, resend), (request.clone(), true));
+    ledger
+        .finish(&k, e2, placed(&odd(8)))
+        .await
+        .expect("finish");
+
+    let entry = ledger.lookup(&k).await.expect("lookup").expect("row");
+    assert_eq!(entry.request, Some(request));
+    assert_eq!(entry.event_id, odd(7));
+    assert_eq!(entry.trace_parent, Some(odd(5)));
+    assert_eq!(entry.bid_id, Some(odd(8)));
+    let attempts = ledger.attempts(&k).await.expect("attempts");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        (attempts[0].instance.as_str(), attempts[0].event_id.as_str()),
+        (odd(3).as_str(), odd(2).as_str())
+    );
+    assert_eq!(attempts[0].trace_id, Some(odd(4)));
+    assert_eq!(attempts[0].detail, Some(odd(6)));
+
+    let skipped = key("upwork", "job_odd_skip");
+    let skip = ClaimRequest {
+        event_id: odd(9),
+        ..claim_of(&skipped, Intent::Skip(vec![odd(10), odd(11)]))
+    };
+    ledger.claim(skip).await.expect("claim");
+    let entry = ledger.lookup(&skipped).await.expect("lookup").expect("row");
+    assert_eq!(entry.detail, Some(format!("{},{}", odd(10), odd(11))));
+    assert_eq!(entry.event_id, odd(9));
+}

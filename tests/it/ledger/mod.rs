@@ -181,6 +181,7 @@ contract_suite!(
     health_answers,
     retention_prunes_final_rows_and_their_attempts_never_pending_ones,
     a_send_waiting_out_a_retry_after_is_left_to_its_message,
+    every_text_is_stored_exactly_as_it_was_given,
 );
 
 fn migration_versions(dir: &str) -> Vec<i64> {
@@ -504,6 +505,68 @@ async fn a_large_postgres_ledger_is_measured_from_statistics_and_pruned_a_batch_
         .expect("count");
         assert_eq!(pending_left, 30_000, "pending rows are never pruned");
         pool.close().await;
+        ledger.close().await;
+    })
+    .await;
+}
+
+/// A claim is one statement carrying its own timeouts: held up by a row lock past the lock
+/// timeout (half the statement timeout), it fails as an error and writes nothing, and the
+/// posting's next claim goes on from where the ledger stood.
+#[tokio::test]
+async fn a_postgres_claim_held_up_past_its_lock_timeout_fails_and_writes_nothing() {
+    with_pg_settings(|mut settings| async move {
+        settings.statement_timeout = std::time::Duration::from_secs(2);
+        let ledger = PgBidLedger::connect_and_migrate(&settings)
+            .await
+            .expect("connect");
+        let k = contract::key("upwork", "job_held");
+        let bid = || contract::claim_of(&k, Intent::Bid(contract::request(&k, 450)));
+        let claim = |ledger: PgBidLedger| async move {
+            ledger
+                .steps_many(&[], &[bid()])
+                .await
+                .map(|(_, mut claims)| claims.remove(0))
+        };
+        let first = claim(ledger.clone()).await.expect("first claim");
+        assert!(matches!(first, Claim::Send { epoch: 1, .. }), "{first:?}");
+
+        let mut holder =
+            <sqlx::PgConnection as sqlx::Connection>::connect(&support::database_url())
+                .await
+                .expect("connect the lock holder");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "BEGIN; SELECT 1 FROM \"{}\".bid_ledger WHERE posting_id = 'job_held' FOR UPDATE",
+            settings.schema
+        )))
+        .execute(&mut holder)
+        .await
+        .expect("hold the posting's row");
+        let held = claim(ledger.clone()).await;
+        assert!(held.is_err(), "a claim past the lock timeout: {held:?}");
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .expect("release the row");
+
+        let next = claim(ledger.clone()).await.expect("the next claim");
+        assert!(
+            matches!(
+                next,
+                Claim::Send {
+                    epoch: 2,
+                    resend: true,
+                    ..
+                }
+            ),
+            "{next:?}"
+        );
+        let attempts = ledger.attempts(&k).await.expect("attempts");
+        assert_eq!(
+            attempts.len(),
+            2,
+            "the failed claim left no attempt: {attempts:?}"
+        );
         ledger.close().await;
     })
     .await;
