@@ -63,6 +63,12 @@ const MIGRATIONS: &[Entry] = &[
         include_str!("../../migrations/postgres/0008_lifecycle.sql"),
         include_str!("../../migrations/sqlite/0008_lifecycle.sql"),
     ),
+    (
+        9,
+        "fewer statements per batch",
+        include_str!("../../migrations/postgres/0009_fewer_statements_per_batch.sql"),
+        include_str!("../../migrations/sqlite/0009_fewer_statements_per_batch.sql"),
+    ),
 ];
 
 fn migrator(sql: fn(&'static Entry) -> &'static str) -> Migrator {
