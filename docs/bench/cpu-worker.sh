@@ -3,7 +3,7 @@
 # (docs/benchmarks.md): one `bidorch worker` outside valgrind on the local RabbitMQ, Redis and
 # PostgreSQL, with a sandbox marketplace; 500 postings of warm-up, then N (default 20,000, a
 # fifth ineligible) measured from /proc and `perf stat` (tracepoints: run as root); RabbitMQ's
-# CPU too (its publishes included) when it runs here. Names of its own, removed afterwards.
+# CPU (its publishes included) and PostgreSQL's (every server process) too when they run here. Names of its own, removed afterwards.
 #   cargo build --release && N=20000 docs/bench/cpu-worker.sh cpurun
 set -e
 N=${N:-20000}
@@ -23,11 +23,15 @@ sleep 0.3
 R=$(pgrep -f beam.smp | head -1)
 read -r u0 s0 < <(awk '{print $14, $15}' /proc/$W/stat)
 read -r r0 < <(awk '{print $14 + $15}' /proc/$R/stat)
+# PostgreSQL's CPU: every server process's, summed (the pooled backends outlive the run).
+pg_cpu() { for p in $(pgrep -x postgres); do awk '{print $14 + $15}' /proc/$p/stat 2>/dev/null; done | awk '{s += $1} END {print s + 0}'; }
+g0=$(pg_cpu)
 $B publish /tmp/$name.jsonl --quiet
 settled $((N+500))
 read -r u1 s1 < <(awk '{print $14, $15}' /proc/$W/stat)
 read -r r1 < <(awk '{print $14 + $15}' /proc/$R/stat)
+g1=$(pg_cpu)
 kill -INT $P; wait $P 2>/dev/null || true
 tick=$(getconf CLK_TCK)
-echo "$name: $N postings; per posting: user $(( (u1-u0)*1000000000/tick/N )) ns, system $(( (s1-s0)*1000000000/tick/N )) ns; RabbitMQ (publish included) $(( (r1-r0)*1000000000/tick/N )) ns"
+echo "$name: $N postings; per posting: user $(( (u1-u0)*1000000000/tick/N )) ns, system $(( (s1-s0)*1000000000/tick/N )) ns; RabbitMQ (publish included) $(( (r1-r0)*1000000000/tick/N )) ns; PostgreSQL $(( (g1-g0)*1000000000/tick/N )) ns"
 awk -F, -v n=$N '/sys_enter/ {split($3,a,"_enter_"); printf "  %-12s %.2f per posting\n", a[2], $1/n}' /tmp/$name.perf
