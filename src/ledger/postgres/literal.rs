@@ -59,12 +59,34 @@ pub(super) fn push_text_array<'a>(
     out.push_str("}'::text[]");
 }
 
+/// The bytes an array element escapes.
+const SPECIAL: [bool; 256] = {
+    let mut special = [false; 256];
+    special[b'\'' as usize] = true;
+    special[b'\\' as usize] = true;
+    special[b'"' as usize] = true;
+    special[0] = true;
+    special
+};
+
 /// Appends one array element, quoted for the array reader and escaped for the string constant.
 fn push_element(out: &mut String, value: &str) {
     out.push('"');
+    // Elements are short (ids, hashes, amounts: the long body goes dollar-quoted) and seldom
+    // hold anything to escape: one look-up per byte decides, then one copy.
+    if value.bytes().any(|b| SPECIAL[usize::from(b)]) {
+        push_escaped(out, value);
+    } else {
+        out.push_str(value);
+    }
+    out.push('"');
+}
+
+/// Appends `value` with each of its bytes that needs it escaped; the others go as they are.
+fn push_escaped(out: &mut String, value: &str) {
     let mut plain = 0;
-    for (i, byte) in value.bytes().enumerate() {
-        let escaped = match byte {
+    for i in 0..value.len() {
+        let escaped = match value.as_bytes()[i] {
             b'\'' => "''",
             // `\\` for the array reader, each backslash doubled for the constant.
             b'\\' => r"\\\\",
@@ -79,7 +101,6 @@ fn push_element(out: &mut String, value: &str) {
         plain = i + 1;
     }
     out.push_str(&value[plain..]);
-    out.push('"');
 }
 
 /// Writes a value by its `Display` (numbers, `true`, dates, decimals): the element's text.
@@ -92,8 +113,13 @@ pub(super) fn display(out: &mut String, value: impl std::fmt::Display) {
 pub(super) fn push_constant(out: &mut String, value: impl std::fmt::Display) {
     let mut text = String::new();
     display(&mut text, value);
+    push_escape_string(out, &text);
+}
+
+/// Appends `value` as an escape-string constant, quotes and backslashes doubled.
+fn push_escape_string(out: &mut String, value: &str) {
     out.push_str("E'");
-    for ch in text.chars() {
+    for ch in value.chars() {
         match ch {
             '\'' => out.push_str("''"),
             '\\' => out.push_str(r"\\"),
@@ -102,6 +128,45 @@ pub(super) fn push_constant(out: &mut String, value: impl std::fmt::Display) {
         }
     }
     out.push('\'');
+}
+
+/// The dollar-quote tag long texts go in: no escaping, so a bid body of JSON, all quotes, is
+/// copied as it is rather than escaped quote by quote.
+const TAG: &str = "$bidorch_text$";
+
+/// Appends an array of long texts as an `ARRAY[…]` of dollar-quoted constants (the server pays
+/// per element here, so only for arrays of one long text per posting). A text the tag would not
+/// enclose whole goes as an escape string instead.
+pub(super) fn push_long_text_array<'a>(
+    out: &mut String,
+    items: impl IntoIterator<Item = Option<&'a str>>,
+) {
+    out.push_str("ARRAY[");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match item {
+            Some(value) if dollar_quotable(value) => {
+                out.push_str(TAG);
+                out.push_str(value);
+                out.push_str(TAG);
+            }
+            Some(value) => push_escape_string(out, value),
+            None => out.push_str("NULL"),
+        }
+    }
+    out.push_str("]::text[]");
+}
+
+/// Whether `value` followed by the closing tag ends exactly there: the constant ends at the first
+/// tag in it, which is inside `value` if `value` holds the tag, or straddles the two if `value`
+/// ends with the tag but its last `$` (the tag's one overlap with itself: `$…$`). A NUL goes the
+/// escaped way, to be refused as ever.
+fn dollar_quotable(value: &str) -> bool {
+    memchr::memmem::find(value.as_bytes(), TAG.as_bytes()).is_none()
+        && !value.ends_with(&TAG[..TAG.len() - 1])
+        && memchr::memchr(0, value.as_bytes()).is_none()
 }
 
 #[cfg(test)]
@@ -130,6 +195,30 @@ mod tests {
             texts(&[Some("{,} $$ ; -- é\n🦀")]),
             "E'{\"{,} $$ ; -- é\n🦀\"}'::text[]"
         );
+    }
+
+    fn long_texts(values: &[Option<&str>]) -> String {
+        let mut out = String::new();
+        push_long_text_array(&mut out, values.iter().copied());
+        out
+    }
+
+    #[test]
+    fn long_texts_are_dollar_quoted_unless_they_hold_the_tag() {
+        assert_eq!(
+            long_texts(&[Some(r#"{"a":"it's \\"}"#), None]),
+            r#"ARRAY[$bidorch_text${"a":"it's \\"}$bidorch_text$,NULL]::text[]"#
+        );
+        assert_eq!(long_texts(&[]), "ARRAY[]::text[]");
+        assert_eq!(
+            long_texts(&[Some(r"x$bidorch_text$'\")]),
+            r"ARRAY[E'x$bidorch_text$''\\']::text[]"
+        );
+        assert_eq!(
+            long_texts(&[Some("x$bidorch_text")]),
+            r"ARRAY[E'x$bidorch_text']::text[]"
+        );
+        assert_eq!(long_texts(&[Some("a\0")]), r"ARRAY[E'a\000']::text[]");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use sqlx::postgres::{PgArguments, Postgres};
 use sqlx::query::Query as SqlxQuery;
 
-use super::literal::{display, push_array, push_constant, push_text_array};
+use super::literal::{display, push_array, push_constant, push_long_text_array, push_text_array};
 use crate::ledger::{ClaimRequest, Finish, Intent};
 use crate::posting::PostingKey;
 
@@ -157,7 +157,11 @@ fn write_claims(out: &mut String, claims: &[ClaimRequest]) {
             Intent::Resend => "resend",
         })
     });
-    texts(out, &|c| request(c).map(|r| r.body.as_str()));
+    push_long_text_array(
+        out,
+        claims.iter().map(|c| request(c).map(|r| r.body.as_str())),
+    );
+    out.push_str(", ");
     texts(out, &|c| request(c).map(|r| r.sha256.as_str()));
     texts(out, &|c| request(c).map(|r| r.amount.as_str()));
     texts(out, &|c| request(c).map(|r| r.currency.as_str()));

@@ -1233,7 +1233,9 @@ pub async fn a_send_waiting_out_a_retry_after_is_left_to_its_message(ledger: Led
 /// claim and a finish write, on a posting's first claim and on a later one.
 pub async fn every_text_is_stored_exactly_as_it_was_given(ledger: Ledger) {
     let odd = |n: u32| {
-        format!("it's {n} \\ \\' '' \"q\" {{a,NULL}} $$ $q$ E'\\n' ; -- /* é 🦀\r\n\t\\000 */")
+        format!(
+            "it's {n} \\ \\' '' \"q\" {{a,NULL}} $$ $q$ $bidorch_text$ E'\\n' ; -- /* é 🦀\r\n\t\\000 */"
+        )
     };
     let k = key("upwork", "job_odd_text");
     let terms = BidTerms {
@@ -1292,4 +1294,16 @@ pub async fn every_text_is_stored_exactly_as_it_was_given(ledger: Ledger) {
     let entry = ledger.lookup(&skipped).await.expect("lookup").expect("row");
     assert_eq!(entry.detail, Some(format!("{},{}", odd(10), odd(11))));
     assert_eq!(entry.event_id, odd(9));
+
+    let tagged = key("upwork", "job_odd_tag");
+    let terms = BidTerms {
+        cover_letter: odd(12),
+        ..terms
+    };
+    let request = contract::stored_request(&tagged, &terms);
+    let (_, sent_request, _) =
+        sent(&ledger, &claim_of(&tagged, Intent::Bid(request.clone()))).await;
+    assert_eq!(sent_request, request);
+    let entry = ledger.lookup(&tagged).await.expect("lookup").expect("row");
+    assert_eq!(entry.request, Some(request));
 }
