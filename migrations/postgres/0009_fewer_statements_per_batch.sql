@@ -1,8 +1,8 @@
 -- Fewer statements per batch: the claim and the finish of a batch do what 0007 and 0008 made
 -- them do, with the same signatures, but the common batch (fresh postings claimed, answered bids
--- finished) now runs one SQL statement inside each function instead of three to six. Each
--- statement a PL/pgSQL function runs costs its executor start and end, which was most of a
--- small batch's time. Changed:
+-- finished) now runs one SQL statement inside each function instead of three to six: each
+-- statement a PL/pgSQL function runs pays its executor start and end, whatever the batch's size.
+-- Changed:
 -- - the claim's positions written by its first statement are gathered by that statement;
 -- - the cap and budget loops run only when a claim of the batch has a cap or a budget;
 -- - the steps already known are returned by a PL/pgSQL loop, not by a query;
