@@ -68,16 +68,21 @@ impl PgBidLedger {
         // ends as an error (retried later), never as a worker waiting forever.
         let ms = |d: std::time::Duration| format!("'{}ms'", d.as_millis().max(1));
         let mut local = format!(
-            "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
-             SET LOCAL idle_in_transaction_session_timeout = {}",
+            "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
             ms(settings.statement_timeout),
             ms(settings.statement_timeout / 2),
-            ms(settings.statement_timeout)
         );
         if let Some(schema) = &schema {
             // Only the schema: nothing of ours may land in `public` by accident.
             local.push_str(&format!("; SET LOCAL search_path = {schema}"));
         }
+        let begin = format!(
+            "BEGIN; {local}; SET LOCAL idle_in_transaction_session_timeout = {}",
+            ms(settings.statement_timeout)
+        );
+        // A message sent whole is never idle in its transaction; its answers come as text, and
+        // the timestamps' text must be ISO whatever the database's default says.
+        local.push_str("; SET LOCAL DateStyle = ISO");
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -86,7 +91,7 @@ impl PgBidLedger {
             .map_err(connect_error)?;
         let ledger = Self {
             pool,
-            begin: format!("BEGIN; {local}").into(),
+            begin: begin.into(),
             settings: local.into(),
             migrations: (settings.migrations_url().clone(), schema.clone()),
         };
@@ -178,7 +183,8 @@ impl PgBidLedger {
     }
 
     /// Opens up to `connections` pooled connections and runs the batch statements on each with
-    /// no postings, in a transaction rolled back (nothing is written). A connection's first call
+    /// a made-up batch that takes their paths (a cap, a credit budget, a posting twice, a finish
+    /// of nothing), in a transaction rolled back (nothing is written). A connection's first call
     /// of a PL/pgSQL function compiles it and plans its statements: without this, the first
     /// postings a freshly started worker takes wait 10–15 ms longer for that, in the open.
     pub async fn warm_up(&self, connections: u32) -> Result<(), LedgerError> {
@@ -196,13 +202,14 @@ impl PgBidLedger {
             )
             .await
             .map_err(failed)?;
-            for (finishes, claims) in [(true, true), (false, true), (true, false)] {
+            let (finishes, claims) = steps::warm_up_batch();
+            for (finishes, claims) in [
+                (Some(&finishes[..]), Some(&claims[..])),
+                (None, Some(&claims[..])),
+                (Some(&finishes[..]), None),
+            ] {
                 // Its `SET LOCAL`s only repeat those in force.
-                let statement = steps::steps_sql(
-                    &self.settings,
-                    finishes.then_some(&[]),
-                    claims.then_some(&[]),
-                );
+                let statement = steps::steps_sql(&self.settings, finishes, claims);
                 sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
                     .fetch_all(&mut *tx)
                     .await
@@ -261,13 +268,20 @@ struct ThroughPooler {
     url: String,
 }
 
+/// A ledger batch this slow is logged (without its values).
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How every connection of ours is opened: safe through a transaction-mode pooler (no statement
-/// kept by name, no startup settings a pooler would refuse or drop).
+/// kept by name, no startup settings a pooler would refuse or drop), and without sqlx's
+/// statement logs: a batch's statement holds its postings' values (bid bodies, event ids), and
+/// sqlx would print it whole at WARN when slow.
 fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    use sqlx::ConnectOptions as _;
     let mut options = PgConnectOptions::from_str(url)?
         .application_name("bidorch")
         .statement_cache_capacity(0)
-        .extra_float_digits(None);
+        .extra_float_digits(None)
+        .disable_statement_logging();
     if super::loopback::on_loopback(url) {
         // libpq's default `sslmode=prefer` encrypts even a loopback connection, which costs a
         // fifth of the throughput and protects nothing; an explicit `sslmode` still wins.
@@ -336,12 +350,23 @@ impl LedgerBackend for PgBidLedger {
             (!finishes.is_empty()).then_some(finishes),
             (!claims.is_empty()).then_some(claims),
         ));
+        let started = std::time::Instant::now();
         let rows = self
             .retrying(|| {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).fetch_all(&self.pool)
             })
             .await
             .map_err(|e| sql::query_error(first_key, e))?;
+        let elapsed = started.elapsed();
+        if elapsed >= SLOW_BATCH {
+            // In place of sqlx's slow-statement line, which would print the postings' values.
+            tracing::warn!(
+                finishes = finishes.len(),
+                claims = claims.len(),
+                elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                "A ledger batch was slow"
+            );
+        }
         let answers = rows
             .into_iter()
             .map(Step::read)

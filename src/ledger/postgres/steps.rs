@@ -219,3 +219,63 @@ fn write_claims(out: &mut String, claims: &[ClaimRequest]) {
     );
     out.push(')');
 }
+
+/// A made-up batch that takes the batch functions down their paths, for a connection's warm-up
+/// (run in a transaction rolled back): a finish of a posting with no row (the per-posting
+/// finish), a bid under a cap of 0 (the cap loop and the capped rows), and the same bid twice
+/// under a credit budget (the budget loop and the per-posting claim). The posting ids are new
+/// each time, so workers warming up at once do not wait on each other's rows.
+pub(super) fn warm_up_batch() -> (Vec<(PostingKey, i64, Finish)>, Vec<ClaimRequest>) {
+    use crate::ledger::{BudgetClaim, Pending, StoredRequest};
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let key = |n: u32| PostingKey::new("bidorch-warm-up", &format!("{id}-{n}"));
+    let (Ok(capped), Ok(budgeted)) = (key(1), key(2)) else {
+        return (Vec::new(), Vec::new());
+    };
+    let day = chrono::Utc::now().date_naive();
+    let request = StoredRequest {
+        api: "contract".to_owned(),
+        body: "{}".to_owned(),
+        sha256: crate::ledger::sha256_hex(b"{}"),
+        amount: "1.00".to_owned(),
+        currency: "USD".to_owned(),
+    };
+    let claim = |key: &PostingKey| ClaimRequest {
+        key: key.clone(),
+        event_id: id.clone(),
+        intent: Intent::Bid(request.clone()),
+        instance: "warm-up".to_owned(),
+        trace_id: None,
+        trace_parent: None,
+        daily_cap: None,
+        day,
+        verify: false,
+        budget: None,
+    };
+    let budget = BudgetClaim {
+        period_start: day,
+        credits: rust_decimal::Decimal::ONE,
+        cost: rust_decimal::Decimal::ONE,
+    };
+    let finish = Finish::Pending {
+        reason: Pending::Transient,
+        http_status: None,
+        detail: None,
+        back_at: None,
+    };
+    let claims = vec![
+        ClaimRequest {
+            daily_cap: Some(0),
+            ..claim(&capped)
+        },
+        ClaimRequest {
+            budget: Some(budget.clone()),
+            ..claim(&budgeted)
+        },
+        ClaimRequest {
+            budget: Some(budget),
+            ..claim(&budgeted)
+        },
+    ];
+    (vec![(capped, 1, finish)], claims)
+}

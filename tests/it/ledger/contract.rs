@@ -1228,13 +1228,20 @@ pub async fn a_send_waiting_out_a_retry_after_is_left_to_its_message(ledger: Led
     );
 }
 
-/// Texts that SQL quoting gets wrong (quotes, backslashes, dollar quotes, array braces and commas,
-/// comment and statement markers, line breaks, non-ASCII) come back exactly as they went in, through every column a
-/// claim and a finish write, on a posting's first claim and on a later one.
+/// Texts that SQL quoting gets wrong (quotes, backslashes, dollar quotes, array braces and
+/// commas, comment and statement markers, line breaks, non-ASCII) come back exactly as they went
+/// in, through every column a claim and a finish write, on a posting's first claim and on a later
+/// one; a bid body with and without the tag the PostgreSQL ledger dollar-quotes long texts with.
 pub async fn every_text_is_stored_exactly_as_it_was_given(ledger: Ledger) {
     let odd = |n: u32| {
+        // Even ones hold the tag.
+        let tag = if n.is_multiple_of(2) {
+            "$bidorch_text$"
+        } else {
+            "$bidorch_text"
+        };
         format!(
-            "it's {n} \\ \\' '' \"q\" {{a,NULL}} $$ $q$ $bidorch_text$ E'\\n' ; -- /* é 🦀\r\n\t\\000 */"
+            "it's {n} \\ \\' '' \"q\" {{a,NULL}} $$ $q$ {tag} E'\\n' ; -- /* é 🦀\r\n\t\\000 */ $"
         )
     };
     let k = key("upwork", "job_odd_text");
