@@ -22,23 +22,33 @@ pub(super) fn push_array<T>(
     mut write: impl FnMut(&mut String, T),
 ) {
     let mut scratch = String::new();
-    out.push_str("E'{");
+    push_list(out, "E'{", items, |out, value| {
+        scratch.clear();
+        write(&mut scratch, value);
+        push_element(out, &scratch);
+    });
+    out.push_str("}'::");
+    out.push_str(ty);
+    out.push_str("[]");
+}
+
+/// Appends `items` after `open`, comma-separated, each written by `write` or `NULL` when absent.
+fn push_list<T>(
+    out: &mut String,
+    open: &str,
+    items: impl IntoIterator<Item = Option<T>>,
+    mut write: impl FnMut(&mut String, T),
+) {
+    out.push_str(open);
     for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         match item {
-            Some(value) => {
-                scratch.clear();
-                write(&mut scratch, value);
-                push_element(out, &scratch);
-            }
+            Some(value) => write(out, value),
             None => out.push_str("NULL"),
         }
     }
-    out.push_str("}'::");
-    out.push_str(ty);
-    out.push_str("[]");
 }
 
 /// An array of texts, as [`push_array`] without the scratch copy.
@@ -46,16 +56,7 @@ pub(super) fn push_text_array<'a>(
     out: &mut String,
     items: impl IntoIterator<Item = Option<&'a str>>,
 ) {
-    out.push_str("E'{");
-    for (i, item) in items.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        match item {
-            Some(value) => push_element(out, value),
-            None => out.push_str("NULL"),
-        }
-    }
+    push_list(out, "E'{", items, push_element);
     out.push_str("}'::text[]");
 }
 
@@ -141,21 +142,15 @@ pub(super) fn push_long_text_array<'a>(
     out: &mut String,
     items: impl IntoIterator<Item = Option<&'a str>>,
 ) {
-    out.push_str("ARRAY[");
-    for (i, item) in items.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+    push_list(out, "ARRAY[", items, |out, value| {
+        if dollar_quotable(value) {
+            out.push_str(TAG);
+            out.push_str(value);
+            out.push_str(TAG);
+        } else {
+            push_escape_string(out, value);
         }
-        match item {
-            Some(value) if dollar_quotable(value) => {
-                out.push_str(TAG);
-                out.push_str(value);
-                out.push_str(TAG);
-            }
-            Some(value) => push_escape_string(out, value),
-            None => out.push_str("NULL"),
-        }
-    }
+    });
     out.push_str("]::text[]");
 }
 
