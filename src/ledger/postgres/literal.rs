@@ -51,12 +51,14 @@ fn push_list<T>(
     }
 }
 
-/// An array of texts, as [`push_array`] without the scratch copy.
-pub(super) fn push_text_array<'a>(
+/// An array of texts (borrowed or owned), as [`push_array`] without the scratch copy.
+pub(super) fn push_text_array<S: AsRef<str>>(
     out: &mut String,
-    items: impl IntoIterator<Item = Option<&'a str>>,
+    items: impl IntoIterator<Item = Option<S>>,
 ) {
-    push_list(out, "E'{", items, push_element);
+    push_list(out, "E'{", items, |out, value| {
+        push_element(out, value.as_ref())
+    });
     out.push_str("}'::text[]");
 }
 
@@ -168,10 +170,19 @@ fn dollar_quotable(value: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn texts(values: &[Option<&str>]) -> String {
+    /// What `push` writes for `values`.
+    fn written(values: &[Option<&str>], push: fn(&mut String, Vec<Option<&str>>)) -> String {
         let mut out = String::new();
-        push_text_array(&mut out, values.iter().copied());
+        push(&mut out, values.to_vec());
         out
+    }
+
+    fn texts(values: &[Option<&str>]) -> String {
+        written(values, |out, v| push_text_array(out, v))
+    }
+
+    fn long_texts(values: &[Option<&str>]) -> String {
+        written(values, |out, v| push_long_text_array(out, v))
     }
 
     #[test]
@@ -190,12 +201,6 @@ mod tests {
             texts(&[Some("{,} $$ ; -- é\n🦀")]),
             "E'{\"{,} $$ ; -- é\n🦀\"}'::text[]"
         );
-    }
-
-    fn long_texts(values: &[Option<&str>]) -> String {
-        let mut out = String::new();
-        push_long_text_array(&mut out, values.iter().copied());
-        out
     }
 
     #[test]

@@ -97,14 +97,11 @@ fn write_finishes<'a>(out: &mut String, finishes: &'a [(PostingKey, i64, Finish)
         Finish::Final(outcome) => outcome.bid_id(),
         Finish::Pending { .. } => None,
     });
-    let details: Vec<Option<String>> = finishes
-        .iter()
-        .map(|(_, _, f)| match f {
-            Finish::Final(outcome) => outcome.detail(),
-            Finish::Pending { .. } => None,
-        })
-        .collect();
-    push_text_array(out, details.iter().map(Option::as_deref));
+    let details = finishes.iter().map(|(_, _, f)| match f {
+        Finish::Final(outcome) => outcome.detail(),
+        Finish::Pending { .. } => None,
+    });
+    push_text_array(out, details);
     out.push_str(", ");
     texts(out, &|(_, _, f)| Some(f.result()));
     let statuses = finishes.iter().map(|(_, _, f)| match f {
@@ -113,11 +110,7 @@ fn write_finishes<'a>(out: &mut String, finishes: &'a [(PostingKey, i64, Finish)
     });
     push_array(out, "int", statuses, display);
     out.push_str(", ");
-    let attempt_details: Vec<Option<String>> = finishes
-        .iter()
-        .map(|(_, _, f)| f.attempt_detail())
-        .collect();
-    push_text_array(out, attempt_details.iter().map(Option::as_deref));
+    push_text_array(out, finishes.iter().map(|(_, _, f)| f.attempt_detail()));
     out.push_str(", ");
     texts(out, &|(_, _, f)| Some(f.send_state()));
     let back_ats = finishes.iter().map(|(_, _, f)| {
@@ -166,14 +159,11 @@ fn write_claims(out: &mut String, claims: &[ClaimRequest]) {
     texts(out, &|c| request(c).map(|r| r.amount.as_str()));
     texts(out, &|c| request(c).map(|r| r.currency.as_str()));
     texts(out, &|c| request(c).map(|r| r.api.as_str()));
-    let reasons: Vec<Option<String>> = claims
-        .iter()
-        .map(|c| match &c.intent {
-            Intent::Skip(why) => Some(why.join(",")),
-            _ => None,
-        })
-        .collect();
-    push_text_array(out, reasons.iter().map(Option::as_deref));
+    let reasons = claims.iter().map(|c| match &c.intent {
+        Intent::Skip(why) => Some(why.join(",")),
+        _ => None,
+    });
+    push_text_array(out, reasons);
     out.push_str(", ");
     texts(out, &|c| Some(c.instance.as_str()));
     texts(out, &|c| c.trace_id.as_deref());
